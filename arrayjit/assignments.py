@@ -1,0 +1,178 @@
+"""Assignments: what is computed, before any decision about loops.
+
+`Accum` is the one computing statement: `lhs[p_lhs] accum= op(rhs_1[p_1], ...)` over the
+iteration space of its projections. `Fetch` fills a buffer from a source. Codes compose with `+`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator as PyIterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from arrayjit import ops
+from arrayjit.indexing import Projections
+from arrayjit.tnode import TNode
+
+
+class Code:
+    """Base of assignment code; `a + b` runs `a` then `b`."""
+
+    def __add__(self, other: Code) -> Code:
+        if not isinstance(other, Code):
+            return NotImplemented
+        return Seq((*flatten(self), *flatten(other)))
+
+    def __str__(self) -> str:
+        return to_string(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Noop(Code):
+    pass
+
+
+@dataclass(frozen=True, eq=False)
+class Comment(Code):
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class Seq(Code):
+    items: tuple[Code, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Accum(Code):
+    """`lhs accum= op(rhses)` over `projections`. `accum=None` overwrites (`=:`).
+
+    `zero_first`: fill the lhs with the neutral element of `accum` before accumulating (`=:+`).
+    """
+
+    lhs: TNode
+    accum: str | None
+    op: str
+    rhses: tuple[TNode, ...]
+    projections: Projections
+    zero_first: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lhs, TNode) or not all(isinstance(r, TNode) for r in self.rhses):
+            raise TypeError("Accum: lhs and rhses must be TNodes")
+        ops.check_arity(self.op, len(self.rhses))
+        if self.accum is not None:
+            ops.check_arity(self.accum, 2)
+            ops.neutral(self.accum, self.lhs.dtype)
+        elif self.zero_first:
+            raise ValueError("Accum: zero_first needs an accumulate op")
+        if len(self.projections.project_rhs) != len(self.rhses):
+            raise ValueError(
+                f"Accum into {self.lhs.label!r}: {len(self.rhses)} operands but projections for "
+                f"{len(self.projections.project_rhs)}"
+            )
+        self.projections.check_against(
+            self.lhs.dims, [r.dims for r in self.rhses], f"Accum into {self.lhs.label!r}"
+        )
+        if self.accum is None and self.projections.reduction_iterators:
+            raise ValueError(
+                f"Accum into {self.lhs.label!r}: overwriting (=:) while iterating over "
+                f"{', '.join(map(str, self.projections.reduction_iterators))} that the lhs does "
+                "not use; use an accumulate op (=:+) to reduce"
+            )
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: float
+
+
+@dataclass(frozen=True)
+class RangeOfShape:
+    """Each cell holds its row-major offset; on a one-axis buffer this is 0..n-1."""
+
+
+@dataclass(frozen=True, eq=False)
+class Values:
+    array: np.ndarray
+
+
+FetchSource = Constant | RangeOfShape | Values
+
+
+@dataclass(frozen=True, eq=False)
+class Fetch(Code):
+    lhs: TNode
+    source: FetchSource
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, Values) and self.source.array.size != self.lhs.size:
+            raise ValueError(
+                f"Fetch into {self.lhs.label!r}: {self.source.array.size} values for "
+                f"{self.lhs.size} cells (dims {self.lhs.dims})"
+            )
+
+
+def flatten(code: Code) -> PyIterator[Code]:
+    if isinstance(code, Seq):
+        for item in code.items:
+            yield from flatten(item)
+    elif not isinstance(code, Noop):
+        yield code
+
+
+def seq(codes: Sequence[Code]) -> Code:
+    items = tuple(c for code in codes for c in flatten(code))
+    return Seq(items) if items else Noop()
+
+
+def tnodes_of(code: Code) -> list[TNode]:
+    """Every buffer `code` touches, in order of first appearance."""
+    seen: dict[int, TNode] = {}
+    for stmt in flatten(code):
+        if isinstance(stmt, Accum):
+            for t in (stmt.lhs, *stmt.rhses):
+                seen.setdefault(t.id, t)
+        elif isinstance(stmt, Fetch):
+            seen.setdefault(stmt.lhs.id, stmt.lhs)
+    return list(seen.values())
+
+
+def _index_str(proj) -> str:
+    return "[" + ", ".join(map(str, proj)) + "]"
+
+
+def statement_string(stmt: Code) -> str:
+    if isinstance(stmt, Comment):
+        return f"# {stmt.text}"
+    if isinstance(stmt, Fetch):
+        src = stmt.source
+        desc = (
+            f"{src.value}" if isinstance(src, Constant)
+            else "range_of_shape" if isinstance(src, RangeOfShape)
+            else f"values{list(src.array.shape)}"
+        )
+        return f"{stmt.lhs.name} := {desc}"
+    if isinstance(stmt, Accum):
+        p = stmt.projections
+        lhs = stmt.lhs.name + _index_str(p.project_lhs)
+        args = [r.name + _index_str(idx) for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)]
+        op = ops.get(stmt.op)
+        if op.arity == 2 and op.symbol:
+            rhs = f"{args[0]} {op.symbol} {args[1]}"
+        elif stmt.op == "identity":
+            rhs = args[0]
+        else:
+            rhs = f"{stmt.op}({', '.join(args)})"
+        assign = "=:" if stmt.accum is None else "=" + (":" if stmt.zero_first else "") + (
+            ops.get(stmt.accum).symbol or stmt.accum
+        )
+        space = ", ".join(f"{it}<{n}" for it, n in zip(p.product_iterators, p.product_space, strict=True))
+        return f"{lhs} {assign} {rhs}    for {space}" if space else f"{lhs} {assign} {rhs}"
+    raise TypeError(f"not a statement: {stmt!r}")
+
+
+def to_string(code: Code) -> str:
+    """A readable listing, one statement per line."""
+    return "\n".join(statement_string(s) for s in flatten(code))

@@ -1,0 +1,104 @@
+"""TNode: one buffer of the computation, with its dims, dtype, memory mode and host array."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from arrayjit.dtypes import DType, dtype_of, float32
+
+_tnode_ids = itertools.count(1)
+
+
+class MemoryMode(enum.Enum):
+    """Where a buffer lives. VIRTUAL: never stored, computed inline where it is used; LOCAL: a
+    scratch buffer of one routine; DEVICE: kept on the device between routines; HOST: also
+    readable and writable from numpy (the default for tensors a user sees)."""
+
+    VIRTUAL = "virtual"
+    LOCAL = "local"
+    DEVICE = "device"
+    HOST = "host"
+
+
+class TNode:
+    """A buffer. Identity is by object; `id` is stable and unique within the process."""
+
+    def __init__(
+        self,
+        label: str,
+        dims: Sequence[int],
+        dtype: DType | str = float32,
+        memory_mode: MemoryMode = MemoryMode.HOST,
+    ) -> None:
+        self.id = next(_tnode_ids)
+        self.label = label
+        self.dims = check_dims(dims, label)
+        self.dtype = dtype_of(dtype)
+        if not isinstance(memory_mode, MemoryMode):
+            raise TypeError(f"tnode {label!r}: memory_mode must be a MemoryMode, got {memory_mode!r}")
+        self.memory_mode = memory_mode
+        self._host: np.ndarray | None = None
+        # Set by a context whose copy is newer than `_host`: calling it refreshes `_host`.
+        self.fetch_from_device: Callable[[], None] | None = None
+        # Bumped on every write from the host, so device copies know when they are stale.
+        self.host_version = 0
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.dims, dtype=np.int64))
+
+    @property
+    def name(self) -> str:
+        """A C identifier for generated code."""
+        safe = "".join(ch if ch.isalnum() else "_" for ch in self.label)[:40]
+        return f"{safe}_{self.id}" if safe else f"n{self.id}"
+
+    @property
+    def has_host(self) -> bool:
+        return self._host is not None
+
+    def host(self) -> np.ndarray:
+        """The host array, allocated (zeros) on first use, refreshed from a device if stale."""
+        if self.fetch_from_device is not None:
+            self.fetch_from_device()
+        if self._host is None:
+            self._host = np.zeros(self.dims, dtype=self.dtype.numpy)
+        return self._host
+
+    def set_host(self, values: Any) -> None:
+        """Write values (anything numpy can turn into an array of the tnode's dims)."""
+        array = np.asarray(values)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"tnode {self.label!r}: values of dtype {array.dtype} are not numbers")
+        if array.shape != self.dims:
+            if array.shape != ():
+                raise ValueError(
+                    f"tnode {self.label!r}: expected an array of shape {self.dims}, got {array.shape}"
+                )
+            array = np.broadcast_to(array, self.dims)
+        self.fetch_from_device = None
+        host = self._host if self._host is not None else np.empty(self.dims, self.dtype.numpy)
+        np.copyto(host, array, casting="unsafe")
+        self._host = host
+        self.host_version += 1
+
+    def __repr__(self) -> str:
+        return f"TNode({self.label!r}#{self.id}, dims={self.dims}, {self.dtype}, {self.memory_mode.value})"
+
+
+def check_dims(dims: Sequence[int], label: str) -> tuple[int, ...]:
+    try:
+        out = tuple(dims)
+    except TypeError:
+        raise TypeError(f"tnode {label!r}: dims must be a sequence of ints, got {dims!r}") from None
+    for d in out:
+        if isinstance(d, bool) or not isinstance(d, int | np.integer):
+            raise TypeError(f"tnode {label!r}: dims must be ints, got {dims!r}")
+        if d < 1:
+            raise ValueError(f"tnode {label!r}: every dim must be >= 1, got {out}")
+    return tuple(int(d) for d in out)
