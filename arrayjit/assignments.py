@@ -149,8 +149,10 @@ def statement_string(stmt: Code) -> str:
     if isinstance(stmt, Fetch):
         src = stmt.source
         desc = (
-            f"{src.value}" if isinstance(src, Constant)
-            else "range_of_shape" if isinstance(src, RangeOfShape)
+            f"{src.value}"
+            if isinstance(src, Constant)
+            else "range_of_shape"
+            if isinstance(src, RangeOfShape)
             else f"values{list(src.array.shape)}"
         )
         return f"{stmt.lhs.name} := {desc}"
@@ -165,10 +167,14 @@ def statement_string(stmt: Code) -> str:
             rhs = args[0]
         else:
             rhs = f"{stmt.op}({', '.join(args)})"
-        assign = "=:" if stmt.accum is None else "=" + (":" if stmt.zero_first else "") + (
-            ops.get(stmt.accum).symbol or stmt.accum
+        assign = (
+            "=:"
+            if stmt.accum is None
+            else "=" + (":" if stmt.zero_first else "") + (ops.get(stmt.accum).symbol or stmt.accum)
         )
-        space = ", ".join(f"{it}<{n}" for it, n in zip(p.product_iterators, p.product_space, strict=True))
+        space = ", ".join(
+            f"{it}<{n}" for it, n in zip(p.product_iterators, p.product_space, strict=True)
+        )
         return f"{lhs} {assign} {rhs}    for {space}" if space else f"{lhs} {assign} {rhs}"
     raise TypeError(f"not a statement: {stmt!r}")
 

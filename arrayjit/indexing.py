@@ -121,12 +121,16 @@ class Projections:
             raise ValueError("projections: an iterator occurs twice in the product space")
         for extent in self.product_space:
             if not isinstance(extent, int) or extent < 1:
-                raise ValueError(f"projections: iteration extent must be a positive int: {extent!r}")
+                raise ValueError(
+                    f"projections: iteration extent must be a positive int: {extent!r}"
+                )
         known = set(self.product_iterators)
         for index in (*self.project_lhs, *itertools.chain.from_iterable(self.project_rhs)):
             for it in iterators_of(index):
                 if it not in known:
-                    raise ValueError(f"projections: index {index} uses {it}, not in the product space")
+                    raise ValueError(
+                        f"projections: index {index} uses {it}, not in the product space"
+                    )
 
     @property
     def bounds(self) -> dict[Iterator, int]:
@@ -148,12 +152,17 @@ class Projections:
             and set(its) == set(self.product_iterators)
         )
 
-    def check_against(self, lhs_dims: Sequence[int], rhs_dims: Sequence[Sequence[int]], what: str) -> None:
+    def check_against(
+        self, lhs_dims: Sequence[int], rhs_dims: Sequence[Sequence[int]], what: str
+    ) -> None:
         """Raise ValueError unless every index stays inside the dims of its operand."""
         bounds = self.bounds
         operands: Iterable[tuple[str, Sequence[int], Sequence[Index]]] = [
             ("lhs", lhs_dims, self.project_lhs),
-            *((f"rhs{r + 1}", dims, proj) for r, (dims, proj) in enumerate(zip(rhs_dims, self.project_rhs, strict=True))),
+            *(
+                (f"rhs{r + 1}", dims, proj)
+                for r, (dims, proj) in enumerate(zip(rhs_dims, self.project_rhs, strict=True))
+            ),
         ]
         for name, dims, proj in operands:
             if len(dims) != len(proj):
@@ -169,7 +178,9 @@ class Projections:
                     )
 
     def __str__(self) -> str:
-        space = ", ".join(f"{it}<{n}" for it, n in zip(self.product_iterators, self.product_space, strict=True))
+        space = ", ".join(
+            f"{it}<{n}" for it, n in zip(self.product_iterators, self.product_space, strict=True)
+        )
         lhs = ",".join(map(str, self.project_lhs))
         rhs = "; ".join(",".join(map(str, p)) for p in self.project_rhs)
         return f"[{space}] lhs[{lhs}] rhs[{rhs}]"

@@ -84,6 +84,10 @@ _register(
 )
 
 
+# Ops whose C code needs the counter-based generator of `arrayjit.threefry`.
+RANDOM_OPS: set[str] = set()
+
+
 def get(name: str) -> Op:
     """The op named `name`, or a ValueError listing the known ones."""
     try:

@@ -40,13 +40,17 @@ class TNode:
         self.dims = check_dims(dims, label)
         self.dtype = dtype_of(dtype)
         if not isinstance(memory_mode, MemoryMode):
-            raise TypeError(f"tnode {label!r}: memory_mode must be a MemoryMode, got {memory_mode!r}")
+            raise TypeError(
+                f"tnode {label!r}: memory_mode must be a MemoryMode, got {memory_mode!r}"
+            )
         self.memory_mode = memory_mode
         self._host: np.ndarray | None = None
         # Set by a context whose copy is newer than `_host`: calling it refreshes `_host`.
         self.fetch_from_device: Callable[[], None] | None = None
         # Bumped on every write from the host, so device copies know when they are stale.
         self.host_version = 0
+        # Whether the buffer holds values: set by a routine that writes it, or by `set_host`.
+        self.computed = False
 
     @property
     def size(self) -> int:
@@ -86,6 +90,7 @@ class TNode:
         np.copyto(host, array, casting="unsafe")
         self._host = host
         self.host_version += 1
+        self.computed = True
 
     def __repr__(self) -> str:
         return f"TNode({self.label!r}#{self.id}, dims={self.dims}, {self.dtype}, {self.memory_mode.value})"

@@ -1,0 +1,1 @@
+"""Backends: turn loop IR into something that runs (C shared objects, CUDA kernels)."""

@@ -1,0 +1,30 @@
+"""What a backend provides to a `Context`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from arrayjit import loop_ir as ir
+from arrayjit.tnode import TNode
+
+
+class Compiled(ABC):
+    """A compiled routine: runs over buffers given in the order of `tnodes`."""
+
+    tnodes: Sequence[TNode]
+    source_path: str
+
+    @abstractmethod
+    def run(self) -> None: ...
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def compile(self, stmt: ir.Stmt, name: str) -> Compiled:
+        """Generate code for `stmt`, compile it (or take it from the cache) and bind buffers."""
+
+    def synchronize(self) -> None:
+        """Wait until the work submitted so far is done."""

@@ -1,0 +1,129 @@
+"""The C backend: generated C compiled by the system compiler into a shared object, loaded with
+ctypes. The compiler is `cc` unless `ARRAYJIT_CC` names another; artifacts go through
+`arrayjit.cache`.
+
+Flags: `-O3 -march=native -fPIC -shared -fno-math-errno`. Not `-ffast-math`: results must match
+numpy's, NaN and infinity included.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from arrayjit import cache
+from arrayjit import loop_ir as ir
+from arrayjit.backends.base import Backend, Compiled
+from arrayjit.codegen.c_syntax import CSyntax
+from arrayjit.errors import CompileError
+from arrayjit.tnode import MemoryMode, TNode
+
+log = logging.getLogger("arrayjit")
+
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
+
+
+def compiler() -> str:
+    return os.environ.get("ARRAYJIT_CC", "cc")
+
+
+@functools.cache
+def compiler_version(command: str) -> str:
+    try:
+        out = subprocess.run(
+            [*shlex.split(command), "--version"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise CompileError(f"the C compiler {command!r} cannot be run: {exc}") from None
+    return out.stdout.strip()
+
+
+class CCompiled(Compiled):
+    def __init__(
+        self, function, tnodes: list[TNode], scratch: dict[TNode, np.ndarray], source_path: str
+    ):
+        self.function = function
+        self.tnodes = tnodes
+        self.source_path = source_path
+        # Keep the arrays alive: the pointer table below refers to their memory.
+        self.arrays = [scratch[t] if t in scratch else t.host() for t in tnodes]
+        self.pointers = (ctypes.c_void_p * max(1, len(tnodes)))(
+            *(a.ctypes.data for a in self.arrays)
+        )
+
+    def run(self) -> None:
+        self.function(self.pointers)
+
+
+class CBackend(Backend):
+    name = "c"
+
+    def __init__(self) -> None:
+        self.syntax = CSyntax()
+
+    def source(self, stmt: ir.Stmt, tnodes: list[TNode], function: str) -> str:
+        dtypes = sorted({t.dtype for t in tnodes}, key=lambda d: d.name)
+        lines = [
+            "#include <math.h>",
+            "#include <stdint.h>",
+            self.syntax.prelude(dtypes, ir.ops_used(stmt)),
+            f"void {function}(void **buffers) {{",
+        ]
+        for k, t in enumerate(tnodes):
+            c_type = t.dtype.c_name
+            lines.append(f"  {c_type} *restrict {t.name} = ({c_type} *)buffers[{k}];")
+        lines += self.syntax.stmt(stmt)
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
+        tnodes = ir.tnodes_in(stmt)
+        function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        source = self.source(stmt, tnodes, function)
+        library = build_shared_object(source)
+        try:
+            lib = ctypes.CDLL(str(library))
+        except OSError as exc:
+            raise CompileError(
+                f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
+            ) from None
+        fn = getattr(lib, function)
+        fn.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        fn.restype = None
+        scratch = {
+            t: np.zeros(t.dims, t.dtype.numpy)
+            for t in tnodes
+            if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
+        }
+        return CCompiled(fn, tnodes, scratch, str(library.with_suffix(".c")))
+
+
+def build_shared_object(source: str) -> Path:
+    """The shared object for `source`, from the cache or freshly compiled."""
+    command = compiler()
+    flags = (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
+    key = cache.key(source, " ".join(flags), compiler_version(command))
+    folder = cache.cache_dir()
+    library = folder / f"{key}.so"
+    if cache.lookup(library):
+        return library
+    source_path = folder / f"{key}.c"
+    cache.write_atomic(source_path, source.encode())
+    tmp = cache.temp_path(library)
+    args = [*shlex.split(command), *flags, "-o", str(tmp), str(source_path), "-lm"]
+    log.debug("compiling: %s", shlex.join(args))
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise CompileError(
+            f"the C compiler failed (exit {result.returncode})", str(source_path), result.stderr
+        )
+    cache.commit(tmp, library)
+    return library

@@ -1,0 +1,106 @@
+"""The C-like printer shared by the C and CUDA backends.
+
+`CSyntax` prints loop IR as C statements; a backend subclasses it for what differs (how a loop
+is mapped to threads, the qualifier of helper functions, kernel signatures).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from arrayjit import loop_ir as ir
+from arrayjit import ops
+from arrayjit.dtypes import DType
+from arrayjit.indexing import Index, as_affine
+from arrayjit.tnode import TNode
+
+INT32_MAX = 2**31 - 1
+
+
+class CSyntax:
+    #: How helper functions are declared (`static inline` in C).
+    function_qualifier = "static inline"
+
+    def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
+        """Helper functions for `dtypes`, and the random generator if an op needs it."""
+        text = f"#define OCANNL_FN {self.function_qualifier}\n" + ops.c_prelude(dtypes, "OCANNL_FN")
+        if ops.RANDOM_OPS & ops_used:
+            from arrayjit import threefry
+
+            text += threefry.C_SOURCE
+        return text
+
+    # ---- expressions ---------------------------------------------------------------------
+
+    def literal(self, value: float, dtype: DType) -> str:
+        if not dtype.is_float:
+            return str(int(value))
+        if math.isnan(value):
+            return f"(({dtype.c_name})NAN)"
+        if math.isinf(value):
+            return f"(({dtype.c_name})({'-' if value < 0 else ''}INFINITY))"
+        # repr of the value rounded to the dtype round-trips exactly.
+        text = repr(float(np.asarray(value, dtype.numpy)))
+        if "e" not in text and "." not in text:
+            text += ".0"
+        return f"{text}{dtype.literal_suffix}"
+
+    def iterator(self, it) -> str:
+        return f"{it.name or 'i'}_{it.id}"
+
+    def index_expr(self, index: Index, wide: bool = False) -> str:
+        terms, offset = as_affine(index)
+        cast = "(int64_t)" if wide else ""
+        parts = [
+            f"{cast}{self.iterator(it)}" if c == 1 else f"{c} * {cast}{self.iterator(it)}"
+            for c, it in terms
+        ]
+        if offset or not parts:
+            parts.append(str(offset))
+        return " + ".join(parts)
+
+    def offset(self, tnode: TNode, index: tuple[Index, ...]) -> str:
+        """The row-major offset of `index` in `tnode` as a C expression."""
+        from arrayjit.lowering import row_major_offset
+
+        return self.index_expr(row_major_offset(tnode.dims, index), wide=tnode.size > INT32_MAX)
+
+    def buffer(self, tnode: TNode) -> str:
+        return tnode.name
+
+    def expr(self, e: ir.Expr) -> str:
+        if isinstance(e, ir.Const):
+            return self.literal(e.value, e.dtype)
+        if isinstance(e, ir.Get):
+            return f"{self.buffer(e.tnode)}[{self.offset(e.tnode, e.index)}]"
+        if isinstance(e, ir.Local):
+            return e.name
+        if isinstance(e, ir.IndexValue):
+            return f"(({e.dtype.c_name})({self.index_expr(e.index, wide=True)}))"
+        return ops.get(e.op).c_expr(e.dtype, *(self.expr(a) for a in e.args))
+
+    # ---- statements ----------------------------------------------------------------------
+
+    def for_header(self, loop: ir.For) -> list[str]:
+        i = self.iterator(loop.iterator)
+        return [f"for (int {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
+
+    def stmt(self, s: ir.Stmt, indent: int = 1) -> list[str]:
+        pad = "  " * indent
+        if isinstance(s, ir.For):
+            head = [pad + line for line in self.for_header(s)]
+            return [*head, *self.stmt(s.body, indent + 1), pad + "}"]
+        if isinstance(s, ir.Block):
+            return [line for x in s.stmts for line in self.stmt(x, indent)]
+        if isinstance(s, ir.Set):
+            target = f"{self.buffer(s.tnode)}[{self.offset(s.tnode, s.index)}]"
+            return [f"{pad}{target} = {self.expr(s.value)};"]
+        if isinstance(s, ir.DeclLocal):
+            return [f"{pad}{s.dtype.c_name} {s.name} = {self.expr(s.init)};"]
+        if isinstance(s, ir.SetLocal):
+            return [f"{pad}{s.name} = {self.expr(s.value)};"]
+        if isinstance(s, ir.Comment):
+            return [f"{pad}/* {s.text.replace('*/', '* /')} */"]
+        raise TypeError(f"cannot print {s!r}")

@@ -1,0 +1,210 @@
+"""Lowering: assignments -> loop IR, then the passes, in order.
+
+Read top to bottom, this file is the pipeline: `lower` turns each assignment into a loop nest
+(choosing a loop order, see `loop_order`), then `optimize` runs the passes of `arrayjit.passes`.
+With `ARRAYJIT_DEBUG=1` the IR is logged after each step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from arrayjit import assignments as asg
+from arrayjit import loop_ir as ir
+from arrayjit import ops
+from arrayjit.indexing import (
+    Fixed,
+    Index,
+    Iterator,
+    Projections,
+    affine,
+    as_affine,
+    iterators_of,
+)
+from arrayjit.passes import hoisting, simplify, virtual_inlining
+from arrayjit.tnode import MemoryMode, TNode
+
+log = logging.getLogger("arrayjit")
+
+PASSES = [
+    ("virtual inlining", virtual_inlining.run),
+    ("simplification", simplify.run),
+    ("loop-invariant hoisting", hoisting.run),
+]
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("ARRAYJIT_DEBUG", "") not in ("", "0")
+
+
+def compile_to_ir(code: asg.Code) -> ir.Stmt:
+    """The whole pipeline: lower, then optimize."""
+    lowered = lower(code)
+    _log("lowering", lowered)
+    return optimize(lowered)
+
+
+def optimize(stmt: ir.Stmt) -> ir.Stmt:
+    for name, run in PASSES:
+        stmt = run(stmt)
+        _log(name, stmt)
+    return stmt
+
+
+def _log(step: str, stmt: ir.Stmt) -> None:
+    if debug_enabled():
+        log.warning("after %s:\n%s", step, ir.to_string(stmt))
+
+
+# ---- assignments -> loop IR --------------------------------------------------------------
+
+
+def lower(code: asg.Code) -> ir.Stmt:
+    return ir.block([lower_statement(s) for s in asg.flatten(code)])
+
+
+def lower_statement(stmt: asg.Code) -> ir.Stmt:
+    if isinstance(stmt, asg.Comment):
+        return ir.Comment(stmt.text)
+    if isinstance(stmt, asg.Fetch):
+        return lower_fetch(stmt)
+    if isinstance(stmt, asg.Accum):
+        return lower_accum(stmt)
+    raise TypeError(f"cannot lower {stmt!r}")
+
+
+def row_major_offset(dims: tuple[int, ...], index: tuple[Index, ...]) -> Index:
+    strides = np.cumprod((1, *dims[::-1]))[:-1][::-1]
+    terms = []
+    offset = 0
+    for stride, idx in zip(strides, index, strict=True):
+        if isinstance(idx, Fixed):
+            offset += int(stride) * idx.value
+        else:
+            its, off = as_affine(idx)
+            terms.extend((int(stride) * c, it) for c, it in its)
+            offset += int(stride) * off
+    return affine(*terms, offset=offset)
+
+
+def _nest(dims: tuple[int, ...], body_of) -> ir.Stmt:
+    """Loops over `dims` (outermost first) around `body_of(index)`."""
+    its = tuple(Iterator(name=f"i{k}") for k in range(len(dims)))
+    index: tuple[Index, ...] = tuple(
+        it if d > 1 else Fixed(0) for it, d in zip(its, dims, strict=True)
+    )
+    body = body_of(index)
+    for it, d in reversed(list(zip(its, dims, strict=True))):
+        if d > 1:
+            body = ir.For(it, d, body)
+    return body
+
+
+def lower_fetch(stmt: asg.Fetch) -> ir.Stmt:
+    lhs = stmt.lhs
+    source = stmt.source
+    if isinstance(source, asg.Constant):
+        return _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, ir.Const(source.value, lhs.dtype)))
+    if isinstance(source, asg.RangeOfShape):
+        return _nest(
+            lhs.dims,
+            lambda idx: ir.Set(lhs, idx, ir.IndexValue(row_major_offset(lhs.dims, idx), lhs.dtype)),
+        )
+    if isinstance(source, asg.Values):
+        # The values live in a host buffer of their own, copied in each time the code runs.
+        init = TNode(f"{lhs.label}_values", lhs.dims, lhs.dtype, MemoryMode.HOST)
+        init.set_host(np.asarray(source.array).reshape(lhs.dims))
+        return _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, ir.Get(init, idx)))
+    raise TypeError(f"unknown fetch source {source!r}")
+
+
+def loop_order(p: Projections, lhs: TNode, rhses: tuple[TNode, ...]) -> list[Iterator]:
+    """Outermost first. The innermost loop is the iterator that walks the most operands along
+    their last (contiguous) axis, a reduction on ties so it can accumulate in a register; the
+    others keep lhs order, reductions after the rest."""
+    reductions = p.reduction_iterators
+    contiguous_uses = dict.fromkeys(p.product_iterators, 0)
+    for tnode, proj in ((lhs, p.project_lhs), *zip(rhses, p.project_rhs, strict=True)):
+        if proj and tnode.dims[-1] > 1 and isinstance(proj[-1], Iterator):
+            contiguous_uses[proj[-1]] += 1
+    lhs_order = [it for idx in p.project_lhs for it in iterators_of(idx)]
+    non_reductions = list(dict.fromkeys(it for it in lhs_order if it not in reductions))
+    base = non_reductions + list(reductions)
+    if not base:
+        return []
+    innermost = max(base, key=lambda it: (contiguous_uses[it], it in reductions, base.index(it)))
+    return [it for it in base if it != innermost] + [innermost]
+
+
+def _covers_injectively(p: Projections, lhs: TNode) -> bool:
+    """Every lhs cell is visited, once per combination of the non-reduction iterators."""
+    bounds = p.bounds
+    seen: set[Iterator] = set()
+    for dim, idx in zip(lhs.dims, p.project_lhs, strict=True):
+        if isinstance(idx, Fixed):
+            if dim != 1:
+                return False
+        elif isinstance(idx, Iterator) and idx not in seen and bounds[idx] == dim:
+            seen.add(idx)
+        else:
+            return False
+    return True
+
+
+_local_ids = iter(range(1, 1 << 62))
+
+
+def lower_accum(stmt: asg.Accum) -> ir.Stmt:
+    p, lhs = stmt.projections, stmt.lhs
+    bounds = p.bounds
+    rhs = ir.Apply(
+        stmt.op,
+        tuple(ir.Get(r, idx) for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)),
+        lhs.dtype,
+    )
+    order = loop_order(p, lhs, stmt.rhses)
+    reductions = set(p.reduction_iterators)
+
+    def wrap(its: list[Iterator], body: ir.Stmt) -> ir.Stmt:
+        for it in reversed(its):
+            body = ir.For(it, bounds[it], body)
+        return body
+
+    if stmt.accum is None:
+        return wrap(order, ir.Set(lhs, p.project_lhs, rhs))
+
+    neutral = ir.Const(ops.neutral(stmt.accum, lhs.dtype), lhs.dtype)
+    n_outer = next((k for k, it in enumerate(order) if it in reductions), len(order))
+    reductions_innermost = all(it in reductions for it in order[n_outer:])
+    covered = _covers_injectively(p, lhs)
+    if reductions and reductions_innermost and (covered or not stmt.zero_first):
+        # Accumulate in a register over the innermost reduction loops, store once.
+        acc = f"acc{next(_local_ids)}"
+        init = neutral if stmt.zero_first else ir.Get(lhs, p.project_lhs)
+        inner = wrap(
+            order[n_outer:],
+            ir.SetLocal(acc, ir.Apply(stmt.accum, (ir.Local(acc, lhs.dtype), rhs), lhs.dtype)),
+        )
+        body = ir.block(
+            [
+                ir.DeclLocal(acc, lhs.dtype, init),
+                inner,
+                ir.Set(lhs, p.project_lhs, ir.Local(acc, lhs.dtype)),
+            ]
+        )
+        return wrap(order[:n_outer], body)
+
+    update = ir.Set(
+        lhs, p.project_lhs, ir.Apply(stmt.accum, (ir.Get(lhs, p.project_lhs), rhs), lhs.dtype)
+    )
+    if not stmt.zero_first:
+        return wrap(order, update)
+    if covered and not reductions:
+        # Each cell is written once: neutral `op` rhs, no separate fill.
+        first = ir.Set(lhs, p.project_lhs, ir.Apply(stmt.accum, (neutral, rhs), lhs.dtype))
+        return wrap(order, first)
+    fill = _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, neutral))
+    return ir.block([fill, wrap(order, update)])

@@ -1,0 +1,102 @@
+"""Virtual-node inlining: a VIRTUAL buffer defined by one pointwise loop nest is never stored;
+its defining expression is substituted where it is read.
+
+A definition is inlinable when it is a perfect loop nest around a single `Set` whose index uses
+each loop iterator once over the whole buffer. It is materialized instead (kept as a loop nest,
+in a scratch buffer) when the buffer is written elsewhere, or when a source of its expression is
+overwritten before a later read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from arrayjit import loop_ir as ir
+from arrayjit.indexing import Fixed, Index, Iterator, substitute
+from arrayjit.tnode import MemoryMode, TNode
+
+log = logging.getLogger("arrayjit")
+
+
+@dataclass(frozen=True)
+class Definition:
+    axes: tuple[Index, ...]  # the Set's index: iterators, or Fixed(0) on size-1 axes
+    expr: ir.Expr
+    stmt: ir.Stmt  # the (already substituted) defining nest, to materialize it if needed
+    sources: frozenset[TNode]
+
+
+def _as_definition(stmt: ir.Stmt) -> tuple[TNode, tuple[Index, ...], ir.Expr] | None:
+    loops: dict[Iterator, int] = {}
+    while isinstance(stmt, ir.For):
+        loops[stmt.iterator] = stmt.extent
+        stmt = stmt.body
+    if not isinstance(stmt, ir.Set) or stmt.tnode.memory_mode is not MemoryMode.VIRTUAL:
+        return None
+    seen: set[Iterator] = set()
+    for dim, idx in zip(stmt.tnode.dims, stmt.index, strict=True):
+        if isinstance(idx, Fixed) and dim == 1:
+            continue
+        if not isinstance(idx, Iterator) or idx in seen or loops.get(idx) != dim:
+            return None
+        seen.add(idx)
+    if seen != set(loops) or stmt.tnode in ir.read_tnodes(stmt):
+        return None
+    return stmt.tnode, stmt.index, stmt.value
+
+
+def _inline(defs: dict[TNode, Definition]):
+    def rewrite(e: ir.Expr) -> ir.Expr:
+        if not isinstance(e, ir.Get) or e.tnode not in defs:
+            return e
+        d = defs[e.tnode]
+        env = {ax: idx for ax, idx in zip(d.axes, e.index, strict=True) if isinstance(ax, Iterator)}
+
+        def reindex(x: ir.Expr) -> ir.Expr:
+            if isinstance(x, ir.Get):
+                return ir.Get(x.tnode, tuple(substitute(i, env) for i in x.index))
+            if isinstance(x, ir.IndexValue):
+                return ir.IndexValue(substitute(x.index, env), x.dtype)
+            return x
+
+        return ir.map_expr(d.expr, reindex)
+
+    return rewrite
+
+
+def run(stmt: ir.Stmt) -> ir.Stmt:
+    top = list(stmt.stmts) if isinstance(stmt, ir.Block) else [stmt]
+    virtual_writes: dict[TNode, int] = {}
+    last_read: dict[TNode, int] = {}
+    for pos, s in enumerate(top):
+        for t in ir.written_tnodes(s):
+            virtual_writes[t] = virtual_writes.get(t, 0) + 1
+        for t in ir.read_tnodes(s):
+            last_read[t] = pos
+
+    defs: dict[TNode, Definition] = {}
+    out: list[ir.Stmt] = []
+    for pos, s in enumerate(top):
+        s = ir.map_stmt_exprs(s, _inline(defs)) if defs else s
+        # A source about to be overwritten: materialize the definitions that are read later.
+        written = ir.written_tnodes(s)
+        for v, d in list(defs.items()):
+            if d.sources & written:
+                del defs[v]
+                if last_read.get(v, -1) >= pos:
+                    log.info(
+                        "virtual %s materialized: a source is overwritten before a read", v.label
+                    )
+                    out.append(d.stmt)
+        found = _as_definition(s)
+        if found is not None and virtual_writes[found[0]] == 1:
+            v, axes, expr = found
+            sources = frozenset(e.tnode for e in ir.walk_exprs(expr) if isinstance(e, ir.Get))
+            defs[v] = Definition(axes, expr, s, sources)
+            continue
+        for t in written:
+            if t.memory_mode is MemoryMode.VIRTUAL:
+                log.info("virtual %s materialized: not a single pointwise definition", t.label)
+        out.append(s)
+    return ir.block(out)
