@@ -78,8 +78,8 @@ def run(stmt: ir.Stmt) -> ir.Stmt:
     defs: dict[TNode, Definition] = {}
     out: list[ir.Stmt] = []
     for pos, s in enumerate(top):
-        s = ir.map_stmt_exprs(s, _inline(defs)) if defs else s
-        # A source about to be overwritten: materialize the definitions that are read later.
+        # A source about to be overwritten: materialize the definitions read from here on, before
+        # inlining, so that `s` itself reads the stored values and not its own partial writes.
         written = ir.written_tnodes(s)
         for v, d in list(defs.items()):
             if d.sources & written:
@@ -89,6 +89,7 @@ def run(stmt: ir.Stmt) -> ir.Stmt:
                         "virtual %s materialized: a source is overwritten before a read", v.label
                     )
                     out.append(d.stmt)
+        s = ir.map_stmt_exprs(s, _inline(defs)) if defs else s
         found = _as_definition(s)
         if found is not None and virtual_writes[found[0]] == 1:
             v, axes, expr = found
