@@ -1,0 +1,183 @@
+"""Projections of a solved update step: the iteration space, and the index of each operand axis.
+
+Axes are listed in memory order: batch, then output, then input. An operand's size-1 axis that
+broadcasts against a larger one is read at `Fixed(0)`; a repeated einsum label reads a diagonal.
+"""
+
+from __future__ import annotations
+
+from arrayjit.indexing import Fixed, Index, Iterator, Projections
+from ocannl_py import shape_solver as sv
+from ocannl_py.errors import ShapeError
+from ocannl_py.shape import (
+    MEMORY_ORDER,
+    AxisRef,
+    Compose,
+    Einsum,
+    Pointwise,
+    RowLayout,
+    Shape,
+    Transpose,
+    UpdateStep,
+)
+
+
+class _Space:
+    """The iterators of one step, in order of creation, with their extents."""
+
+    def __init__(self) -> None:
+        self.iterators: list[Iterator] = []
+        self.extents: list[int] = []
+
+    def new(self, extent: int, name: str) -> Iterator:
+        it = Iterator(name=f"{name}{len(self.iterators)}")
+        self.iterators.append(it)
+        self.extents.append(extent)
+        return it
+
+
+def derive(step: UpdateStep) -> tuple[Projections, bool]:
+    """Forward projections of `step` (lhs = result, rhs[k] = operands[k]) and whether the lhs
+    must be zeroed first (a reduction, a diagonal or a fixed index leaves cells unwritten)."""
+    for shape in (step.result, *step.operands):
+        if not shape.is_solved:
+            raise ShapeError(
+                f"projections of {step.describe()}: the shape of {shape.label!r} is not closed; "
+                "call shape.close first"
+            )
+    space = _Space()
+    if isinstance(step.logic, Einsum):
+        lhs, rhs = _einsum(step, space)
+    else:
+        lhs, rhs = _by_rows(step, space)
+    projections = Projections(
+        tuple(space.extents),
+        tuple(space.iterators),
+        tuple(lhs),
+        tuple(tuple(r) for r in rhs),
+        debug=step.describe(),
+    )
+    try:
+        projections.check_against(
+            step.result.dims(), [s.dims() for s in step.operands], step.describe()
+        )
+    except ValueError as e:
+        raise ShapeError(str(e)) from None
+    return projections, _needs_zero_first(projections, step.result.dims())
+
+
+def _needs_zero_first(projections: Projections, lhs_dims: tuple[int, ...]) -> bool:
+    if projections.reduction_iterators:
+        return True
+    iterators = [i for i in projections.project_lhs if isinstance(i, Iterator)]
+    if len(set(iterators)) != len(iterators):
+        return True
+    return any(
+        not isinstance(index, Iterator) and dim > 1
+        for index, dim in zip(projections.project_lhs, lhs_dims, strict=True)
+    )
+
+
+def _rows(shape: Shape) -> dict[str, list[int]]:
+    return {"batch": shape.batch, "input": shape.input, "output": shape.output}
+
+
+def _aligned(sub_dims: list[int], cur_dims: list[int], cur_its: list[Iterator]) -> list[Index]:
+    """Indices of a row broadcast (aligned on the right) into a row iterated by `cur_its`."""
+    offset = len(cur_dims) - len(sub_dims)
+    indices: list[Index] = []
+    for j, dim in enumerate(sub_dims):
+        k = offset + j
+        if k >= 0 and dim == cur_dims[k]:
+            indices.append(cur_its[k])
+        elif dim == 1:
+            indices.append(Fixed(0))
+        else:
+            raise ShapeError(f"cannot broadcast dims {sub_dims} into {cur_dims}")
+    return indices
+
+
+def _by_rows(step: UpdateStep, space: _Space) -> tuple[list[Index], list[list[Index]]]:
+    """Pointwise, compose and transpose: iterate the result's axes, plus contracted axes."""
+    result = _rows(step.result)
+    its = {k: [space.new(d, k[0]) for d in result[k]] for k in MEMORY_ORDER}
+    lhs = [it for k in MEMORY_ORDER for it in its[k]]
+    operands = [_rows(s) for s in step.operands]
+    logic = step.logic
+    if isinstance(logic, Pointwise):
+        # Each kind of each operand broadcasts into the result's axes of the same kind.
+        rhs = [
+            [i for k in MEMORY_ORDER for i in _aligned(op[k], result[k], its[k])] for op in operands
+        ]
+    elif isinstance(logic, Compose):
+        a, b = operands
+        contracted = [space.new(d, "c") for d in a["input"]]
+        rhs = [
+            _aligned(a["batch"], result["batch"], its["batch"])
+            + _aligned(a["output"], result["output"], its["output"])
+            + contracted,
+            _aligned(b["batch"], result["batch"], its["batch"])
+            + contracted
+            + _aligned(b["input"], result["input"], its["input"]),
+        ]
+    else:
+        assert isinstance(logic, Transpose)
+        (a,) = operands
+        rhs = [
+            _aligned(a["batch"], result["batch"], its["batch"])
+            + _aligned(a["input"], result["output"], its["output"])
+            + _aligned(a["output"], result["input"], its["input"])
+        ]
+    return lhs, rhs
+
+
+def _size(d: sv.DimLike) -> int:
+    d = sv.resolve_dim(d)
+    assert isinstance(d, sv.Dim), "shapes are closed"
+    return d.size
+
+
+def _einsum(step: UpdateStep, space: _Space) -> tuple[list[Index], list[list[Index]]]:
+    """One iterator per label, per axis of each row variable, per placeholder."""
+    labels: dict[str, Iterator] = {}
+    row_var_its: dict[str, list[Iterator]] = {}
+    row_var_dims: dict[str, list[int]] = {}
+    for name, var in step.row_vars.items():
+        sizes = sv.row_sizes(sv.Row((), var, ()))
+        assert sizes is not None
+        row_var_dims[name] = sizes
+        row_var_its[name] = [space.new(d, name[0]) for d in sizes]
+
+    def axis_index(ref: AxisRef) -> Index:
+        if ref.kind == "fixed":
+            return Fixed(ref.index)
+        if ref.kind == "placeholder":
+            return space.new(_size(ref.dim), "p")
+        if ref.name not in labels:
+            labels[ref.name] = space.new(_size(ref.dim), ref.name)
+        return labels[ref.name]
+
+    def row_indices(layout: RowLayout | None, is_result: bool) -> list[Index]:
+        if layout is None:
+            return []
+        indices = [axis_index(r) for r in layout.beg]
+        if layout.var_name is not None:
+            name = layout.var_name
+            if is_result:
+                indices.extend(row_var_its[name])
+            else:
+                own = sv.row_sizes(sv.Row((), layout.var, ()))
+                assert own is not None
+                indices.extend(_aligned(own, row_var_dims[name], row_var_its[name]))
+        indices.extend(axis_index(r) for r in layout.end)
+        return indices
+
+    tensors = [*step.layouts]
+    all_indices = [
+        [i for k in MEMORY_ORDER for i in row_indices(layout[k], is_result=(n == len(tensors) - 1))]
+        for n, layout in enumerate(tensors)
+    ]
+    return all_indices[-1], all_indices[:-1]
+
+
+__all__ = ["derive"]
