@@ -122,7 +122,8 @@ class Pointwise:
 
 @dataclass(frozen=True)
 class Compose:
-    """`a * b`: a's input axes contract with b's output axes; result `batch | b.input -> a.output`."""
+    """`a * b`: a's input axes contract with b's output axes; the result is
+    `batch | b.input -> a.output`."""
 
     def describe(self) -> str:
         return "compose (`*`, matrix-multiply-like)"
