@@ -44,24 +44,69 @@ class Seq(Code):
     items: tuple[Code, ...]
 
 
+@dataclass(frozen=True)
+class Arg:
+    """Operand `index` of an Accum, read at its projected index."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Lit:
+    value: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """An expression over an Accum's operands, e.g. `g * v1 / (v2 * v2)`, computed per cell."""
+
+    op: str
+    args: tuple[Call | Arg | Lit, ...]
+
+
+RhsExpr = Call | Arg | Lit
+
+
+def _check_rhs(expr: RhsExpr, n_rhs: int, where: str) -> None:
+    if isinstance(expr, Arg):
+        if not 0 <= expr.index < n_rhs:
+            raise ValueError(f"{where}: operand {expr.index} out of {n_rhs}")
+    elif isinstance(expr, Call):
+        ops.check_arity(expr.op, len(expr.args))
+        for a in expr.args:
+            _check_rhs(a, n_rhs, where)
+    elif not isinstance(expr, Lit):
+        raise TypeError(f"{where}: not an operand expression: {expr!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class Accum(Code):
     """`lhs accum= op(rhses)` over `projections`. `accum=None` overwrites (`=:`).
 
+    `op` is an op name applied to the rhses in order, or a `Call` tree over them (`Arg(k)`).
     `zero_first`: fill the lhs with the neutral element of `accum` before accumulating (`=:+`).
     """
 
     lhs: TNode
     accum: str | None
-    op: str
+    op: str | Call
     rhses: tuple[TNode, ...]
     projections: Projections
     zero_first: bool = False
 
+    @property
+    def rhs_expr(self) -> RhsExpr:
+        if isinstance(self.op, str):
+            return Call(self.op, tuple(Arg(k) for k in range(len(self.rhses))))
+        return self.op
+
     def __post_init__(self) -> None:
         if not isinstance(self.lhs, TNode) or not all(isinstance(r, TNode) for r in self.rhses):
             raise TypeError("Accum: lhs and rhses must be TNodes")
-        ops.check_arity(self.op, len(self.rhses))
+        if isinstance(self.op, str):
+            ops.check_arity(self.op, len(self.rhses))
+        else:
+            _check_rhs(self.op, len(self.rhses), f"Accum into {self.lhs.label!r}")
         if self.accum is not None:
             ops.check_arity(self.accum, 2)
             ops.neutral(self.accum, self.lhs.dtype)
@@ -160,13 +205,7 @@ def statement_string(stmt: Code) -> str:
         p = stmt.projections
         lhs = stmt.lhs.name + _index_str(p.project_lhs)
         args = [r.name + _index_str(idx) for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)]
-        op = ops.get(stmt.op)
-        if op.arity == 2 and op.symbol:
-            rhs = f"{args[0]} {op.symbol} {args[1]}"
-        elif stmt.op == "identity":
-            rhs = args[0]
-        else:
-            rhs = f"{stmt.op}({', '.join(args)})"
+        rhs = rhs_string(stmt.rhs_expr, args, top=True)
         assign = (
             "=:"
             if stmt.accum is None
@@ -177,6 +216,23 @@ def statement_string(stmt: Code) -> str:
         )
         return f"{lhs} {assign} {rhs}    for {space}" if space else f"{lhs} {assign} {rhs}"
     raise TypeError(f"not a statement: {stmt!r}")
+
+
+def rhs_string(expr: RhsExpr, args: list[str], top: bool = False) -> str:
+    if isinstance(expr, Arg):
+        return args[expr.index]
+    if isinstance(expr, Lit):
+        return repr(expr.value)
+    parts = [rhs_string(a, args) for a in expr.args]
+    op = ops.get(expr.op)
+    if expr.op == "identity":
+        return parts[0]
+    if op.arity == 2 and op.symbol:
+        text = f"{parts[0]} {op.symbol} {parts[1]}"
+        return text if top else f"({text})"
+    if op.arity == 1 and op.symbol:
+        return f"{op.symbol}{parts[0]}"
+    return f"{expr.op}({', '.join(parts)})"
 
 
 def to_string(code: Code) -> str:

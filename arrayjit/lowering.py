@@ -157,14 +157,19 @@ def _covers_injectively(p: Projections, lhs: TNode) -> bool:
 _local_ids = iter(range(1, 1 << 62))
 
 
+def _rhs_ir(expr: asg.RhsExpr, gets: list[ir.Get], dtype) -> ir.Expr:
+    if isinstance(expr, asg.Arg):
+        return gets[expr.index]
+    if isinstance(expr, asg.Lit):
+        return ir.Const(expr.value, dtype)
+    return ir.Apply(expr.op, tuple(_rhs_ir(a, gets, dtype) for a in expr.args), dtype)
+
+
 def lower_accum(stmt: asg.Accum) -> ir.Stmt:
     p, lhs = stmt.projections, stmt.lhs
     bounds = p.bounds
-    rhs = ir.Apply(
-        stmt.op,
-        tuple(ir.Get(r, idx) for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)),
-        lhs.dtype,
-    )
+    gets = [ir.Get(r, idx) for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)]
+    rhs = _rhs_ir(stmt.rhs_expr, gets, lhs.dtype)
     order = loop_order(p, lhs, stmt.rhses)
     reductions = set(p.reduction_iterators)
 

@@ -40,6 +40,12 @@ class Op:
         return np.asarray(out).astype(np.result_type(*operands), copy=False)
 
 
+def _uniform(seed: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    from arrayjit.threefry import uniform_reference
+
+    return uniform_reference(seed, counter, np.result_type(seed, counter))
+
+
 OPS: dict[str, Op] = {}
 
 
@@ -78,6 +84,13 @@ _register(
     Op("ne", 2, lambda a, b: np.where(a != b, 1, 0), "(({t})(({0}) != ({1})))", "<>"),
     # relu's backward: pass the gradient `b` where the input `a` was positive.
     Op("relu_gate", 2, lambda a, b: np.where(a > 0, b, 0), "ocannl_relu_gate_{t}({0}, {1})", "-?/"),
+    # A uniform value in [0, 1) from Threefry-4x32 of (seed, counter): see arrayjit.threefry.
+    Op(
+        "uniform_at",
+        2,
+        lambda seed, counter: _uniform(seed, counter),
+        "ocannl_uniform_{t}({0}, {1})",
+    ),
     # Ternary.
     Op("where", 3, lambda c, a, b: np.where(c != 0, a, b), "(({0}) != 0 ? ({1}) : ({2}))"),
     Op("fma", 3, lambda a, b, c: a * b + c, "fma{m}({0}, {1}, {2})"),
@@ -85,7 +98,7 @@ _register(
 
 
 # Ops whose C code needs the counter-based generator of `arrayjit.threefry`.
-RANDOM_OPS: set[str] = set()
+RANDOM_OPS: set[str] = {"uniform_at"}
 
 
 def get(name: str) -> Op:

@@ -1,0 +1,152 @@
+"""Tensor-level assignment code: statements over tensors' value and gradient buffers whose
+projections come from shape inference. It turns into arrayjit assignments once shapes are closed
+(`Code.lower`), which is why it is kept symbolic until a routine is compiled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from arrayjit import assignments as asg
+from arrayjit.indexing import Projections
+from arrayjit.tnode import TNode
+from ocannl_py import projections, shape
+
+if TYPE_CHECKING:
+    from ocannl_py.tensor import Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """The value buffer of a tensor, or its gradient buffer."""
+
+    tensor: Tensor
+    grad: bool = False
+
+    @property
+    def tnode(self) -> TNode:
+        return self.tensor.grad_node if self.grad else self.tensor.value_node
+
+    def __str__(self) -> str:
+        return f"{self.tensor.label}.grad" if self.grad else self.tensor.label
+
+
+@dataclass(frozen=True, eq=False)
+class Assign:
+    """`lhs accum= expr(rhses)` where each operand plays a role in the shape update `step`:
+    role 0 is the step's result, role k its operand k; operands with role None are scalars."""
+
+    lhs: Slot
+    accum: str | None
+    zero_first: bool
+    expr: asg.RhsExpr
+    rhses: tuple[Slot, ...]
+    step: shape.UpdateStep
+    lhs_role: int
+    rhs_roles: tuple[int, ...]
+    text: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Fill:
+    """Fill a buffer from a source: constant, range of shape or values."""
+
+    lhs: Slot
+    source: asg.FetchSource
+
+
+@dataclass(frozen=True, eq=False)
+class Raw:
+    """arrayjit code built by a callback once shapes are closed (e.g. random initialisation)."""
+
+    build: object  # Callable[[], asg.Code]
+    tensors: tuple[Tensor, ...]
+
+
+Statement = Assign | Fill | Raw
+
+
+class Code:
+    """A sequence of tensor-level statements; `a + b` runs `a` then `b`."""
+
+    def __init__(self, statements: Iterable[Statement] = (), label: str = "") -> None:
+        self.statements: tuple[Statement, ...] = tuple(statements)
+        self.label = label
+
+    def __add__(self, other: Code) -> Code:
+        if not isinstance(other, Code):
+            return NotImplemented
+        return Code(self.statements + other.statements, self.label or other.label)
+
+    def __bool__(self) -> bool:
+        return bool(self.statements)
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor the code reads or writes, in order of first appearance."""
+        seen: dict[int, Tensor] = {}
+        for stmt in self.statements:
+            for t in _tensors_of(stmt):
+                seen.setdefault(t.id, t)
+        return list(seen.values())
+
+    def lower(self) -> asg.Code:
+        """Close the shapes involved, then build arrayjit assignments."""
+        shape.close([t.shape for t in self.tensors()])
+        cache: dict[int, tuple[Projections, bool]] = {}
+        return asg.seq([_lower_statement(s, cache) for s in self.statements])
+
+    def __str__(self) -> str:
+        return "\n".join(_statement_text(s) for s in self.statements)
+
+    def __repr__(self) -> str:
+        return f"Code({len(self.statements)} statements)"
+
+
+def _tensors_of(stmt: Statement) -> Iterator[Tensor]:
+    if isinstance(stmt, Assign):
+        yield stmt.lhs.tensor
+        for r in stmt.rhses:
+            yield r.tensor
+    elif isinstance(stmt, Fill):
+        yield stmt.lhs.tensor
+    else:
+        yield from stmt.tensors
+
+
+def _statement_text(stmt: Statement) -> str:
+    if isinstance(stmt, Assign):
+        return stmt.text or f"{stmt.lhs} <- ..."
+    if isinstance(stmt, Fill):
+        return f"{stmt.lhs} := {stmt.source}"
+    return "<generated code>"
+
+
+def _role_index(p: Projections, role: int):
+    return p.project_lhs if role == 0 else p.project_rhs[role - 1]
+
+
+def _lower_statement(stmt: Statement, cache: dict) -> asg.Code:
+    if isinstance(stmt, Fill):
+        return asg.Fetch(stmt.lhs.tnode, stmt.source)
+    if isinstance(stmt, Raw):
+        return stmt.build()
+    key = id(stmt.step)
+    if key not in cache:
+        cache[key] = projections.derive(stmt.step)
+    forward, _ = cache[key]
+    proj = Projections(
+        forward.product_space,
+        forward.product_iterators,
+        _role_index(forward, stmt.lhs_role),
+        tuple(_role_index(forward, r) for r in stmt.rhs_roles),
+        debug=stmt.text,
+    )
+    return asg.Accum(
+        stmt.lhs.tnode,
+        stmt.accum,
+        stmt.expr,
+        tuple(r.tnode for r in stmt.rhses),
+        proj,
+        stmt.zero_first,
+    )

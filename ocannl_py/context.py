@@ -1,0 +1,81 @@
+"""Compiling and running tensor code: `Context` over an arrayjit context."""
+
+from __future__ import annotations
+
+import logging
+
+from arrayjit import context as aj
+from arrayjit.tnode import MemoryMode
+from ocannl_py.code import Code
+from ocannl_py.tensor import Tensor
+
+log = logging.getLogger("ocannl_py")
+
+
+class Routine:
+    """A compiled unit of code; `run()` executes it."""
+
+    def __init__(self, routine: aj.Routine, inputs: list[Tensor]) -> None:
+        self.routine = routine
+        # Inputs that no code computes: terms the user must fill with set_value.
+        self.inputs = inputs
+
+    @property
+    def source_path(self) -> str:
+        return self.routine.source_path
+
+    def run(self) -> None:
+        for t in self.inputs:
+            if not t.value_node.computed:
+                raise ValueError(
+                    f"tensor {t.label!r} is read by routine {self.routine.name!r} but has no value: "
+                    f"call {t.label}.set_value(...) first"
+                )
+        self.routine.run()
+
+    def __repr__(self) -> str:
+        return f"<routine {self.routine.name!r} source={self.source_path}>"
+
+
+class Context(aj.Context):
+    """`Context("c")`, `Context("cuda")`, or `Context()` (CUDA when a GPU is usable, else C).
+    `compile(code)` takes tensor code (`t.forward`, `train.grad_update(loss)`, `cd(...)`) or
+    arrayjit assignments."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__(backend)
+        self._forward_routines: dict[int, Routine] = {}
+
+    def compile(self, code, name: str | None = None) -> Routine:  # type: ignore[override]
+        if not isinstance(code, Code):
+            return super().compile(code, name or "routine")
+        name = name or code.label or "routine"
+        lowered = code.lower()
+        self._initialize_params(code)
+        written = {s.lhs.tensor.id for s in code.statements if hasattr(s, "lhs")}
+        inputs = [
+            t for t in code.tensors()
+            if t.id not in written and not t.is_param and not t.forward_code
+            and t.memory_mode is not MemoryMode.VIRTUAL
+        ]  # fmt: skip
+        return Routine(super().compile(lowered, name), inputs)
+
+    def _initialize_params(self, code: Code) -> None:
+        """Parameters and optimizer state are initialised once, before the first routine that
+        uses them is built."""
+        fresh = [t for t in code.tensors() if t.init_code and not t.value_node.computed]
+        if not fresh:
+            return
+        init = Code()
+        for t in fresh:
+            init = init + t.init_code
+        if init:
+            super().compile(init.lower(), "init_params").run()
+
+    def forward(self, t: Tensor) -> None:
+        """Compile (once) and run the forward code of `t`."""
+        routine = self._forward_routines.get(t.id)
+        if routine is None:
+            routine = self.compile(t.forward, f"forward_{t.label}")
+            self._forward_routines[t.id] = routine
+        routine.run()

@@ -1,0 +1,147 @@
+"""The op DSL (OCANNL's %op) and the cd DSL (%cd), in strings: meaning of the syntax trees of
+`dsl_syntax`. `op(text, **names)` builds tensors through `operation`; `cd(text, **names)` builds
+assignment code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ocannl_py import dsl_syntax as syn
+from ocannl_py import operation as ops
+from ocannl_py.cd_code import cd
+from ocannl_py.errors import SpecSyntaxError
+from ocannl_py.tensor import Tensor
+
+__all__ = ["cd", "op"]
+
+_BINARY = {
+    "compose": ops.compose,
+    "pointmul": ops.pointmul,
+    "pointdiv": ops.pointdiv,
+    "pointpow": ops.pointpow,
+    "add": ops.add,
+    "sub": ops.sub,
+    "relu_gate": ops.relu_gate,
+    "lt": ops.lt,
+    "eq": ops.eq,
+    "ne": ops.ne,
+    "max": ops.max,
+    "min": ops.min,
+}
+_EINSUM = {"einsum": ops.einsum, "outer_sum": ops.outer_sum, "tropical": ops.tropical}
+_EINSUM1 = {"einsum1": ops.einsum1, "einmax1": ops.einmax1}
+_FUNCTIONS = {
+    name: getattr(ops, name)
+    for name in (
+        "relu", "sat01", "exp", "log", "exp2", "log2", "sin", "cos", "sqrt", "recip",
+        "recip_sqrt", "tanh", "neg", "identity", "stop_gradient", "where", "fma", "lt", "eq",
+        "ne", "max", "min", "transpose",
+    )
+} | {"not": ops.not_}  # fmt: skip
+
+# The memory order of axes: batch, then output, then input.
+_KIND_ORDER = {"batch": 0, "output": 1, "input": 2}
+
+
+def _literal(lit: syn.Literal) -> Tensor:
+    order = sorted(range(len(lit.kinds)), key=lambda k: _KIND_ORDER[lit.kinds[k]])
+    values = np.transpose(lit.values, order)
+    dims = {kind: [] for kind in _KIND_ORDER}
+    for k in order:
+        dims[lit.kinds[k]].append(lit.values.shape[k])
+    return ops.ndarray(values, batch_dims=dims["batch"], input_dims=dims["input"],
+                       output_dims=dims["output"])  # fmt: skip
+
+
+class _Interpreter:
+    def __init__(self, text: str, names: dict[str, Any]) -> None:
+        self.text = text
+        self.names = names
+        self.params: dict[str, Tensor] = {}
+
+    def error(self, message: str, pos: tuple[int, int]) -> SpecSyntaxError:
+        return SpecSyntaxError(f"op DSL: {message}", self.text, *pos)
+
+    def name(self, name: str, pos) -> Any:
+        if name not in self.names:
+            bound = ", ".join(sorted(self.names)) or "none"
+            raise self.error(
+                f"unbound name {name!r}: pass it as a keyword argument (bound: {bound})", pos
+            )
+        return self.names[name]
+
+    def dims(self, dims, pos) -> list[int] | None:
+        if dims is None:
+            return None
+        out = []
+        for d in dims:
+            value = self.name(d, pos) if isinstance(d, str) else d
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise self.error(f"dim {d!r} must be an int, got {value!r}", pos)
+            out.append(int(value))
+        return out
+
+    def param(self, p: syn.Param) -> Tensor:
+        if p.name in self.params:
+            if p.init is not None or p.output or p.input or p.batch:
+                raise self.error(f"inline parameter {p.name!r} is defined twice", p.pos)
+            return self.params[p.name]
+        init = p.init
+        if isinstance(init, syn.Literal):
+            order = sorted(range(len(init.kinds)), key=lambda k: _KIND_ORDER[init.kinds[k]])
+            init = np.transpose(init.values, order)
+        t = ops.param(
+            p.name, init,
+            batch_dims=self.dims(p.batch, p.pos), input_dims=self.dims(p.input, p.pos),
+            output_dims=self.dims(p.output, p.pos),
+        )  # fmt: skip
+        self.params[p.name] = t
+        return t
+
+    def eval(self, e: syn.OpExpr) -> Tensor | float:
+        match e:
+            case syn.Number(value):
+                return ops.number(value)
+            case syn.Name(name):
+                value = self.name(name, e.pos)
+                if isinstance(value, Tensor):
+                    return value
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return ops.number(float(value))
+                raise self.error(
+                    f"{name!r} must be a Tensor or a number, got {type(value).__name__}", e.pos
+                )
+            case syn.Literal():
+                return _literal(e)
+            case syn.Param():
+                return self.param(e)
+            case syn.Neg(operand):
+                return ops.neg(self.eval(operand))
+            case syn.Binary(op, left, right):
+                return _BINARY[syn.OP_BINARY_OPERATORS[op]](self.eval(left), self.eval(right))
+            case syn.Einsum(op, spec, left, right):
+                return _EINSUM[syn.OP_EINSUM_OPERATORS[op]](spec, self.eval(left), self.eval(right))
+            case syn.Einsum1(op, spec, operand):
+                return _EINSUM1[syn.OP_EINSUM1_OPERATORS[op]](spec, self.eval(operand))
+            case syn.Call(name, args):
+                if name not in _FUNCTIONS:
+                    known = ", ".join(sorted(_FUNCTIONS))
+                    raise self.error(f"unknown function {name!r}; known: {known}", e.pos)
+                try:
+                    return _FUNCTIONS[name](*(self.eval(a) for a in args))
+                except TypeError as exc:
+                    raise self.error(f"{name}: {exc}", e.pos) from None
+        raise TypeError(f"unknown op DSL node {e!r}")
+
+
+def op(text: str, **names: Any) -> Tensor:
+    """A tensor from OCANNL's %op syntax; tensors and numbers are bound by keyword.
+
+    >>> import ocannl_py as oc
+    >>> y = oc.op("({hey = 7.0} * [2;3]) + [4;5;6]")
+    >>> sorted(y.params)
+    ['hey']
+    """
+    return _Interpreter(text, names).eval(syn.parse_op(text))

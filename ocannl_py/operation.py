@@ -1,0 +1,394 @@
+"""Every operation: its shape logic, its forward code and its backward code, side by side.
+
+Forward and backward code is written in the cd DSL with the slots `v`, `g` (the result's value
+and gradient) and `v1`, `g1`, `v2`, `g2`, `v3`, `g3` (the operands'). A backward statement whose
+target gradient does not exist (the operand does not depend on a parameter) is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from arrayjit import assignments as asg
+from arrayjit.indexing import identity_projections
+from arrayjit.tnode import MemoryMode
+from ocannl_py import shape as shapes
+from ocannl_py.cd_code import op_code
+from ocannl_py.code import Code, Fill, Raw, Slot
+from ocannl_py.tensor import Tensor
+
+Operand = Tensor | float | int
+
+
+def as_tensor(x: Operand) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, int | float | np.floating | np.integer) and not isinstance(x, bool):
+        return number(float(x))
+    raise TypeError(f"expected a Tensor or a number, got {type(x).__name__}: {x!r}")
+
+
+def operation(
+    label: str,
+    logic: shapes.Logic,
+    operands: Sequence[Operand],
+    forward: str,
+    backward: str | None,
+) -> Tensor:
+    """Build the tensor of one operation: constrain shapes, then attach its code."""
+    args = tuple(as_tensor(o) for o in operands)
+    result_shape = shapes.Shape(label)
+    step = shapes.propagate(logic, result_shape, [a.shape for a in args], op_label=label)
+    t = Tensor(label, result_shape, args, differentiable=backward is not None)
+    t.forward_code = op_code(forward, t, args, step)
+    if t.requires_grad and backward:
+        t.backprop_code = op_code(backward, t, args, step)
+    return t
+
+
+def unary(label: str, a: Operand, forward: str, backward: str | None) -> Tensor:
+    return operation(label, shapes.Pointwise(), [a], forward, backward)
+
+
+def binary(
+    label: str, a: Operand, b: Operand, forward: str, backward: str | None, *, logic=None
+) -> Tensor:
+    return operation(label, logic or shapes.Pointwise(), [a, b], forward, backward)
+
+
+# ---- leaves ------------------------------------------------------------------------------------
+
+_seed = 0
+_param_counter = itertools.count()
+
+
+def set_seed(seed: int) -> None:
+    """Make parameter initialisation reproducible: the k-th parameter created after
+    `set_seed(n)` always gets the same values."""
+    global _seed, _param_counter
+    if not isinstance(seed, int) or seed < 0 or seed >= 2**32:
+        raise ValueError(f"set_seed: expected an int in [0, 2**32), got {seed!r}")
+    _seed = seed
+    _param_counter = itertools.count()
+
+
+def _dims_arg(dims, what: str, label: str):
+    if dims is None:
+        return None
+    if isinstance(dims, int):
+        dims = [dims]
+    dims = list(dims)
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
+            raise ValueError(f"{label!r}: {what} must be positive ints, got {dims}")
+    return [int(d) for d in dims]
+
+
+def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes.Shape:
+    return shapes.Shape(
+        label,
+        batch_dims=_dims_arg(batch_dims, "batch_dims", label),
+        input_dims=_dims_arg(input_dims, "input_dims", label),
+        output_dims=_dims_arg(output_dims, "output_dims", label),
+        **kw,
+    )
+
+
+def number(value: float, label: str | None = None) -> Tensor:
+    """A constant scalar; broadcasts against anything. Computed inline, never stored."""
+    label = label or f"{value:g}"
+    t = Tensor(label, shapes.Shape(label, batch_dims=[], input_dims=[], output_dims=[]),
+               differentiable=False, memory_mode=MemoryMode.VIRTUAL)  # fmt: skip
+    t.forward_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
+    return t
+
+
+def _values_fill(t: Tensor, values: np.ndarray) -> Code:
+    def build() -> asg.Code:
+        dims = t.value_node.dims
+        if values.size != t.value_node.size:
+            raise ValueError(
+                f"{t.label!r}: {values.size} values given for a shape {t.shape} of {t.value_node.size} cells"
+            )
+        return asg.Fetch(t.value_node, asg.Values(values.reshape(dims)))
+
+    return Code([Raw(build, (t,))])
+
+
+def param(
+    label: str,
+    value=None,
+    *,
+    batch_dims=None,
+    input_dims=None,
+    output_dims=None,
+) -> Tensor:
+    """A trainable parameter. Unspecified dims are inferred from use. `value` (a scalar or nested
+    list, batch/output/input axis order) fills it; otherwise it is drawn uniformly from
+    [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in being the product of its input dims, from the
+    counter-based generator seeded by `oc.set_seed`."""
+    if not isinstance(label, str) or not label:
+        raise TypeError(f"param: the label must be a non-empty string, got {label!r}")
+    # A scalar initial value fits any dims, so only other parameters must have inferable dims.
+    must_infer = value is None or np.ndim(value) > 0
+    shape = _leaf_shape(label, batch_dims, input_dims, output_dims, is_param=must_infer)
+    t = Tensor(label, shape, is_param=True)
+    if value is None:
+        t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))
+    elif np.ndim(value) == 0:
+        t.init_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
+    else:
+        t.init_code = _values_fill(t, np.asarray(value, dtype=np.float64))
+    return t
+
+
+def _random_init(t: Tensor, seed: int) -> Code:
+    from arrayjit.tnode import TNode
+
+    def build() -> asg.Code:
+        node = t.value_node
+        fan_in = int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
+        bound = 1.0 / np.sqrt(fan_in)
+        seed_node = TNode(f"{t.label}_seed", (), "float64", MemoryMode.VIRTUAL)
+        counter = TNode(f"{t.label}_counter", node.dims, "float64", MemoryMode.VIRTUAL)
+        proj = identity_projections(node.dims, 2)
+        proj = type(proj)(proj.product_space, proj.product_iterators, proj.project_lhs,
+                          ((), proj.project_lhs))  # fmt: skip
+        uniform = asg.Call("uniform_at", (asg.Arg(0), asg.Arg(1)))
+        scaled = asg.Call("sub", (asg.Call("mul", (uniform, asg.Lit(2 * bound))), asg.Lit(bound)))
+        return asg.seq([
+            asg.Fetch(seed_node, asg.Constant(float(seed))),
+            asg.Fetch(counter, asg.RangeOfShape()),
+            asg.Accum(node, None, scaled, (seed_node, counter), proj),
+        ])  # fmt: skip
+
+    return Code([Raw(build, (t,))])
+
+
+def term(label: str, *, batch_dims=None, input_dims=None, output_dims=None) -> Tensor:
+    """A non-trainable input (data, targets), filled with `set_value`."""
+    shape = _leaf_shape(label, batch_dims, input_dims, output_dims)
+    return Tensor(label, shape, differentiable=False)
+
+
+def ndarray(
+    values, *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None
+) -> Tensor:
+    """A constant literal; the dims must multiply to the number of values."""
+    array = np.asarray(values, dtype=np.float64)
+    dims = [*batch_dims, *output_dims, *input_dims]
+    if int(np.prod(dims, dtype=np.int64)) != array.size:
+        raise ValueError(
+            f"ndarray: dims batch {list(batch_dims)}, output {list(output_dims)}, input "
+            f"{list(input_dims)} hold {int(np.prod(dims))} values, got {array.size}"
+        )
+    label = (
+        label
+        or f"[{', '.join(f'{v:g}' for v in array.ravel()[:4])}{', ...' if array.size > 4 else ''}]"
+    )
+    shape = _leaf_shape(label, batch_dims, input_dims, output_dims)
+    t = Tensor(label, shape, differentiable=False)
+    t.forward_code = _values_fill(t, array)
+    return t
+
+
+def range(n: int, label: str | None = None) -> Tensor:  # noqa: A001 - OCANNL's name
+    """Values 0..n-1 along one output axis."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"range: n must be a positive int, got {n!r}")
+    return range_of_shape(output_dims=[n], label=label or f"range{n}")
+
+
+def range_of_shape(
+    *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None
+) -> Tensor:
+    """Each cell holds its row-major offset, in batch, output, input order."""
+    label = label or "range_of_shape"
+    shape = _leaf_shape(label, batch_dims, input_dims, output_dims)
+    t = Tensor(label, shape, differentiable=False)
+    t.forward_code = Code([Fill(Slot(t), asg.RangeOfShape())])
+    return t
+
+
+# ---- pointwise binary ----------------------------------------------------------------------------
+
+
+def add(a: Operand, b: Operand) -> Tensor:
+    return binary("+", a, b, "v =: v1 + v2", "g1 =+ g; g2 =+ g")
+
+
+def sub(a: Operand, b: Operand) -> Tensor:
+    return binary("-", a, b, "v =: v1 - v2", "g1 =+ g; g2 =- g")
+
+
+def pointmul(a: Operand, b: Operand) -> Tensor:
+    return binary("*.", a, b, "v =: v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g")
+
+
+def pointdiv(a: Operand, b: Operand) -> Tensor:
+    return binary("/.", a, b, "v =: v1 / v2", "g1 =+ g / v2; g2 =- g * v / v2")
+
+
+def pointpow(a: Operand, b: Operand) -> Tensor:
+    """`a ** b` pointwise; the gradient for `b` needs `a > 0` (it uses log a)."""
+    return binary(
+        "**.", a, b, "v =: v1 ** v2",
+        "g1 =+ g * v2 * v1 ** (v2 - 1); g2 =+ g * v * log(v1)",
+    )  # fmt: skip
+
+
+def max(a: Operand, b: Operand) -> Tensor:  # noqa: A001 - OCANNL's name
+    return binary("max", a, b, "v =: max(v1, v2)",
+                  "g1 =+ where(v1 < v2, 0, g); g2 =+ where(v1 < v2, g, 0)")  # fmt: skip
+
+
+def min(a: Operand, b: Operand) -> Tensor:  # noqa: A001 - OCANNL's name
+    return binary("min", a, b, "v =: min(v1, v2)",
+                  "g1 =+ where(v2 < v1, 0, g); g2 =+ where(v2 < v1, g, 0)")  # fmt: skip
+
+
+def relu_gate(a: Operand, b: Operand) -> Tensor:
+    """`a > 0 ? b : 0`; the gradient flows to `b` only."""
+    return binary("-?/", a, b, "v =: v1 -?/ v2", "g2 =+ v1 -?/ g")
+
+
+def lt(a: Operand, b: Operand) -> Tensor:
+    return binary("<", a, b, "v =: v1 < v2", None)
+
+
+def eq(a: Operand, b: Operand) -> Tensor:
+    return binary("=", a, b, "v =: v1 == v2", None)
+
+
+def ne(a: Operand, b: Operand) -> Tensor:
+    return binary("<>", a, b, "v =: v1 <> v2", None)
+
+
+# ---- pointwise unary -----------------------------------------------------------------------------
+
+
+def neg(a: Operand) -> Tensor:
+    return unary("neg", a, "v =: -v1", "g1 =- g")
+
+
+def relu(a: Operand) -> Tensor:
+    return unary("relu", a, "v =: relu(v1)", "g1 =+ v1 -?/ g")
+
+
+def sat01(a: Operand) -> Tensor:
+    return unary("sat01", a, "v =: sat01(v1)", "g1 =+ where(v1 < 0, 0, where(1 < v1, 0, g))")
+
+
+def exp(a: Operand) -> Tensor:
+    return unary("exp", a, "v =: exp(v1)", "g1 =+ g * v")
+
+
+def log(a: Operand) -> Tensor:
+    return unary("log", a, "v =: log(v1)", "g1 =+ g / v1")
+
+
+def exp2(a: Operand) -> Tensor:
+    return unary("exp2", a, "v =: exp2(v1)", "g1 =+ g * v * 0.6931471805599453")
+
+
+def log2(a: Operand) -> Tensor:
+    return unary("log2", a, "v =: log2(v1)", "g1 =+ g / (v1 * 0.6931471805599453)")
+
+
+def sin(a: Operand) -> Tensor:
+    return unary("sin", a, "v =: sin(v1)", "g1 =+ g * cos(v1)")
+
+
+def cos(a: Operand) -> Tensor:
+    return unary("cos", a, "v =: cos(v1)", "g1 =- g * sin(v1)")
+
+
+def sqrt(a: Operand) -> Tensor:
+    return unary("sqrt", a, "v =: sqrt(v1)", "g1 =+ g * 0.5 / v")
+
+
+def recip(a: Operand) -> Tensor:
+    return unary("recip", a, "v =: recip(v1)", "g1 =- g * v * v")
+
+
+def recip_sqrt(a: Operand) -> Tensor:
+    return unary("recip_sqrt", a, "v =: recip_sqrt(v1)", "g1 =- g * 0.5 * v / v1")
+
+
+def tanh(a: Operand) -> Tensor:
+    return unary("tanh", a, "v =: tanh(v1)", "g1 =+ g * (1 - v * v)")
+
+
+def not_(a: Operand) -> Tensor:
+    return unary("not", a, "v =: not(v1)", None)
+
+
+def identity(a: Operand) -> Tensor:
+    return unary("identity", a, "v =: v1", "g1 =+ g")
+
+
+def stop_gradient(a: Operand) -> Tensor:
+    """The same values; no gradient flows back through it."""
+    return unary("stop_gradient", a, "v =: v1", None)
+
+
+# ---- ternary -------------------------------------------------------------------------------------
+
+
+def where(cond: Operand, a: Operand, b: Operand) -> Tensor:
+    return operation("where", shapes.Pointwise(), [cond, a, b], "v =: where(v1, v2, v3)",
+                     "g2 =+ where(v1, g, 0); g3 =+ where(v1, 0, g)")  # fmt: skip
+
+
+def fma(a: Operand, b: Operand, c: Operand) -> Tensor:
+    return operation("fma", shapes.Pointwise(), [a, b, c], "v =: fma(v1, v2, v3)",
+                     "g1 =+ g * v2; g2 =+ v1 * g; g3 =+ g")  # fmt: skip
+
+
+# ---- compose, transpose, einsum ----------------------------------------------------------------
+
+
+def compose(a: Operand, b: Operand) -> Tensor:
+    """OCANNL's `*`: the input axes of `a` contract with the output axes of `b`."""
+    return binary("*", a, b, "v =:+ v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g", logic=shapes.Compose())
+
+
+def transpose(a: Operand) -> Tensor:
+    """Swap input and output axes."""
+    return operation("T", shapes.Transpose(), [a], "v =: v1", "g1 =+ g")
+
+
+def einsum(spec: str, a: Operand, b: Operand) -> Tensor:
+    """Multiply then sum (OCANNL `+*`), as the spec `"rhs1;rhs2=>lhs"` says."""
+    return binary(f"+*{spec}", a, b, "v =:+ v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g",
+                  logic=shapes.Einsum(spec))  # fmt: skip
+
+
+def einsum1(spec: str, a: Operand) -> Tensor:
+    """Permute, reduce (by summing), take diagonals or fixed indices (OCANNL `++`)."""
+    return operation(f"++{spec}", shapes.Einsum(spec), [a], "v =:+ v1", "g1 =+ g")
+
+
+def outer_sum(spec: str, a: Operand, b: Operand) -> Tensor:
+    """Add then sum (OCANNL `+++`)."""
+    return binary(
+        f"+++{spec}", a, b, "v =:+ v1 + v2", "g1 =+ g; g2 =+ g", logic=shapes.Einsum(spec)
+    )
+
+
+def einmax1(spec: str, a: Operand) -> Tensor:
+    """Reduce by max (OCANNL `@^^`); the gradient goes to the cells equal to the max."""
+    return operation(
+        f"@^^{spec}", shapes.Einsum(spec), [a], "v =:@^ v1", "g1 =+ where(v1 == v, g, 0)"
+    )
+
+
+def tropical(spec: str, a: Operand, b: Operand) -> Tensor:
+    """Add then reduce by max (OCANNL `@^+`, the max-plus product); the gradient goes to the
+    pairs whose sum is the max."""
+    return binary(f"@^+{spec}", a, b, "v =:@^ v1 + v2",
+                  "g1 =+ where(v1 + v2 == v, g, 0); g2 =+ where(v1 + v2 == v, g, 0)",
+                  logic=shapes.Einsum(spec))  # fmt: skip

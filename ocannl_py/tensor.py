@@ -1,0 +1,248 @@
+"""Tensor: a value buffer, an optional gradient buffer, forward and backprop code, and a shape."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from arrayjit.tnode import MemoryMode, TNode
+from ocannl_py import shape as shapes
+from ocannl_py.code import Code
+from ocannl_py.errors import ShapeError
+
+_ids = itertools.count(1)
+
+
+class Tensor:
+    """A node of the computation graph. Build tensors with `ocannl_py` functions, the Python
+    operators, or the `op` DSL; compute them with a `Context`."""
+
+    def __init__(
+        self,
+        label: str,
+        shape: shapes.Shape,
+        operands: tuple[Tensor, ...] = (),
+        *,
+        is_param: bool = False,
+        differentiable: bool = True,
+        memory_mode: MemoryMode = MemoryMode.HOST,
+    ) -> None:
+        self.id = next(_ids)
+        self.label = label
+        self.shape = shape
+        self.operands = operands
+        self.is_param = is_param
+        # A gradient exists for parameters and for what depends on them differentiably.
+        self.requires_grad = is_param or (differentiable and any(o.requires_grad for o in operands))
+        self.memory_mode = memory_mode
+        self.forward_code = Code()
+        self.backprop_code = Code()
+        self.init_code = Code()  # run once before first use (parameters)
+        self._value_node: TNode | None = None
+        self._grad_node: TNode | None = None
+
+    # ---- buffers ---------------------------------------------------------------------------
+
+    def _dims(self) -> tuple[int, ...]:
+        return self.shape.dims()
+
+    @property
+    def value_node(self) -> TNode:
+        if self._value_node is None:
+            self._value_node = TNode(self.label, self._dims(), memory_mode=self.memory_mode)
+        return self._value_node
+
+    @property
+    def grad_node(self) -> TNode:
+        if not self.requires_grad:
+            raise ValueError(
+                f"tensor {self.label!r} has no gradient (it does not depend on a parameter)"
+            )
+        if self._grad_node is None:
+            self._grad_node = TNode(f"{self.label}.grad", self._dims())
+        return self._grad_node
+
+    @property
+    def value(self) -> np.ndarray:
+        """The values, axes in batch, output, input order."""
+        node = self._value_node
+        if node is None or not node.computed:
+            raise ValueError(
+                f"tensor {self.label!r} has no value yet: no routine has computed it. "
+                f"Run `ctx.forward({self.label})` (or compile and run code that computes it) "
+                "with a Context first"
+            )
+        if node.memory_mode is MemoryMode.VIRTUAL:
+            raise ValueError(
+                f"tensor {self.label!r} is virtual: it is computed inline, never stored"
+            )
+        return node.host().copy()
+
+    @property
+    def grad(self) -> np.ndarray | None:
+        """The gradient in the layout of `value`, or None for a tensor without one."""
+        if not self.requires_grad:
+            return None
+        node = self._grad_node
+        if node is None or not node.computed:
+            raise ValueError(
+                f"the gradient of {self.label!r} has not been computed: compile and run "
+                "`train.grad_update(loss)` first"
+            )
+        return node.host().copy()
+
+    def item(self) -> float:
+        value = self.value
+        if value.size != 1:
+            raise ValueError(f"item(): tensor {self.label!r} has {value.size} values, not 1")
+        return float(value.reshape(()))
+
+    def set_value(self, values: Any) -> None:
+        """Write values (an array in batch, output, input axis order, or a scalar)."""
+        try:
+            dims = self._dims()
+        except ShapeError as exc:
+            raise ShapeError(
+                f"set_value: the dims of {self.label!r} are not known yet; specify them when "
+                f"creating it. ({exc})"
+            ) from None
+        array = np.asarray(values)
+        if array.shape not in (dims, ()):
+            raise ValueError(
+                f"set_value: tensor {self.label!r} has shape {self.shape} (array dims {dims}), "
+                f"got an array of shape {array.shape}"
+            )
+        self.value_node.set_host(array)
+
+    # ---- graph -----------------------------------------------------------------------------
+
+    def subgraph(self) -> list[Tensor]:
+        """This tensor and everything it depends on, operands before users."""
+        order: list[Tensor] = []
+        seen: set[int] = set()
+        stack: list[tuple[Tensor, bool]] = [(self, False)]
+        while stack:
+            t, done = stack.pop()
+            if done:
+                order.append(t)
+                continue
+            if t.id in seen:
+                continue
+            seen.add(t.id)
+            stack.append((t, True))
+            stack.extend((o, False) for o in reversed(t.operands) if o.id not in seen)
+        return order
+
+    @property
+    def forward(self) -> Code:
+        """The code that computes this tensor from its leaves."""
+        code = Code(label=f"forward {self.label}")
+        for t in self.subgraph():
+            code = code + t.forward_code
+        return code
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        return {t.label: t for t in self.subgraph() if t.is_param}
+
+    def iter_params(self) -> Iterator[Tensor]:
+        return iter(self.params.values())
+
+    # ---- operators (numpy conventions; `@` is compose) --------------------------------------
+
+    def __add__(self, other):
+        from ocannl_py import operation
+
+        return operation.add(self, other)
+
+    def __radd__(self, other):
+        from ocannl_py import operation
+
+        return operation.add(other, self)
+
+    def __sub__(self, other):
+        from ocannl_py import operation
+
+        return operation.sub(self, other)
+
+    def __rsub__(self, other):
+        from ocannl_py import operation
+
+        return operation.sub(other, self)
+
+    def __mul__(self, other):
+        from ocannl_py import operation
+
+        return operation.pointmul(self, other)
+
+    def __rmul__(self, other):
+        from ocannl_py import operation
+
+        return operation.pointmul(other, self)
+
+    def __truediv__(self, other):
+        from ocannl_py import operation
+
+        return operation.pointdiv(self, other)
+
+    def __rtruediv__(self, other):
+        from ocannl_py import operation
+
+        return operation.pointdiv(other, self)
+
+    def __pow__(self, exponent):
+        from ocannl_py import operation
+
+        return operation.pointpow(self, exponent)
+
+    def __neg__(self):
+        from ocannl_py import operation
+
+        return operation.neg(self)
+
+    def __matmul__(self, other):
+        from ocannl_py import operation
+
+        return operation.compose(self, other)
+
+    def __rmatmul__(self, other):
+        from ocannl_py import operation
+
+        return operation.compose(other, self)
+
+    def __repr__(self) -> str:
+        try:
+            shape_text = str(self.shape)
+        except ShapeError:
+            shape_text = "?"
+        kind = "param " if self.is_param else ""
+        return f"<{kind}tensor {self.label!r} shape {shape_text}>"
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            f"the truth value of tensor {self.label!r} is not defined; use oc.lt / oc.eq for "
+            "comparisons and read `.value` for numbers"
+        )
+
+    __hash__ = object.__hash__
+
+
+def _unary_method(name: str):
+    def method(self: Tensor) -> Tensor:
+        from ocannl_py import operation
+
+        return getattr(operation, name)(self)
+
+    method.__name__ = name
+    method.__doc__ = f"`oc.{name}(self)`"
+    return method
+
+
+for _name in (
+    "relu", "exp", "log", "sqrt", "tanh", "sin", "cos", "recip", "recip_sqrt",
+    "sat01", "exp2", "log2", "neg", "stop_gradient",
+):  # fmt: skip
+    setattr(Tensor, _name, _unary_method(_name))

@@ -1,0 +1,162 @@
+"""Training: gradients by reverse-mode autodiff, optimizers written in the cd DSL, a loop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from arrayjit import assignments as asg
+from ocannl_py import shape as shapes
+from ocannl_py.cd_code import cd
+from ocannl_py.code import Code, Fill, Slot
+from ocannl_py.tensor import Tensor
+
+
+def _fill(t: Tensor, value: float, grad: bool) -> Code:
+    return Code([Fill(Slot(t, grad), asg.Constant(value))])
+
+
+def grad_update(loss: Tensor) -> Code:
+    """Forward, zero the gradients, set d loss = 1, backprop in reverse topological order."""
+    if not loss.requires_grad:
+        raise ValueError(f"grad_update: {loss.label!r} does not depend on any parameter")
+    graph = loss.subgraph()
+    zero = Code()
+    for t in graph:
+        if t.requires_grad:
+            zero = zero + _fill(t, 0.0, grad=True)
+    backprop = Code()
+    for t in reversed(graph):
+        backprop = backprop + t.backprop_code
+    return (
+        Code(label=f"grad_update_{loss.label}")
+        + loss.forward
+        + zero
+        + _fill(loss, 1.0, grad=True)
+        + backprop
+    )
+
+
+def _buffer_like(p: Tensor, name: str) -> Tensor:
+    """A zero-initialised state tensor of `p`'s shape (momentum, Adam moments)."""
+    shape = shapes.Shape(f"{p.label}.{name}")
+    t = Tensor(f"{p.label}.{name}", shape, differentiable=False)
+    shapes.propagate(shapes.Pointwise(), shape, [p.shape], op_label=f"{name} of {p.label}")
+    t.init_code = _fill(t, 0.0, grad=False)
+    return t
+
+
+def _scalar(value: float | Tensor, label: str) -> Tensor:
+    from ocannl_py.operation import number
+
+    return value if isinstance(value, Tensor) else number(float(value), label)
+
+
+def sgd_update(
+    loss: Tensor,
+    learning_rate: float | Tensor,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> Code:
+    """Stochastic gradient descent with PyTorch's semantics for momentum, weight decay (added to
+    the gradient) and Nesterov momentum."""
+    if nesterov and momentum <= 0:
+        raise ValueError("sgd_update: nesterov needs a positive momentum")
+    lr = _scalar(learning_rate, "lr")
+    code = Code(label=f"sgd_update_{loss.label}")
+    for p in loss.params.values():
+        names = {"p": p, "lr": lr}
+        grad = "p.grad"
+        if weight_decay:
+            d = _buffer_like(p, "decayed_grad")
+            code = code + cd(f"d =: p.grad + {weight_decay!r} * p", d=d, p=p)
+            names["d"] = d
+            grad = "d"
+        if momentum:
+            b = _buffer_like(p, "momentum")
+            names["b"] = b
+            code = code + cd(f"b =: {momentum!r} * b + {grad}", **names)
+            if nesterov:
+                code = code + cd(f"p =- lr * ({grad} + {momentum!r} * b)", **names)
+            else:
+                code = code + cd("p =- lr * b", **names)
+        else:
+            code = code + cd(f"p =- lr * {grad}", **names)
+    return code
+
+
+def adam_update(
+    loss: Tensor,
+    learning_rate: float | Tensor = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> Code:
+    """Adam; with `weight_decay`, AdamW's decoupled decay (`p -= lr * wd * p`)."""
+    lr = _scalar(learning_rate, "lr")
+    code = Code(label=f"adam_update_{loss.label}")
+    step_count = _step_counter(loss)
+    code = code + cd("n =+ 1", n=step_count)
+    for p in loss.params.values():
+        m, v = _buffer_like(p, "adam_m"), _buffer_like(p, "adam_v")
+        names = {"p": p, "m": m, "v": v, "lr": lr, "n": step_count}
+        b1, b2 = repr(beta1), repr(beta2)
+        code = code + cd(f"m =: {b1} * m + (1 - {b1}) * p.grad", **names)
+        code = code + cd(f"v =: {b2} * v + (1 - {b2}) * p.grad * p.grad", **names)
+        if weight_decay:
+            code = code + cd(f"p =- lr * {weight_decay!r} * p", **names)
+        code = code + cd(
+            f"p =- lr * (m / (1 - {b1} ** n)) / (sqrt(v / (1 - {b2} ** n)) + {eps!r})", **names
+        )
+    return code
+
+
+def _step_counter(loss: Tensor) -> Tensor:
+    label = f"{loss.label}.adam_step"
+    t = Tensor(label, shapes.Shape(label, batch_dims=[], input_dims=[], output_dims=[]),
+               differentiable=False)  # fmt: skip
+    t.init_code = _fill(t, 0.0, grad=False)
+    return t
+
+
+def fit(
+    routine,
+    data: Mapping[Tensor, np.ndarray],
+    *,
+    batch_size: int,
+    epochs: int = 1,
+    loss: Tensor | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Run a training `routine` over `data` (tensor -> array, examples along the first axis) in
+    batches, for `epochs` epochs, with a progress bar showing the loss. Returns the losses."""
+    from tqdm.auto import tqdm
+
+    arrays = {t: np.asarray(a) for t, a in data.items()}
+    sizes = {len(a) for a in arrays.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"fit: the arrays have different numbers of examples: {sorted(sizes)}")
+    (n,) = sizes
+    if n % batch_size:
+        raise ValueError(f"fit: {n} examples do not split into batches of {batch_size}")
+    rng = np.random.default_rng(seed)
+    losses: list[float] = []
+    steps = epochs * (n // batch_size)
+    with tqdm(total=steps, disable=not progress, desc="training", unit="step") as bar:
+        for _ in range(epochs):
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            for start in range(0, n, batch_size):
+                batch = order[start : start + batch_size]
+                for t, a in arrays.items():
+                    t.set_value(a[batch])
+                routine.run()
+                if loss is not None:
+                    losses.append(loss.item())
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                bar.update()
+    return losses
