@@ -54,6 +54,7 @@ class DimVar:
         self.solution: DimVar | Dim | None = None
         self.origins: list[Origin] = []
         self.defaulted = False  # closed by default, not by a constraint
+        self.bounded = False  # a known dim broadcasts into it: closing it to 1 is not a guess
 
     def __repr__(self) -> str:
         return f"${self.name or self.id}"
@@ -68,6 +69,7 @@ class RowVar:
         self.solution: Row | None = None
         self.origins: list[Origin] = [origin] if origin else []
         self.defaulted = False
+        self.bounded = False  # a row of known length broadcasts into it
 
     def __repr__(self) -> str:
         return f"..{self.name or self.id}.."
@@ -145,6 +147,7 @@ def _bind_dim(var: DimVar, value: DimLike) -> None:
     if isinstance(value, DimVar):
         value.min_size = max(value.min_size, var.min_size)
         value.origins.extend(var.origins)
+        value.bounded = value.bounded or var.bounded
     var.solution = value
 
 
@@ -153,6 +156,7 @@ def _bind_row(var: RowVar, value: Row) -> None:
         raise Mismatch("a row variable would contain itself")
     if value.var is not None:
         value.var.origins.extend(var.origins)
+        value.var.bounded = value.var.bounded or var.bounded
     for d in (*value.beg, *value.end):
         if isinstance(d, DimVar):
             d.origins.extend(var.origins)
@@ -261,6 +265,8 @@ def unify_rows(r1: Row, r2: Row) -> None:
 def broadcast_dims(cur: DimLike, subr: DimLike, where: Where) -> list[Pending]:
     tainted = _was_defaulted_dim(cur)
     cur, subr = resolve_dim(cur), resolve_dim(subr)
+    if isinstance(subr, Dim) and isinstance(cur, DimVar):
+        cur.bounded = True
     if cur is subr or (isinstance(subr, Dim) and subr.size == 1):
         return []
     if isinstance(cur, Dim) and isinstance(subr, Dim):
@@ -292,7 +298,9 @@ def broadcast_rows(cur: Row, subr: Row, where: Where) -> list[Pending]:
             return [RowBroadcast(cur, subr, where)]
         assert cur.var is not None
         extra = tuple(DimVar() for _ in range(len(subr.end) - len(cur.end)))
-        _bind_row(cur.var, Row((), RowVar(), extra))
+        rest = RowVar()
+        rest.bounded = subr.closed
+        _bind_row(cur.var, Row((), rest, extra))
         cur = resolve_row(cur)
     pending: list[Pending] = []
     m = len(subr.end)
@@ -300,6 +308,8 @@ def broadcast_rows(cur: Row, subr: Row, where: Where) -> list[Pending]:
         pending.extend(broadcast_dims(c, s, where))
     cur_rest = Row(cur.beg, cur.var, cur.end[: len(cur.end) - m])
     subr_rest = Row(subr.beg, subr.var, ())
+    if subr_rest.closed and cur_rest.var is not None:
+        cur_rest.var.bounded = True
     if subr_rest.closed or (not cur_rest.beg and not cur_rest.end and cur_rest.var is None):
         if not subr_rest.closed:  # the result has no more axes: neither has the operand
             var = subr_rest.var
@@ -480,18 +490,38 @@ def close_group(group: Group) -> None:
                 if sub.var is not None:
                     subr_vars.add(id(sub.var))
                 subr_vars.update(id(d) for d in _dim_vars(sub))
+        _propagate_bounds(pending)
         candidates = _unresolved(rows, pending)
-        chosen = [v for v in candidates if id(v) not in subr_vars] or candidates
-        if not chosen:
+        if not candidates:
             break
+        # Close first what has a known lower bound and bounds nothing unknown, last the guesses.
+        free = [v for v in candidates if id(v) not in subr_vars]
+        chosen = [v for v in free if v.bounded] or free or candidates
         for v in chosen[:1] if pending else chosen:
             if isinstance(v, RowVar):
                 _bind_row(v, Row())
             else:
                 v.solution = Dim(v.min_size)
-            v.defaulted = True
+            v.defaulted = not v.bounded
     group.pending = []
     group.extra_rows = []
+
+
+def _propagate_bounds(pending: list[Pending]) -> None:
+    """A cur is bounded below when one of its subrs is."""
+    changed = True
+    while changed:
+        changed = False
+        for c in pending:
+            if isinstance(c, DimBroadcast):
+                cur, subr = resolve_dim(c.cur), resolve_dim(c.subr)
+                known = isinstance(subr, Dim) or subr.bounded
+            else:
+                cur_row, subr_row = resolve_row(c.cur), resolve_row(c.subr)
+                cur, sub_var = cur_row.var, subr_row.var
+                known = sub_var is None or sub_var.bounded
+            if isinstance(cur, DimVar | RowVar) and known and not cur.bounded:
+                cur.bounded = changed = True
 
 
 def _unresolved(rows: list[Row], pending: list[Pending]) -> list[DimVar | RowVar]:
