@@ -595,8 +595,14 @@ def _from_lark(error: UnexpectedInput, text: str, dsl: str) -> SpecSyntaxError:
         message += " (array literal elements are separated by `;`; `(1, 2)` is an input axis)"
     if token is not None and token.type == "MINUS" and text[: token.start_pos].rstrip()[-1:] == '"':
         message += " (the operand after an einsum spec is a single term: write `(-x)`)"
-    elif token is not None and token.type in _OPERATORS and token.type not in expected:
-        # Only an einsum's `"spec" operand` tail, which binds as one term, refuses an operator.
+    elif (
+        dsl == "op"
+        and token is not None
+        and token.type in _OPERATORS
+        and token.type not in expected
+        and '"' in text[: token.start_pos]
+    ):
+        # An einsum's `"spec" operand` tail binds as one term and refuses tighter operators.
         message += (
             " (an einsum operator with its spec and right operand binds as one term, as in OCaml:"
             ' add parentheses, e.g. `(a +* "spec" b) * c` or `a +* "spec" (b * c)`)'

@@ -446,7 +446,7 @@ def test_cd_separators_and_positions():
         ("v =: relu(v1 + v2)", 1, 14, ["`v1 + v2` is nested"]),
         ("v =: -relu(v1)", 1, 7, ["`relu(v1)` is nested"]),
         ("v =: (a + b) * c", 1, 9, ["nested"]),
-        ("v = a", 1, 3, ["unexpected `=`", "assignment operator"]),
+        ("v = a", 1, 3, ["unexpected `=`", "assignment operator", "or `.` (line"]),
         ("v a", 1, 3, ["assignment operator"]),
         ("v =: foo(a)", 1, 6, ["unknown operation `foo`", "relu"]),
         ("v =: relu(a, b)", 1, 6, ["takes 1 operand", "got 2"]),
