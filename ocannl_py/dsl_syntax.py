@@ -17,7 +17,7 @@ from pathlib import Path
 import lark
 import numpy as np
 from lark import Token, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from arrayjit import ops
 from ocannl_py.errors import SpecSyntaxError
@@ -530,7 +530,7 @@ _TERMINAL_NAMES = {
     "$END": "the end of the text",
 }
 # Tokens that can start an operand, and the binary operators: long lists, shown as one phrase.
-_OPERAND_STARTS = {"NAME", "NUMBER", "LPAR", "LSQB", "LBRACE", "MINUS", "__ANON_0"}
+_OPERAND_STARTS = {"NAME", "NUMBER", "LPAR", "LSQB", "LBB", "LBRACE", "MINUS"}
 _OPERATORS = {
     "EQ", "EQEQ", "LT", "NE", "MAX", "MIN", "TROPICAL", "EINMAX1", "PLUS", "MINUS", "RELU_GATE",
     "EINSUM", "OUTER_SUM", "EINSUM1", "COMPOSE", "POINTMUL", "POINTDIV", "SLASH", "POINTPOW",
@@ -544,9 +544,7 @@ def _describe_expected(parser: lark.Lark, expected: set[str]) -> str:
     phrases: list[str] = []
     if {"NAME", "NUMBER"} <= expected:
         phrases.append("an expression")
-        expected -= _OPERAND_STARTS | {
-            n for n, p in patterns.items() if p.type == "str" and p.value in ("(", "[", "[|", "{")
-        }
+        expected -= _OPERAND_STARTS
     if {"PLUS", "MINUS"} <= expected:
         phrases.append("an operator")
         expected -= _OPERATORS
@@ -617,12 +615,6 @@ def _parse(dsl: str, text: str):
         return _parser(dsl).parse(text)
     except _NodeError as error:
         raise SpecSyntaxError(f"{dsl} DSL: {error.message}", text, *error.pos) from None
-    except VisitError as error:
-        if isinstance(error.orig_exc, _NodeError):
-            raise SpecSyntaxError(
-                f"{dsl} DSL: {error.orig_exc.message}", text, *error.orig_exc.pos
-            ) from None
-        raise
     except UnexpectedInput as error:
         raise _from_lark(error, text, dsl) from None
 
