@@ -125,8 +125,8 @@ def _by_rows(step: UpdateStep, space: _Space) -> tuple[list[Index], list[list[In
         (a,) = operands
         rhs = [
             _aligned(a["batch"], result["batch"], its["batch"])
-            + _aligned(a["input"], result["output"], its["output"])
             + _aligned(a["output"], result["input"], its["input"])
+            + _aligned(a["input"], result["output"], its["output"])
         ]
     return lhs, rhs
 
