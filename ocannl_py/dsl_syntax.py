@@ -178,15 +178,12 @@ class Const:
     pos: Pos = _pos_field()
 
 
-CdOperand = Ref | Const
-
-
 @dataclass(frozen=True)
 class Unop:
     """`op(arg)`, or `-arg` (op "neg"); op is an arrayjit.ops name."""
 
     op: str
-    arg: CdOperand
+    arg: CdExpr
     pos: Pos = _pos_field()
 
 
@@ -195,8 +192,8 @@ class Binop:
     """`left op right` or `op(left, right)`; op is an arrayjit.ops name ("add", "relu_gate"...)."""
 
     op: str
-    left: CdOperand
-    right: CdOperand
+    left: CdExpr
+    right: CdExpr
     pos: Pos = _pos_field()
 
 
@@ -205,13 +202,15 @@ class Ternop:
     """`op(a, b, c)`: "where" or "fma"."""
 
     op: str
-    a: CdOperand
-    b: CdOperand
-    c: CdOperand
+    a: CdExpr
+    b: CdExpr
+    c: CdExpr
     pos: Pos = _pos_field()
 
 
 CdExpr = Ref | Const | Unop | Binop | Ternop
+# Operands of an operation are expressions themselves: `g * v1 / (v2 * v2)` nests.
+CdOperand = CdExpr
 
 
 @dataclass(frozen=True)
@@ -428,18 +427,6 @@ class _OpBuilder(lark.Transformer):
 # ---------------------------------------------------------------------------------------------
 # cd DSL: parse tree to syntax tree
 
-_CD_SHAPES = "`a op b`, `f(a)`, `f(a, b)`, `f(a, b, c)`, `-a` or `a`"
-
-
-def _cd_operand(expr: CdExpr) -> CdOperand:
-    if isinstance(expr, Ref | Const):
-        return expr
-    raise _NodeError(
-        f"a cd right-hand side is a single operation ({_CD_SHAPES}); "
-        f"`{format_cd_expr(expr)}` is nested in it: assign it to a tensor of its own first",
-        expr.pos,
-    )
-
 
 def _cd_function(name: Token, arity: int) -> str:
     op_name = _CD_FUNCTION_ALIASES.get(str(name), str(name))
@@ -477,16 +464,14 @@ class _CdBuilder(lark.Transformer):
     def neg(self, minus, operand):
         if isinstance(operand, Const):
             return Const(-operand.value, _tok_pos(minus))
-        return Unop("neg", _cd_operand(operand), _tok_pos(minus))
+        return Unop("neg", operand, _tok_pos(minus))
 
     def binary(self, left, op, right):
-        return Binop(
-            CD_BINARY_OPERATORS[str(op)], _cd_operand(left), _cd_operand(right), _tok_pos(op)
-        )
+        return Binop(CD_BINARY_OPERATORS[str(op)], left, right, _tok_pos(op))
 
     def call(self, name, lpar, *args):
         op_name = _cd_function(name, len(args))
-        operands = [_cd_operand(a) for a in args]
+        operands = list(args)
         pos = _tok_pos(name)
         if len(operands) == 1:
             return Unop(op_name, operands[0], pos)
@@ -715,10 +700,17 @@ _CD_SYMBOLS = {name: symbol for symbol, name in CD_BINARY_OPERATORS.items() if s
 _CD_ACCUM_SYMBOLS = {name: symbol for symbol, name in CD_ACCUMULATE_OPERATORS.items()}
 
 
-def _format_operand(operand: CdOperand) -> str:
+def _format_operand(operand: CdExpr) -> str:
     if isinstance(operand, Const):
         return _format_number(operand.value)
-    return f"{operand.name}.grad" if operand.grad else operand.name
+    if isinstance(operand, Ref):
+        return f"{operand.name}.grad" if operand.grad else operand.name
+    text = format_cd_expr(operand)
+    # A call prints atomically; an infix or negated operand is parenthesized.
+    infix = (isinstance(operand, Unop) and operand.op == "neg") or (
+        isinstance(operand, Binop) and operand.op in _CD_SYMBOLS
+    )
+    return f"({text})" if infix else text
 
 
 def format_cd_expr(expr: CdExpr) -> str:

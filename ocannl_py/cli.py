@@ -1,0 +1,114 @@
+"""The `ocannl` command: `ocannl demo` trains the half-moons classifier, `ocannl tutorials` runs
+the tutorials."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def train_half_moons(
+    *, n: int = 400, batch_size: int = 40, epochs: int = 60, hidden: int = 16,
+    learning_rate: float = 0.1, backend: str = "c", progress: bool = True, seed: int = 0,
+):  # fmt: skip
+    """Train the MLP; returns (model tensor, input term, losses, accuracy, points, labels)."""
+    import ocannl_py as oc
+    from ocannl_py import datasets, train
+
+    oc.set_seed(seed)
+    points, labels = datasets.half_moons(n, seed=seed)
+    x = oc.term("x", batch_dims=[batch_size], input_dims=[], output_dims=[2])
+    y = oc.term("y", batch_dims=[batch_size], input_dims=[], output_dims=[1])
+    mlp = oc.op(
+        "{w3} * relu({b2; o = [h]} + {w2} * relu({b1; o = [h]} + {w1} * x)) + {b3; o = [1]}",
+        x=x, h=hidden,
+    )  # fmt: skip
+    margin = oc.op("relu(1 - y *. mlp)", y=y, mlp=mlp)
+    loss = oc.op('(margin ++ "...|... => 0") /. n', margin=margin, n=float(batch_size))
+    ctx = oc.Context(backend)
+    step = ctx.compile(
+        train.grad_update(loss) + train.sgd_update(loss, learning_rate, momentum=0.9),
+        "train_step",
+    )
+    losses = train.fit(step, {x: points, y: labels}, batch_size=batch_size, epochs=epochs,
+                       loss=loss, progress=progress, seed=seed)  # fmt: skip
+    predict = ctx.compile(mlp.forward, "predict")
+    scores = predict_batches(predict, x, mlp, points, batch_size)
+    accuracy = float(np.mean(np.sign(scores) == labels[:, 0]))
+    return mlp, x, losses, accuracy, points, labels, (predict, batch_size)
+
+
+def predict_batches(predict, x, mlp, points: np.ndarray, batch_size: int) -> np.ndarray:
+    """Scores for `points`, run through the compiled `predict` routine batch by batch."""
+    out = []
+    for start in range(0, len(points), batch_size):
+        chunk = points[start : start + batch_size]
+        padded = np.zeros((batch_size, 2), np.float32)
+        padded[: len(chunk)] = chunk
+        x.set_value(padded)
+        predict.run()
+        out.append(mlp.value.reshape(batch_size)[: len(chunk)])
+    return np.concatenate(out)
+
+
+def text_plot(
+    predict, x, mlp, points, labels, batch_size: int, width: int = 60, height: int = 20
+) -> str:
+    """The decision boundary as text: `.` and `#` for the two predicted classes, `o` and `x`
+    for the training points."""
+    (x0, y0), (x1, y1) = points.min(axis=0) - 0.2, points.max(axis=0) + 0.2
+    gx, gy = np.meshgrid(np.linspace(x0, x1, width), np.linspace(y1, y0, height))
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
+    scores = predict_batches(predict, x, mlp, grid, batch_size).reshape(height, width)
+    canvas = np.where(scores > 0, ".", "#").astype("<U1")
+    cols = np.clip(
+        ((points[:, 0] - x0) / (x1 - x0) * (width - 1)).round().astype(int), 0, width - 1
+    )
+    rows = np.clip(
+        ((y1 - points[:, 1]) / (y1 - y0) * (height - 1)).round().astype(int), 0, height - 1
+    )
+    for r, c, label in zip(rows, cols, labels[:, 0], strict=True):
+        canvas[r, c] = "o" if label > 0 else "x"
+    return "\n".join("".join(row) for row in canvas)
+
+
+def demo(args: argparse.Namespace) -> int:
+    mlp, x, losses, accuracy, points, labels, (predict, batch_size) = train_half_moons(
+        epochs=args.epochs, backend=args.backend
+    )
+    print(f"final loss: {losses[-1]:.4f}")
+    print(f"accuracy: {100 * accuracy:.1f}%")
+    print(text_plot(predict, x, mlp, points, labels, batch_size))
+    return 0
+
+
+def tutorials(args: argparse.Namespace) -> int:
+    import pytest
+
+    folder = Path(__file__).resolve().parent.parent / "tutorials"
+    if not folder.is_dir():
+        print(
+            f"tutorials folder not found at {folder} (run from a source checkout)", file=sys.stderr
+        )
+        return 2
+    return pytest.main(["-q", "--doctest-glob=*.md", str(folder)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ocannl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="train the half-moons classifier")
+    p_demo.add_argument("--epochs", type=int, default=60)
+    p_demo.add_argument("--backend", default="c", choices=["c", "cuda"])
+    p_demo.set_defaults(run=demo)
+    p_tut = sub.add_parser("tutorials", help="run the tutorials as doctests")
+    p_tut.set_defaults(run=tutorials)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
