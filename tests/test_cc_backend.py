@@ -1,0 +1,148 @@
+"""The C backend: generated source, flags, compile errors, and compile latency."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arrayjit.assignments import Accum, Constant, Fetch
+from arrayjit.backends import cc
+from arrayjit.codegen.c_syntax import CSyntax
+from arrayjit.context import Context
+from arrayjit.dtypes import float32, float64, int32
+from arrayjit.errors import CompileError
+from arrayjit.indexing import identity_projections
+from arrayjit.tnode import TNode
+
+
+def pointwise_exp(n: int = 16) -> tuple[Accum, TNode, TNode]:
+    x, y = TNode("x", (n,)), TNode("y", (n,))
+    return Accum(y, None, "exp", (x,), identity_projections((n,), 1)), x, y
+
+
+def test_flags_keep_ieee_semantics():
+    # -ffast-math would break NaN/inf results (and the NaN checks of max/min); see docs/backends.md.
+    assert "-ffast-math" not in cc.FLAGS
+    assert "-fno-math-errno" in cc.FLAGS and "-O3" in cc.FLAGS
+
+
+def test_generated_source_declares_buffers_and_helpers(c_context):
+    code, x, y = pointwise_exp()
+    routine = c_context.compile(code, name="exp routine")
+    source = Path(routine.source_path).read_text()
+    assert "void ocannl_exp_routine(void **buffers)" in source
+    for k, tnode in enumerate(routine.compiled.tnodes):
+        assert f"float *restrict {tnode.name} = (float *)buffers[{k}];" in source
+    assert {t.name for t in routine.compiled.tnodes} == {x.name, y.name}
+    assert "ocannl_max_float" in source and "#include <math.h>" in source
+    assert f"{y.name}[i0_" in source and "expf(" in source
+
+
+def test_routine_reads_host_values_written_after_compiling(c_context):
+    code, x, y = pointwise_exp()
+    routine = c_context.compile(code)
+    for scale in (1.0, -2.0):
+        x.set_host(np.linspace(0, scale, 16))
+        routine.run()
+        np.testing.assert_allclose(
+            y.host(), np.exp(np.linspace(0, scale, 16, dtype=np.float32)), rtol=4e-7
+        )
+        assert y.computed
+
+
+def test_same_code_compiled_twice_hits_the_in_process_cache(c_context):
+    code, _, _ = pointwise_exp()
+    assert c_context.compile(code).source_path == c_context.compile(code).source_path
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "text"),
+    [
+        (3.0, float32, "3.0f"),
+        (0.5, float64, "0.5"),
+        (float("inf"), float32, "((float)(INFINITY))"),
+        (float("-inf"), float64, "((double)(-INFINITY))"),
+        (float("nan"), float32, "((float)NAN)"),
+        (-7, int32, "-7"),
+    ],
+)
+def test_special_literals(value, dtype, text):
+    assert CSyntax().literal(value, dtype) == text
+
+
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 1e-45, 3.4e38, -2.5e-7])
+@pytest.mark.parametrize("dtype", [float32, float64])
+def test_literals_round_trip(value, dtype):
+    """A literal is the value rounded to the dtype, printed so that it reads back exactly."""
+    text = CSyntax().literal(value, dtype)
+    assert text.endswith(dtype.literal_suffix)
+    parsed = np.asarray(float(text.removesuffix("f")), dtype.numpy)
+    assert parsed == np.asarray(value, dtype.numpy)
+
+
+def test_special_constants_compile_and_run(c_context):
+    values = [float("nan"), float("inf"), float("-inf"), 1e-45, -0.0]
+    tnodes = [TNode(f"c{k}", (2,)) for k in range(len(values))]
+    code = Fetch(tnodes[0], Constant(values[0]))
+    for t, v in zip(tnodes[1:], values[1:], strict=True):
+        code = code + Fetch(t, Constant(v))
+    c_context.compile(code).run()
+    for t, v in zip(tnodes, values, strict=True):
+        np.testing.assert_array_equal(t.host(), np.full(2, v, np.float32))
+    assert np.signbit(tnodes[-1].host()).all()
+
+
+def test_compile_error_shows_the_compiler_message_and_the_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ARRAYJIT_CFLAGS", "-include ocannl_no_such_header.h")
+    code, _, _ = pointwise_exp()
+    with pytest.raises(CompileError, match="the C compiler failed") as info:
+        Context("c").compile(code)
+    error = info.value
+    assert "ocannl_no_such_header.h" in str(error) and "ocannl_no_such_header.h" in error.log
+    assert error.source_path and error.source_path in str(error)
+    assert Path(error.source_path).is_file()
+    assert "expf(" in Path(error.source_path).read_text()
+    # Nothing half-built is left in the cache.
+    assert not list(tmp_path.glob("*.so")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_failing_compiler_wrapper(monkeypatch, tmp_path):
+    wrapper = tmp_path / "failing-cc"
+    wrapper.write_text(
+        '#!/bin/sh\ncase "$1" in --version) echo "failing-cc 1.0"; exit 0 ;; esac\n'
+        'echo "failing-cc: refusing to build" >&2\nexit 3\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARRAYJIT_CC", str(wrapper))
+    with pytest.raises(CompileError, match=r"exit 3[\s\S]*failing-cc: refusing to build"):
+        Context("c").compile(pointwise_exp()[0])
+
+
+def test_missing_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ARRAYJIT_CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(CompileError, match="no-such-cc.*cannot be run"):
+        Context("c").compile(pointwise_exp()[0])
+
+
+def test_compile_latency(monkeypatch, tmp_path, capsys):
+    """Reported, not asserted: from scratch (gcc runs) and from the cache (a hash and a dlopen)."""
+    monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path))
+    context = Context("c")
+    code, _, _ = pointwise_exp()
+    start = time.perf_counter()
+    first = context.compile(code)
+    scratch = time.perf_counter() - start
+    start = time.perf_counter()
+    second = context.compile(code)
+    cached = time.perf_counter() - start
+    assert first.source_path == second.source_path
+    with capsys.disabled():
+        print(
+            f"\ncompile latency: {1e3 * scratch:.1f} ms from scratch, {1e3 * cached:.2f} ms cached"
+        )
