@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
 from arrayjit.indexing import Projections
-from arrayjit.tnode import TNode
+from arrayjit.tnode import MemoryMode, TNode
 from ocannl_py import projections, shape
 
 if TYPE_CHECKING:
@@ -91,10 +91,16 @@ class Code:
         return list(seen.values())
 
     def lower(self) -> asg.Code:
-        """Close the shapes involved, then build arrayjit assignments."""
+        """Close the shapes involved, then build arrayjit assignments. Virtual constants the
+        code reads (numbers) are computed inline, so their definitions come along."""
         shape.close([t.shape for t in self.tensors()])
+        written = {s.lhs.tensor.id for s in self.statements if isinstance(s, Assign | Fill)}
+        constants = Code()
+        for t in self.tensors():
+            if t.memory_mode is MemoryMode.VIRTUAL and not t.operands and t.id not in written:
+                constants = constants + t.forward_code
         cache: dict[int, tuple[Projections, bool]] = {}
-        return asg.seq([_lower_statement(s, cache) for s in self.statements])
+        return asg.seq([_lower_statement(s, cache) for s in (constants + self).statements])
 
     def __str__(self) -> str:
         return "\n".join(_statement_text(s) for s in self.statements)

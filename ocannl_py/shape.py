@@ -114,7 +114,10 @@ class Shape:
 
 @dataclass(frozen=True)
 class Pointwise:
-    """Every operand broadcasts into the result, row by row (numpy-style, on the left)."""
+    """Every operand broadcasts into the result, row by row (numpy-style, on the left).
+    With `exact`, the result has exactly the operands' axes (state kept beside a tensor)."""
+
+    exact: bool = False
 
     def describe(self) -> str:
         return "pointwise operation"
@@ -227,7 +230,10 @@ def propagate(
     if isinstance(logic, Pointwise):
         for kind in KINDS:
             for operand in operands:
-                broadcast(result._rows[kind], operand._rows[kind], kind)
+                if logic.exact:
+                    equal(result._rows[kind], operand._rows[kind], kind)
+                else:
+                    broadcast(result._rows[kind], operand._rows[kind], kind)
     elif isinstance(logic, Compose):
         a, b = operands
         equal(a._rows["input"], b._rows["output"], "input (of the left) vs output", _COMPOSE_HINT)
@@ -257,7 +263,7 @@ def _check_arity(logic: Logic, operands: list[Shape]) -> None:
             f"{logic.describe()} takes {expected} operand(s), got {len(operands)}: "
             + ", ".join(repr(s.label) for s in operands)
         )
-    if not operands:
+    if not operands and not isinstance(logic, Pointwise):
         raise ShapeError(f"{logic.describe()} needs at least one operand")
 
 

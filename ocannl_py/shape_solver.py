@@ -288,6 +288,9 @@ def broadcast_rows(cur: Row, subr: Row, where: Where) -> list[Pending]:
     """Solve `cur >= subr` as far as it is decided; returns what is left pending."""
     tainted = _was_defaulted_row(cur)
     cur, subr = resolve_row(cur), resolve_row(subr)
+    if cur == subr:
+        # A tensor updated from itself (`p =- lr * p.grad`): no constraint.
+        return []
     if len(subr.end) > len(cur.end):
         if cur.closed:
             raise Mismatch(

@@ -42,7 +42,9 @@ def _buffer_like(p: Tensor, name: str) -> Tensor:
     """A zero-initialised state tensor of `p`'s shape (momentum, Adam moments)."""
     shape = shapes.Shape(f"{p.label}.{name}")
     t = Tensor(f"{p.label}.{name}", shape, differentiable=False)
-    shapes.propagate(shapes.Pointwise(), shape, [p.shape], op_label=f"{name} of {p.label}")
+    shapes.propagate(
+        shapes.Pointwise(exact=True), shape, [p.shape], op_label=f"{name} of {p.label}"
+    )
     t.init_code = _fill(t, 0.0, grad=False)
     return t
 
@@ -157,6 +159,6 @@ def fit(
                 routine.run()
                 if loss is not None:
                     losses.append(loss.item())
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                 bar.update()
     return losses

@@ -75,6 +75,12 @@ def run(stmt: ir.Stmt) -> ir.Stmt:
         for t in ir.read_tnodes(s):
             last_read[t] = pos
 
+    for t in last_read:
+        if t.memory_mode is MemoryMode.VIRTUAL and t not in virtual_writes:
+            raise ValueError(
+                f"virtual buffer {t.label!r} is read but never computed in this code: include "
+                "the code that computes it"
+            )
     defs: dict[TNode, Definition] = {}
     out: list[ir.Stmt] = []
     for pos, s in enumerate(top):
