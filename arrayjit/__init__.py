@@ -4,7 +4,7 @@ arrayjit knows nothing about axis kinds or labels: it receives buffers (tnodes) 
 whose index spaces (projections) are already solved.
 """
 
-from arrayjit.dtypes import DType, float32, float64, int32, dtype_of
+from arrayjit.dtypes import DType, dtype_of, float32, float64, int32
 from arrayjit.tnode import MemoryMode, TNode
 
 __all__ = ["DType", "float32", "float64", "int32", "dtype_of", "MemoryMode", "TNode"]

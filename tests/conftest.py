@@ -1,23 +1,28 @@
-"""Shared test setup: compiled artifacts go to a temporary cache folder, never the user's."""
+"""Shared test fixtures. The cache folder is set up by the root conftest.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-
 import pytest
 
-# Set at import, before any test module compiles anything, so no test touches ~/.cache/arrayjit.
-_SESSION_CACHE = tempfile.mkdtemp(prefix="arrayjit-test-cache-")
-os.environ["ARRAYJIT_CACHE_DIR"] = _SESSION_CACHE
+BACKENDS = ["c", "cuda"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def arrayjit_cache_dir():
-    """The per-session cache folder; removed when the session ends."""
-    yield _SESSION_CACHE
-    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+def _cuda_skip_reason() -> str | None:
+    from arrayjit.context import cuda_usable
+
+    if cuda_usable():
+        return None
+    return "CUDA backend: no usable NVIDIA GPU, driver or cuda-python on this machine"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Each test using it runs on every backend; CUDA skips where no GPU is usable."""
+    if request.param == "cuda":
+        reason = _cuda_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -26,5 +26,5 @@ class Backend(ABC):
     def compile(self, stmt: ir.Stmt, name: str) -> Compiled:
         """Generate code for `stmt`, compile it (or take it from the cache) and bind buffers."""
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - a no-op where work is synchronous
         """Wait until the work submitted so far is done."""

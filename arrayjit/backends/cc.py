@@ -70,6 +70,7 @@ class CBackend(Backend):
 
     def source(self, stmt: ir.Stmt, tnodes: list[TNode], function: str) -> str:
         dtypes = sorted({t.dtype for t in tnodes}, key=lambda d: d.name)
+        self.syntax.begin(tnodes)
         lines = [
             "#include <math.h>",
             "#include <stdint.h>",
@@ -78,7 +79,8 @@ class CBackend(Backend):
         ]
         for k, t in enumerate(tnodes):
             c_type = t.dtype.c_name
-            lines.append(f"  {c_type} *restrict {t.name} = ({c_type} *)buffers[{k}];")
+            name = self.syntax.buffer(t)
+            lines.append(f"  {c_type} *restrict {name} = ({c_type} *)buffers[{k}];")
         lines += self.syntax.stmt(stmt)
         lines.append("}")
         return "\n".join(lines) + "\n"

@@ -20,8 +20,20 @@ INT32_MAX = 2**31 - 1
 
 
 class CSyntax:
+    """Prints one routine at a time. Names in the output (buffers, loop variables, locals) are
+    numbered in order of appearance, so structurally equal code prints to the same text and
+    hits the compile cache, whatever the process-wide ids of its pieces."""
+
     #: How helper functions are declared (`static inline` in C).
     function_qualifier = "static inline"
+
+    def __init__(self) -> None:
+        self.begin([])
+
+    def begin(self, tnodes: list[TNode]) -> None:
+        """Start a routine over `tnodes` (buffer k is named after its label and k)."""
+        self._buffers = {t: f"{_identifier(t.label)}_{k}" for k, t in enumerate(tnodes)}
+        self._names: dict[object, str] = {}
 
     def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
         """Helper functions for `dtypes`, and the random generator if an op needs it."""
@@ -47,8 +59,16 @@ class CSyntax:
             text += ".0"
         return f"{text}{dtype.literal_suffix}"
 
+    def _fresh(self, key: object, base: str) -> str:
+        if key not in self._names:
+            self._names[key] = f"{base.rstrip('0123456789_') or 'v'}_{len(self._names)}"
+        return self._names[key]
+
     def iterator(self, it) -> str:
-        return f"{it.name or 'i'}_{it.id}"
+        return self._fresh(it, it.name or "i")
+
+    def local(self, name: str) -> str:
+        return self._fresh(("local", name), name)
 
     def index_expr(self, index: Index, wide: bool = False) -> str:
         terms, offset = as_affine(index)
@@ -68,7 +88,7 @@ class CSyntax:
         return self.index_expr(row_major_offset(tnode.dims, index), wide=tnode.size > INT32_MAX)
 
     def buffer(self, tnode: TNode) -> str:
-        return tnode.name
+        return self._buffers[tnode]
 
     def expr(self, e: ir.Expr) -> str:
         if isinstance(e, ir.Const):
@@ -76,7 +96,7 @@ class CSyntax:
         if isinstance(e, ir.Get):
             return f"{self.buffer(e.tnode)}[{self.offset(e.tnode, e.index)}]"
         if isinstance(e, ir.Local):
-            return e.name
+            return self.local(e.name)
         if isinstance(e, ir.IndexValue):
             return f"(({e.dtype.c_name})({self.index_expr(e.index, wide=True)}))"
         return ops.get(e.op).c_expr(e.dtype, *(self.expr(a) for a in e.args))
@@ -98,9 +118,14 @@ class CSyntax:
             target = f"{self.buffer(s.tnode)}[{self.offset(s.tnode, s.index)}]"
             return [f"{pad}{target} = {self.expr(s.value)};"]
         if isinstance(s, ir.DeclLocal):
-            return [f"{pad}{s.dtype.c_name} {s.name} = {self.expr(s.init)};"]
+            return [f"{pad}{s.dtype.c_name} {self.local(s.name)} = {self.expr(s.init)};"]
         if isinstance(s, ir.SetLocal):
-            return [f"{pad}{s.name} = {self.expr(s.value)};"]
+            return [f"{pad}{self.local(s.name)} = {self.expr(s.value)};"]
         if isinstance(s, ir.Comment):
             return [f"{pad}/* {s.text.replace('*/', '* /')} */"]
         raise TypeError(f"cannot print {s!r}")
+
+
+def _identifier(label: str) -> str:
+    safe = "".join(ch if ch.isalnum() else "_" for ch in label)[:32]
+    return safe if safe and not safe[0].isdigit() else f"b{safe}"
