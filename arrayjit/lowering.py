@@ -40,9 +40,10 @@ def debug_enabled() -> bool:
     return os.environ.get("ARRAYJIT_DEBUG", "") not in ("", "0")
 
 
-def compile_to_ir(code: asg.Code) -> ir.Stmt:
-    """The whole pipeline: lower, then optimize."""
-    lowered = lower(code)
+def compile_to_ir(code: asg.Code, reductions_innermost: bool = False) -> ir.Stmt:
+    """The whole pipeline: lower, then optimize. `reductions_innermost` asks for loop nests
+    whose reductions are innermost (a GPU thread per result cell)."""
+    lowered = lower(code, reductions_innermost)
     _log("lowering", lowered)
     return optimize(lowered)
 
@@ -62,17 +63,17 @@ def _log(step: str, stmt: ir.Stmt) -> None:
 # ---- assignments -> loop IR --------------------------------------------------------------
 
 
-def lower(code: asg.Code) -> ir.Stmt:
-    return ir.block([lower_statement(s) for s in asg.flatten(code)])
+def lower(code: asg.Code, reductions_innermost: bool = False) -> ir.Stmt:
+    return ir.block([lower_statement(s, reductions_innermost) for s in asg.flatten(code)])
 
 
-def lower_statement(stmt: asg.Code) -> ir.Stmt:
+def lower_statement(stmt: asg.Code, reductions_innermost: bool = False) -> ir.Stmt:
     if isinstance(stmt, asg.Comment):
         return ir.Comment(stmt.text)
     if isinstance(stmt, asg.Fetch):
         return lower_fetch(stmt)
     if isinstance(stmt, asg.Accum):
-        return lower_accum(stmt)
+        return lower_accum(stmt, reductions_innermost)
     raise TypeError(f"cannot lower {stmt!r}")
 
 
@@ -99,7 +100,7 @@ def _nest(dims: tuple[int, ...], body_of) -> ir.Stmt:
     body = body_of(index)
     for it, d in reversed(list(zip(its, dims, strict=True))):
         if d > 1:
-            body = ir.For(it, d, body)
+            body = ir.For(it, d, body, parallel=True)
     return body
 
 
@@ -121,11 +122,17 @@ def lower_fetch(stmt: asg.Fetch) -> ir.Stmt:
     raise TypeError(f"unknown fetch source {source!r}")
 
 
-def loop_order(p: Projections, lhs: TNode, rhses: tuple[TNode, ...]) -> list[Iterator]:
+def loop_order(
+    p: Projections, lhs: TNode, rhses: tuple[TNode, ...], reductions_innermost: bool = False
+) -> list[Iterator]:
     """Outermost first. The innermost loop is the iterator that walks the most operands along
     their last (contiguous) axis, a reduction on ties so it can accumulate in a register; the
-    others keep lhs order, reductions after the rest."""
+    others keep lhs order, reductions after the rest. With `reductions_innermost`, all
+    reductions come last (in their order) and the rest keep lhs order."""
     reductions = p.reduction_iterators
+    if reductions_innermost:
+        lhs_its = [it for idx in p.project_lhs for it in iterators_of(idx)]
+        return [*dict.fromkeys(it for it in lhs_its if it not in reductions), *reductions]
     contiguous_uses = dict.fromkeys(p.product_iterators, 0)
     for tnode, proj in ((lhs, p.project_lhs), *zip(rhses, p.project_rhs, strict=True)):
         if proj and tnode.dims[-1] > 1 and isinstance(proj[-1], Iterator):
@@ -165,17 +172,26 @@ def _rhs_ir(expr: asg.RhsExpr, gets: list[ir.Get], dtype) -> ir.Expr:
     return ir.Apply(expr.op, tuple(_rhs_ir(a, gets, dtype) for a in expr.args), dtype)
 
 
-def lower_accum(stmt: asg.Accum) -> ir.Stmt:
+def _parallel_safe(p: Projections) -> set[Iterator]:
+    """Iterators whose distinct values write distinct lhs cells: each is the plain index of
+    one lhs axis and occurs nowhere else in the lhs index."""
+    plain = [idx for idx in p.project_lhs if isinstance(idx, Iterator)]
+    uses = [it for idx in p.project_lhs for it in iterators_of(idx)]
+    return {it for it in plain if uses.count(it) == 1}
+
+
+def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
     p, lhs = stmt.projections, stmt.lhs
     bounds = p.bounds
     gets = [ir.Get(r, idx) for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)]
     rhs = _rhs_ir(stmt.rhs_expr, gets, lhs.dtype)
-    order = loop_order(p, lhs, stmt.rhses)
+    order = loop_order(p, lhs, stmt.rhses, reductions_innermost)
     reductions = set(p.reduction_iterators)
+    safe = _parallel_safe(p)
 
     def wrap(its: list[Iterator], body: ir.Stmt) -> ir.Stmt:
         for it in reversed(its):
-            body = ir.For(it, bounds[it], body)
+            body = ir.For(it, bounds[it], body, parallel=it in safe)
         return body
 
     if stmt.accum is None:

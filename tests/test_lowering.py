@@ -136,7 +136,7 @@ def test_simplification_removes_identities_and_folds_constants(c_context):
     )
     routine = c_context.compile(code)
     text = ir.to_string(routine.ir)
-    assert text == f"for i0 < {N}:\n  {y.name}[i0] := ({x.name}[i0] * 5.0)"
+    assert text == f"for i0 < {N} parallel:\n  {y.name}[i0] := ({x.name}[i0] * 5.0)"
     X = np.arange(N, dtype=np.float32)
     x.set_host(X)
     routine.run()
@@ -160,7 +160,7 @@ def test_matmul_hoists_the_a_load_out_of_the_innermost_loop():
         s for s in top_level(stmt)[-1].body.body.stmts if isinstance(s, ir.DeclLocal)
     ]  # for i: for k: [local h := a[i, k]; for j: ...]
     assert [d.init for d in hoisted] == [ir.Get(a, (i, r))]
-    assert f":= {a.name}[i, k]\n    for j < {n}:" in ir.to_string(stmt)
+    assert f":= {a.name}[i, k]\n    for j < {n} parallel:" in ir.to_string(stmt)
 
 
 # ---- the debug log and the printers --------------------------------------------------------
@@ -214,7 +214,7 @@ def test_printers_show_assignments_and_loops():
     assert str(code) == asg.to_string(code)
     loops = ir.to_string(compile_to_ir(code))
     assert loops.startswith("# matmul plus bias\n")
-    assert "for i < 2:\n  for k < 3:\n" in loops
+    assert "for i < 2 parallel:\n  for k < 3:\n" in loops
     assert f"{c.name}[i, j] := ({c.name}[i, j] + {bias.name}[j])" in loops
     assert f"{b.name}[i0, i1] := (4*i0 + i1)" in loops
 

@@ -21,6 +21,8 @@ class Compiled(ABC):
 
 class Backend(ABC):
     name: str
+    #: Lower with every reduction loop innermost (one thread per result cell on a GPU).
+    reductions_innermost: bool = False
 
     @abstractmethod
     def compile(self, stmt: ir.Stmt, name: str) -> Compiled:
