@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,13 +37,29 @@ def compiler() -> str:
 
 @functools.cache
 def compiler_version(command: str) -> str:
-    try:
-        out = subprocess.run(
-            [*shlex.split(command), "--version"], capture_output=True, text=True, check=True
+    """`command --version`, remembered on disk per compiler binary (path, size, mtime), so a
+    fresh process that finds its routines in the cache starts no compiler at all."""
+    argv = shlex.split(command)
+    binary = shutil.which(argv[0]) if argv else None
+    record = None
+    if binary:
+        stat = os.stat(binary)
+        fingerprint = cache.key(
+            command, os.path.realpath(binary), str(stat.st_size), str(stat.st_mtime_ns)
         )
-    except (OSError, subprocess.CalledProcessError) as exc:
+        record = cache.cache_dir() / f"compiler-{fingerprint}.txt"
+        if cache.lookup(record):
+            return record.read_text()
+    try:
+        out = subprocess.run([*argv, "--version"], capture_output=True, text=True, check=True)
+    except (OSError, IndexError, subprocess.CalledProcessError) as exc:
         raise CompileError(f"the C compiler {command!r} cannot be run: {exc}") from None
-    return out.stdout.strip()
+    version = out.stdout.strip()
+    if record is not None:
+        tmp = cache.temp_path(record)
+        tmp.write_text(version)
+        cache.commit(tmp, record)
+    return version
 
 
 class CCompiled(Compiled):
