@@ -39,7 +39,7 @@ def test_generated_source_declares_buffers_and_helpers(c_context):
         assert f"float *restrict {names[tnode]} = (float *)buffers[{k}];" in source
     assert set(names) == {x, y}
     assert "ocannl_max_float" in source and "#include <math.h>" in source
-    assert f"{names[y]}[i_" in source and "expf(" in source
+    assert f"{names[y]}[i0]" in source and "expf(" in source
 
 
 def test_equal_code_prints_equal_source(c_context):

@@ -60,8 +60,10 @@ class CSyntax:
         return f"{text}{dtype.literal_suffix}"
 
     def _fresh(self, key: object, base: str) -> str:
+        # Letters then a number, no underscore: buffer names always have one, so they differ.
         if key not in self._names:
-            self._names[key] = f"{base.rstrip('0123456789_') or 'v'}_{len(self._names)}"
+            letters = "".join(ch for ch in base if ch.isalpha()) or "v"
+            self._names[key] = f"{letters}{len(self._names)}"
         return self._names[key]
 
     def iterator(self, it) -> str:
