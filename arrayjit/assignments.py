@@ -222,7 +222,7 @@ def rhs_string(expr: RhsExpr, args: list[str], top: bool = False) -> str:
     if isinstance(expr, Arg):
         return args[expr.index]
     if isinstance(expr, Lit):
-        return repr(expr.value)
+        return f"{expr.value:g}"
     parts = [rhs_string(a, args) for a in expr.args]
     op = ops.get(expr.op)
     if expr.op == "identity":

@@ -128,7 +128,7 @@ def op_code(
             return None
         return Slot(tensor, grad), role
 
-    out = [_statement(s, resolve, _fresh_step, step, text) for s in statements]
+    out = [_statement(s, resolve, _fresh_step, step, syn.format_cd([s])) for s in statements]
     return Code([a for a in out if a is not None])
 
 
@@ -149,4 +149,6 @@ def cd(text: str, **names: Tensor) -> Code:
             )
         return Slot(tensor, ref.grad), 0
 
-    return Code([_statement(s, resolve, _fresh_step, None, text) for s in statements])
+    return Code(
+        [_statement(s, resolve, _fresh_step, None, syn.format_cd([s])) for s in statements]
+    )

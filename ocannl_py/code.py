@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
+from arrayjit import ops
 from arrayjit.indexing import Projections
 from arrayjit.tnode import MemoryMode, TNode
 from ocannl_py import projections, shape
@@ -122,7 +123,10 @@ def _tensors_of(stmt: Statement) -> Iterator[Tensor]:
 
 def _statement_text(stmt: Statement) -> str:
     if isinstance(stmt, Assign):
-        return stmt.text or f"{stmt.lhs} <- ..."
+        accum = "" if stmt.accum is None else ops.get(stmt.accum).symbol or f"@{stmt.accum}"
+        assign = "=" + (":" if stmt.accum is None or stmt.zero_first else "") + accum
+        rhs = asg.rhs_string(stmt.expr, [str(r) for r in stmt.rhses], top=True)
+        return f"{stmt.lhs} {assign} {rhs}"
     if isinstance(stmt, Fill):
         return f"{stmt.lhs} := {stmt.source}"
     return "<generated code>"

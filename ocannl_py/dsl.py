@@ -65,6 +65,8 @@ class _Interpreter:
         return SpecSyntaxError(f"op DSL: {message}", self.text, *pos)
 
     def name(self, name: str, pos) -> Any:
+        if name not in self.names and name in self.params:
+            return self.params[name]  # an inline parameter defined earlier in the text
         if name not in self.names:
             bound = ", ".join(sorted(self.names)) or "none"
             raise self.error(
@@ -89,13 +91,31 @@ class _Interpreter:
                 raise self.error(f"inline parameter {p.name!r} is defined twice", p.pos)
             return self.params[p.name]
         init = p.init
+        dims = {
+            "batch": self.dims(p.batch, p.pos),
+            "input": self.dims(p.input, p.pos),
+            "output": self.dims(p.output, p.pos),
+        }
         if isinstance(init, syn.Literal):
+            if "batch" in init.kinds:
+                raise self.error(f"inline parameter {p.name!r}: a parameter has no batch axes", p.pos)
             order = sorted(range(len(init.kinds)), key=lambda k: _KIND_ORDER[init.kinds[k]])
+            literal_dims = {"batch": [], "input": [], "output": []}
+            for k in order:
+                literal_dims[init.kinds[k]].append(init.values.shape[k])
+            for kind, given in dims.items():
+                if given is None:
+                    dims[kind] = literal_dims[kind]
+                elif given != literal_dims[kind]:
+                    raise self.error(
+                        f"inline parameter {p.name!r}: {kind} dims {given} do not match its "
+                        f"initial value's {literal_dims[kind]}",
+                        p.pos,
+                    )
             init = np.transpose(init.values, order)
         t = ops.param(
-            p.name, init,
-            batch_dims=self.dims(p.batch, p.pos), input_dims=self.dims(p.input, p.pos),
-            output_dims=self.dims(p.output, p.pos),
+            p.name, init, batch_dims=dims["batch"], input_dims=dims["input"],
+            output_dims=dims["output"],
         )  # fmt: skip
         self.params[p.name] = t
         return t

@@ -126,22 +126,28 @@ def param(
     input_dims=None,
     output_dims=None,
 ) -> Tensor:
-    """A trainable parameter. Unspecified dims are inferred from use. `value` (a scalar or nested
-    list, batch/output/input axis order) fills it; otherwise it is drawn uniformly from
-    [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in being the product of its input dims, from the
-    counter-based generator seeded by `oc.set_seed`."""
+    """A trainable parameter. Unspecified dims are inferred from use; parameters have no batch
+    axes unless `batch_dims` says so. `value` fills it: a scalar (any dims), or an array in
+    batch, output, input axis order (with no dims given, its axes are output axes). Otherwise it
+    is drawn uniformly from [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in being the product of its
+    input dims, by the counter-based generator seeded with `oc.set_seed`."""
     if not isinstance(label, str) or not label:
         raise TypeError(f"param: the label must be a non-empty string, got {label!r}")
-    # A scalar initial value fits any dims, so only other parameters must have inferable dims.
-    must_infer = value is None or np.ndim(value) > 0
-    shape = _leaf_shape(label, batch_dims, input_dims, output_dims, is_param=must_infer)
+    array = None if value is None else np.asarray(value, dtype=np.float64)
+    if array is not None and array.ndim > 0 and (input_dims, output_dims) == (None, None):
+        output_dims = list(array.shape[len(batch_dims or []) :])
+        input_dims = []
+    shape = _leaf_shape(
+        label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
+        is_param=True, dims_required=array is None or array.ndim > 0,
+    )  # fmt: skip
     t = Tensor(label, shape, is_param=True)
-    if value is None:
+    if array is None:
         t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))
-    elif np.ndim(value) == 0:
-        t.init_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
+    elif array.ndim == 0:
+        t.init_code = Code([Fill(Slot(t), asg.Constant(float(array)))])
     else:
-        t.init_code = _values_fill(t, np.asarray(value, dtype=np.float64))
+        t.init_code = _values_fill(t, array)
     return t
 
 

@@ -29,9 +29,12 @@ class Shape:
         input_dims: Sequence[int] | None = None,
         output_dims: Sequence[int] | None = None,
         is_param: bool = False,
+        dims_required: bool = True,
     ) -> None:
         self.label = label
         self.is_param = is_param
+        # A parameter whose values fit any dims (a scalar initial value) may close to defaults.
+        self.dims_required = is_param and dims_required
         self._rows: dict[str, sv.Row] = {}
         for kind, dims in (("batch", batch_dims), ("input", input_dims), ("output", output_dims)):
             if dims is None:
@@ -337,7 +340,7 @@ def close(shapes: Iterable[Shape]) -> None:
         except sv.Mismatch as e:
             raise _shape_error(e, sv.Where(lambda: "closing shapes")) from None
         for shape in members:
-            if shape.is_param:
+            if shape.dims_required:
                 _check_param(shape)
 
 

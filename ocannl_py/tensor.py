@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -71,9 +70,8 @@ class Tensor:
         node = self._value_node
         if node is None or not node.computed:
             raise ValueError(
-                f"tensor {self.label!r} has no value yet: no routine has computed it. "
-                f"Run `ctx.forward({self.label})` (or compile and run code that computes it) "
-                "with a Context first"
+                f"tensor {self.label!r} has no value yet: no routine has computed it. Run "
+                "`ctx.forward(t)` on it with a Context (or compile and run code that computes it)"
             )
         if node.memory_mode is MemoryMode.VIRTUAL:
             raise ValueError(
@@ -146,10 +144,20 @@ class Tensor:
 
     @property
     def params(self) -> dict[str, Tensor]:
-        return {t.label: t for t in self.subgraph() if t.is_param}
+        """Label -> parameter, over everything this tensor uses. Distinct parameters that share
+        a label get the keys `w`, `w#2`, `w#3`... in the order they were created."""
+        out: dict[str, Tensor] = {}
+        for t in sorted(self.param_list(), key=lambda t: t.id):
+            key, n = t.label, 1
+            while key in out:
+                n += 1
+                key = f"{t.label}#{n}"
+            out[key] = t
+        return out
 
-    def iter_params(self) -> Iterator[Tensor]:
-        return iter(self.params.values())
+    def param_list(self) -> list[Tensor]:
+        """Every parameter this tensor uses, each once (by identity)."""
+        return [t for t in self.subgraph() if t.is_param]
 
     # ---- operators (numpy conventions; `@` is compose) --------------------------------------
 

@@ -68,7 +68,7 @@ def sgd_update(
         raise ValueError("sgd_update: nesterov needs a positive momentum")
     lr = _scalar(learning_rate, "lr")
     code = Code(label=f"sgd_update_{loss.label}")
-    for p in loss.params.values():
+    for p in loss.param_list():
         names = {"p": p, "lr": lr}
         grad = "p.grad"
         if weight_decay:
@@ -102,7 +102,7 @@ def adam_update(
     code = Code(label=f"adam_update_{loss.label}")
     step_count = _step_counter(loss)
     code = code + cd("n =+ 1", n=step_count)
-    for p in loss.params.values():
+    for p in loss.param_list():
         m, v = _buffer_like(p, "adam_m"), _buffer_like(p, "adam_v")
         names = {"p": p, "m": m, "v": v, "lr": lr, "n": step_count}
         b1, b2 = repr(beta1), repr(beta2)
