@@ -1,8 +1,8 @@
 """Contractions written directly as `Accum` with `Projections`, against `numpy.einsum`.
 
 Hypothesis draws the iteration space (1-4 iterators of extent 1-5), which iterators each operand
-uses (repeats make diagonals), fixed indices on extra axes, and the lhs's (transposed) subset; the
-C backend's result must equal the einsum of the same subscripts. Fixed cases pin matmul, traces,
+uses (repeats make diagonals), fixed indices on extra axes, and the lhs's (transposed) subset; each
+backend's result (C, and CUDA where a GPU is usable) must equal the einsum of the same subscripts. Fixed cases pin matmul, traces,
 broadcasting, an affine index (a strided, dilated 1-D convolution) and the loop orders.
 """
 
@@ -27,11 +27,18 @@ SETTINGS = settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
-CONTEXT = Context("c")
+CONTEXTS: dict[str, Context] = {}
 
 
-def compile_and_run(code) -> ir.Stmt:
-    routine = CONTEXT.compile(code)
+def context(backend: str) -> Context:
+    """One context per backend, shared by the tests."""
+    if backend not in CONTEXTS:
+        CONTEXTS[backend] = Context(backend)
+    return CONTEXTS[backend]
+
+
+def compile_and_run(code, backend: str = "c") -> ir.Stmt:
+    routine = context(backend).compile(code)
     routine.run()
     return routine.ir
 
@@ -75,7 +82,7 @@ def einsum_reference(extents, rhs_axes, lhs, arrays) -> np.ndarray:
 
 @given(contractions(), st.booleans(), st.integers(0, 2**32 - 1))
 @SETTINGS
-def test_contraction_matches_einsum(case, zero_first, seed):
+def test_contraction_matches_einsum(backend, case, zero_first, seed):
     extents, rhs_axes, lhs = case
     rng = np.random.default_rng(seed)
     its = [Iterator(name=f"i{k}") for k in range(len(extents))]
@@ -95,7 +102,7 @@ def test_contraction_matches_einsum(case, zero_first, seed):
         tuple(extents), tuple(its), tuple(its[k] for k in lhs), tuple(project_rhs)
     )
     op = "mul" if len(rhses) == 2 else "identity"
-    compile_and_run(Accum(out, "add", op, tuple(rhses), projections, zero_first))
+    compile_and_run(Accum(out, "add", op, tuple(rhses), projections, zero_first), backend)
     expected = einsum_reference(extents, rhs_axes, lhs, arrays)
     if not zero_first:
         expected = expected + initial
@@ -112,19 +119,19 @@ def matmul_code(a: TNode, b: TNode, c: TNode, zero_first: bool = True, transpose
 
 @given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.integers(0, 2**32 - 1))
 @SETTINGS
-def test_matmul_accumulates_into_existing_values(m, k, n, seed):
+def test_matmul_accumulates_into_existing_values(backend, m, k, n, seed):
     rng = np.random.default_rng(seed)
     a, b, c = TNode("a", (m, k), "float64"), TNode("b", (k, n), "float64"), TNode("c", (m, n))
     A, B, C = rng.normal(size=(m, k)), rng.normal(size=(k, n)), rng.normal(size=(m, n))
     a.set_host(A), b.set_host(B), c.set_host(C)
-    routine = CONTEXT.compile(matmul_code(a, b, c, zero_first=False))
+    routine = context(backend).compile(matmul_code(a, b, c, zero_first=False))
     routine.run()
     np.testing.assert_allclose(c.host(), C.astype(np.float32) + A @ B, rtol=2e-6, atol=2e-6)
     routine.run()  # `=+` again: adds the product a second time
     np.testing.assert_allclose(c.host(), C.astype(np.float32) + 2 * A @ B, rtol=4e-6, atol=4e-6)
 
 
-def test_batched_matmul_and_reduction_to_scalar():
+def test_batched_matmul_and_reduction_to_scalar(backend):
     rng = np.random.default_rng(0)
     batch, m, k, n = 3, 4, 5, 2
     a, b = TNode("a", (batch, m, k), "float64"), TNode("b", (batch, k, n), "float64")
@@ -136,13 +143,14 @@ def test_batched_matmul_and_reduction_to_scalar():
     everything = Projections((batch, m, k), (s, i, r), (Fixed(0),), ((s, i, r),))
     compile_and_run(
         Accum(c, "add", "mul", (a, b), batched, True)
-        + Accum(total, "add", "identity", (a,), everything, True)
+        + Accum(total, "add", "identity", (a,), everything, True),
+        backend,
     )
     np.testing.assert_allclose(c.host(), np.einsum("sik,skj->sij", A, B), rtol=1e-12)
     np.testing.assert_allclose(total.host()[0], A.sum(), rtol=1e-12)
 
 
-def test_diagonal_trace_and_fixed_index():
+def test_diagonal_trace_and_fixed_index(backend):
     rng = np.random.default_rng(1)
     n = 5
     x = TNode("x", (n, n), "float64")
@@ -159,14 +167,15 @@ def test_diagonal_trace_and_fixed_index():
         )
         + Accum(
             first_column, None, "identity", (x,), Projections((n,), (i,), (i,), ((i, Fixed(0)),))
-        )
+        ),
+        backend,
     )
     np.testing.assert_array_equal(diagonal.host(), np.einsum("ii->i", X))
     np.testing.assert_allclose(trace.host()[0], np.trace(X), rtol=1e-12)
     np.testing.assert_array_equal(first_column.host(), X[:, 0])
 
 
-def test_broadcast_bias_and_transpose():
+def test_broadcast_bias_and_transpose(backend):
     rng = np.random.default_rng(2)
     m, n = 3, 4
     x, bias = TNode("x", (m, n), "float64"), TNode("bias", (n,), "float64")
@@ -176,7 +185,8 @@ def test_broadcast_bias_and_transpose():
     i, j = Iterator(name="i"), Iterator(name="j")
     compile_and_run(
         Accum(y, None, "add", (x, bias), Projections((m, n), (i, j), (i, j), ((i, j), (j,))))
-        + Accum(transposed, None, "identity", (x,), Projections((m, n), (i, j), (j, i), ((i, j),)))
+        + Accum(transposed, None, "identity", (x,), Projections((m, n), (i, j), (j, i), ((i, j),))),
+        backend,
     )
     np.testing.assert_array_equal(y.host(), X + bias_values)
     np.testing.assert_array_equal(transposed.host(), X.T)
@@ -191,7 +201,9 @@ def test_broadcast_bias_and_transpose():
     st.integers(0, 2**32 - 1),
 )
 @SETTINGS
-def test_affine_index_is_a_strided_convolution(out_len, kernel, stride, dilation, zero_first, seed):
+def test_affine_index_is_a_strided_convolution(
+    backend, out_len, kernel, stride, dilation, zero_first, seed
+):
     """`out[o] =:+ x[stride*o + dilation*k] * w[k]`, against a numpy loop."""
     rng = np.random.default_rng(seed)
     in_len = stride * (out_len - 1) + dilation * (kernel - 1) + 1
@@ -203,7 +215,7 @@ def test_affine_index_is_a_strided_convolution(out_len, kernel, stride, dilation
     window = affine((stride, o), (dilation, k))
     assert isinstance(window, Affine | Iterator)
     projections = Projections((out_len, kernel), (o, k), (o,), ((window,), (k,)))
-    compile_and_run(Accum(out, "add", "mul", (x, w), projections, zero_first))
+    compile_and_run(Accum(out, "add", "mul", (x, w), projections, zero_first), backend)
     expected = np.array(
         [sum(X[stride * p + dilation * q] * W[q] for q in range(kernel)) for p in range(out_len)]
     )
@@ -212,7 +224,7 @@ def test_affine_index_is_a_strided_convolution(out_len, kernel, stride, dilation
     np.testing.assert_allclose(out.host(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_affine_offset_and_negative_coefficient():
+def test_affine_offset_and_negative_coefficient(backend):
     """`out[i] = x[n-1-i] + x[i+1]`: a reversal and a shift."""
     n = 6
     x, out = TNode("x", (n + 1,), "float64"), TNode("out", (n,), "float64")
@@ -221,7 +233,7 @@ def test_affine_offset_and_negative_coefficient():
     i = Iterator(name="i")
     reversed_index, shifted = Affine(((-1, i),), n - 1), affine((1, i), offset=1)
     projections = Projections((n,), (i,), (i,), ((reversed_index,), (shifted,)))
-    compile_and_run(Accum(out, None, "add", (x, x), projections))
+    compile_and_run(Accum(out, None, "add", (x, x), projections), backend)
     np.testing.assert_array_equal(out.host(), X[n - 1 :: -1][:n] + X[1:])
 
 

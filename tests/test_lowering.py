@@ -12,11 +12,23 @@ import pytest
 from arrayjit import assignments as asg
 from arrayjit import loop_ir as ir
 from arrayjit.assignments import Accum, Constant, Fetch, RangeOfShape, Values
+from arrayjit.context import Context
 from arrayjit.indexing import Affine, Fixed, Iterator, Projections, identity_projections
 from arrayjit.lowering import PASSES, compile_to_ir
 from arrayjit.tnode import MemoryMode, TNode
 
 N = 8
+
+
+_CONTEXTS: dict[str, Context] = {}
+
+
+@pytest.fixture
+def context(backend) -> Context:
+    """A context of each backend, shared by this module's tests (CUDA skips without a GPU)."""
+    if backend not in _CONTEXTS:
+        _CONTEXTS[backend] = Context(backend)
+    return _CONTEXTS[backend]
 
 
 def pointwise(lhs: TNode, op: str, *rhses: TNode) -> Accum:
@@ -47,7 +59,7 @@ def c_name(routine, tnode) -> str:
     return f"{tnode.label}_{list(routine.compiled.tnodes).index(tnode)}"
 
 
-def test_virtual_chain_is_one_loop_nest_without_intermediate_buffers(c_context):
+def test_virtual_chain_is_one_loop_nest_without_intermediate_buffers(context):
     x, y = TNode("x", (N,)), TNode("y", (N,))
     exp_x, times_x = virtual("exp_x"), virtual("times_x")
     code = (
@@ -55,7 +67,7 @@ def test_virtual_chain_is_one_loop_nest_without_intermediate_buffers(c_context):
         + pointwise(times_x, "mul", exp_x, x)
         + pointwise(y, "relu", times_x)
     )
-    routine = c_context.compile(code)
+    routine = context.compile(code)
     assert len(loop_nests(routine.ir)) == 1
     assert isinstance(routine.ir, ir.For)
     source = source_of(routine)
@@ -69,13 +81,13 @@ def test_virtual_chain_is_one_loop_nest_without_intermediate_buffers(c_context):
     np.testing.assert_allclose(y.host(), np.maximum(np.exp(X) * X, 0), rtol=4e-7)
 
 
-def test_virtual_defined_by_a_reduction_is_materialized(c_context):
+def test_virtual_defined_by_a_reduction_is_materialized(context):
     x, y = TNode("x", (N, 3)), TNode("y", (N,))
     row_sum = virtual("row_sum")
     i, k = Iterator(name="i"), Iterator(name="k")
     reduce_rows = Projections((N, 3), (i, k), (i,), ((i, k),))
     code = Accum(row_sum, "add", "identity", (x,), reduce_rows, True) + pointwise(y, "neg", row_sum)
-    routine = c_context.compile(code)
+    routine = context.compile(code)
     assert c_name(routine, row_sum) in source_of(routine)
     assert len(loop_nests(routine.ir)) == 2
     X = np.arange(3 * N, dtype=np.float32).reshape(N, 3)
@@ -84,7 +96,7 @@ def test_virtual_defined_by_a_reduction_is_materialized(c_context):
     np.testing.assert_array_equal(y.host(), -X.sum(axis=1))
 
 
-def test_virtual_whose_source_is_overwritten_before_a_later_read_is_materialized(c_context):
+def test_virtual_whose_source_is_overwritten_before_a_later_read_is_materialized(context):
     x, other, y = TNode("x", (N,)), TNode("other", (N,)), TNode("y", (N,))
     exp_x = virtual("exp_x")
     code = (
@@ -92,7 +104,7 @@ def test_virtual_whose_source_is_overwritten_before_a_later_read_is_materialized
         + pointwise(x, "neg", other)  # x changes here; exp_x must hold the old exp(x)
         + pointwise(y, "add", exp_x, x)
     )
-    routine = c_context.compile(code)
+    routine = context.compile(code)
     assert c_name(routine, exp_x) in source_of(routine)
     X, other_values = np.linspace(-1, 1, N, dtype=np.float32), np.arange(N, dtype=np.float32)
     x.set_host(X), other.set_host(other_values)
@@ -101,7 +113,7 @@ def test_virtual_whose_source_is_overwritten_before_a_later_read_is_materialized
 
 
 @pytest.mark.parametrize("read", ["first_cell", "reversed"])
-def test_virtual_read_by_the_statement_that_overwrites_its_source(c_context, read):
+def test_virtual_read_by_the_statement_that_overwrites_its_source(context, read):
     """`x[i] := v[0]` with `v := -x`: inlined, it would read the x it is writing."""
     x, v = TNode("x", (N,)), virtual("v")
     i = Iterator(name="i")
@@ -109,7 +121,7 @@ def test_virtual_read_by_the_statement_that_overwrites_its_source(c_context, rea
     code = pointwise(v, "neg", x) + Accum(
         x, None, "identity", (v,), Projections((N,), (i,), (i,), ((index,),))
     )
-    routine = c_context.compile(code)
+    routine = context.compile(code)
     X = np.arange(1, N + 1, dtype=np.float32)
     x.set_host(X)
     routine.run()
@@ -120,7 +132,7 @@ def test_virtual_read_by_the_statement_that_overwrites_its_source(c_context, rea
 # ---- simplification and hoisting -----------------------------------------------------------
 
 
-def test_simplification_removes_identities_and_folds_constants(c_context):
+def test_simplification_removes_identities_and_folds_constants(context):
     x, y = TNode("x", (N,)), TNode("y", (N,))
     one, zero, two, three, five = (virtual(n) for n in ("one", "zero", "two", "three", "five"))
     times_one, plus_zero = virtual("times_one"), virtual("plus_zero")
@@ -134,7 +146,7 @@ def test_simplification_removes_identities_and_folds_constants(c_context):
         + pointwise(plus_zero, "add", times_one, zero)  # x + 0 -> x
         + pointwise(y, "mul", plus_zero, five)
     )
-    routine = c_context.compile(code)
+    routine = context.compile(code)
     text = ir.to_string(routine.ir)
     assert text == f"for i0 < {N} parallel:\n  {y.name}[i0] := ({x.name}[i0] * 5.0)"
     X = np.arange(N, dtype=np.float32)
@@ -222,7 +234,7 @@ def test_printers_show_assignments_and_loops():
 # ---- Fetch ---------------------------------------------------------------------------------
 
 
-def test_fetch_constant_range_and_values(c_context):
+def test_fetch_constant_range_and_values(context):
     filled, ranged = TNode("filled", (2, 3), "float64"), TNode("ranged", (3, 1, 4), "int32")
     loaded = TNode("loaded", (2, 2))
     values = np.array([[1.5, -2.0], [np.inf, 7.0]])
@@ -231,7 +243,7 @@ def test_fetch_constant_range_and_values(c_context):
         + Fetch(ranged, RangeOfShape())
         + Fetch(loaded, Values(values))
     )
-    routine = c_context.compile(code)
+    routine = context.compile(code)
     routine.run()
     np.testing.assert_array_equal(filled.host(), np.full((2, 3), -0.25))
     np.testing.assert_array_equal(ranged.host(), np.arange(12).reshape(3, 1, 4))
@@ -241,7 +253,7 @@ def test_fetch_constant_range_and_values(c_context):
     np.testing.assert_array_equal(loaded.host(), values.astype(np.float32))
 
 
-def test_fetch_values_of_another_shape_but_same_size_is_reshaped(c_context):
+def test_fetch_values_of_another_shape_but_same_size_is_reshaped(context):
     loaded = TNode("loaded", (2, 3), "float64")
-    c_context.compile(Fetch(loaded, Values(np.arange(6.0)))).run()
+    context.compile(Fetch(loaded, Values(np.arange(6.0)))).run()
     np.testing.assert_array_equal(loaded.host(), np.arange(6.0).reshape(2, 3))

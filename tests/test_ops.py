@@ -1,4 +1,4 @@
-"""Every primitive op of `arrayjit.ops.OPS`, compiled by the C backend, against its numpy reference.
+"""Every primitive op of `arrayjit.ops.OPS`, compiled by each backend, against its numpy reference.
 
 Each op runs as one pointwise `Accum` over a 1-D buffer holding random values and edge values
 (zeros of both signs, negatives, huge values, infinities, NaN), in float32 and float64; the
@@ -13,10 +13,23 @@ import pytest
 
 from arrayjit import ops
 from arrayjit.assignments import Accum
+from arrayjit.context import Context
 from arrayjit.indexing import Iterator, Projections, identity_projections
 from arrayjit.tnode import TNode
 
 FLOAT_DTYPES = ("float32", "float64")
+
+
+_CONTEXTS: dict[str, Context] = {}
+
+
+@pytest.fixture
+def context(backend) -> Context:
+    """A context of each backend, shared by this module's tests (CUDA skips without a GPU)."""
+    if backend not in _CONTEXTS:
+        _CONTEXTS[backend] = Context(backend)
+    return _CONTEXTS[backend]
+
 
 # Tolerances, in units in the last place of the reference. Arithmetic, comparisons, sqrt and the
 # selection ops are correctly rounded (IEEE 754) in both C and numpy, so they must agree to the
@@ -143,35 +156,35 @@ def test_every_op_is_covered():
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("name", POINTWISE_OPS)
-def test_float_op_matches_numpy(c_context, name, dtype):
+def test_float_op_matches_numpy(context, name, dtype):
     rng = np.random.default_rng(sum(map(ord, name + dtype)))
     args = operands(name, dtype, rng)
-    actual = run_pointwise(c_context, name, dtype, args)
+    actual = run_pointwise(context, name, dtype, args)
     expected = reference(name, dtype, args)
     ulps = TRANSCENDENTAL_ULPS if name in TRANSCENDENTAL else EXACT_ULPS
     assert_matches(actual, expected, ulps, f"{name} in {dtype}")
 
 
-def test_float_edge_values_are_ieee(c_context):
+def test_float_edge_values_are_ieee(context):
     """The edge cases called out in the docs, checked by value rather than only against numpy."""
     x = np.array([-1.0, 0.0, -0.0, 1000.0, 4.0], dtype=np.float32)
-    assert np.isnan(run_pointwise(c_context, "log", "float32", (x,))[0])
-    assert run_pointwise(c_context, "log", "float32", (x,))[1] == -np.inf
-    assert np.isnan(run_pointwise(c_context, "sqrt", "float32", (x,))[0])
-    recip_sqrt = run_pointwise(c_context, "recip_sqrt", "float32", (x,))
+    assert np.isnan(run_pointwise(context, "log", "float32", (x,))[0])
+    assert run_pointwise(context, "log", "float32", (x,))[1] == -np.inf
+    assert np.isnan(run_pointwise(context, "sqrt", "float32", (x,))[0])
+    recip_sqrt = run_pointwise(context, "recip_sqrt", "float32", (x,))
     assert np.isnan(recip_sqrt[0]) and recip_sqrt[1] == np.inf and recip_sqrt[2] == -np.inf
     assert recip_sqrt[4] == 0.5
-    assert run_pointwise(c_context, "exp", "float32", (x,))[3] == np.inf
-    assert run_pointwise(c_context, "recip", "float32", (x,))[1] == np.inf
+    assert run_pointwise(context, "exp", "float32", (x,))[3] == np.inf
+    assert run_pointwise(context, "recip", "float32", (x,))[1] == np.inf
     nan_first = np.array([np.nan, 1.0, np.nan], dtype=np.float32)
     nan_second = np.array([1.0, np.nan, np.nan], dtype=np.float32)
     for name in ("max", "min"):
         # numpy's maximum/minimum propagate NaN from either side (C's fmax would drop it).
-        assert np.isnan(run_pointwise(c_context, name, "float32", (nan_first, nan_second))).all()
+        assert np.isnan(run_pointwise(context, name, "float32", (nan_first, nan_second))).all()
 
 
 @pytest.mark.parametrize("name", INT_OPS)
-def test_int32_op_matches_numpy(c_context, name):
+def test_int32_op_matches_numpy(context, name):
     rng = np.random.default_rng(sum(map(ord, name)))
     arity = ops.OPS[name].arity
     info = np.iinfo(np.int32)
@@ -187,15 +200,15 @@ def test_int32_op_matches_numpy(c_context, name):
     else:
         grids = np.meshgrid(*([edges] * arity), indexing="ij")
         args = tuple(np.concatenate([r, g.ravel()]) for r, g in zip(random, grids, strict=True))
-    actual = run_pointwise(c_context, name, "int32", args)
+    actual = run_pointwise(context, name, "int32", args)
     expected = ops.OPS[name].apply(*args)
     assert_matches(actual, expected, 0, f"{name} in int32")
 
 
-def test_transcendental_op_on_int32_is_a_type_error(c_context):
+def test_transcendental_op_on_int32_is_a_type_error(context):
     x, out = TNode("x", (3,), "int32"), TNode("out", (3,), "int32")
     with pytest.raises(TypeError, match="'exp' is not defined for int32"):
-        c_context.compile(Accum(out, None, "exp", (x,), identity_projections((3,), 1)))
+        context.compile(Accum(out, None, "exp", (x,), identity_projections((3,), 1)))
 
 
 # ---- accumulate ops ------------------------------------------------------------------------
@@ -224,7 +237,7 @@ def accumulate_operands(accum: str, dtype: str, shape: tuple[int, ...], rng) -> 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("zero_first", [True, False], ids=["zero_first", "into_existing"])
 @pytest.mark.parametrize("accum", ACCUMULATE)
-def test_accumulate_reduction(c_context, accum, zero_first, dtype):
+def test_accumulate_reduction(context, accum, zero_first, dtype):
     """`out[i] accum= x[i, k]` over k, the reduction innermost (a register accumulator)."""
     rng = np.random.default_rng(7)
     m, k = 6, 5
@@ -238,7 +251,7 @@ def test_accumulate_reduction(c_context, accum, zero_first, dtype):
     out.set_host(initial)
     i, r = Iterator(name="i"), Iterator(name="r")
     projections = Projections((m, k), (i, r), (i,), ((i, r),))
-    routine = c_context.compile(Accum(out, accum, "identity", (x,), projections, zero_first))
+    routine = context.compile(Accum(out, accum, "identity", (x,), projections, zero_first))
     routine.run()
     start = np.full(m, ops.neutral(accum, out.dtype), dtype) if zero_first else initial
     expected = sequential_reference(accum, start, values, dtype)
@@ -250,7 +263,7 @@ def test_accumulate_reduction(c_context, accum, zero_first, dtype):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("zero_first", [True, False], ids=["zero_first", "into_existing"])
 @pytest.mark.parametrize("accum", ACCUMULATE)
-def test_accumulate_pointwise(c_context, accum, zero_first, dtype):
+def test_accumulate_pointwise(context, accum, zero_first, dtype):
     """`out[i] accum= a[i] * b[i]`: no reduction; run twice to accumulate twice."""
     rng = np.random.default_rng(11)
     n = 9
@@ -262,7 +275,7 @@ def test_accumulate_pointwise(c_context, accum, zero_first, dtype):
     b.set_host(b_values)
     out.set_host(initial)
     projections = identity_projections((n,), 2)
-    routine = c_context.compile(Accum(out, accum, "mul", (a, b), projections, zero_first))
+    routine = context.compile(Accum(out, accum, "mul", (a, b), projections, zero_first))
     term = ops.OPS["mul"].apply(a_values, b_values)
     expected = initial
     for _ in range(2):
@@ -276,7 +289,7 @@ def test_accumulate_pointwise(c_context, accum, zero_first, dtype):
 
 
 @pytest.mark.parametrize("accum", ["add", "max", "min"])
-def test_int32_accumulate_starts_from_neutral(c_context, accum):
+def test_int32_accumulate_starts_from_neutral(context, accum):
     """int32 max/min start from the int32 extremes (there is no infinity)."""
     x = TNode("x", (3, 4), "int32")
     out = TNode("out", (3,), "int32")
@@ -285,6 +298,6 @@ def test_int32_accumulate_starts_from_neutral(c_context, accum):
     out.set_host(np.full(3, 123, np.int32))
     i, r = Iterator(name="i"), Iterator(name="r")
     projections = Projections((3, 4), (i, r), (i,), ((i, r),))
-    c_context.compile(Accum(out, accum, "identity", (x,), projections, True)).run()
+    context.compile(Accum(out, accum, "identity", (x,), projections, True)).run()
     reduce = {"add": np.sum, "max": np.max, "min": np.min}[accum]
     np.testing.assert_array_equal(out.host(), reduce(values, axis=1))
