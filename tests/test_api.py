@@ -665,12 +665,6 @@ def test_op_inline_params_fields(backend):
     assert q.shape.output == [5]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a parameter initialised with a scalar (`{b = 0.; o = [4]}`, "
-    "`oc.param('b', 0.5, output_dims=[4])`) takes the batch dims of the data it is added to: "
-    "one bias per example; OCANNL parameters have no batch axes unless given",
-    strict=True,
-)
 def test_scalar_initialised_param_gets_no_batch_axes(backend):
     ctx = Context(backend)
     x = oc.term("x", batch_dims=[2], input_dims=[], output_dims=[4])
@@ -691,12 +685,6 @@ def test_op_inline_param_literal_init_and_reuse(backend):
         op("{v = 1.0} + {v = 2.0}")
 
 
-@pytest.mark.xfail(
-    reason="BUG: an inline parameter initialised from a literal (`{w = [1;2;3]}`) does not take "
-    "its dims from the literal: used only with scalars it gets 1 cell and fails with "
-    '"3 values given for a shape  of 1 cells"',
-    strict=True,
-)
 def test_inline_param_dims_come_from_its_literal(backend):
     ctx = Context(backend)
     y = op("{w = [1;2;3]} *. 2")
