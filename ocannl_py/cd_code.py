@@ -149,6 +149,4 @@ def cd(text: str, **names: Tensor) -> Code:
             )
         return Slot(tensor, ref.grad), 0
 
-    return Code(
-        [_statement(s, resolve, _fresh_step, None, syn.format_cd([s])) for s in statements]
-    )
+    return Code([_statement(s, resolve, _fresh_step, None, syn.format_cd([s])) for s in statements])

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from arrayjit import assignments as asg
 from arrayjit import ops
 from arrayjit.indexing import Projections
-from arrayjit.tnode import MemoryMode, TNode
+from arrayjit.tnode import TNode
 from ocannl_py import projections, shape
 
 if TYPE_CHECKING:
@@ -91,17 +91,31 @@ class Code:
                 seen.setdefault(t.id, t)
         return list(seen.values())
 
-    def lower(self) -> asg.Code:
-        """Close the shapes involved, then build arrayjit assignments. Virtual constants the
-        code reads (numbers) are computed inline, so their definitions come along."""
-        shape.close([t.shape for t in self.tensors()])
-        written = {s.lhs.tensor.id for s in self.statements if isinstance(s, Assign | Fill)}
+    def written(self) -> set[int]:
+        """Ids of the tensors some statement writes."""
+        ids: set[int] = set()
+        for stmt in self.statements:
+            if isinstance(stmt, Raw):
+                ids.update(t.id for t in stmt.tensors)
+            else:
+                ids.add(stmt.lhs.tensor.id)
+        return ids
+
+    def with_constants(self) -> Code:
+        """This code preceded by the definitions of the constants it reads (numbers, literals,
+        ranges): they are cheap, and a number is computed inline where it is read."""
+        written = self.written()
         constants = Code()
         for t in self.tensors():
-            if t.memory_mode is MemoryMode.VIRTUAL and not t.operands and t.id not in written:
+            if not t.operands and t.forward_code and t.id not in written:
                 constants = constants + t.forward_code
+        return constants + self if constants else self
+
+    def lower(self) -> asg.Code:
+        """Close the shapes involved, then build arrayjit assignments."""
+        shape.close([t.shape for t in self.tensors()])
         cache: dict[int, tuple[Projections, bool]] = {}
-        return asg.seq([_lower_statement(s, cache) for s in (constants + self).statements])
+        return asg.seq([_lower_statement(s, cache) for s in self.statements])
 
     def __str__(self) -> str:
         return "\n".join(_statement_text(s) for s in self.statements)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from arrayjit import context as aj
 from arrayjit.tnode import MemoryMode
+from ocannl_py import shape as shapes
 from ocannl_py.code import Code
 from ocannl_py.tensor import Tensor
 
@@ -28,8 +30,8 @@ class Routine:
         for t in self.inputs:
             if not t.value_node.computed:
                 raise ValueError(
-                    f"tensor {t.label!r} is read by routine {self.routine.name!r} but has no value: "
-                    f"call {t.label}.set_value(...) first"
+                    f"tensor {t.label!r} is read by routine {self.routine.name!r} but has no "
+                    "value: fill it with set_value(...), or run the code that computes it first"
                 )
         self.routine.run()
 
@@ -50,20 +52,23 @@ class Context(aj.Context):
         if not isinstance(code, Code):
             return super().compile(code, name or "routine")
         name = name or code.label or "routine"
+        code = code.with_constants()
         lowered = code.lower()
-        self._initialize_params(code)
-        written = {s.lhs.tensor.id for s in code.statements if hasattr(s, "lhs")}
+        self.initialize(code.tensors())
+        written = code.written()
+        # What the code reads without computing it: data (terms) and results of other routines.
         inputs = [
             t for t in code.tensors()
-            if t.id not in written and not t.is_param and not t.forward_code
-            and t.memory_mode is not MemoryMode.VIRTUAL
+            if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
         ]  # fmt: skip
         return Routine(super().compile(lowered, name), inputs)
 
-    def _initialize_params(self, code: Code) -> None:
-        """Parameters and optimizer state are initialised once, before the first routine that
-        uses them is built."""
-        fresh = [t for t in code.tensors() if t.init_code and not t.value_node.computed]
+    def initialize(self, tensors: Iterable[Tensor]) -> None:
+        """Initialise parameters and optimizer state that are not yet: done once, before the
+        first routine that uses them is built."""
+        tensors = [t for t in tensors if t.init_code]
+        shapes.close([t.shape for t in tensors])
+        fresh = [t for t in tensors if not t.value_node.computed]
         if not fresh:
             return
         init = Code()
@@ -78,4 +83,5 @@ class Context(aj.Context):
         if routine is None:
             routine = self.compile(t.forward, f"forward_{t.label}")
             self._forward_routines[t.id] = routine
+        self.initialize(t.subgraph())  # a bare parameter has no forward code
         routine.run()

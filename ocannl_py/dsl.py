@@ -98,7 +98,9 @@ class _Interpreter:
         }
         if isinstance(init, syn.Literal):
             if "batch" in init.kinds:
-                raise self.error(f"inline parameter {p.name!r}: a parameter has no batch axes", p.pos)
+                raise self.error(
+                    f"inline parameter {p.name!r}: a parameter has no batch axes", p.pos
+                )
             order = sorted(range(len(init.kinds)), key=lambda k: _KIND_ORDER[init.kinds[k]])
             literal_dims = {"batch": [], "input": [], "output": []}
             for k in order:

@@ -134,9 +134,13 @@ def param(
     if not isinstance(label, str) or not label:
         raise TypeError(f"param: the label must be a non-empty string, got {label!r}")
     array = None if value is None else np.asarray(value, dtype=np.float64)
-    if array is not None and array.ndim > 0 and (input_dims, output_dims) == (None, None):
-        output_dims = list(array.shape[len(batch_dims or []) :])
-        input_dims = []
+    if array is not None and array.ndim > 0:
+        # Dims not given come from the value's axes: batch, then output, then input.
+        rest = list(array.shape[len(batch_dims or []) :])
+        if output_dims is None:
+            output_dims = rest[: len(rest) - len(input_dims or [])]
+        if input_dims is None:
+            input_dims = rest[len(output_dims) :]
     shape = _leaf_shape(
         label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
         is_param=True, dims_required=array is None or array.ndim > 0,

@@ -135,11 +135,6 @@ def test_set_seed_rejects_bad_seeds():
         oc.set_seed(1.5)
 
 
-@pytest.mark.xfail(
-    reason="BUG: ctx.forward(p) on a bare parameter initialises nothing, and the error then "
-    "tells the user to call ctx.forward(p)",
-    strict=True,
-)
 def test_forward_of_a_bare_parameter_initialises_it(backend):
     ctx = Context(backend)
     w = oc.param("w", [1.0, 2.0], output_dims=[2])
@@ -825,22 +820,23 @@ def test_cd_an_sgd_step_by_hand(backend):
     np.testing.assert_allclose(w.value, [0.5, -1.0], rtol=RTOL)
 
 
-@pytest.mark.xfail(
-    reason="BUG: code that reads a literal whose forward code is not in the routine silently "
-    "reads zeros (no error, no value)",
-    strict=True,
-)
 def test_cd_reading_an_uncomputed_literal_is_not_silent(backend):
     ctx = Context(backend)
     a = literal(np.ones((2, 3)), output=[2], inputs=[3])
     b = literal([0.0, 1.0, 2.0], output=[3])
     c = oc.term("c", batch_dims=[], input_dims=[], output_dims=[2])
-    try:
-        ctx.compile(cd('c =:+ a * b ~logic:"@"', a=a, b=b, c=c)).run()
-    except ValueError as exc:
-        assert "forward" in str(exc)
-    else:
-        np.testing.assert_array_equal(c.value, [3.0, 3.0])
+    ctx.compile(cd('c =:+ a * b ~logic:"@"', a=a, b=b, c=c)).run()
+    np.testing.assert_array_equal(c.value, [3.0, 3.0])
+
+
+def test_reading_a_tensor_no_routine_computed_is_an_error(backend):
+    ctx = Context(backend)
+    x = oc.term("x", batch_dims=[], input_dims=[], output_dims=[2])
+    y = oc.relu(x)
+    z = oc.term("z", batch_dims=[], input_dims=[], output_dims=[2])
+    routine = ctx.compile(cd("z =: y * 2", y=y, z=z))
+    with pytest.raises(ValueError, match="'relu' is read by routine .* has no value"):
+        routine.run()
 
 
 # ---- compiling and running ----------------------------------------------------------------------
