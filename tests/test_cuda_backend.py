@@ -114,6 +114,26 @@ def test_hoisted_local_is_recomputed_by_the_kernel_that_reads_it():
     assert len(plan.prologue) == 1 and ir.read_tnodes(plan.prologue[0]) == {w}
 
 
+def test_local_whose_source_is_overwritten_before_a_later_kernel_falls_back_to_one_thread():
+    """`h := w[0]; w[i] := 0; y[i] := h`: recomputing h in the second kernel would read the new w."""
+    w, y = TNode("w", (4,)), TNode("y", (4,))
+    i, j = Iterator(name="i"), Iterator(name="j")
+    h = ir.Local("h", w.dtype)
+    stmt = ir.Block(
+        (
+            ir.DeclLocal("h", w.dtype, ir.Get(w, (Fixed(0),))),
+            ir.For(i, 4, ir.Set(w, (i,), ir.Const(0.0, w.dtype)), parallel=True),
+            ir.For(j, 4, ir.Set(y, (j,), h), parallel=True),
+        )
+    )
+    (plan,) = cuda.plan_kernels(stmt)
+    assert plan.grid == [] and len(plan.body) == 3
+    # Without the overwrite, each kernel recomputes h itself.
+    reads_only = ir.Block((stmt.stmts[0], stmt.stmts[2], stmt.stmts[2]))
+    plans = cuda.plan_kernels(reads_only)
+    assert [len(p.prologue) for p in plans] == [1, 1] and all(p.grid for p in plans)
+
+
 def test_source_has_one_kernel_per_nest_and_no_libc_headers():
     x, out = TNode("x", (6, 6)), TNode("out", (6, 6))
     i, j = Iterator(name="i"), Iterator(name="j")
@@ -299,17 +319,17 @@ def test_device_buffers_persist_between_routines_and_contexts(gpu):
     x = TNode("x", (100,))
     hidden = TNode("hidden", (100,), memory_mode=MemoryMode.DEVICE)
     y = TNode("y", (100,))
-    x.set_host(np.arange(100.0))
+    x.set_host(np.arange(100.0) / 10)
     gpu.compile(pointwise(hidden, "sqrt", x)).run()
     gpu.compile(pointwise(y, "neg", hidden)).run()
-    np.testing.assert_allclose(y.host(), -np.sqrt(np.arange(100.0)), rtol=1e-6)
+    np.testing.assert_allclose(y.host(), -np.sqrt(np.arange(100.0) / 10), rtol=1e-6)
     # Another context reads y after this one wrote it: it gets the new values.
     z = TNode("z", (100,))
     other = Context("cuda")
     other.compile(pointwise(z, "neg", y)).run()
     gpu.compile(pointwise(y, "exp", x)).run()
     other.compile(pointwise(z, "neg", y)).run()
-    np.testing.assert_allclose(z.host(), -np.exp(np.arange(100.0, dtype=np.float32)), rtol=1e-6)
+    np.testing.assert_allclose(z.host(), -np.exp(np.arange(100.0) / 10), rtol=1e-6)
 
 
 @needs_gpu
