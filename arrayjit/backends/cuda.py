@@ -181,13 +181,9 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
     mutated = _mutated_locals(stmt)
     # Locals declared once at top level, never reassigned: recomputed by each kernel reading them.
     shared: dict[str, ir.DeclLocal] = {}
-    plans: list[KernelPlan] = []
+    # Each plan with the shared locals valid where it starts.
+    plans: list[tuple[KernelPlan, dict[str, ir.DeclLocal]]] = []
     serial: list[ir.Stmt] = []
-
-    def flush_serial() -> None:
-        if serial:
-            plans.append(KernelPlan([], list(serial)))
-            serial.clear()
 
     for s in _top_level(stmt):
         if (
@@ -196,34 +192,36 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
             and _read_locals([s]) <= set(shared)
         ):
             shared[s.name] = s
+            if serial:
+                serial.append(s)  # later statements of the same one-thread kernel read it here
             continue
         if (
             isinstance(s, ir.For)
             and s.parallel
             and not (_read_locals([s]) & _declared_locals_of(serial))
         ):
-            flush_serial()
+            serial = []
             grid, body = _grid_run(s, mutated)
-            plans.append(KernelPlan(grid, body))
+            plans.append((KernelPlan(grid, body), dict(shared)))
         else:
+            if not serial:
+                plans.append((KernelPlan([], serial), dict(shared)))
             serial.append(s)
         # A shared local whose buffers this statement writes would be stale in later kernels.
         written = ir.written_tnodes(s)
         for name, decl in list(shared.items()):
             if ir.read_tnodes(decl) & written:
                 del shared[name]
-    flush_serial()
 
-    for plan in plans:
-        needed = _read_locals(plan.body) - _declared_locals(ir.Block(tuple(plan.body)))
-        closure = _closure(needed, shared)
+    for plan, available in plans:
+        needed = _read_locals(plan.body) - _declared_locals_of(plan.body)
+        closure = _closure(needed, available)
         if closure is None:
             log.debug("a local crosses kernels: the routine runs as one thread")
             return [KernelPlan([], _top_level(stmt))]
-        plan.prologue = [d for d in shared.values() if d.name in closure]
-    for plan in plans:
+        plan.prologue = [d for d in available.values() if d.name in closure]
         plan.matmul = _matmul_shape(plan)
-    return plans
+    return [plan for plan, _ in plans]
 
 
 def _declared_locals_of(stmts: list[ir.Stmt]) -> set[str]:
@@ -524,10 +522,11 @@ def _nvrtc_compile(source: str, arch: str, source_path: Path) -> bytes:
         program = Program(source, "c++", options)
         code = program.compile("cubin", logs=logs)
     except Exception as exc:
+        message = logs.getvalue() or str(exc)
         raise CompileError(
             "NVRTC failed to compile the generated CUDA code",
             str(source_path),
-            logs.getvalue().strip() or str(exc),
+            message.replace("\x00", "").strip(),
         ) from None
     return bytes(code.code)
 
