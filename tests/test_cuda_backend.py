@@ -363,3 +363,21 @@ def test_second_compile_of_the_same_code_is_a_cache_hit(gpu, monkeypatch):
 
     first, second = build(), build()
     assert first == second and len(calls) == 1
+
+
+def test_c_and_cuda_routines_share_buffers_coherently(gpu):
+    """Values written by one backend are what the other reads, in both directions."""
+    n = 64
+    x, y, z = TNode("x", (n,)), TNode("y", (n,)), TNode("z", (n,))
+    two = TNode("two", (n,))
+    two.set_host(np.full(n, 2.0, np.float32))
+    on_gpu = gpu.compile(pointwise(y, "mul", x, two))
+    on_cpu = Context("c").compile(pointwise(z, "add", y, two))
+    back_on_gpu = gpu.compile(pointwise(x, "mul", z, two))
+    values = np.linspace(-1, 1, n, dtype=np.float32)
+    x.set_host(values)
+    on_gpu.run()  # y = 2x on the device
+    on_cpu.run()  # z = y + 2 on the host: must fetch y from the device first
+    np.testing.assert_allclose(z.host(), 2 * values + 2, rtol=1e-6)
+    back_on_gpu.run()  # x = 2z on the device: must upload the z the host wrote
+    np.testing.assert_allclose(x.host(), 4 * values + 4, rtol=1e-6)

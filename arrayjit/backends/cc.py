@@ -64,7 +64,12 @@ def compiler_version(command: str) -> str:
 
 class CCompiled(Compiled):
     def __init__(
-        self, function, tnodes: list[TNode], scratch: dict[TNode, np.ndarray], source_path: str
+        self,
+        function,
+        tnodes: list[TNode],
+        scratch: dict[TNode, np.ndarray],
+        written: set[TNode],
+        source_path: str,
     ):
         self.function = function
         self.tnodes = tnodes
@@ -74,9 +79,18 @@ class CCompiled(Compiled):
         self.pointers = (ctypes.c_void_p * max(1, len(tnodes)))(
             *(a.ctypes.data for a in self.arrays)
         )
+        # Host arrays are this backend's buffers: a device may hold newer values of those it
+        # reads, and devices must learn about those it writes.
+        self.shared = [t for t in tnodes if t not in scratch]
+        self.shared_written = [t for t in self.shared if t in written]
 
     def run(self) -> None:
+        for t in self.shared:
+            if t.fetch_from_device is not None:
+                t.host()
         self.function(self.pointers)
+        for t in self.shared_written:
+            t.host_version += 1
 
 
 class CBackend(Backend):
@@ -121,7 +135,8 @@ class CBackend(Backend):
             for t in tnodes
             if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
         }
-        return CCompiled(fn, tnodes, scratch, str(library.with_suffix(".c")))
+        written = ir.written_tnodes(stmt)
+        return CCompiled(fn, tnodes, scratch, written, str(library.with_suffix(".c")))
 
 
 def build_shared_object(source: str) -> Path:
