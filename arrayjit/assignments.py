@@ -172,18 +172,6 @@ def seq(codes: Sequence[Code]) -> Code:
     return Seq(items) if items else Noop()
 
 
-def tnodes_of(code: Code) -> list[TNode]:
-    """Every buffer `code` touches, in order of first appearance."""
-    seen: dict[int, TNode] = {}
-    for stmt in flatten(code):
-        if isinstance(stmt, Accum):
-            for t in (stmt.lhs, *stmt.rhses):
-                seen.setdefault(t.id, t)
-        elif isinstance(stmt, Fetch):
-            seen.setdefault(stmt.lhs.id, stmt.lhs)
-    return list(seen.values())
-
-
 def _index_str(proj) -> str:
     return "[" + ", ".join(map(str, proj)) + "]"
 

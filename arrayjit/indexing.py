@@ -141,17 +141,6 @@ class Projections:
         used = {it for index in self.project_lhs for it in iterators_of(index)}
         return tuple(it for it in self.product_iterators if it not in used)
 
-    @property
-    def lhs_is_bijective(self) -> bool:
-        """Each cell of the iteration space writes a distinct lhs cell: plain, distinct iterators
-        that cover the whole space (no reduction, no diagonal, no fixed index or stride)."""
-        its = [i for i in self.project_lhs if not isinstance(i, Fixed) or i.value != 0]
-        return (
-            all(isinstance(i, Iterator) for i in its)
-            and len(set(its)) == len(its)
-            and set(its) == set(self.product_iterators)
-        )
-
     def check_against(
         self, lhs_dims: Sequence[int], rhs_dims: Sequence[Sequence[int]], what: str
     ) -> None:
