@@ -120,6 +120,13 @@ def resolve_dim(d: DimLike) -> DimLike:
 
 
 def resolve_row(row: Row) -> Row:
+    if row.var is None or row.var.solution is None:
+        # Common case: nothing to substitute but solved dim variables, often none at all.
+        for d in row.beg + row.end:
+            if isinstance(d, DimVar) and d.solution is not None:
+                break
+        else:
+            return row
     beg, var, end = list(row.beg), row.var, list(row.end)
     while var is not None and var.solution is not None:
         sol = var.solution
