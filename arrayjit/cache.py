@@ -75,3 +75,23 @@ def lookup(path: Path) -> bool:
     except OSError:
         return False
     return recorded == _digest(data)
+
+
+def artifact(key: str, suffix: str, source: str, source_suffix: str, build) -> Path:
+    """The artifact `<key><suffix>` from the cache; on a miss the source is written beside it
+    (for error messages) and `build(source_path, tmp_path)` writes the artifact to `tmp_path`,
+    which is then moved into place."""
+    folder = cache_dir()
+    path = folder / f"{key}{suffix}"
+    if lookup(path):
+        return path
+    source_path = folder / f"{key}{source_suffix}"
+    write_atomic(source_path, source.encode())
+    tmp = temp_path(path)
+    try:
+        build(source_path, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    commit(tmp, path)
+    return path

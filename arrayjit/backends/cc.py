@@ -144,20 +144,14 @@ def build_shared_object(source: str) -> Path:
     command = compiler()
     flags = (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
     key = cache.key(source, " ".join(flags), compiler_version(command))
-    folder = cache.cache_dir()
-    library = folder / f"{key}.so"
-    if cache.lookup(library):
-        return library
-    source_path = folder / f"{key}.c"
-    cache.write_atomic(source_path, source.encode())
-    tmp = cache.temp_path(library)
-    args = [*shlex.split(command), *flags, "-o", str(tmp), str(source_path), "-lm"]
-    log.debug("compiling: %s", shlex.join(args))
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise CompileError(
-            f"the C compiler failed (exit {result.returncode})", str(source_path), result.stderr
-        )
-    cache.commit(tmp, library)
-    return library
+
+    def build(source_path: Path, output: Path) -> None:
+        args = [*shlex.split(command), *flags, "-o", str(output), str(source_path), "-lm"]
+        log.debug("compiling: %s", shlex.join(args))
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CompileError(
+                f"the C compiler failed (exit {result.returncode})", str(source_path), result.stderr
+            )
+
+    return cache.artifact(key, ".so", source, ".c", build)

@@ -534,19 +534,13 @@ def _nvrtc_compile(source: str, arch: str, source_path: Path) -> bytes:
 def build_cubin(source: str, arch: str) -> Path:
     """The cubin for `source`, from the cache or freshly compiled by NVRTC."""
     key = cache.key(source, repr(sorted(NVRTC_OPTIONS.items())), nvrtc_version(), arch)
-    folder = cache.cache_dir()
-    cubin = folder / f"{key}.cubin"
-    if cache.lookup(cubin):
-        return cubin
-    source_path = folder / f"{key}.cu"
-    cache.write_atomic(source_path, source.encode())
-    start = time.perf_counter()
-    data = _nvrtc_compile(source, arch, source_path)
-    log.debug("NVRTC compiled %s in %.1f ms", source_path, 1e3 * (time.perf_counter() - start))
-    tmp = cache.temp_path(cubin)
-    tmp.write_bytes(data)
-    cache.commit(tmp, cubin)
-    return cubin
+
+    def build(source_path: Path, output: Path) -> None:
+        start = time.perf_counter()
+        output.write_bytes(_nvrtc_compile(source, arch, source_path))
+        log.debug("NVRTC compiled %s in %.1f ms", source_path, 1e3 * (time.perf_counter() - start))
+
+    return cache.artifact(key, ".cubin", source, ".cu", build)
 
 
 # ---- device memory -----------------------------------------------------------------------
