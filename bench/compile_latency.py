@@ -31,7 +31,9 @@ print(f"{1e3 * (imported - start):.1f} {1e3 * (built - imported):.1f} {1e3 * (do
 
 def run_child(cache: str) -> list[float]:
     env = dict(os.environ, ARRAYJIT_CACHE_DIR=cache)
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True
+    )
     return [float(v) for v in out.stdout.split()]
 
 

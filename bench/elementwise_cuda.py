@@ -8,39 +8,17 @@ plus the bytes written.
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import numpy as np
+from common import gpu_median_seconds
 
 from arrayjit.assignments import Accum, Arg, Call, Lit
 from arrayjit.context import Context
 from arrayjit.indexing import identity_projections
 from arrayjit.tnode import MemoryMode, TNode
 
-
-def timing_options():
-    from cuda.core import EventOptions
-
-    return EventOptions(timing_enabled=True)
-
-
 REPEATS = 20
-
-
-def median_seconds(ctx: Context, fn, repeats: int) -> float:
-    stream = ctx.backend.stream
-    timing = timing_options()
-    fn()
-    ctx.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = stream.record(options=timing)
-        fn()
-        end = stream.record(options=timing)
-        end.sync()
-        times.append((end - start) / 1e3)
-    return statistics.median(times)
 
 
 def bench(log2_n: int, ctx: Context) -> tuple[float, float]:
@@ -59,13 +37,15 @@ def bench(log2_n: int, ctx: Context) -> tuple[float, float]:
     y.set_host(np.full(n, np.nan, np.float32))
     routine = ctx.compile(code, "relu_exp_chain")
     assert len(routine.compiled.kernels) == 1, "the chain should fuse into one kernel"
-    t_chain = median_seconds(ctx, routine.run, REPEATS)
+    t_chain = gpu_median_seconds(ctx, routine.run, REPEATS)
     expected = np.maximum(np.exp(values) * values + 1, 0)
     np.testing.assert_allclose(y.host(), expected, rtol=1e-5, atol=1e-6)
 
     backend = ctx.backend
     source, target = backend.allocate(4 * n), backend.allocate(4 * n)
-    t_copy = median_seconds(ctx, lambda: target.copy_from(source, stream=backend.stream), REPEATS)
+    t_copy = gpu_median_seconds(
+        ctx, lambda: target.copy_from(source, stream=backend.stream), REPEATS
+    )
     moved = 2 * 4 * n  # bytes read + bytes written, the same for both
     return moved / t_chain / 1e9, moved / t_copy / 1e9
 

@@ -10,11 +10,9 @@ import sys
 import time
 
 import numpy as np
+from common import matmul
 
-from arrayjit.assignments import Accum
 from arrayjit.context import Context
-from arrayjit.indexing import Iterator, Projections
-from arrayjit.tnode import TNode
 
 
 def best_time(fn, repeats: int) -> float:
@@ -28,10 +26,8 @@ def best_time(fn, repeats: int) -> float:
 
 
 def bench(n: int, ctx: Context) -> tuple[float, float]:
-    a, b, c = TNode("a", (n, n)), TNode("b", (n, n)), TNode("c", (n, n))
-    i, j, k = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
-    proj = Projections((n, n, n), (i, j, k), (i, j), ((i, k), (k, j)))
-    routine = ctx.compile(Accum(c, "add", "mul", (a, b), proj, zero_first=True), f"matmul{n}")
+    code, a, b, c = matmul(n)
+    routine = ctx.compile(code, f"matmul{n}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, n), dtype=np.float32)
     y = rng.standard_normal((n, n), dtype=np.float32)

@@ -13,36 +13,11 @@ import sys
 
 import numpy as np
 import torch
+from common import gpu_median_seconds, matmul
 
-from arrayjit.assignments import Accum
 from arrayjit.context import Context
-from arrayjit.indexing import Iterator, Projections
-from arrayjit.tnode import TNode
-
-
-def timing_options():
-    from cuda.core import EventOptions
-
-    return EventOptions(timing_enabled=True)
-
 
 REPEATS = 10
-
-
-def time_routine(ctx: Context, routine, repeats: int) -> float:
-    """Median seconds of `routine.run()`, from events on the backend's stream."""
-    stream = ctx.backend.stream
-    timing = timing_options()
-    routine.run()
-    ctx.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = stream.record(options=timing)
-        routine.run()
-        end = stream.record(options=timing)
-        end.sync()
-        times.append((end - start) / 1e3)
-    return statistics.median(times)
 
 
 def time_torch(fn, repeats: int) -> float:
@@ -60,10 +35,7 @@ def time_torch(fn, repeats: int) -> float:
 
 
 def bench(n: int, ctx: Context) -> dict[str, float]:
-    a, b, c = TNode("a", (n, n)), TNode("b", (n, n)), TNode("c", (n, n))
-    i, j, k = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
-    proj = Projections((n, n, n), (i, j, k), (i, j), ((i, k), (k, j)))
-    code = Accum(c, "add", "mul", (a, b), proj, zero_first=True)
+    code, a, b, c = matmul(n)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, n), dtype=np.float32)
     y = rng.standard_normal((n, n), dtype=np.float32)
@@ -77,7 +49,7 @@ def bench(n: int, ctx: Context) -> dict[str, float]:
         ctx.backend.tile_matmul = tiled
         routine = ctx.compile(code, f"matmul{n}_{'tiled' if tiled else 'naive'}")
         c.set_host(np.full((n, n), np.nan, np.float32))  # poison: every cell must be written
-        out[variant] = flops / time_routine(ctx, routine, REPEATS) / 1e12
+        out[variant] = flops / gpu_median_seconds(ctx, routine.run, REPEATS) / 1e12
         error = np.linalg.norm(c.host() - reference) / np.linalg.norm(reference)
         assert error < 1e-5, f"{variant}: relative error {error}"
     ctx.backend.tile_matmul = True

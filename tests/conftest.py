@@ -26,6 +26,21 @@ def backend(request) -> str:
 
 
 @pytest.fixture(scope="session")
+def _contexts() -> dict:
+    return {}
+
+
+@pytest.fixture
+def context(backend, _contexts):
+    """An arrayjit context of each backend, shared across tests (CUDA skips without a GPU)."""
+    from arrayjit.context import Context
+
+    if backend not in _contexts:
+        _contexts[backend] = Context(backend)
+    return _contexts[backend]
+
+
+@pytest.fixture(scope="session")
 def c_context():
     """One C context shared by the tests (a context holds no per-routine state)."""
     from arrayjit.context import Context

@@ -12,23 +12,11 @@ import pytest
 from arrayjit import assignments as asg
 from arrayjit import loop_ir as ir
 from arrayjit.assignments import Accum, Constant, Fetch, RangeOfShape, Values
-from arrayjit.context import Context
 from arrayjit.indexing import Affine, Fixed, Iterator, Projections, identity_projections
 from arrayjit.lowering import PASSES, compile_to_ir
 from arrayjit.tnode import MemoryMode, TNode
 
 N = 8
-
-
-_CONTEXTS: dict[str, Context] = {}
-
-
-@pytest.fixture
-def context(backend) -> Context:
-    """A context of each backend, shared by this module's tests (CUDA skips without a GPU)."""
-    if backend not in _CONTEXTS:
-        _CONTEXTS[backend] = Context(backend)
-    return _CONTEXTS[backend]
 
 
 def pointwise(lhs: TNode, op: str, *rhses: TNode) -> Accum:

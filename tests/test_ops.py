@@ -13,22 +13,10 @@ import pytest
 
 from arrayjit import ops
 from arrayjit.assignments import Accum
-from arrayjit.context import Context
 from arrayjit.indexing import Iterator, Projections, identity_projections
 from arrayjit.tnode import TNode
 
 FLOAT_DTYPES = ("float32", "float64")
-
-
-_CONTEXTS: dict[str, Context] = {}
-
-
-@pytest.fixture
-def context(backend) -> Context:
-    """A context of each backend, shared by this module's tests (CUDA skips without a GPU)."""
-    if backend not in _CONTEXTS:
-        _CONTEXTS[backend] = Context(backend)
-    return _CONTEXTS[backend]
 
 
 # Tolerances, in units in the last place of the reference. Arithmetic, comparisons, sqrt and the
