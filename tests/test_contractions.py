@@ -8,6 +8,7 @@ broadcasting, an affine index (a strided, dilated 1-D convolution) and the loop 
 
 from __future__ import annotations
 
+import functools
 import string
 
 import numpy as np
@@ -27,14 +28,11 @@ SETTINGS = settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
-CONTEXTS: dict[str, Context] = {}
 
-
+@functools.cache
 def context(backend: str) -> Context:
-    """One context per backend, shared by the tests."""
-    if backend not in CONTEXTS:
-        CONTEXTS[backend] = Context(backend)
-    return CONTEXTS[backend]
+    """One context per backend, shared by the tests (hypothesis examples call it directly)."""
+    return Context(backend)
 
 
 def compile_and_run(code, backend: str = "c") -> ir.Stmt:
