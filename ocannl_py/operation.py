@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from arrayjit import assignments as asg
-from arrayjit.indexing import identity_projections
+from arrayjit.indexing import Projections, identity_projections
 from arrayjit.tnode import MemoryMode
 from ocannl_py import shape as shapes
 from ocannl_py.cd_code import op_code
@@ -164,9 +164,10 @@ def _random_init(t: Tensor, seed: int) -> Code:
         bound = 1.0 / np.sqrt(fan_in)
         seed_node = TNode(f"{t.label}_seed", (), "float64", MemoryMode.VIRTUAL)
         counter = TNode(f"{t.label}_counter", node.dims, "float64", MemoryMode.VIRTUAL)
-        proj = identity_projections(node.dims, 2)
-        proj = type(proj)(proj.product_space, proj.product_iterators, proj.project_lhs,
-                          ((), proj.project_lhs))  # fmt: skip
+        cells = identity_projections(node.dims, 0)
+        # The seed is a scalar (no axes); the counter walks the parameter's cells.
+        proj = Projections(cells.product_space, cells.product_iterators, cells.project_lhs,
+                           ((), cells.project_lhs))  # fmt: skip
         uniform = asg.Call("uniform_at", (asg.Arg(0), asg.Arg(1)))
         scaled = asg.Call("sub", (asg.Call("mul", (uniform, asg.Lit(2 * bound))), asg.Lit(bound)))
         return asg.seq([
