@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 
 from arrayjit.assignments import Accum
-from arrayjit.context import Context
 from arrayjit.indexing import Iterator, Projections
+from arrayjit.runtime.context import Context
 from arrayjit.tnode import TNode
 
 

@@ -14,8 +14,8 @@ import numpy as np
 from common import gpu_median_seconds
 
 from arrayjit.assignments import Accum, Arg, Call, Lit
-from arrayjit.context import Context
 from arrayjit.indexing import identity_projections
+from arrayjit.runtime.context import Context
 from arrayjit.tnode import MemoryMode, TNode
 
 REPEATS = 20

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from common import matmul
 
-from arrayjit.context import Context
+from arrayjit.runtime.context import Context
 
 
 def best_time(fn, repeats: int) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from common import gpu_median_seconds, matmul
 
-from arrayjit.context import Context
+from arrayjit.runtime.context import Context
 
 REPEATS = 10
 

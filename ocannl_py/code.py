@@ -12,7 +12,8 @@ from arrayjit import assignments as asg
 from arrayjit import ops
 from arrayjit.indexing import Projections
 from arrayjit.tnode import TNode
-from ocannl_py import projections, shape
+from ocannl_py import shape
+from ocannl_py.shape import projections
 
 if TYPE_CHECKING:
     from ocannl_py.tensor import Tensor

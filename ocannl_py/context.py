@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from arrayjit import context as aj
+from arrayjit.runtime import context as aj
 from arrayjit.tnode import MemoryMode
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code

@@ -16,8 +16,8 @@ from arrayjit import assignments as asg
 from arrayjit.indexing import Projections, identity_projections
 from arrayjit.tnode import MemoryMode
 from ocannl_py import shape as shapes
-from ocannl_py.cd_code import op_code
 from ocannl_py.code import Code, Fill, Raw, Slot
+from ocannl_py.dsl.cd import op_code
 from ocannl_py.tensor import Tensor
 
 Operand = Tensor | float | int

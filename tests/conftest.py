@@ -8,7 +8,7 @@ BACKENDS = ["c", "cuda"]
 
 
 def _cuda_skip_reason() -> str | None:
-    from arrayjit.context import cuda_usable
+    from arrayjit.runtime.context import cuda_usable
 
     if cuda_usable():
         return None
@@ -33,7 +33,7 @@ def _contexts() -> dict:
 @pytest.fixture
 def context(backend, _contexts):
     """An arrayjit context of each backend, shared across tests (CUDA skips without a GPU)."""
-    from arrayjit.context import Context
+    from arrayjit.runtime.context import Context
 
     if backend not in _contexts:
         _contexts[backend] = Context(backend)
@@ -43,6 +43,6 @@ def context(backend, _contexts):
 @pytest.fixture(scope="session")
 def c_context():
     """One C context shared by the tests (a context holds no per-routine state)."""
-    from arrayjit.context import Context
+    from arrayjit.runtime.context import Context
 
     return Context("c")

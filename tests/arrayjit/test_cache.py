@@ -22,7 +22,7 @@ ROUTINE_SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     from arrayjit.assignments import Accum
-    from arrayjit.context import Context
+    from arrayjit.runtime.context import Context
     from arrayjit.indexing import Iterator, Projections
     from arrayjit.tnode import TNode
 

@@ -1,41 +1,12 @@
-"""Training: gradients by reverse-mode autodiff, optimizers written in the cd DSL, a loop."""
+"""Optimizers, each a function returning update code written in the cd DSL."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import numpy as np
-
-from arrayjit import assignments as asg
 from ocannl_py import shape as shapes
-from ocannl_py.cd_code import cd
-from ocannl_py.code import Code, Fill, Slot
+from ocannl_py.code import Code
+from ocannl_py.dsl.cd import cd
 from ocannl_py.tensor import Tensor
-
-
-def _fill(t: Tensor, value: float, grad: bool) -> Code:
-    return Code([Fill(Slot(t, grad), asg.Constant(value))])
-
-
-def grad_update(loss: Tensor) -> Code:
-    """Forward, zero the gradients, set d loss = 1, backprop in reverse topological order."""
-    if not loss.requires_grad:
-        raise ValueError(f"grad_update: {loss.label!r} does not depend on any parameter")
-    graph = loss.subgraph()
-    zero = Code()
-    for t in graph:
-        if t.requires_grad:
-            zero = zero + _fill(t, 0.0, grad=True)
-    backprop = Code()
-    for t in reversed(graph):
-        backprop = backprop + t.backprop_code
-    return (
-        Code(label=f"grad_update_{loss.label}")
-        + loss.forward
-        + zero
-        + _fill(loss, 1.0, grad=True)
-        + backprop
-    )
+from ocannl_py.train.autodiff import _fill
 
 
 def _buffer_like(p: Tensor, name: str) -> Tensor:
@@ -122,43 +93,3 @@ def _step_counter(loss: Tensor) -> Tensor:
                differentiable=False)  # fmt: skip
     t.init_code = _fill(t, 0.0, grad=False)
     return t
-
-
-def fit(
-    routine,
-    data: Mapping[Tensor, np.ndarray],
-    *,
-    batch_size: int,
-    epochs: int = 1,
-    loss: Tensor | None = None,
-    shuffle: bool = True,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[float]:
-    """Run a training `routine` over `data` (tensor -> array, examples along the first axis) in
-    batches, for `epochs` epochs, with a progress bar showing the loss. Returns the losses."""
-    from tqdm.auto import tqdm
-
-    arrays = {t: np.asarray(a) for t, a in data.items()}
-    sizes = {len(a) for a in arrays.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"fit: the arrays have different numbers of examples: {sorted(sizes)}")
-    (n,) = sizes
-    if n % batch_size:
-        raise ValueError(f"fit: {n} examples do not split into batches of {batch_size}")
-    rng = np.random.default_rng(seed)
-    losses: list[float] = []
-    steps = epochs * (n // batch_size)
-    with tqdm(total=steps, disable=not progress, desc="training", unit="step") as bar:
-        for _ in range(epochs):
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            for start in range(0, n, batch_size):
-                batch = order[start : start + batch_size]
-                for t, a in arrays.items():
-                    t.set_value(a[batch])
-                routine.run()
-                if loss is not None:
-                    losses.append(loss.item())
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-                bar.update()
-    return losses

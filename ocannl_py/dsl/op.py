@@ -1,6 +1,5 @@
-"""The op DSL (OCANNL's %op) and the cd DSL (%cd), in strings: meaning of the syntax trees of
-`dsl_syntax`. `op(text, **names)` builds tensors through `operation`; `cd(text, **names)` builds
-assignment code."""
+"""The op DSL (OCANNL's %op) in a string: `op(text, **names)` gives the syntax trees of
+`dsl.syntax` their meaning, building tensors through `operation`."""
 
 from __future__ import annotations
 
@@ -8,13 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from ocannl_py import dsl_syntax as syn
 from ocannl_py import operation as ops
-from ocannl_py.cd_code import cd
+from ocannl_py.dsl import syntax as syn
 from ocannl_py.errors import SpecSyntaxError
 from ocannl_py.tensor import Tensor
 
-__all__ = ["cd", "op"]
+__all__ = ["op"]
 
 _BINARY = {
     "compose": ops.compose,

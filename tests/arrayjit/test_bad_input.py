@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from arrayjit.assignments import Accum, Fetch, Values
-from arrayjit.context import Context
 from arrayjit.dtypes import dtype_of
 from arrayjit.indexing import Affine, Fixed, Iterator, Projections, identity_projections
+from arrayjit.runtime.context import Context
 from arrayjit.tnode import MemoryMode, TNode
 
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from arrayjit import loop_ir as ir
 from arrayjit.assignments import Accum
-from arrayjit.context import Context
 from arrayjit.indexing import Affine, Fixed, Iterator, Projections, affine
 from arrayjit.lowering import loop_order
+from arrayjit.runtime.context import Context
 from arrayjit.tnode import TNode
 
 # Every example compiles a routine (~50 ms of gcc): keep the counts small.

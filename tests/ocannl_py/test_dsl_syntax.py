@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arrayjit import ops
-from ocannl_py.dsl_syntax import (
+from ocannl_py.dsl.syntax import (
     OP_BINARY_OPERATORS,
     Binary,
     Binop,

@@ -1,4 +1,4 @@
-"""From cd statements (parsed by `dsl_syntax`) to tensor-level code.
+"""From cd statements (parsed by `dsl.syntax`) to tensor-level code.
 
 Operations bind the slots `v`/`g` (result), `v1`/`g1`, `v2`/`g2`, `v3`/`g3` (operands) and use
 the shape update of the operation for projections; the public `cd` binds names by keyword and
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from arrayjit import assignments as asg
-from ocannl_py import dsl_syntax as syn
 from ocannl_py import shape as shapes
 from ocannl_py.code import Assign, Code, Slot
+from ocannl_py.dsl import syntax as syn
 from ocannl_py.errors import SpecSyntaxError
 from ocannl_py.tensor import Tensor
 

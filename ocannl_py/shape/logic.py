@@ -1,118 +1,19 @@
-"""Shapes with three rows of axes (batch | input -> output), and the shape logic of operations.
+"""The shape logic of operations: pointwise, compose, transpose and einsum constraints.
 
 `propagate(logic, result, operands)` adds an operation's constraints and solves what it can at
 once (a conflict is a ShapeError right there); `close(shapes)` settles the rest before compiling.
-The solver itself is `shape_solver.py`; projections are derived in `projections.py`.
+The solver itself is `solver.py`; projections are derived in `projections.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ocannl_py import einsum as es
-from ocannl_py import shape_solver as sv
 from ocannl_py.errors import ShapeError
-
-KINDS = ("batch", "input", "output")
-MEMORY_ORDER = ("batch", "output", "input")
-
-
-class Shape:
-    """The axes of one tensor. A row given as a list of ints is known; None means inferred."""
-
-    def __init__(
-        self,
-        label: str,
-        *,
-        batch_dims: Sequence[int] | None = None,
-        input_dims: Sequence[int] | None = None,
-        output_dims: Sequence[int] | None = None,
-        is_param: bool = False,
-        dims_required: bool = True,
-    ) -> None:
-        self.label = label
-        self.is_param = is_param
-        # A parameter whose values fit any dims (a scalar initial value) may close to defaults.
-        self.dims_required = is_param and dims_required
-        self._rows: dict[str, sv.Row] = {}
-        for kind, dims in (("batch", batch_dims), ("input", input_dims), ("output", output_dims)):
-            if dims is None:
-                var = sv.RowVar(f"{label}.{kind}", sv.Origin(self, kind))
-                self._rows[kind] = sv.Row((), var, ())
-            else:
-                dims = list(dims)
-                if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
-                    raise ShapeError(
-                        f"tensor {label!r}: {kind} dims must be positive ints, got {dims!r}"
-                    )
-                self._rows[kind] = sv.closed_row(dims)
-        self._group = sv.Group(shapes=[self])
-
-    def row(self, kind: str) -> sv.Row:
-        return sv.resolve_row(self._rows[kind])
-
-    def rows(self) -> list[sv.Row]:
-        return [self.row(k) for k in KINDS]
-
-    def _sizes(self, kind: str) -> list[int]:
-        sizes = sv.row_sizes(self._rows[kind])
-        if sizes is None:
-            raise ShapeError(
-                f"the {kind} dims of tensor {self.label!r} are not known yet ({self}); they are "
-                "settled when the code using it is compiled (shape.close)"
-            )
-        return sizes
-
-    @property
-    def batch(self) -> list[int]:
-        return self._sizes("batch")
-
-    @property
-    def input(self) -> list[int]:
-        return self._sizes("input")
-
-    @property
-    def output(self) -> list[int]:
-        return self._sizes("output")
-
-    @property
-    def is_solved(self) -> bool:
-        return all(sv.is_solved(r) for r in self.rows())
-
-    def dims(self) -> tuple[int, ...]:
-        """Memory order: batch dims, then output dims, then input dims."""
-        return tuple(self.batch + self.output + self.input)
-
-    def __str__(self) -> str:
-        """OCANNL style: axes numbered from 0 in batch and in output, inputs after the outputs."""
-        rows = {k: self.row(k) for k in KINDS}
-
-        def show(kind: str, first: int) -> str:
-            row = rows[kind]
-            items = [f"{first + i}:{sv._dim_str(d)}" for i, d in enumerate(row.beg)]
-            if row.var is not None:
-                items.append("...")
-            start = first + len(row.beg)
-            items.extend(f"{start + i}:{sv._dim_str(d)}" for i, d in enumerate(row.end))
-            return ",".join(items)
-
-        n_output = len(rows["output"].beg) + len(rows["output"].end)
-        batch, inputs, output = show("batch", 0), show("input", n_output), show("output", 0)
-        if not batch and not inputs:
-            return output
-        if not batch:
-            return f"{inputs}->{output}"
-        if not inputs:
-            return f"{batch}|{output}"
-        return f"{batch}|{inputs}->{output}"
-
-    def __repr__(self) -> str:
-        return f"Shape({self.label!r}, {self})"
-
-
-# ---------------------------------------------------------------------------------------------
-# The logic of an operation
+from ocannl_py.shape import solver as sv
+from ocannl_py.shape.rows import KINDS, Shape
 
 
 @dataclass(frozen=True)

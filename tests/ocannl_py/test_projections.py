@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from arrayjit.indexing import Fixed, Iterator, Projections, as_affine
 from ocannl_py.errors import ShapeError
-from ocannl_py.projections import derive
 from ocannl_py.shape import Compose, Einsum, Pointwise, Shape, Transpose, close, propagate
+from ocannl_py.shape.projections import derive
 
 
 def run(projections: Projections, lhs_dims, operands: list[np.ndarray]) -> np.ndarray:

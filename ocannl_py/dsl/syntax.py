@@ -2,7 +2,7 @@
 
 Only syntax lives here: `parse_op` and `parse_cd` turn text into the frozen dataclasses below, and
 every malformed text raises `SpecSyntaxError` with the line, column and what was expected. What
-the trees mean (tensors, assignment code) is `ocannl_py/dsl.py`'s business. docs/dsl.md is the
+the trees mean (tensors, assignment code) is the business of `ocannl_py/dsl/op.py` and `cd.py`. docs/dsl.md is the
 reference for the syntax.
 """
 
@@ -492,7 +492,7 @@ class _CdBuilder(lark.Transformer):
 # ---------------------------------------------------------------------------------------------
 # Parsers and error reporting
 
-_GRAMMAR_DIR = Path(__file__).parent / "grammar"
+_GRAMMAR_DIR = Path(__file__).parent.parent / "grammar"
 
 
 @functools.cache

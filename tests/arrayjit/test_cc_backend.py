@@ -11,10 +11,10 @@ import pytest
 from arrayjit.assignments import Accum, Constant, Fetch
 from arrayjit.backends import cc
 from arrayjit.codegen.c_syntax import CSyntax
-from arrayjit.context import Context
 from arrayjit.dtypes import float32, float64, int32
 from arrayjit.errors import CompileError
 from arrayjit.indexing import identity_projections
+from arrayjit.runtime.context import Context
 from arrayjit.tnode import TNode
 
 

@@ -12,10 +12,13 @@ import pytest
 from arrayjit import loop_ir as ir
 from arrayjit.assignments import Accum
 from arrayjit.backends import cuda
-from arrayjit.context import Context, cuda_usable
+from arrayjit.backends.cuda import memory, nvrtc
+from arrayjit.codegen import cuda_syntax
 from arrayjit.errors import CompileError
 from arrayjit.indexing import Fixed, Iterator, Projections, identity_projections
 from arrayjit.lowering import compile_to_ir
+from arrayjit.runtime.context import Context, cuda_usable
+from arrayjit.schedule import gpu_kernels
 from arrayjit.threefry import uniform_reference
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -69,8 +72,8 @@ def test_unavailable_reason_never_raises():
 # ---- kernel formation (pure Python: runs anywhere) ---------------------------------------
 
 
-def plans_for(code) -> list[cuda.KernelPlan]:
-    return cuda.plan_kernels(compile_to_ir(code, reductions_innermost=True))
+def plans_for(code) -> list[gpu_kernels.KernelPlan]:
+    return gpu_kernels.plan_kernels(compile_to_ir(code, reductions_innermost=True))
 
 
 def test_matmul_nest_is_one_tiled_kernel():
@@ -126,11 +129,11 @@ def test_local_whose_source_is_overwritten_before_a_later_kernel_falls_back_to_o
             ir.For(j, 4, ir.Set(y, (j,), h), parallel=True),
         )
     )
-    (plan,) = cuda.plan_kernels(stmt)
+    (plan,) = gpu_kernels.plan_kernels(stmt)
     assert plan.grid == [] and len(plan.body) == 3
     # Without the overwrite, each kernel recomputes h itself.
     reads_only = ir.Block((stmt.stmts[0], stmt.stmts[2], stmt.stmts[2]))
-    plans = cuda.plan_kernels(reads_only)
+    plans = gpu_kernels.plan_kernels(reads_only)
     assert [len(p.prologue) for p in plans] == [1, 1] and all(p.grid for p in plans)
 
 
@@ -139,9 +142,9 @@ def test_source_has_one_kernel_per_nest_and_no_libc_headers():
     i, j = Iterator(name="i"), Iterator(name="j")
     code = Accum(out, "max", "identity", (x,), Projections((6, 6), (i, j), (i, i), ((i, j),)), True)
     stmt = compile_to_ir(code, reductions_innermost=True)
-    plans = cuda.plan_kernels(stmt)
-    source, launches = cuda.kernel_source(
-        cuda.CudaSyntax(), plans, ir.tnodes_in(stmt), "ocannl_f", stmt
+    plans = gpu_kernels.plan_kernels(stmt)
+    source, launches = cuda_syntax.kernel_source(
+        cuda_syntax.CudaSyntax(), plans, ir.tnodes_in(stmt), "ocannl_f", stmt
     )
     assert source.count('extern "C" __global__') == 2
     assert [name for name, _, _ in launches] == ["ocannl_f_k0", "ocannl_f_k1"]
@@ -268,13 +271,13 @@ def test_uniform_at_matches_the_reference_bit_for_bit(gpu, dtype):
 @needs_gpu
 def test_values_come_back_only_when_read(gpu, monkeypatch):
     fetches = []
-    original = cuda.DeviceCopy.fetch
+    original = memory.DeviceCopy.fetch
 
     def counting_fetch(self):
         fetches.append(self)
         original(self)
 
-    monkeypatch.setattr(cuda.DeviceCopy, "fetch", counting_fetch)
+    monkeypatch.setattr(memory.DeviceCopy, "fetch", counting_fetch)
     x, y = TNode("x", (1000,)), TNode("y", (1000,))
     x.set_host(np.arange(1000.0))
     y.set_host(np.zeros(1000))
@@ -294,13 +297,13 @@ def test_values_come_back_only_when_read(gpu, monkeypatch):
 @needs_gpu
 def test_upload_happens_after_set_host_only(gpu, monkeypatch):
     uploads = []
-    original = cuda.DeviceCopy.upload
+    original = memory.DeviceCopy.upload
 
     def counting_upload(self, tnode):
         uploads.append(tnode)
         original(self, tnode)
 
-    monkeypatch.setattr(cuda.DeviceCopy, "upload", counting_upload)
+    monkeypatch.setattr(memory.DeviceCopy, "upload", counting_upload)
     x, y = TNode("x", (64,)), TNode("y", (64,))
     x.set_host(np.ones(64))
     routine = gpu.compile(pointwise(y, "exp", x))
@@ -336,7 +339,7 @@ def test_device_buffers_persist_between_routines_and_contexts(gpu):
 def test_nvrtc_error_is_a_compile_error_with_log_and_source(gpu):
     source = 'extern "C" __global__ void broken() { undeclared_name = 1; }\n'
     with pytest.raises(CompileError, match="NVRTC failed") as info:
-        cuda.build_cubin(source, gpu.backend.arch)
+        nvrtc.build_cubin(source, gpu.backend.arch)
     assert "undeclared_name" in info.value.log
     assert Path(info.value.source_path).read_text() == source
     assert not Path(info.value.source_path).with_suffix(".cubin").exists()
@@ -345,13 +348,13 @@ def test_nvrtc_error_is_a_compile_error_with_log_and_source(gpu):
 @needs_gpu
 def test_second_compile_of_the_same_code_is_a_cache_hit(gpu, monkeypatch):
     calls = []
-    original = cuda._nvrtc_compile
+    original = nvrtc._nvrtc_compile
 
     def counting(*args):
         calls.append(args)
         return original(*args)
 
-    monkeypatch.setattr(cuda, "_nvrtc_compile", counting)
+    monkeypatch.setattr(nvrtc, "_nvrtc_compile", counting)
 
     def build():
         x, y = TNode("cache_probe_x", (321,)), TNode("cache_probe_y", (321,))

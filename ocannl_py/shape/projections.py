@@ -7,19 +7,18 @@ broadcasts against a larger one is read at `Fixed(0)`; a repeated einsum label r
 from __future__ import annotations
 
 from arrayjit.indexing import Fixed, Index, Iterator, Projections
-from ocannl_py import shape_solver as sv
 from ocannl_py.errors import ShapeError
-from ocannl_py.shape import (
-    MEMORY_ORDER,
+from ocannl_py.shape import solver as sv
+from ocannl_py.shape.logic import (
     AxisRef,
     Compose,
     Einsum,
     Pointwise,
     RowLayout,
-    Shape,
     Transpose,
     UpdateStep,
 )
+from ocannl_py.shape.rows import MEMORY_ORDER, Shape
 
 
 class _Space:

@@ -1,0 +1,33 @@
+"""Shape inference: rows of axes per tensor (`rows`), the constraint solver (`solver`), the
+shape logic of operations (`logic`) and the projections derived from solved shapes
+(`projections`)."""
+
+from ocannl_py.shape.logic import (
+    AxisRef,
+    Compose,
+    Einsum,
+    Logic,
+    Pointwise,
+    RowLayout,
+    Transpose,
+    UpdateStep,
+    close,
+    propagate,
+)
+from ocannl_py.shape.rows import KINDS, MEMORY_ORDER, Shape
+
+__all__ = [
+    "KINDS",
+    "MEMORY_ORDER",
+    "AxisRef",
+    "Compose",
+    "Einsum",
+    "Logic",
+    "Pointwise",
+    "RowLayout",
+    "Shape",
+    "Transpose",
+    "UpdateStep",
+    "close",
+    "propagate",
+]
