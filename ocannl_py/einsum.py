@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import lark
 
+from ocannl_py import parsing
 from ocannl_py.errors import SpecSyntaxError
 
 ELLIPSIS = "..."
@@ -126,7 +126,7 @@ def is_multichar(text: str) -> bool:
 
 @functools.cache
 def _parser(multichar: bool) -> lark.Lark:
-    grammar = (Path(__file__).parent / "grammar" / "einsum.lark").read_text()
+    grammar = parsing.grammar("einsum")
     if not multichar:
         grammar += "\n%override IDENT: /[A-Za-z]/\n"
     return lark.Lark(
@@ -151,51 +151,28 @@ def parse_shape_spec(text: str) -> ShapeSpec:
     return _Builder(text).shape(tree.children[0])
 
 
+def _expected(parser: lark.Lark, expected: set[str]) -> str:
+    phrases = parsing.describe_terminals(parser, expected)
+    return "" if len(phrases) > 6 else parsing.one_of(phrases)
+
+
+_LANGUAGE = parsing.Language(
+    prefix="einsum spec: ",
+    end="end of the spec",
+    expected=_expected,
+    token=lambda token: repr(str(token)),
+    character_hint=lambda char: " (`&` is reserved)" if char == "&" else "",
+)
+
+
 def _parse(text: str, start: str) -> lark.Tree:
-    multichar = is_multichar(text)
+    parser = _parser(is_multichar(text))
     try:
-        return _parser(multichar).parse(text, start=start)
-    except lark.exceptions.UnexpectedCharacters as e:
-        char = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else ""
-        hint = " (`&` is reserved)" if char == "&" else ""
-        raise SpecSyntaxError(
-            f"unexpected character {char!r} in einsum spec{hint}", text, e.line, e.column
-        ) from None
-    except lark.exceptions.UnexpectedEOF as e:
-        line, column = _end_position(text)
-        expected = ", ".join(sorted(e.expected)) if e.expected else "more"
-        raise SpecSyntaxError(
-            f"einsum spec ends too early, expected {expected}", text, line, column
-        ) from None
-    except lark.exceptions.UnexpectedToken as e:
-        if e.token.type == "$END":
-            line, column = _end_position(text)
-            what = "end of the spec"
-        else:
-            line, column = e.line, e.column
-            what = repr(str(e.token))
-        needed = _describe_expected(e.expected, multichar)
-        raise SpecSyntaxError(
-            f"unexpected {what} in einsum spec{needed}", text, line, column
-        ) from None
+        return parser.parse(text, start=start)
+    except lark.exceptions.UnexpectedInput as e:
+        raise parsing.syntax_error(e, text, parser, _LANGUAGE) from None
     except lark.exceptions.LarkError as e:
         raise SpecSyntaxError(f"invalid einsum spec: {e}", text, 1, 1) from None
-
-
-def _end_position(text: str) -> tuple[int, int]:
-    lines = text.split("\n")
-    return len(lines), len(lines[-1]) + 1
-
-
-def _describe_expected(expected: set[str], multichar: bool) -> str:
-    patterns = {t.name: t.pattern for t in _parser(multichar).terminals}
-    names = sorted(
-        repr(patterns[t].value) if patterns.get(t) and patterns[t].type == "str" else t.lower()
-        for t in expected
-    )
-    if not names or len(names) > 6:
-        return ""
-    return "; expected " + " or ".join(names)
 
 
 class _Builder:
@@ -206,12 +183,7 @@ class _Builder:
         self.multichar = is_multichar(text)
 
     def error(self, message: str, item: lark.Tree | lark.Token) -> SpecSyntaxError:
-        if isinstance(item, lark.Token):
-            line, column = item.line or 1, item.column or 1
-        else:
-            line = getattr(item.meta, "line", 1) if not item.meta.empty else 1
-            column = getattr(item.meta, "column", 1) if not item.meta.empty else 1
-        return SpecSyntaxError(message, self.text, line, column)
+        return SpecSyntaxError(message, self.text, *parsing.position(item))
 
     def shape(self, tree: lark.Tree) -> ShapeSpec:
         rows = [self.row(r) for r in tree.children]

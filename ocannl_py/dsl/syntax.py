@@ -2,8 +2,8 @@
 
 Only syntax lives here: `parse_op` and `parse_cd` turn text into the frozen dataclasses below, and
 every malformed text raises `SpecSyntaxError` with the line, column and what was expected. What
-the trees mean (tensors, assignment code) is the business of `ocannl_py/dsl/op.py` and `cd.py`. docs/dsl.md is the
-reference for the syntax.
+the trees mean (tensors, assignment code) is the business of `dsl/op.py` and `dsl/cd.py`;
+errors are worded by `ocannl_py/parsing.py`. docs/dsl.md is the reference for the syntax.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import functools
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import lark
 import numpy as np
 from lark import Token, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput
 
 from arrayjit import ops
+from ocannl_py import parsing
 from ocannl_py.errors import SpecSyntaxError
 
 Pos = tuple[int, int]  # (line, column), both 1-based
@@ -492,14 +492,12 @@ class _CdBuilder(lark.Transformer):
 # ---------------------------------------------------------------------------------------------
 # Parsers and error reporting
 
-_GRAMMAR_DIR = Path(__file__).parent.parent / "grammar"
-
 
 @functools.cache
 def _parser(dsl: str) -> lark.Lark:
     builder = _OpBuilder() if dsl == "op" else _CdBuilder()
     return lark.Lark(
-        (_GRAMMAR_DIR / f"{dsl}.lark").read_text(),
+        parsing.grammar(dsl),
         parser="lalr",
         lexer="contextual",
         maybe_placeholders=True,
@@ -524,7 +522,6 @@ _OPERATORS = {
 
 
 def _describe_expected(parser: lark.Lark, expected: set[str]) -> str:
-    patterns = {t.name: t.pattern for t in parser.terminals}
     expected = set(expected)
     phrases: list[str] = []
     if {"NAME", "NUMBER"} <= expected:
@@ -533,64 +530,49 @@ def _describe_expected(parser: lark.Lark, expected: set[str]) -> str:
     if {"PLUS", "MINUS"} <= expected:
         phrases.append("an operator")
         expected -= _OPERATORS
-    for name in sorted(expected):
-        if name in _TERMINAL_NAMES:
-            phrases.append(_TERMINAL_NAMES[name])
-        elif name in patterns and patterns[name].type == "str":
-            phrases.append(f"`{patterns[name].value}`")
-        else:
-            phrases.append(name.lower())
-    if not phrases:
+    return parsing.one_of(phrases + parsing.describe_terminals(parser, expected, _TERMINAL_NAMES))
+
+
+def _character_hint(char: str) -> str:
+    if char == '"':
+        return ' (unterminated string: a string runs from `"` to the next `"` on its line)'
+    return ""
+
+
+def _token_hint(dsl: str):
+    def hint(token: Token | None, expected: set[str], text: str) -> str:
+        if token is None:
+            return ""
+        if token == "," and "SEMICOLON" in expected:
+            return " (array literal elements are separated by `;`; `(1, 2)` is an input axis)"
+        if token.type == "MINUS" and text[: token.start_pos].rstrip()[-1:] == '"':
+            return " (the operand after an einsum spec is a single term: write `(-x)`)"
+        if (
+            dsl == "op"
+            and token.type in _OPERATORS
+            and token.type not in expected
+            and '"' in text[: token.start_pos]
+        ):
+            # An einsum's `"spec" operand` tail binds as one term and refuses tighter operators.
+            return (
+                " (an einsum operator with its spec and right operand binds as one term, as in"
+                ' OCaml: add parentheses, e.g. `(a +* "spec" b) * c` or `a +* "spec" (b * c)`)'
+            )
         return ""
-    if len(phrases) == 1:
-        return phrases[0]
-    return ", ".join(phrases[:-1]) + " or " + phrases[-1]
+
+    return hint
 
 
-def _end_pos(text: str) -> Pos:
-    lines = text.split("\n")
-    return (len(lines), len(lines[-1]) + 1)
-
-
-def _from_lark(error: UnexpectedInput, text: str, dsl: str) -> SpecSyntaxError:
-    parser = _parser(dsl)
-    if isinstance(error, UnexpectedCharacters):
-        # No parser state comes with it, so no reliable list of what was expected.
-        char = text[error.pos_in_stream]
-        if char == '"':
-            message = 'unterminated string: a string runs from `"` to the next `"` on its line'
-        else:
-            message = f"unexpected character {char!r}"
-        return SpecSyntaxError(f"{dsl} DSL: {message}", text, error.line, error.column)
-    token = error.token if isinstance(error, UnexpectedToken) else None
-    # `accepts` simulates the parser, so it lists only what can truly come next.
-    expected = getattr(error, "accepts", None) or getattr(error, "expected", None) or set()
-    if token is None or token.type == "$END":
-        line, column = _end_pos(text)
-        message = "unexpected end of text"
-    else:
-        line, column = token.line, token.column
-        message = f"unexpected `{token}`"
-    wanted = _describe_expected(parser, expected)
-    if wanted:
-        message += f"; expected {wanted}"
-    if token is not None and token == "," and "SEMICOLON" in expected:
-        message += " (array literal elements are separated by `;`; `(1, 2)` is an input axis)"
-    if token is not None and token.type == "MINUS" and text[: token.start_pos].rstrip()[-1:] == '"':
-        message += " (the operand after an einsum spec is a single term: write `(-x)`)"
-    elif (
-        dsl == "op"
-        and token is not None
-        and token.type in _OPERATORS
-        and token.type not in expected
-        and '"' in text[: token.start_pos]
-    ):
-        # An einsum's `"spec" operand` tail binds as one term and refuses tighter operators.
-        message += (
-            " (an einsum operator with its spec and right operand binds as one term, as in OCaml:"
-            ' add parentheses, e.g. `(a +* "spec" b) * c` or `a +* "spec" (b * c)`)'
-        )
-    return SpecSyntaxError(f"{dsl} DSL: {message}", text, line, column)
+_LANGUAGES = {
+    dsl: parsing.Language(
+        prefix=f"{dsl} DSL: ",
+        end="end of text",
+        expected=_describe_expected,
+        character_hint=_character_hint,
+        token_hint=_token_hint(dsl),
+    )
+    for dsl in ("op", "cd")
+}
 
 
 def _parse(dsl: str, text: str):
@@ -601,7 +583,7 @@ def _parse(dsl: str, text: str):
     except _NodeError as error:
         raise SpecSyntaxError(f"{dsl} DSL: {error.message}", text, *error.pos) from None
     except UnexpectedInput as error:
-        raise _from_lark(error, text, dsl) from None
+        raise parsing.syntax_error(error, text, _parser(dsl), _LANGUAGES[dsl]) from None
 
 
 def parse_op(text: str) -> OpExpr:
