@@ -3,12 +3,18 @@
 Forward and backward code is written in the cd DSL with the slots `v`, `g` (the result's value
 and gradient) and `v1`, `g1`, `v2`, `g2`, `v3`, `g3` (the operands'). A backward statement whose
 target gradient does not exist (the operand does not depend on a parameter) is dropped.
+
+Each public operation is registered with `@public`: `ocannl_py.__all__`, the op DSL's function
+table and the Tensor methods read `REGISTRY`, so adding an operation is one definition here (and,
+for a new primitive, one entry in `arrayjit.ops`). The Python operators of `Tensor` are bound at
+the end of this file.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +27,39 @@ from ocannl_py.dsl.cd import op_code
 from ocannl_py.tensor import Tensor
 
 Operand = Tensor | float | int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A public operation: its function, its name in the op DSL's function table (None: not
+    called by name there) and whether it is also a Tensor method (`t.relu()`)."""
+
+    function: Callable[..., Tensor]
+    dsl_name: str | None
+    method: bool
+
+
+#: Every public operation by its Python name.
+REGISTRY: dict[str, Entry] = {}
+#: The op DSL's function table: name in the DSL -> function.
+DSL_FUNCTIONS: dict[str, Callable[..., Tensor]] = {}
+
+
+def public(*, dsl: bool | str = False, method: bool = False) -> Callable:
+    """Register the decorated function in `REGISTRY`; `dsl=True` makes it callable in the op DSL
+    under its own name, `dsl="name"` under another; `method=True` makes it a Tensor method."""
+
+    def register(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        name = function.__name__
+        dsl_name = name if dsl is True else dsl or None
+        REGISTRY[name] = Entry(function, dsl_name, method)
+        if dsl_name:
+            DSL_FUNCTIONS[dsl_name] = function
+        if method:
+            setattr(Tensor, name, function)
+        return function
+
+    return register
 
 
 def as_tensor(x: Operand) -> Tensor:
@@ -65,6 +104,7 @@ _seed = 0
 _param_counter = itertools.count()
 
 
+@public()
 def set_seed(seed: int) -> None:
     """Make parameter initialisation reproducible: the k-th parameter created after
     `set_seed(n)` always gets the same values."""
@@ -97,6 +137,7 @@ def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes
     )
 
 
+@public()
 def number(value: float, label: str | None = None) -> Tensor:
     """A constant scalar; broadcasts against anything. Computed inline, never stored."""
     label = label or f"{value:g}"
@@ -118,6 +159,7 @@ def _values_fill(t: Tensor, values: np.ndarray) -> Code:
     return Code([Raw(build, (t,))])
 
 
+@public()
 def param(
     label: str,
     value=None,
@@ -179,12 +221,14 @@ def _random_init(t: Tensor, seed: int) -> Code:
     return Code([Raw(build, (t,))])
 
 
+@public()
 def term(label: str, *, batch_dims=None, input_dims=None, output_dims=None) -> Tensor:
     """A non-trainable input (data, targets), filled with `set_value`."""
     shape = _leaf_shape(label, batch_dims, input_dims, output_dims)
     return Tensor(label, shape, differentiable=False)
 
 
+@public()
 def ndarray(
     values, *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None
 ) -> Tensor:
@@ -206,6 +250,7 @@ def ndarray(
     return t
 
 
+@public()
 def range(n: int, label: str | None = None) -> Tensor:  # noqa: A001 - OCANNL's name
     """Values 0..n-1 along one output axis."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -213,6 +258,7 @@ def range(n: int, label: str | None = None) -> Tensor:  # noqa: A001 - OCANNL's 
     return range_of_shape(output_dims=[n], label=label or f"range{n}")
 
 
+@public()
 def range_of_shape(
     *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None
 ) -> Tensor:
@@ -227,22 +273,27 @@ def range_of_shape(
 # ---- pointwise binary ----------------------------------------------------------------------------
 
 
+@public()
 def add(a: Operand, b: Operand) -> Tensor:
     return binary("+", a, b, "v =: v1 + v2", "g1 =+ g; g2 =+ g")
 
 
+@public()
 def sub(a: Operand, b: Operand) -> Tensor:
     return binary("-", a, b, "v =: v1 - v2", "g1 =+ g; g2 =- g")
 
 
+@public()
 def pointmul(a: Operand, b: Operand) -> Tensor:
     return binary("*.", a, b, "v =: v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g")
 
 
+@public()
 def pointdiv(a: Operand, b: Operand) -> Tensor:
     return binary("/.", a, b, "v =: v1 / v2", "g1 =+ g / v2; g2 =- g * v / v2")
 
 
+@public()
 def pointpow(a: Operand, b: Operand) -> Tensor:
     """`a ** b` pointwise; the gradient for `b` needs `a > 0` (it uses log a)."""
     return binary(
@@ -251,29 +302,35 @@ def pointpow(a: Operand, b: Operand) -> Tensor:
     )  # fmt: skip
 
 
+@public(dsl=True)
 def max(a: Operand, b: Operand) -> Tensor:  # noqa: A001 - OCANNL's name
     return binary("max", a, b, "v =: max(v1, v2)",
                   "g1 =+ where(v1 < v2, 0, g); g2 =+ where(v1 < v2, g, 0)")  # fmt: skip
 
 
+@public(dsl=True)
 def min(a: Operand, b: Operand) -> Tensor:  # noqa: A001 - OCANNL's name
     return binary("min", a, b, "v =: min(v1, v2)",
                   "g1 =+ where(v2 < v1, 0, g); g2 =+ where(v2 < v1, g, 0)")  # fmt: skip
 
 
+@public()
 def relu_gate(a: Operand, b: Operand) -> Tensor:
     """`a > 0 ? b : 0`; the gradient flows to `b` only."""
     return binary("-?/", a, b, "v =: v1 -?/ v2", "g2 =+ v1 -?/ g")
 
 
+@public(dsl=True)
 def lt(a: Operand, b: Operand) -> Tensor:
     return binary("<", a, b, "v =: v1 < v2", None)
 
 
+@public(dsl=True)
 def eq(a: Operand, b: Operand) -> Tensor:
     return binary("=", a, b, "v =: v1 == v2", None)
 
 
+@public(dsl=True)
 def ne(a: Operand, b: Operand) -> Tensor:
     return binary("<>", a, b, "v =: v1 <> v2", None)
 
@@ -281,66 +338,82 @@ def ne(a: Operand, b: Operand) -> Tensor:
 # ---- pointwise unary -----------------------------------------------------------------------------
 
 
+@public(dsl=True, method=True)
 def neg(a: Operand) -> Tensor:
     return unary("neg", a, "v =: -v1", "g1 =- g")
 
 
+@public(dsl=True, method=True)
 def relu(a: Operand) -> Tensor:
     return unary("relu", a, "v =: relu(v1)", "g1 =+ v1 -?/ g")
 
 
+@public(dsl=True, method=True)
 def sat01(a: Operand) -> Tensor:
     return unary("sat01", a, "v =: sat01(v1)", "g1 =+ where(v1 < 0, 0, where(1 < v1, 0, g))")
 
 
+@public(dsl=True, method=True)
 def exp(a: Operand) -> Tensor:
     return unary("exp", a, "v =: exp(v1)", "g1 =+ g * v")
 
 
+@public(dsl=True, method=True)
 def log(a: Operand) -> Tensor:
     return unary("log", a, "v =: log(v1)", "g1 =+ g / v1")
 
 
+@public(dsl=True, method=True)
 def exp2(a: Operand) -> Tensor:
     return unary("exp2", a, "v =: exp2(v1)", "g1 =+ g * v * 0.6931471805599453")
 
 
+@public(dsl=True, method=True)
 def log2(a: Operand) -> Tensor:
     return unary("log2", a, "v =: log2(v1)", "g1 =+ g / (v1 * 0.6931471805599453)")
 
 
+@public(dsl=True, method=True)
 def sin(a: Operand) -> Tensor:
     return unary("sin", a, "v =: sin(v1)", "g1 =+ g * cos(v1)")
 
 
+@public(dsl=True, method=True)
 def cos(a: Operand) -> Tensor:
     return unary("cos", a, "v =: cos(v1)", "g1 =- g * sin(v1)")
 
 
+@public(dsl=True, method=True)
 def sqrt(a: Operand) -> Tensor:
     return unary("sqrt", a, "v =: sqrt(v1)", "g1 =+ g * 0.5 / v")
 
 
+@public(dsl=True, method=True)
 def recip(a: Operand) -> Tensor:
     return unary("recip", a, "v =: recip(v1)", "g1 =- g * v * v")
 
 
+@public(dsl=True, method=True)
 def recip_sqrt(a: Operand) -> Tensor:
     return unary("recip_sqrt", a, "v =: recip_sqrt(v1)", "g1 =- g * 0.5 * v / v1")
 
 
+@public(dsl=True, method=True)
 def tanh(a: Operand) -> Tensor:
     return unary("tanh", a, "v =: tanh(v1)", "g1 =+ g * (1 - v * v)")
 
 
+@public(dsl="not")
 def not_(a: Operand) -> Tensor:
     return unary("not", a, "v =: not(v1)", None)
 
 
+@public(dsl=True)
 def identity(a: Operand) -> Tensor:
     return unary("identity", a, "v =: v1", "g1 =+ g")
 
 
+@public(dsl=True, method=True)
 def stop_gradient(a: Operand) -> Tensor:
     """The same values; no gradient flows back through it."""
     return unary("stop_gradient", a, "v =: v1", None)
@@ -349,11 +422,13 @@ def stop_gradient(a: Operand) -> Tensor:
 # ---- ternary -------------------------------------------------------------------------------------
 
 
+@public(dsl=True)
 def where(cond: Operand, a: Operand, b: Operand) -> Tensor:
     return operation("where", shapes.Pointwise(), [cond, a, b], "v =: where(v1, v2, v3)",
                      "g2 =+ where(v1, g, 0); g3 =+ where(v1, 0, g)")  # fmt: skip
 
 
+@public(dsl=True)
 def fma(a: Operand, b: Operand, c: Operand) -> Tensor:
     return operation("fma", shapes.Pointwise(), [a, b, c], "v =: fma(v1, v2, v3)",
                      "g1 =+ g * v2; g2 =+ v1 * g; g3 =+ g")  # fmt: skip
@@ -362,27 +437,32 @@ def fma(a: Operand, b: Operand, c: Operand) -> Tensor:
 # ---- compose, transpose, einsum ----------------------------------------------------------------
 
 
+@public()
 def compose(a: Operand, b: Operand) -> Tensor:
     """OCANNL's `*`: the input axes of `a` contract with the output axes of `b`."""
     return binary("*", a, b, "v =:+ v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g", logic=shapes.Compose())
 
 
+@public(dsl=True)
 def transpose(a: Operand) -> Tensor:
     """Swap input and output axes."""
     return operation("T", shapes.Transpose(), [a], "v =: v1", "g1 =+ g")
 
 
+@public()
 def einsum(spec: str, a: Operand, b: Operand) -> Tensor:
     """Multiply then sum (OCANNL `+*`), as the spec `"rhs1;rhs2=>lhs"` says."""
     return binary(f"+*{spec}", a, b, "v =:+ v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g",
                   logic=shapes.Einsum(spec))  # fmt: skip
 
 
+@public()
 def einsum1(spec: str, a: Operand) -> Tensor:
     """Permute, reduce (by summing), take diagonals or fixed indices (OCANNL `++`)."""
     return operation(f"++{spec}", shapes.Einsum(spec), [a], "v =:+ v1", "g1 =+ g")
 
 
+@public()
 def outer_sum(spec: str, a: Operand, b: Operand) -> Tensor:
     """Add then sum (OCANNL `+++`)."""
     return binary(
@@ -390,6 +470,7 @@ def outer_sum(spec: str, a: Operand, b: Operand) -> Tensor:
     )
 
 
+@public()
 def einmax1(spec: str, a: Operand) -> Tensor:
     """Reduce by max (OCANNL `@^^`); the gradient goes to the cells equal to the max."""
     return operation(
@@ -397,9 +478,31 @@ def einmax1(spec: str, a: Operand) -> Tensor:
     )
 
 
+@public()
 def tropical(spec: str, a: Operand, b: Operand) -> Tensor:
     """Add then reduce by max (OCANNL `@^+`, the max-plus product); the gradient goes to the
     pairs whose sum is the max."""
     return binary(f"@^+{spec}", a, b, "v =:@^ v1 + v2",
                   "g1 =+ where(v1 + v2 == v, g, 0); g2 =+ where(v1 + v2 == v, g, 0)",
                   logic=shapes.Einsum(spec))  # fmt: skip
+
+
+# ---- Python operators of Tensor (numpy conventions; `@` is compose) -----------------------------
+
+
+def _bind_tensor_operators() -> None:
+    Tensor.__add__ = add
+    Tensor.__radd__ = lambda self, other: add(other, self)
+    Tensor.__sub__ = sub
+    Tensor.__rsub__ = lambda self, other: sub(other, self)
+    Tensor.__mul__ = pointmul
+    Tensor.__rmul__ = lambda self, other: pointmul(other, self)
+    Tensor.__truediv__ = pointdiv
+    Tensor.__rtruediv__ = lambda self, other: pointdiv(other, self)
+    Tensor.__pow__ = pointpow
+    Tensor.__neg__ = neg
+    Tensor.__matmul__ = compose
+    Tensor.__rmatmul__ = lambda self, other: compose(other, self)
+
+
+_bind_tensor_operators()

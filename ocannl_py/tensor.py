@@ -17,7 +17,8 @@ _ids = itertools.count(1)
 
 class Tensor:
     """A node of the computation graph. Build tensors with `ocannl_py` functions, the Python
-    operators, or the `op` DSL; compute them with a `Context`."""
+    operators, or the `op` DSL; compute them with a `Context`. The operators and methods such
+    as `t.relu()` are bound by `ocannl_py.operation`."""
 
     def __init__(
         self,
@@ -159,68 +160,6 @@ class Tensor:
         """Every parameter this tensor uses, each once (by identity)."""
         return [t for t in self.subgraph() if t.is_param]
 
-    # ---- operators (numpy conventions; `@` is compose) --------------------------------------
-
-    def __add__(self, other):
-        from ocannl_py import operation
-
-        return operation.add(self, other)
-
-    def __radd__(self, other):
-        from ocannl_py import operation
-
-        return operation.add(other, self)
-
-    def __sub__(self, other):
-        from ocannl_py import operation
-
-        return operation.sub(self, other)
-
-    def __rsub__(self, other):
-        from ocannl_py import operation
-
-        return operation.sub(other, self)
-
-    def __mul__(self, other):
-        from ocannl_py import operation
-
-        return operation.pointmul(self, other)
-
-    def __rmul__(self, other):
-        from ocannl_py import operation
-
-        return operation.pointmul(other, self)
-
-    def __truediv__(self, other):
-        from ocannl_py import operation
-
-        return operation.pointdiv(self, other)
-
-    def __rtruediv__(self, other):
-        from ocannl_py import operation
-
-        return operation.pointdiv(other, self)
-
-    def __pow__(self, exponent):
-        from ocannl_py import operation
-
-        return operation.pointpow(self, exponent)
-
-    def __neg__(self):
-        from ocannl_py import operation
-
-        return operation.neg(self)
-
-    def __matmul__(self, other):
-        from ocannl_py import operation
-
-        return operation.compose(self, other)
-
-    def __rmatmul__(self, other):
-        from ocannl_py import operation
-
-        return operation.compose(other, self)
-
     def __repr__(self) -> str:
         try:
             shape_text = str(self.shape)
@@ -236,21 +175,3 @@ class Tensor:
         )
 
     __hash__ = object.__hash__
-
-
-def _unary_method(name: str):
-    def method(self: Tensor) -> Tensor:
-        from ocannl_py import operation
-
-        return getattr(operation, name)(self)
-
-    method.__name__ = name
-    method.__doc__ = f"`oc.{name}(self)`"
-    return method
-
-
-for _name in (
-    "relu", "exp", "log", "sqrt", "tanh", "sin", "cos", "recip", "recip_sqrt",
-    "sat01", "exp2", "log2", "neg", "stop_gradient",
-):  # fmt: skip
-    setattr(Tensor, _name, _unary_method(_name))

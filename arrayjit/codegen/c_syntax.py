@@ -18,6 +18,60 @@ from arrayjit.tnode import TNode
 
 INT32_MAX = 2**31 - 1
 
+#: How each op of `arrayjit.ops` is spelled in C (and CUDA C++, which shares it): `{0}`, `{1}`,
+#: `{2}` are the operands, `{m}` the libm suffix of the dtype (`f` for float) and `{t}` the C
+#: type. Ops whose operand would be repeated in a plain expression call a helper of `helpers`,
+#: so an inlined operand is evaluated once.
+SPELLINGS: dict[str, str] = {
+    "identity": "({0})",
+    "neg": "(-{0})",
+    "relu": "ocannl_relu_{t}({0})",
+    "sat01": "ocannl_sat01_{t}({0})",
+    "exp": "exp{m}({0})",
+    "log": "log{m}({0})",
+    "exp2": "exp2{m}({0})",
+    "log2": "log2{m}({0})",
+    "sin": "sin{m}({0})",
+    "cos": "cos{m}({0})",
+    "sqrt": "sqrt{m}({0})",
+    "recip": "(({t})1 / ({0}))",
+    "recip_sqrt": "(({t})1 / sqrt{m}({0}))",
+    "tanh": "tanh{m}({0})",
+    "not": "(({t})(({0}) == 0))",
+    "add": "({0} + {1})",
+    "sub": "({0} - {1})",
+    "mul": "({0} * {1})",
+    "div": "({0} / {1})",
+    "pow": "pow{m}({0}, {1})",
+    "max": "ocannl_max_{t}({0}, {1})",
+    "min": "ocannl_min_{t}({0}, {1})",
+    "lt": "(({t})(({0}) < ({1})))",
+    "eq": "(({t})(({0}) == ({1})))",
+    "ne": "(({t})(({0}) != ({1})))",
+    "relu_gate": "ocannl_relu_gate_{t}({0}, {1})",
+    "uniform_at": "ocannl_uniform_{t}({0}, {1})",
+    "where": "(({0}) != 0 ? ({1}) : ({2}))",
+    "fma": "fma{m}({0}, {1}, {2})",
+}
+
+
+def helpers(dtypes: list[DType], qualifier: str) -> str:
+    """Helper functions used by the spellings, for each dtype. `qualifier` is `static inline`
+    for C and `__device__ __forceinline__` for CUDA."""
+    lines: list[str] = []
+    for d in dtypes:
+        t = d.c_name
+        q = f"{qualifier} {t}"
+        lines += [
+            f"{q} ocannl_relu_{t}({t} x) {{ return x > 0 ? x : ({t})0; }}",
+            f"{q} ocannl_sat01_{t}({t} x) {{ return x < 0 ? ({t})0 : (x > 1 ? ({t})1 : x); }}",
+            f"{q} ocannl_relu_gate_{t}({t} a, {t} b) {{ return a > 0 ? b : ({t})0; }}",
+            # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
+            f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
+            f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",
+        ]
+    return "\n".join(lines) + "\n"
+
 
 class CSyntax:
     """Prints one routine at a time. Names in the output (buffers, loop variables, locals) are
@@ -37,7 +91,7 @@ class CSyntax:
 
     def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
         """Helper functions for `dtypes`, and the random generator if an op needs it."""
-        text = f"#define OCANNL_FN {self.function_qualifier}\n" + ops.c_prelude(dtypes, "OCANNL_FN")
+        text = f"#define OCANNL_FN {self.function_qualifier}\n" + helpers(dtypes, "OCANNL_FN")
         if ops.RANDOM_OPS & ops_used:
             from arrayjit import threefry
 
@@ -101,7 +155,17 @@ class CSyntax:
             return self.local(e.name)
         if isinstance(e, ir.IndexValue):
             return f"(({e.dtype.c_name})({self.index_expr(e.index, wide=True)}))"
-        return ops.get(e.op).c_expr(e.dtype, *(self.expr(a) for a in e.args))
+        return self.apply(e.op, e.dtype, *(self.expr(a) for a in e.args))
+
+    def apply(self, op: str, dtype: DType, *operands: str) -> str:
+        """`op` applied to the printed `operands`, computing in `dtype`."""
+        arity = ops.get(op).arity
+        if len(operands) != arity:
+            raise ValueError(f"op {op!r} takes {arity} operands, got {len(operands)}")
+        template = SPELLINGS[op]
+        if "{m}" in template and dtype.math_suffix is None:
+            raise TypeError(f"op {op!r} is not defined for {dtype}")
+        return template.format(*operands, m=dtype.math_suffix or "", t=dtype.c_name)
 
     # ---- statements ----------------------------------------------------------------------
 

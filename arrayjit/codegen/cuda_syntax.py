@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 from arrayjit import loop_ir as ir
-from arrayjit import ops
 from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax
 from arrayjit.indexing import Iterator, as_affine
 from arrayjit.schedule.gpu_kernels import (
@@ -120,8 +119,8 @@ class CudaSyntax(CSyntax):
         self.renamed = {}
         combine = m.update.args[1]
         operands = ["xs[r]", "ys[c]"] if combine.args[0] is m.x else ["ys[c]", "xs[r]"]
-        product = ops.get(combine.op).c_expr(combine.dtype, *operands)
-        step = ops.get(m.update.op).c_expr(m.update.dtype, f"{acc}[r][c]", product)
+        product = self.apply(combine.op, combine.dtype, *operands)
+        step = self.apply(m.update.op, m.update.dtype, f"{acc}[r][c]", product)
         body = [
             f"{t} xs[{SUB}], ys[{SUB}];",
             "#pragma unroll",

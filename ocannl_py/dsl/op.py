@@ -14,30 +14,11 @@ from ocannl_py.tensor import Tensor
 
 __all__ = ["op"]
 
-_BINARY = {
-    "compose": ops.compose,
-    "pointmul": ops.pointmul,
-    "pointdiv": ops.pointdiv,
-    "pointpow": ops.pointpow,
-    "add": ops.add,
-    "sub": ops.sub,
-    "relu_gate": ops.relu_gate,
-    "lt": ops.lt,
-    "eq": ops.eq,
-    "ne": ops.ne,
-    "max": ops.max,
-    "min": ops.min,
-}
-_EINSUM = {"einsum": ops.einsum, "outer_sum": ops.outer_sum, "tropical": ops.tropical}
-_EINSUM1 = {"einsum1": ops.einsum1, "einmax1": ops.einmax1}
-_FUNCTIONS = {
-    name: getattr(ops, name)
-    for name in (
-        "relu", "sat01", "exp", "log", "exp2", "log2", "sin", "cos", "sqrt", "recip",
-        "recip_sqrt", "tanh", "neg", "identity", "stop_gradient", "where", "fma", "lt", "eq",
-        "ne", "max", "min", "transpose",
-    )
-} | {"not": ops.not_}  # fmt: skip
+
+def _registered(name: str):
+    """Operators and functions are the registered operations (`operation.REGISTRY`)."""
+    return ops.REGISTRY[name].function
+
 
 # The memory order of axes: batch, then output, then input.
 _KIND_ORDER = {"batch": 0, "output": 1, "input": 2}
@@ -140,17 +121,19 @@ class _Interpreter:
             case syn.Neg(operand):
                 return ops.neg(self.eval(operand))
             case syn.Binary(op, left, right):
-                return _BINARY[syn.OP_BINARY_OPERATORS[op]](self.eval(left), self.eval(right))
+                return _registered(syn.OP_BINARY_OPERATORS[op])(self.eval(left), self.eval(right))
             case syn.Einsum(op, spec, left, right):
-                return _EINSUM[syn.OP_EINSUM_OPERATORS[op]](spec, self.eval(left), self.eval(right))
+                return _registered(syn.OP_EINSUM_OPERATORS[op])(
+                    spec, self.eval(left), self.eval(right)
+                )
             case syn.Einsum1(op, spec, operand):
-                return _EINSUM1[syn.OP_EINSUM1_OPERATORS[op]](spec, self.eval(operand))
+                return _registered(syn.OP_EINSUM1_OPERATORS[op])(spec, self.eval(operand))
             case syn.Call(name, args):
-                if name not in _FUNCTIONS:
-                    known = ", ".join(sorted(_FUNCTIONS))
+                if name not in ops.DSL_FUNCTIONS:
+                    known = ", ".join(sorted(ops.DSL_FUNCTIONS))
                     raise self.error(f"unknown function {name!r}; known: {known}", e.pos)
                 try:
-                    return _FUNCTIONS[name](*(self.eval(a) for a in args))
+                    return ops.DSL_FUNCTIONS[name](*(self.eval(a) for a in args))
                 except TypeError as exc:
                     raise self.error(f"{name}: {exc}", e.pos) from None
         raise TypeError(f"unknown op DSL node {e!r}")

@@ -13,6 +13,7 @@ import pytest
 
 from arrayjit import ops
 from arrayjit.assignments import Accum
+from arrayjit.codegen.c_syntax import SPELLINGS
 from arrayjit.indexing import Iterator, Projections, identity_projections
 from arrayjit.tnode import TNode
 
@@ -140,6 +141,11 @@ def test_every_op_is_covered():
     """A new op in the table must come with an entry here (or be a random op tested elsewhere)."""
     assert set(POINTWISE_OPS) | ops.RANDOM_OPS == set(ops.OPS)
     assert set(INT_OPS) <= set(POINTWISE_OPS)
+
+
+def test_every_op_has_a_spelling_in_the_c_printer():
+    """The C and CUDA printers spell every op of the table, and nothing else."""
+    assert set(SPELLINGS) == set(ops.OPS)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
