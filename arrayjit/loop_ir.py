@@ -7,6 +7,7 @@ affine `arrayjit.indexing.Index` values, so substituting iterators stays inside 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterator as PyIterator
 from dataclasses import dataclass, field, replace
 
 from arrayjit import ops
@@ -55,14 +56,6 @@ class Apply:
 
 
 Expr = Const | Get | Local | IndexValue | Apply
-
-
-def Unop(op: str, x: Expr, dtype: DType) -> Apply:  # noqa: N802 - IR constructor
-    return Apply(op, (x,), dtype)
-
-
-def Binop(op: str, a: Expr, b: Expr, dtype: DType) -> Apply:  # noqa: N802 - IR constructor
-    return Apply(op, (a, b), dtype)
 
 
 # ---- statements --------------------------------------------------------------------------
@@ -121,7 +114,69 @@ def block(stmts: list[Stmt] | tuple[Stmt, ...]) -> Stmt:
     return flat[0] if len(flat) == 1 else Block(tuple(flat))
 
 
-# ---- traversal ---------------------------------------------------------------------------
+# ---- traversal: the one visitor and mutator of the IR -------------------------------------
+# Passes and kernel planning read and rebuild trees only through these functions.
+
+
+def children(s: Stmt) -> tuple[Stmt, ...]:
+    """The statements directly inside `s`."""
+    if isinstance(s, For):
+        return (s.body,)
+    if isinstance(s, Block):
+        return s.stmts
+    return ()
+
+
+def walk(s: Stmt) -> PyIterator[Stmt]:
+    """Every statement of the tree, parents before children, in program order."""
+    stack = [s]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def root_exprs(s: Stmt) -> tuple[Expr, ...]:
+    """The expressions `s` itself evaluates (not those of statements inside it)."""
+    if isinstance(s, Set | SetLocal):
+        return (s.value,)
+    if isinstance(s, DeclLocal):
+        return (s.init,)
+    return ()
+
+
+def walk_expr(e: Expr) -> PyIterator[Expr]:
+    """Every node of an expression, parents before children."""
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, Apply):
+            stack.extend(reversed(node.args))
+
+
+def map_stmt(s: Stmt, f: Callable[[Stmt], Stmt]) -> Stmt:
+    """Rebuild `s` bottom-up: children first, then `f` on the rebuilt node. Nested blocks are
+    flattened."""
+    if isinstance(s, For):
+        s = replace(s, body=map_stmt(s.body, f))
+    elif isinstance(s, Block):
+        s = Block(tuple(map_stmt(x, f) for x in s.stmts))
+        s = block(s.stmts) if s.stmts else s
+    return f(s)
+
+
+def map_root_exprs(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
+    """Apply `f` to the root expression of every statement (`f` recurses if it needs to)."""
+
+    def rebuild(x: Stmt) -> Stmt:
+        if isinstance(x, Set | SetLocal):
+            return replace(x, value=f(x.value))
+        if isinstance(x, DeclLocal):
+            return replace(x, init=f(x.init))
+        return x
+
+    return map_stmt(s, rebuild)
 
 
 def map_expr(e: Expr, f: Callable[[Expr], Expr]) -> Expr:
@@ -133,50 +188,16 @@ def map_expr(e: Expr, f: Callable[[Expr], Expr]) -> Expr:
 
 def map_stmt_exprs(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
     """Apply `map_expr(_, f)` to every expression of a statement tree."""
-    if isinstance(s, For):
-        return replace(s, body=map_stmt_exprs(s.body, f))
-    if isinstance(s, Block):
-        return Block(tuple(map_stmt_exprs(x, f) for x in s.stmts))
-    if isinstance(s, Set):
-        return replace(s, value=map_expr(s.value, f))
-    if isinstance(s, DeclLocal):
-        return replace(s, init=map_expr(s.init, f))
-    if isinstance(s, SetLocal):
-        return replace(s, value=map_expr(s.value, f))
-    return s
-
-
-def walk_exprs(e: Expr) -> list[Expr]:
-    out = [e]
-    if isinstance(e, Apply):
-        for a in e.args:
-            out.extend(walk_exprs(a))
-    return out
+    return map_root_exprs(s, lambda e: map_expr(e, f))
 
 
 def stmt_exprs(s: Stmt) -> list[Expr]:
     """Every expression node in a statement tree."""
-    if isinstance(s, For):
-        return stmt_exprs(s.body)
-    if isinstance(s, Block):
-        return [e for x in s.stmts for e in stmt_exprs(x)]
-    if isinstance(s, Set):
-        return walk_exprs(s.value)
-    if isinstance(s, DeclLocal):
-        return walk_exprs(s.init)
-    if isinstance(s, SetLocal):
-        return walk_exprs(s.value)
-    return []
+    return [e for x in walk(s) for root in root_exprs(x) for e in walk_expr(root)]
 
 
 def written_tnodes(s: Stmt) -> set[TNode]:
-    if isinstance(s, For):
-        return written_tnodes(s.body)
-    if isinstance(s, Block):
-        return set().union(*(written_tnodes(x) for x in s.stmts)) if s.stmts else set()
-    if isinstance(s, Set):
-        return {s.tnode}
-    return set()
+    return {x.tnode for x in walk(s) if isinstance(x, Set)}
 
 
 def read_tnodes(s: Stmt) -> set[TNode]:
@@ -186,22 +207,31 @@ def read_tnodes(s: Stmt) -> set[TNode]:
 def tnodes_in(s: Stmt) -> list[TNode]:
     """Every buffer a statement tree reads or writes, in order of first appearance."""
     seen: dict[int, TNode] = {}
-
-    def visit(x: Stmt) -> None:
-        if isinstance(x, For):
-            visit(x.body)
-        elif isinstance(x, Block):
-            for y in x.stmts:
-                visit(y)
-        else:
-            for e in stmt_exprs(x):
+    for x in walk(s):
+        for root in root_exprs(x):
+            for e in walk_expr(root):
                 if isinstance(e, Get):
                     seen.setdefault(e.tnode.id, e.tnode)
-            if isinstance(x, Set):
-                seen.setdefault(x.tnode.id, x.tnode)
-
-    visit(s)
+        if isinstance(x, Set):
+            seen.setdefault(x.tnode.id, x.tnode)
     return list(seen.values())
+
+
+def declared_locals(s: Stmt) -> set[str]:
+    return {x.name for x in walk(s) if isinstance(x, DeclLocal)}
+
+
+def assigned_locals(s: Stmt) -> set[str]:
+    """Locals reassigned after their declaration."""
+    return {x.name for x in walk(s) if isinstance(x, SetLocal)}
+
+
+def read_locals(s: Stmt) -> set[str]:
+    return {e.name for e in stmt_exprs(s) if isinstance(e, Local)}
+
+
+def bound_iterators(s: Stmt) -> set[Iterator]:
+    return {x.iterator for x in walk(s) if isinstance(x, For)}
 
 
 # ---- printing ----------------------------------------------------------------------------

@@ -57,7 +57,19 @@ def optimize(stmt: ir.Stmt) -> ir.Stmt:
 
 def _log(step: str, stmt: ir.Stmt) -> None:
     if debug_enabled():
-        log.warning("after %s:\n%s", step, ir.to_string(stmt))
+        _show_debug_messages()
+        log.debug("after %s:\n%s", step, ir.to_string(stmt))
+
+
+def _show_debug_messages() -> None:
+    """`ARRAYJIT_DEBUG=1` asks to see the IR: unless the application configured logging for
+    `arrayjit` itself, debug messages go to stderr."""
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.DEBUG)
+    if not log.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        log.addHandler(handler)
 
 
 # ---- assignments -> loop IR --------------------------------------------------------------

@@ -197,7 +197,7 @@ def _stride(e: ir.Expr, it: Iterator) -> int:
     """The memory stride of `it` in the first buffer read by `e` (large when absent)."""
     from arrayjit.lowering import row_major_offset
 
-    for x in ir.walk_exprs(e):
+    for x in ir.walk_expr(e):
         if isinstance(x, ir.Get):
             terms, _ = as_affine(row_major_offset(x.tnode.dims, x.index))
             return next((abs(c) for c, term in terms if term == it), 1 << 62)

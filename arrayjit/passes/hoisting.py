@@ -12,24 +12,6 @@ from arrayjit.tnode import TNode
 _names = itertools.count(1)
 
 
-def _locals_assigned(s: ir.Stmt) -> set[str]:
-    if isinstance(s, ir.For):
-        return _locals_assigned(s.body)
-    if isinstance(s, ir.Block):
-        return set().union(*(_locals_assigned(x) for x in s.stmts)) if s.stmts else set()
-    if isinstance(s, ir.DeclLocal | ir.SetLocal):
-        return {s.name}
-    return set()
-
-
-def _bound_iterators(s: ir.Stmt) -> set[Iterator]:
-    if isinstance(s, ir.For):
-        return {s.iterator} | _bound_iterators(s.body)
-    if isinstance(s, ir.Block):
-        return set().union(*(_bound_iterators(x) for x in s.stmts)) if s.stmts else set()
-    return set()
-
-
 def _variant(
     e: ir.Expr, bound: set[Iterator], written: set[TNode], locals_: set[str], memo: dict
 ) -> bool:
@@ -54,8 +36,8 @@ def _variant(
 
 def _hoist_loop(loop: ir.For) -> ir.Stmt:
     written = ir.written_tnodes(loop.body)
-    bound = _bound_iterators(loop)
-    locals_ = _locals_assigned(loop.body)
+    bound = ir.bound_iterators(loop)
+    locals_ = ir.declared_locals(loop.body) | ir.assigned_locals(loop.body)
     memo: dict = {}
     hoisted: dict[ir.Expr, str] = {}
     decls: list[ir.Stmt] = []
@@ -73,32 +55,12 @@ def _hoist_loop(loop: ir.For) -> ir.Stmt:
             return ir.Apply(e.op, tuple(visit(a) for a in e.args), e.dtype)
         return e
 
-    body = _map_top_exprs(loop.body, visit)
+    body = ir.map_root_exprs(loop.body, visit)
     if not decls:
         return loop
     return ir.block([*decls, ir.For(loop.iterator, loop.extent, body, loop.parallel)])
 
 
-def _map_top_exprs(s: ir.Stmt, f) -> ir.Stmt:
-    """Apply `f` to the root expression of each statement (f recurses itself)."""
-    if isinstance(s, ir.For):
-        return ir.For(s.iterator, s.extent, _map_top_exprs(s.body, f), s.parallel)
-    if isinstance(s, ir.Block):
-        return ir.Block(tuple(_map_top_exprs(x, f) for x in s.stmts))
-    if isinstance(s, ir.Set):
-        return ir.Set(s.tnode, s.index, f(s.value))
-    if isinstance(s, ir.DeclLocal):
-        return ir.DeclLocal(s.name, s.dtype, f(s.init))
-    if isinstance(s, ir.SetLocal):
-        return ir.SetLocal(s.name, f(s.value))
-    return s
-
-
 def run(stmt: ir.Stmt) -> ir.Stmt:
     """Hoist innermost loops first, so an invariant moves out as far as it can."""
-    if isinstance(stmt, ir.Block):
-        return ir.block([run(s) for s in stmt.stmts])
-    if isinstance(stmt, ir.For):
-        inner = ir.For(stmt.iterator, stmt.extent, run(stmt.body), stmt.parallel)
-        return _hoist_loop(inner)
-    return stmt
+    return ir.map_stmt(stmt, lambda s: _hoist_loop(s) if isinstance(s, ir.For) else s)

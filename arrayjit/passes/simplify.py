@@ -35,7 +35,7 @@ def simplify_expr(e: ir.Expr) -> ir.Expr:
         if _is_const(args[1], 0):
             return args[0]
         if _is_const(args[0], 0):
-            return ir.Unop("neg", args[1], e.dtype)
+            return ir.Apply("neg", (args[1],), e.dtype)
     if e.op == "div" and _is_const(args[1], 1):
         return args[0]
     if e.op == "neg" and isinstance(args[0], ir.Apply) and args[0].op == "neg":

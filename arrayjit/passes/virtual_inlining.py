@@ -99,7 +99,7 @@ def run(stmt: ir.Stmt) -> ir.Stmt:
         found = _as_definition(s)
         if found is not None and virtual_writes[found[0]] == 1:
             v, axes, expr = found
-            sources = frozenset(e.tnode for e in ir.walk_exprs(expr) if isinstance(e, ir.Get))
+            sources = frozenset(e.tnode for e in ir.walk_expr(expr) if isinstance(e, ir.Get))
             defs[v] = Definition(axes, expr, s, sources)
             continue
         for t in written:

@@ -64,27 +64,10 @@ def _top_level(stmt: ir.Stmt) -> list[ir.Stmt]:
     return [s for s in stmts if not isinstance(s, ir.Comment)]
 
 
-def _mutated_locals(stmt: ir.Stmt) -> set[str]:
-    if isinstance(stmt, ir.For):
-        return _mutated_locals(stmt.body)
-    if isinstance(stmt, ir.Block):
-        return set().union(*(_mutated_locals(s) for s in stmt.stmts)) if stmt.stmts else set()
-    return {stmt.name} if isinstance(stmt, ir.SetLocal) else set()
-
-
-def _declared_locals(stmt: ir.Stmt) -> set[str]:
-    if isinstance(stmt, ir.For):
-        return _declared_locals(stmt.body)
-    if isinstance(stmt, ir.Block):
-        return set().union(*(_declared_locals(s) for s in stmt.stmts)) if stmt.stmts else set()
-    return {stmt.name} if isinstance(stmt, ir.DeclLocal) else set()
-
-
 def _read_locals(stmts: Sequence[ir.Stmt]) -> set[str]:
     """The locals that `stmts` read or assign."""
     block = ir.Block(tuple(stmts))
-    read = {e.name for e in ir.stmt_exprs(block) if isinstance(e, ir.Local)}
-    return read | _mutated_locals(block)
+    return ir.read_locals(block) | ir.assigned_locals(block)
 
 
 def _grid_run(loop: ir.For, mutated: set[str]) -> tuple[list[ir.For], list[ir.Stmt]]:
@@ -114,7 +97,7 @@ def _grid_run(loop: ir.For, mutated: set[str]) -> tuple[list[ir.For], list[ir.St
 
 def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
     """Split a routine into kernels: see the module docstring."""
-    mutated = _mutated_locals(stmt)
+    mutated = ir.assigned_locals(stmt)
     # Locals declared once at top level, never reassigned: recomputed by each kernel reading them.
     shared: dict[str, ir.DeclLocal] = {}
     # Each plan with the shared locals valid where it starts.
@@ -131,11 +114,7 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
             if serial:
                 serial.append(s)  # later statements of the same one-thread kernel read it here
             continue
-        if (
-            isinstance(s, ir.For)
-            and s.parallel
-            and not (_read_locals([s]) & _declared_locals_of(serial))
-        ):
+        if isinstance(s, ir.For) and s.parallel and not (_read_locals([s]) & _declared_in(serial)):
             serial = []
             grid, body = _grid_run(s, mutated)
             plans.append((KernelPlan(grid, body), dict(shared)))
@@ -150,7 +129,7 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
                 del shared[name]
 
     for plan, available in plans:
-        needed = _read_locals(plan.body) - _declared_locals_of(plan.body)
+        needed = _read_locals(plan.body) - _declared_in(plan.body)
         closure = _closure(needed, available)
         if closure is None:
             log.debug("a local crosses kernels: the routine runs as one thread")
@@ -160,8 +139,8 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
     return [plan for plan, _ in plans]
 
 
-def _declared_locals_of(stmts: list[ir.Stmt]) -> set[str]:
-    return _declared_locals(ir.Block(tuple(stmts)))
+def _declared_in(stmts: list[ir.Stmt]) -> set[str]:
+    return ir.declared_locals(ir.Block(tuple(stmts)))
 
 
 def _closure(names: set[str], shared: dict[str, ir.DeclLocal]) -> set[str] | None:
@@ -181,7 +160,7 @@ def _closure(names: set[str], shared: dict[str, ir.DeclLocal]) -> set[str] | Non
 
 def _expr_iterators(e: ir.Expr) -> set[Iterator]:
     out: set[Iterator] = set()
-    for x in ir.walk_exprs(e):
+    for x in ir.walk_expr(e):
         if isinstance(x, ir.Get):
             out.update(it for idx in x.index for it in iterators_of(idx))
         elif isinstance(x, ir.IndexValue):
@@ -190,7 +169,7 @@ def _expr_iterators(e: ir.Expr) -> set[Iterator]:
 
 
 def _has_local(e: ir.Expr) -> bool:
-    return any(isinstance(x, ir.Local) for x in ir.walk_exprs(e))
+    return any(isinstance(x, ir.Local) for x in ir.walk_expr(e))
 
 
 def _matmul_shape(plan: KernelPlan) -> MatmulShape | None:
