@@ -17,11 +17,11 @@ from arrayjit.indexing import Projections
 from arrayjit.tnode import TNode
 
 
-class Code:
+class Assignments:
     """Base of assignment code; `a + b` runs `a` then `b`."""
 
-    def __add__(self, other: Code) -> Code:
-        if not isinstance(other, Code):
+    def __add__(self, other: Assignments) -> Assignments:
+        if not isinstance(other, Assignments):
             return NotImplemented
         return Seq((*flatten(self), *flatten(other)))
 
@@ -30,18 +30,18 @@ class Code:
 
 
 @dataclass(frozen=True, eq=False)
-class Noop(Code):
+class Noop(Assignments):
     pass
 
 
 @dataclass(frozen=True, eq=False)
-class Comment(Code):
+class Comment(Assignments):
     text: str
 
 
 @dataclass(frozen=True, eq=False)
-class Seq(Code):
-    items: tuple[Code, ...]
+class Seq(Assignments):
+    items: tuple[Assignments, ...]
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _check_rhs(expr: RhsExpr, n_rhs: int, where: str) -> None:
 
 
 @dataclass(frozen=True, eq=False)
-class Accum(Code):
+class Accum(Assignments):
     """`lhs accum= op(rhses)` over `projections`. `accum=None` overwrites (`=:`).
 
     `op` is an op name applied to the rhses in order, or a `Call` tree over them (`Arg(k)`).
@@ -147,7 +147,7 @@ FetchSource = Constant | RangeOfShape | Values
 
 
 @dataclass(frozen=True, eq=False)
-class Fetch(Code):
+class Fetch(Assignments):
     lhs: TNode
     source: FetchSource
 
@@ -159,7 +159,7 @@ class Fetch(Code):
             )
 
 
-def flatten(code: Code) -> PyIterator[Code]:
+def flatten(code: Assignments) -> PyIterator[Assignments]:
     if isinstance(code, Seq):
         for item in code.items:
             yield from flatten(item)
@@ -167,7 +167,7 @@ def flatten(code: Code) -> PyIterator[Code]:
         yield code
 
 
-def seq(codes: Sequence[Code]) -> Code:
+def seq(codes: Sequence[Assignments]) -> Assignments:
     items = tuple(c for code in codes for c in flatten(code))
     return Seq(items) if items else Noop()
 
@@ -176,7 +176,7 @@ def _index_str(proj) -> str:
     return "[" + ", ".join(map(str, proj)) + "]"
 
 
-def statement_string(stmt: Code) -> str:
+def statement_string(stmt: Assignments) -> str:
     if isinstance(stmt, Comment):
         return f"# {stmt.text}"
     if isinstance(stmt, Fetch):
@@ -223,6 +223,6 @@ def rhs_string(expr: RhsExpr, args: list[str], top: bool = False) -> str:
     return f"{expr.op}({', '.join(parts)})"
 
 
-def to_string(code: Code) -> str:
+def to_string(code: Assignments) -> str:
     """A readable listing, one statement per line."""
     return "\n".join(statement_string(s) for s in flatten(code))

@@ -40,7 +40,7 @@ def debug_enabled() -> bool:
     return os.environ.get("ARRAYJIT_DEBUG", "") not in ("", "0")
 
 
-def compile_to_ir(code: asg.Code, reductions_innermost: bool = False) -> ir.Stmt:
+def compile_to_ir(code: asg.Assignments, reductions_innermost: bool = False) -> ir.Stmt:
     """The whole pipeline: lower, then optimize. `reductions_innermost` asks for loop nests
     whose reductions are innermost (a GPU thread per result cell)."""
     lowered = lower(code, reductions_innermost)
@@ -75,11 +75,11 @@ def _show_debug_messages() -> None:
 # ---- assignments -> loop IR --------------------------------------------------------------
 
 
-def lower(code: asg.Code, reductions_innermost: bool = False) -> ir.Stmt:
+def lower(code: asg.Assignments, reductions_innermost: bool = False) -> ir.Stmt:
     return ir.block([lower_statement(s, reductions_innermost) for s in asg.flatten(code)])
 
 
-def lower_statement(stmt: asg.Code, reductions_innermost: bool = False) -> ir.Stmt:
+def lower_statement(stmt: asg.Assignments, reductions_innermost: bool = False) -> ir.Stmt:
     if isinstance(stmt, asg.Comment):
         return ir.Comment(stmt.text)
     if isinstance(stmt, asg.Fetch):

@@ -62,7 +62,7 @@ class Fill:
 class Raw:
     """arrayjit code built by a callback once shapes are closed (e.g. random initialisation)."""
 
-    build: object  # Callable[[], asg.Code]
+    build: object  # Callable[[], asg.Assignments]
     tensors: tuple[Tensor, ...]
 
 
@@ -112,7 +112,7 @@ class Code:
                 constants = constants + t.forward_code
         return constants + self if constants else self
 
-    def lower(self) -> asg.Code:
+    def lower(self) -> asg.Assignments:
         """Close the shapes involved, then build arrayjit assignments."""
         shape.close([t.shape for t in self.tensors()])
         cache: dict[int, tuple[Projections, bool]] = {}
@@ -151,7 +151,7 @@ def _role_index(p: Projections, role: int):
     return p.project_lhs if role == 0 else p.project_rhs[role - 1]
 
 
-def _lower_statement(stmt: Statement, cache: dict) -> asg.Code:
+def _lower_statement(stmt: Statement, cache: dict) -> asg.Assignments:
     if isinstance(stmt, Fill):
         return asg.Fetch(stmt.lhs.tnode, stmt.source)
     if isinstance(stmt, Raw):

@@ -148,7 +148,7 @@ def number(value: float, label: str | None = None) -> Tensor:
 
 
 def _values_fill(t: Tensor, values: np.ndarray) -> Code:
-    def build() -> asg.Code:
+    def build() -> asg.Assignments:
         dims = t.value_node.dims
         if values.size != t.value_node.size:
             raise ValueError(
@@ -200,7 +200,7 @@ def param(
 def _random_init(t: Tensor, seed: int) -> Code:
     from arrayjit.tnode import TNode
 
-    def build() -> asg.Code:
+    def build() -> asg.Assignments:
         node = t.value_node
         fan_in = int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
         bound = 1.0 / np.sqrt(fan_in)

@@ -40,7 +40,7 @@ class Routine:
     """Compiled code bound to its buffers; `run()` executes it."""
 
     def __init__(
-        self, context: Context, code: asg.Code, stmt: ir.Stmt, compiled: Compiled, name: str
+        self, context: Context, code: asg.Assignments, stmt: ir.Stmt, compiled: Compiled, name: str
     ):
         self.context = context
         self.code = code
@@ -77,8 +77,8 @@ class Context:
     def name(self) -> str:
         return self.backend.name
 
-    def compile(self, code: asg.Code, name: str = "routine") -> Routine:
-        if not isinstance(code, asg.Code):
+    def compile(self, code: asg.Assignments, name: str = "routine") -> Routine:
+        if not isinstance(code, asg.Assignments):
             raise TypeError(f"Context.compile takes assignment code, got {type(code).__name__}")
         start = time.perf_counter()
         stmt = compile_to_ir(code, self.backend.reductions_innermost)

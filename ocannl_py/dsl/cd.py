@@ -31,7 +31,7 @@ def rhs_refs(expr: syn.CdExpr) -> list[syn.Ref]:
     """The tensor references of an rhs, left to right."""
     if isinstance(expr, syn.Ref):
         return [expr]
-    if isinstance(expr, syn.Const):
+    if isinstance(expr, syn.Number):
         return []
     children = {
         syn.Unop: lambda e: (e.arg,),
@@ -44,7 +44,7 @@ def rhs_refs(expr: syn.CdExpr) -> list[syn.Ref]:
 def rhs_expression(expr: syn.CdExpr, arg_of: Callable[[syn.Ref], int]) -> asg.RhsExpr:
     if isinstance(expr, syn.Ref):
         return asg.Arg(arg_of(expr))
-    if isinstance(expr, syn.Const):
+    if isinstance(expr, syn.Number):
         return asg.Lit(expr.value)
     if isinstance(expr, syn.Unop):
         args = (expr.arg,)

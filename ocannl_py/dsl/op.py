@@ -122,13 +122,13 @@ class _Interpreter:
                 return ops.neg(self.eval(operand))
             case syn.Binary(op, left, right):
                 return _registered(syn.OP_BINARY_OPERATORS[op])(self.eval(left), self.eval(right))
-            case syn.Einsum(op, spec, left, right):
+            case syn.EinsumExpr(op, spec, left, right):
                 return _registered(syn.OP_EINSUM_OPERATORS[op])(
                     spec, self.eval(left), self.eval(right)
                 )
-            case syn.Einsum1(op, spec, operand):
+            case syn.Einsum1Expr(op, spec, operand):
                 return _registered(syn.OP_EINSUM1_OPERATORS[op])(spec, self.eval(operand))
-            case syn.Call(name, args):
+            case syn.FunctionCall(name, args):
                 if name not in ops.DSL_FUNCTIONS:
                     known = ", ".join(sorted(ops.DSL_FUNCTIONS))
                     raise self.error(f"unknown function {name!r}; known: {known}", e.pos)

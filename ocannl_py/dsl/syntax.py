@@ -37,7 +37,7 @@ def _pos_field() -> Pos:
 
 @dataclass(frozen=True)
 class Number:
-    """A numeric constant; `-2.5` is one number, not a negation."""
+    """A numeric constant (in both DSLs); `-2.5` is one number, not a negation."""
 
     value: float
     pos: Pos = _pos_field()
@@ -108,7 +108,7 @@ class Binary:
 
 
 @dataclass(frozen=True)
-class Einsum:
+class EinsumExpr:
     """`left op "spec" right` with op one of OP_EINSUM_OPERATORS; pos is the operator's."""
 
     op: str
@@ -119,7 +119,7 @@ class Einsum:
 
 
 @dataclass(frozen=True)
-class Einsum1:
+class Einsum1Expr:
     """`operand op "spec"` with op one of OP_EINSUM1_OPERATORS; pos is the operator's."""
 
     op: str
@@ -129,7 +129,7 @@ class Einsum1:
 
 
 @dataclass(frozen=True)
-class Call:
+class FunctionCall:
     """`name(arg, ...)`; the name is not checked here."""
 
     name: str
@@ -137,7 +137,7 @@ class Call:
     pos: Pos = _pos_field()
 
 
-OpExpr = Number | Name | Literal | Param | Neg | Binary | Einsum | Einsum1 | Call
+OpExpr = Number | Name | Literal | Param | Neg | Binary | EinsumExpr | Einsum1Expr | FunctionCall
 
 # Infix operators of the op DSL, with the operation each stands for.
 OP_BINARY_OPERATORS: dict[str, str] = {
@@ -171,14 +171,6 @@ class Ref:
 
 
 @dataclass(frozen=True)
-class Const:
-    """A numeric constant operand."""
-
-    value: float
-    pos: Pos = _pos_field()
-
-
-@dataclass(frozen=True)
 class Unop:
     """`op(arg)`, or `-arg` (op "neg"); op is an arrayjit.ops name."""
 
@@ -208,9 +200,8 @@ class Ternop:
     pos: Pos = _pos_field()
 
 
-CdExpr = Ref | Const | Unop | Binop | Ternop
+CdExpr = Ref | Number | Unop | Binop | Ternop
 # Operands of an operation are expressions themselves: `g * v1 / (v2 * v2)` nests.
-CdOperand = CdExpr
 
 
 @dataclass(frozen=True)
@@ -362,13 +353,13 @@ class _OpBuilder(lark.Transformer):
         return Binary(str(op), left, right, _tok_pos(op))
 
     def einsum(self, left, op, spec, right):
-        return Einsum(str(op), spec[1:-1], left, right, _tok_pos(op))
+        return EinsumExpr(str(op), spec[1:-1], left, right, _tok_pos(op))
 
     def einsum1(self, operand, op, spec):
-        return Einsum1(str(op), spec[1:-1], operand, _tok_pos(op))
+        return Einsum1Expr(str(op), spec[1:-1], operand, _tok_pos(op))
 
     def call(self, name, lpar, *args):
-        return Call(str(name), tuple(args), _tok_pos(name))
+        return FunctionCall(str(name), tuple(args), _tok_pos(name))
 
     def input_literal(self, opening, *elements):
         return _literal("input", list(elements), _tok_pos(opening))
@@ -448,7 +439,7 @@ class _CdBuilder(lark.Transformer):
         return [s for s in statements if s is not None]
 
     def number(self, token):
-        return Const(_number(token), _tok_pos(token))
+        return Number(_number(token), _tok_pos(token))
 
     def ref(self, name, suffix=None):
         if suffix is not None and suffix not in ("grad", "value"):
@@ -462,8 +453,8 @@ class _CdBuilder(lark.Transformer):
         return inner
 
     def neg(self, minus, operand):
-        if isinstance(operand, Const):
-            return Const(-operand.value, _tok_pos(minus))
+        if isinstance(operand, Number):
+            return Number(-operand.value, _tok_pos(minus))
         return Unop("neg", operand, _tok_pos(minus))
 
     def binary(self, left, op, right):
@@ -629,7 +620,7 @@ def _format_dims(dims: Dims) -> str:
 
 
 def _op_level(expr: OpExpr) -> int:
-    if isinstance(expr, Binary | Einsum | Einsum1):
+    if isinstance(expr, Binary | EinsumExpr | Einsum1Expr):
         return _OP_LEVELS[expr.op]
     if isinstance(expr, Neg) or (isinstance(expr, Number) and math.copysign(1, expr.value) < 0):
         return _UNARY
@@ -665,11 +656,11 @@ def format_op(expr: OpExpr) -> str:
             left_text = _op_at(left, level + 1 if right_assoc else level)
             right_text = _op_at(right, level if right_assoc else level + 1)
             return f"{left_text} {op} {right_text}"
-        case Einsum(op, spec, left, right):
+        case EinsumExpr(op, spec, left, right):
             return f'{_op_at(left, _SUM)} {op} "{spec}" {_op_at(right, _APP)}'
-        case Einsum1(op, spec, operand):
+        case Einsum1Expr(op, spec, operand):
             return f'{_op_at(operand, _SUM)} {op} "{spec}"'
-        case Call(name, args):
+        case FunctionCall(name, args):
             return f"{name}({', '.join(format_op(a) for a in args)})"
     raise TypeError(f"not an op DSL tree: {expr!r}")
 
@@ -683,7 +674,7 @@ _CD_ACCUM_SYMBOLS = {name: symbol for symbol, name in CD_ACCUMULATE_OPERATORS.it
 
 
 def _format_operand(operand: CdExpr) -> str:
-    if isinstance(operand, Const):
+    if isinstance(operand, Number):
         return _format_number(operand.value)
     if isinstance(operand, Ref):
         return f"{operand.name}.grad" if operand.grad else operand.name
@@ -698,7 +689,7 @@ def _format_operand(operand: CdExpr) -> str:
 def format_cd_expr(expr: CdExpr) -> str:
     """The cd DSL text of a right-hand side."""
     match expr:
-        case Ref() | Const():
+        case Ref() | Number():
             return _format_operand(expr)
         case Unop("neg", arg):
             text = _format_operand(arg)
@@ -730,13 +721,11 @@ __all__ = [
     "Binop",
     "CD_ACCUMULATE_OPERATORS",
     "CD_BINARY_OPERATORS",
-    "Call",
+    "FunctionCall",
     "CdExpr",
-    "CdOperand",
     "CdStatement",
-    "Const",
-    "Einsum",
-    "Einsum1",
+    "EinsumExpr",
+    "Einsum1Expr",
     "Literal",
     "Name",
     "Neg",

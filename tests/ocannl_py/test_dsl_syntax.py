@@ -12,11 +12,10 @@ from ocannl_py.dsl.syntax import (
     OP_BINARY_OPERATORS,
     Binary,
     Binop,
-    Call,
     CdStatement,
-    Const,
-    Einsum,
-    Einsum1,
+    Einsum1Expr,
+    EinsumExpr,
+    FunctionCall,
     Literal,
     Name,
     Neg,
@@ -52,7 +51,7 @@ def test_api_example_param_compose_literal():
 
 
 def test_api_example_mlp_layer():
-    assert parse_op("relu({w} * x + {b; o=[16]})") == Call(
+    assert parse_op("relu({w} * x + {b; o=[16]})") == FunctionCall(
         "relu", (Binary("+", Binary("*", Param("w"), x), Param("b", output=(16,))),)
     )
 
@@ -156,11 +155,11 @@ def test_literal_equality_compares_values_shape_and_kinds():
 
 
 def test_calls():
-    assert parse_op("relu(x)") == Call("relu", (x,))
-    assert parse_op("exp (x + 1)") == Call("exp", (Binary("+", x, Number(1.0)),))
-    assert parse_op("where(x, y, z)") == Call("where", (x, y, z))
-    assert parse_op("fma(x, y, z)") == Call("fma", (x, y, z))
-    assert parse_op("f((1, 2))") == Call("f", (lit([1, 2], "input"),))
+    assert parse_op("relu(x)") == FunctionCall("relu", (x,))
+    assert parse_op("exp (x + 1)") == FunctionCall("exp", (Binary("+", x, Number(1.0)),))
+    assert parse_op("where(x, y, z)") == FunctionCall("where", (x, y, z))
+    assert parse_op("fma(x, y, z)") == FunctionCall("fma", (x, y, z))
+    assert parse_op("f((1, 2))") == FunctionCall("f", (lit([1, 2], "input"),))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,25 +214,25 @@ def test_precedence_and_associativity(text, expected):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ('x +* "ij;jk=>ik" y', Einsum("+*", "ij;jk=>ik", x, y)),
-        ('x +++ "i;j=>ij" y', Einsum("+++", "i;j=>ij", x, y)),
-        ('x @^+ "ij;jk=>ik" y', Einsum("@^+", "ij;jk=>ik", x, y)),
-        ('x ++ "...|... => 0"', Einsum1("++", "...|... => 0", x)),
-        ('x @^^ "ij=>i"', Einsum1("@^^", "ij=>i", x)),
+        ('x +* "ij;jk=>ik" y', EinsumExpr("+*", "ij;jk=>ik", x, y)),
+        ('x +++ "i;j=>ij" y', EinsumExpr("+++", "i;j=>ij", x, y)),
+        ('x @^+ "ij;jk=>ik" y', EinsumExpr("@^+", "ij;jk=>ik", x, y)),
+        ('x ++ "...|... => 0"', Einsum1Expr("++", "...|... => 0", x)),
+        ('x @^^ "ij=>i"', Einsum1Expr("@^^", "ij=>i", x)),
         # einsum operators sit at their first character's level: `+...` left associative ...
-        ('x +* "s" y + z', Binary("+", Einsum("+*", "s", x, y), z)),
-        ('z + x +* "s" y', Einsum("+*", "s", Binary("+", z, x), y)),
-        ('x ++ "s" + y', Binary("+", Einsum1("++", "s", x), y)),
-        ('x ++ "s" ++ "t"', Einsum1("++", "t", Einsum1("++", "s", x))),
-        ('x * y ++ "s"', Einsum1("++", "s", Binary("*", x, y))),
-        ('(x ++ "s") /. y', Binary("/.", Einsum1("++", "s", x), y)),
+        ('x +* "s" y + z', Binary("+", EinsumExpr("+*", "s", x, y), z)),
+        ('z + x +* "s" y', EinsumExpr("+*", "s", Binary("+", z, x), y)),
+        ('x ++ "s" + y', Binary("+", Einsum1Expr("++", "s", x), y)),
+        ('x ++ "s" ++ "t"', Einsum1Expr("++", "t", Einsum1Expr("++", "s", x))),
+        ('x * y ++ "s"', Einsum1Expr("++", "s", Binary("*", x, y))),
+        ('(x ++ "s") /. y', Binary("/.", Einsum1Expr("++", "s", x), y)),
         # ... and the operand after the spec is a single term, as in OCaml's `"spec" y`
-        ('x +* "s" (y * z)', Einsum("+*", "s", x, Binary("*", y, z))),
-        ('x +* "s" relu(y)', Einsum("+*", "s", x, Call("relu", (y,)))),
-        ('x +* "s" [1; 2]', Einsum("+*", "s", x, lit([1, 2], "output"))),
-        ('x +* "s" {w}', Einsum("+*", "s", x, Param("w"))),
-        ('x @^ y @^+ "s" z', Binary("@^", x, Einsum("@^+", "s", y, z))),
-        ('x + y @^^ "s"', Einsum1("@^^", "s", Binary("+", x, y))),
+        ('x +* "s" (y * z)', EinsumExpr("+*", "s", x, Binary("*", y, z))),
+        ('x +* "s" relu(y)', EinsumExpr("+*", "s", x, FunctionCall("relu", (y,)))),
+        ('x +* "s" [1; 2]', EinsumExpr("+*", "s", x, lit([1, 2], "output"))),
+        ('x +* "s" {w}', EinsumExpr("+*", "s", x, Param("w"))),
+        ('x @^ y @^+ "s" z', Binary("@^", x, EinsumExpr("@^+", "s", y, z))),
+        ('x + y @^^ "s"', Einsum1Expr("@^^", "s", Binary("+", x, y))),
     ],
 )
 def test_einsum_operators(text, expected):
@@ -241,7 +240,9 @@ def test_einsum_operators(text, expected):
 
 
 def test_whitespace_and_newlines_are_free():
-    assert parse_op("  relu(\n  {w} *\n x\n)  ") == Call("relu", (Binary("*", Param("w"), x),))
+    assert parse_op("  relu(\n  {w} *\n x\n)  ") == FunctionCall(
+        "relu", (Binary("*", Param("w"), x),)
+    )
     assert parse_op("x*.y") == Binary("*.", x, y)
     assert parse_op("2.*.x") == Binary("*.", Number(2.0), x)
     assert parse_op("x**.2") == Binary("**.", x, Number(2.0))
@@ -396,8 +397,8 @@ def test_cd_infix_operators(symbol, name):
     "rhs, expected",
     [
         ("v1", v1),
-        ("2.5", Const(2.5)),
-        ("-2", Const(-2.0)),
+        ("2.5", Number(2.5)),
+        ("-2", Number(-2.0)),
         ("-v1", Unop("neg", v1)),
         ("relu(v1)", Unop("relu", v1)),
         ("exp(v)", Unop("exp", v)),
@@ -407,11 +408,11 @@ def test_cd_infix_operators(symbol, name):
         ("(v1 * v2)", Binop("mul", v1, v2)),
         ("max(v1, v2)", Binop("max", v1, v2)),
         ("relu_gate(v1, g)", Binop("relu_gate", v1, g)),
-        ("where(v1, v2, 0.0)", Ternop("where", v1, v2, Const(0.0))),
+        ("where(v1, v2, 0.0)", Ternop("where", v1, v2, Number(0.0))),
         ("fma(v1.grad, v2, g)", Ternop("fma", Ref("v1", grad=True), v2, g)),
         ("v1 -?/ g", Binop("relu_gate", v1, g)),
-        ("0.5 * g", Binop("mul", Const(0.5), g)),
-        ("v1 - -1", Binop("sub", v1, Const(-1.0))),
+        ("0.5 * g", Binop("mul", Number(0.5), g)),
+        ("v1 - -1", Binop("sub", v1, Number(-1.0))),
     ],
 )
 def test_cd_right_hand_sides(rhs, expected):
@@ -445,12 +446,12 @@ def test_cd_nested_right_hand_sides():
     (s,) = parse_cd("v =: v1 + v2 * v3")
     assert s.rhs == Binop("add", v1, Binop("mul", v2, v3))
     (s,) = parse_cd("g1 =+ g * v1 ** (v2 - 1)")
-    assert s.rhs == Binop("mul", Ref("g"), Binop("pow", v1, Binop("sub", v2, Const(1.0))))
+    assert s.rhs == Binop("mul", Ref("g"), Binop("pow", v1, Binop("sub", v2, Number(1.0))))
     (s,) = parse_cd("v =: -relu(v1 + v2)")
     assert s.rhs == Unop("neg", Unop("relu", Binop("add", v1, v2)))
     (s,) = parse_cd("g1 =+ where(v1 + v2 == v, g, 0)")
     assert s.rhs == Ternop(
-        "where", Binop("eq", Binop("add", v1, v2), Ref("v")), Ref("g"), Const(0.0)
+        "where", Binop("eq", Binop("add", v1, v2), Ref("v")), Ref("g"), Number(0.0)
     )
     for text in [
         "v =: (a + b) * -c",
@@ -526,9 +527,9 @@ def _op_nodes(children):
     return st.one_of(
         st.builds(Neg, children.filter(lambda e: not isinstance(e, Number))),
         st.builds(Binary, st.sampled_from(sorted(OP_BINARY_OPERATORS)), children, children),
-        st.builds(Einsum, st.sampled_from(["+*", "+++", "@^+"]), _specs, children, children),
-        st.builds(Einsum1, st.sampled_from(["++", "@^^"]), _specs, children),
-        st.builds(Call, _names, st.lists(children, min_size=1, max_size=3).map(tuple)),
+        st.builds(EinsumExpr, st.sampled_from(["+*", "+++", "@^+"]), _specs, children, children),
+        st.builds(Einsum1Expr, st.sampled_from(["++", "@^^"]), _specs, children),
+        st.builds(FunctionCall, _names, st.lists(children, min_size=1, max_size=3).map(tuple)),
     )
 
 
@@ -542,7 +543,7 @@ def test_op_round_trip(tree):
     assert parse_op(text) == tree, text
 
 
-_operands = st.builds(Ref, _names, st.booleans()) | st.builds(Const, _floats)
+_operands = st.builds(Ref, _names, st.booleans()) | st.builds(Number, _floats)
 _refs = st.builds(Ref, _names, st.booleans())
 _UNARY = sorted(n for n, o in ops.OPS.items() if o.arity == 1 and n != "neg")
 _BINARY = sorted(n for n, o in ops.OPS.items() if o.arity == 2)
