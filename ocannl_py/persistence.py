@@ -92,7 +92,7 @@ def load(
     A name missing from the file, a file tensor not asked for (with `strict`) or a shape that
     does not fit is an error naming it; nothing is written unless every tensor fits."""
     named = named_tensors(tensors, f"load {path}")
-    with open_checkpoint(path) as f:
+    with open_safetensors(path) as f:
         names = set(f.keys())
         rows = _saved_rows(f.metadata(), path)
         check_names(named, names, str(path), strict)
@@ -100,7 +100,7 @@ def load(
     assign(named, arrays, str(path), rows)
 
 
-def open_checkpoint(path: str | os.PathLike):
+def open_safetensors(path: str | os.PathLike):
     """`safe_open` with errors that name the file."""
     path = Path(path)
     if not path.is_file():

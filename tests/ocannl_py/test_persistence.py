@@ -115,7 +115,7 @@ def test_arrays_of_every_dtype_round_trip_bit_exactly(tmp_path_factory, name, da
     array = raw.view(dtype)
     path = tmp_path_factory.mktemp("dtypes") / "a.safetensors"
     persistence.write_arrays({"a": array}, path)
-    with persistence.open_checkpoint(path) as f:
+    with persistence.open_safetensors(path) as f:
         back = f.get_tensor("a")
     assert back.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(back.view(bits), raw)
