@@ -4,6 +4,9 @@ compared with a numpy re-implementation of the same loop (same shuffling, same u
 
 from __future__ import annotations
 
+import doctest
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -170,3 +173,9 @@ def test_parameters_made_inside_the_model_function_are_refused():
     ):
         train.fit(model, {"x": FEATURES, "y": TARGETS}, batch_size=8,
                   update=UPDATES["adam"], context=Context("c"), progress=False)  # fmt: skip
+
+
+def test_docs_training_examples_run():
+    doc = Path(__file__).resolve().parents[2] / "docs" / "training.md"
+    failures, tried = doctest.testfile(str(doc), module_relative=False)
+    assert tried > 10 and failures == 0

