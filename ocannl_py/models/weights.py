@@ -5,6 +5,7 @@ applied with strict checks (a missing, extra or misshaped tensor names the file 
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -109,12 +110,12 @@ class TensorSource(Mapping[str, np.ndarray]):
     """What a weight map reads: names, shapes without reading data, arrays on demand, and where
     each name comes from (for messages)."""
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        raise NotImplementedError
+    @abstractmethod
+    def shape(self, name: str) -> tuple[int, ...]: ...
 
+    @abstractmethod
     def where(self, name: str | None) -> str:
         """The file holding `name`; with None, the checkpoint as a whole."""
-        raise NotImplementedError
 
 
 def map_weights(
@@ -135,7 +136,6 @@ def map_weights(
     rows = list(expand(table, layers))
     prefix = _prefix(rows, source, prefixes, what)
     used: set[str] = set()
-    by_name: dict[str, np.ndarray] = {}
     for ours, theirs, entry in rows:
         name = prefix + theirs
         if name not in source:
@@ -160,14 +160,15 @@ def map_weights(
             f"{what}: {source.where(None)} holds tensors the model does not have: {shown}{more}"
         )
     out: dict[str, np.ndarray] = {}
+    rearranged: dict[str, np.ndarray] = {}
     for ours, theirs, entry in tqdm(rows, desc=f"reading {what}", unit="tensor", delay=1.0,
                                     disable=not progress):  # fmt: skip
         name = prefix + theirs
         if name not in used:
             continue
-        if name not in by_name:
-            by_name = {name: source[name]}  # a fused tensor is read once for its parts
-        array = Layout(entry.layout).apply(by_name[name], sizes)
+        if name not in rearranged:  # a fused tensor is read and rearranged once for its parts
+            rearranged = {name: Layout(entry.layout).apply(source[name], sizes)}
+        array = rearranged[name]
         out[ours] = array[entry.part].copy() if entry.part is not None else array
     return out
 
