@@ -31,9 +31,9 @@ from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.nvrtc import build_cubin
-from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
+from arrayjit.codegen.cuda_syntax import generate
 from arrayjit.errors import CompileError
-from arrayjit.schedule.gpu_kernels import KernelPlan, plan_kernels
+from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -114,9 +114,10 @@ class CudaBackend(Backend):
         self.device = Device(device_id)
         self.device.set_current()
         self.arch = self.device.arch
-        self.syntax = CudaSyntax()
         #: Matrix-product nests get the shared-memory tiled kernel (else one thread per cell).
         self.tile_matmul = True
+        #: Reductions over many values get teams of threads (else one thread per cell).
+        self.parallel_reductions = True
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
@@ -163,19 +164,22 @@ class CudaBackend(Backend):
     def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
         from cuda.core import LaunchConfig, ObjectCode
 
-        tnodes = ir.tnodes_in(stmt)
         function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
-        plans = plan_kernels(stmt)
-        if not self.tile_matmul:
-            for plan in plans:
-                plan.matmul = None
-        source, launches = kernel_source(self.syntax, plans, tnodes, function, stmt)
-        cubin = build_cubin(source, self.arch)
+        options = GpuOptions(
+            tile_matmul=self.tile_matmul, parallel_reductions=self.parallel_reductions
+        )
+        generated = generate(stmt, function, options)
+        # The IR's buffers, then scratch buffers of the kernel plans (partial results).
+        tnodes, plans = generated.tnodes, generated.plans
+        cubin = build_cubin(generated.source, self.arch)
         try:
             module = ObjectCode.from_cubin(cubin.read_bytes())
             kernels = [
-                (module.get_kernel(kernel), LaunchConfig(grid=grid, block=block))
-                for kernel, grid, block in launches
+                (
+                    module.get_kernel(launch.name),
+                    LaunchConfig(grid=launch.grid, block=launch.block),
+                )
+                for launch in generated.launches
             ]
         except Exception as exc:
             raise CompileError(
