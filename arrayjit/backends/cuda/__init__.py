@@ -29,6 +29,7 @@ import weakref
 
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Backend, Compiled
+from arrayjit.backends.cuda.launch import load_kernels
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.nvrtc import build_cubin
 from arrayjit.codegen.cuda_syntax import generate
@@ -118,6 +119,8 @@ class CudaBackend(Backend):
         self.tile_matmul = True
         #: Reductions over many values get teams of threads (else one thread per cell).
         self.parallel_reductions = True
+        #: fp32 matrix products may use TF32 tensor cores (as PyTorch's allow_tf32; off: exact fp32).
+        self.allow_tf32 = False
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
@@ -162,11 +165,13 @@ class CudaBackend(Backend):
             t.fetch_from_device = copy.fetch
 
     def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
-        from cuda.core import LaunchConfig, ObjectCode
+        from cuda.core import ObjectCode
 
         function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
         options = GpuOptions(
-            tile_matmul=self.tile_matmul, parallel_reductions=self.parallel_reductions
+            tile_matmul=self.tile_matmul,
+            parallel_reductions=self.parallel_reductions,
+            allow_tf32=self.allow_tf32,
         )
         generated = generate(stmt, function, options)
         # The IR's buffers, then scratch buffers of the kernel plans (partial results).
@@ -174,13 +179,7 @@ class CudaBackend(Backend):
         cubin = build_cubin(generated.source, self.arch)
         try:
             module = ObjectCode.from_cubin(cubin.read_bytes())
-            kernels = [
-                (
-                    module.get_kernel(launch.name),
-                    LaunchConfig(grid=launch.grid, block=launch.block),
-                )
-                for launch in generated.launches
-            ]
+            kernels = load_kernels(module, generated.launches, self.device.device_id)
         except Exception as exc:
             raise CompileError(
                 f"cannot load {cubin}: {exc}", str(cubin.with_suffix(".cu"))
