@@ -27,6 +27,9 @@ struct alignas(8) ocannl_int2 { int x, y; };
 
 COMPONENTS = "xyzw"
 
+#: The dynamic shared memory of a kernel (its size is given at launch), 16-byte aligned by type.
+SHARED_DECLARATION = "extern __shared__ ocannl_float4 ocannl_smem[];"
+
 #: Asynchronous global-to-shared copies (cp.async, sm_80+): `BYTES` (4, 8 or 16) from `src` to
 #: `dst`, or zeros when `full` is false (`src` must still be a valid address). A group of copies
 #: is committed, then waited for while at most N newer groups stay in flight.

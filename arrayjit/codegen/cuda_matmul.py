@@ -1,126 +1,314 @@
-"""The tiled matrix-product kernels (see `arrayjit.schedule.gpu_matmul`)."""
+"""The tiled matrix-product kernels (see `arrayjit.schedule.gpu_matmul`).
+
+A block computes a `block_rows x block_cols` output tile. Its tiles of x and y live in shared
+memory as `tilex[stage][k][row]` and `tiley[stage][k][col]` (k-major, rows padded), `stages` of
+them: while the threads multiply one stage, the copies of the next ones are in flight. Per tile:
+
+    wait for the oldest copies; barrier (everyone is done with the stage about to be refilled);
+    issue the copies of the tile `stages - 1` ahead; multiply the current stage.
+
+SIMT: a thread holds rows `trow * 4 + {0..3}` and `block_rows / 2 + trow * 4 + {0..3}` (and the
+same for columns), read from shared memory 16 bytes at a time; each accumulator starts from the
+nest's initial value and folds k in order, as the one-thread-per-cell kernel does. TF32: each
+warp owns a 64 x 64 patch of 4 x 8 mma tiles of 16 x 8, fed one 8-deep slice at a time; partial
+tiles along k are zero-filled, and the initial value is added at the store.
+
+Names the kernel declares are plain words, which the printer's names (letters then digits) and
+buffer names (ending in `_<digits>`) never are.
+"""
 
 from __future__ import annotations
 
-import math
-
 from arrayjit import loop_ir as ir
-from arrayjit.codegen.cuda_device import Launch
-from arrayjit.indexing import Iterator, as_affine
-from arrayjit.schedule.gpu_matmul import SUB, TILE, TILE_K
-from arrayjit.schedule.kernel_plan import THREADS, KernelPlan
+from arrayjit.codegen.cuda_device import COMPONENTS, SHARED_DECLARATION, Launch, vector_type
+from arrayjit.schedule.gpu_matmul import MatmulShape, OperandLoad
+from arrayjit.schedule.kernel_plan import KernelPlan
 from arrayjit.tnode import TNode
 
 
+def _dtype(e: ir.Expr):
+    return e.tnode.dtype if isinstance(e, ir.Get) else e.dtype
+
+
 def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
-    """A block computes a TILE x TILE output tile from TILE_K-deep tiles of x and y staged
-    in shared memory; a thread keeps SUB x SUB accumulators in registers (rows ty + 16 r,
-    columns tx + 16 c, so shared reads are conflict-free and stores coalesce). Each
-    accumulator sums over k in order, as the one-thread-per-cell kernel does."""
-    m = plan.matmul
-    t = m.acc.dtype.c_name
-    rows, cols, depth = m.row.extent, m.col.extent, m.reduction.extent
-    i, j, k = m.row.iterator, m.col.iterator, m.reduction.iterator
-    batch = math.prod(b.extent for b in m.batch)
-    pad = TILE + 4  # padding makes the transposed tile stores conflict-free
+    m: MatmulShape = plan.matmul
+    cfg = m.config
+    rows_n, cols_n, depth_n = m.row.extent, m.col.extent, m.reduction.extent
+    brows, bcols, bk, stages, pad = (
+        cfg.block_rows,
+        cfg.block_cols,
+        cfg.depth,
+        cfg.stages,
+        cfg.padding,
+    )
+    tx, ty = _dtype(m.x), _dtype(m.y)
+    shared = cfg.shared_bytes(tx.itemsize, ty.itemsize)
+    tiles = -(-depth_n // bk)
     lines = [
-        syntax.head(name, tnodes),
-        f"  __shared__ {t} tile_x[{TILE_K}][{pad}];",
-        f"  __shared__ {t} tile_y[{TILE_K}][{pad}];",
-        "  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;",
-        f"  const int row0 = blockIdx.y * {TILE}, col0 = blockIdx.x * {TILE};",
+        syntax.head(name, tnodes, cfg.threads),
+        f"  {SHARED_DECLARATION}",
+        f"  {tx.c_name} (*tilex)[{bk}][{brows + pad}] = "
+        f"reinterpret_cast<{tx.c_name} (*)[{bk}][{brows + pad}]>(ocannl_smem);",
+        "  unsigned char *const shared = reinterpret_cast<unsigned char *>(ocannl_smem);",
+        f"  {ty.c_name} (*tiley)[{bk}][{bcols + pad}] = "
+        f"reinterpret_cast<{ty.c_name} (*)[{bk}][{bcols + pad}]>("
+        f"shared + {stages * bk * (brows + pad) * tx.itemsize});",
+        f"  const int rowbase = blockIdx.y * {brows}, colbase = blockIdx.x * {bcols};",
     ]
     if m.batch:
         lines += syntax.unflatten(m.batch, "blockIdx.z", 1)
-    acc = syntax.local(m.acc.name)
-    syntax.renamed = {i: "row", j: "col"}
+
+    # The tile loader: tile number `tile` into stage `stage`.
+    lines.append("  auto loadtiles = [&](int tile, int stage) {")
+    lines += _loader(syntax, m, m.x, m.loads[0], m.row, "tilex", brows, "rowbase", cfg)
+    lines += _loader(syntax, m, m.y, m.loads[1], m.col, "tiley", bcols, "colbase", cfg)
+    lines.append("  };")
+
+    if cfg.tensor_cores:
+        lines += _mma_setup(cfg)
+    else:
+        lines += _simt_setup(syntax, m, cfg)
     lines += [
-        f"  {t} {acc}[{SUB}][{SUB}];",
-        f"  #pragma unroll\n  for (int r = 0; r < {SUB}; ++r) {{",
-        f"    #pragma unroll\n    for (int c = 0; c < {SUB}; ++c) {{",
-        "      const int row = row0 + ty + 16 * r, col = col0 + tx + 16 * c;",
-        f"      {acc}[r][c] = (row < {rows} && col < {cols}) ? {syntax.expr(m.acc.init)} : ({t})0;",
+        f"  for (int stage = 0; stage < {stages - 1}; ++stage) {{",
+        f"    if (stage < {tiles}) loadtiles(stage, stage);",
+        "    ocannl_cp_async_commit();",
+        "  }",
+        f"  for (int tile = 0; tile < {tiles}; ++tile) {{",
+        f"    ocannl_cp_async_wait<{stages - 2}>();",
+        "    __syncthreads();",
+        f"    if (tile + {stages - 1} < {tiles}) loadtiles(tile + {stages - 1}, (tile + {stages - 1}) % {stages});",
+        "    ocannl_cp_async_commit();",
+        f"    const int stage = tile % {stages};",
+    ]
+    if cfg.tensor_cores:
+        lines += _mma_step(cfg)
+    else:
+        lines += _simt_step(syntax, m, cfg, tiles)
+    lines.append("  }")
+    lines += _mma_store(syntax, m, cfg) if cfg.tensor_cores else _simt_store(syntax, m, cfg)
+    lines.append("}")
+    grid = (-(-cols_n // bcols), -(-rows_n // brows), m.extents[0])
+    return "\n".join(lines), Launch(name, grid, cfg.threads, shared)
+
+
+def _loader(
+    syntax,
+    m: MatmulShape,
+    value: ir.Expr,
+    load: OperandLoad,
+    side: ir.For,
+    tile: str,
+    span: int,
+    origin: str,
+    cfg,
+) -> list[str]:
+    """Threads fill `tile[stage][kk][s]` with `value` at (side = origin + s, k = tile * depth
+    + kk), neighbouring threads taking neighbouring memory; out of range: zeros."""
+    bk, threads = cfg.depth, cfg.threads
+    extent, depth = side.extent, m.reduction.extent
+    vector = load.vector if load.mode == "async16" else 1
+    count = span * bk // vector
+    if load.mode == "async16":
+        split = [f"const int kk = e / {span // vector}, s = (e % {span // vector}) * {vector};"]
+    elif load.k_fast:
+        split = [f"const int kk = e % {bk}, s = e / {bk};"]
+    else:
+        split = [f"const int kk = e / {span}, s = e % {span};"]
+    lines = [
+        "    #pragma unroll",
+        f"    for (int e = threadIdx.x; e < {count}; e += {threads}) {{",
+        *("      " + line for line in split),
+        f"      const int gs = {origin} + s, gk = tile * {bk} + kk;",
+        f"      const bool ok = gs < {extent} && gk < {depth};",
+    ]
+    t = _dtype(value)
+    if load.mode == "compute":
+        syntax.renamed = {side.iterator: "gs", m.reduction.iterator: "gk"}
+        lines.append(
+            f"      {tile}[stage][kk][s] = ok ? ({t.c_name})({syntax.expr(value)}) : ({t.c_name})0;"
+        )
+    else:
+        # The copy reads nothing when out of range, but its address must stay valid.
+        syntax.renamed = {side.iterator: "(ok ? gs : 0)", m.reduction.iterator: "(ok ? gk : 0)"}
+        address = f"&{syntax.buffer(value.tnode)}[{syntax.offset(value.tnode, value.index)}]"
+        size = vector * t.itemsize
+        lines.append(f"      ocannl_cp_async<{size}>(&{tile}[stage][kk][s], {address}, ok);")
+    syntax.renamed = {}
+    lines.append("    }")
+    return lines
+
+
+# ---- SIMT: an 8 x 8 patch per thread ------------------------------------------------------
+
+
+def _simt_rows(brows: int) -> str:
+    return f"trow * 4 + (r / 4) * {brows // 2} + r % 4"
+
+
+def _simt_cols(bcols: int) -> str:
+    return f"tcol * 4 + (c / 4) * {bcols // 2} + c % 4"
+
+
+def _simt_setup(syntax, m: MatmulShape, cfg) -> list[str]:
+    t = m.acc.dtype.c_name
+    acc = syntax.local(m.acc.name)
+    syntax.renamed = {m.row.iterator: "row", m.col.iterator: "col"}
+    init = syntax.expr(m.acc.init)
+    syntax.renamed = {}
+    return [
+        f"  const int tcol = threadIdx.x % {cfg.block_cols // 8}, trow = threadIdx.x / {cfg.block_cols // 8};",
+        f"  {t} {acc}[8][8];",
+        "  #pragma unroll",
+        "  for (int r = 0; r < 8; ++r) {",
+        "    #pragma unroll",
+        "    for (int c = 0; c < 8; ++c) {",
+        f"      const int row = rowbase + {_simt_rows(cfg.block_rows)};",
+        f"      const int col = colbase + {_simt_cols(cfg.block_cols)};",
+        f"      {acc}[r][c] = (row < {m.row.extent} && col < {m.col.extent}) ? {init} : ({t})0;",
         "    }",
         "  }",
-        f"  for (int k0 = 0; k0 < {depth}; k0 += {TILE_K}) {{",
     ]
-    lines += _load_tile(syntax, "tile_x", m.x, i, k, rows, depth, "row0")
-    lines += _load_tile(syntax, "tile_y", m.y, j, k, cols, depth, "col0")
-    syntax.renamed = {}
+
+
+def _load_four(target: str, first: int, dtype, address: str) -> list[str]:
+    """`target[first .. first + 3]` from 4 consecutive shared values (16-byte aligned)."""
+    width = 16 // dtype.itemsize
+    if dtype.c_name not in ("float", "double", "int") or width not in (2, 4):
+        return [f"{target}[{first} + u] = ({address})[u];" for u in range(4)]
+    vt = vector_type(dtype.c_name, width)
+    lines = []
+    for half in range(4 // width):
+        name = f"{target}v{'abcd'[first // width + half]}"
+        lines.append(
+            f"const {vt} {name} = *reinterpret_cast<const {vt} *>({address} + {half * width});"
+        )
+        lines += [
+            f"{target}[{first + half * width + u}] = {name}.{COMPONENTS[u]};" for u in range(width)
+        ]
+    return lines
+
+
+def _simt_step(syntax, m: MatmulShape, cfg, tiles: int) -> list[str]:
+    acc = syntax.local(m.acc.name)
     combine = m.update.args[1]
     operands = ["xs[r]", "ys[c]"] if combine.args[0] is m.x else ["ys[c]", "xs[r]"]
     product = syntax.apply(combine.op, combine.dtype, *operands)
     step = syntax.apply(m.update.op, m.update.dtype, f"{acc}[r][c]", product)
+    tx, ty = _dtype(m.x), _dtype(m.y)
+    half_rows, half_cols = cfg.block_rows // 2, cfg.block_cols // 2
     body = [
-        f"{t} xs[{SUB}], ys[{SUB}];",
+        f"{tx.c_name} xs[8];",
+        f"{ty.c_name} ys[8];",
+        *_load_four("xs", 0, tx, "&tilex[stage][kk][trow * 4]"),
+        *_load_four("xs", 4, tx, f"&tilex[stage][kk][{half_rows} + trow * 4]"),
+        *_load_four("ys", 0, ty, "&tiley[stage][kk][tcol * 4]"),
+        *_load_four("ys", 4, ty, f"&tiley[stage][kk][{half_cols} + tcol * 4]"),
         "#pragma unroll",
-        f"for (int r = 0; r < {SUB}; ++r) xs[r] = tile_x[kk][ty + 16 * r];",
-        "#pragma unroll",
-        f"for (int c = 0; c < {SUB}; ++c) ys[c] = tile_y[kk][tx + 16 * c];",
-        "#pragma unroll",
-        f"for (int r = 0; r < {SUB}; ++r)",
+        "for (int r = 0; r < 8; ++r)",
         "  #pragma unroll",
-        f"  for (int c = 0; c < {SUB}; ++c) {acc}[r][c] = {step};",
+        f"  for (int c = 0; c < 8; ++c) {acc}[r][c] = {step};",
     ]
     body = ["        " + line for line in body]
-    lines += [
-        "    __syncthreads();",
-        f"    if (k0 + {TILE_K} <= {depth}) {{",
-        "      #pragma unroll",
-        f"      for (int kk = 0; kk < {TILE_K}; ++kk) {{",
+    bk, depth = cfg.depth, m.reduction.extent
+    lines = [
+        "    #pragma unroll",
+        f"    for (int kk = 0; kk < {bk}; ++kk) {{",
         *body,
-        "      }",
+        "    }",
+    ]
+    if depth % bk == 0:
+        return lines
+    # The last tile is partial: only its first depth % bk steps hold values.
+    return [
+        f"    if (tile < {tiles - 1}) {{",
+        *("  " + line for line in lines),
         "    } else {",
-        f"      for (int kk = 0; kk < {depth} - k0; ++kk) {{",
-        *body,
+        f"      for (int kk = 0; kk < {depth % bk}; ++kk) {{",
+        *("  " + line for line in body),
         "      }",
         "    }",
-        "    __syncthreads();",
-        "  }",
     ]
-    syntax.renamed = {i: "row", j: "col"}
+
+
+def _simt_store(syntax, m: MatmulShape, cfg) -> list[str]:
+    acc = syntax.local(m.acc.name)
+    syntax.renamed = {m.row.iterator: "row", m.col.iterator: "col"}
     target = f"{syntax.buffer(m.store.tnode)}[{syntax.offset(m.store.tnode, m.store.index)}]"
     syntax.renamed = {}
-    lines += [
-        f"  #pragma unroll\n  for (int r = 0; r < {SUB}; ++r) {{",
-        f"    #pragma unroll\n    for (int c = 0; c < {SUB}; ++c) {{",
-        "      const int row = row0 + ty + 16 * r, col = col0 + tx + 16 * c;",
-        f"      if (row < {rows} && col < {cols}) {target} = {acc}[r][c];",
+    return [
+        "  #pragma unroll",
+        "  for (int r = 0; r < 8; ++r) {",
+        "    #pragma unroll",
+        "    for (int c = 0; c < 8; ++c) {",
+        f"      const int row = rowbase + {_simt_rows(cfg.block_rows)};",
+        f"      const int col = colbase + {_simt_cols(cfg.block_cols)};",
+        f"      if (row < {m.row.extent} && col < {m.col.extent}) {target} = {acc}[r][c];",
         "    }",
         "  }",
-        "}",
     ]
-    grid = (math.ceil(cols / TILE), math.ceil(rows / TILE), batch)
-    return "\n".join(lines), Launch(name, grid, THREADS)
 
 
-def _load_tile(syntax, tile, value, side, k, extent, depth, origin):
-    """Threads fill `tile[kk][s]` with `value` at (side = origin + s, k = k0 + kk); the index
-    with the smaller memory stride varies fastest across threads, so loads coalesce."""
-    k_fast = _stride(value, k) < _stride(value, side)
-    if k_fast:
-        s, kk = f"l / {TILE_K}", f"l % {TILE_K}"
-    else:
-        s, kk = f"l % {TILE}", f"l / {TILE}"
-    syntax.renamed = {**syntax.renamed, side: "ts", k: "tk"}
-    t = (value.tnode.dtype if isinstance(value, ir.Get) else value.dtype).c_name
-    lines = [
-        f"    for (int l = threadIdx.x; l < {TILE * TILE_K}; l += {THREADS}) {{",
-        f"      const int s = {s}, kk = {kk};",
-        f"      const int ts = {origin} + s, tk = k0 + kk;",
-        f"      {tile}[kk][s] = (ts < {extent} && tk < {depth}) ? {syntax.expr(value)} : ({t})0;",
+# ---- TF32 tensor cores: a 64 x 64 patch per warp --------------------------------------------
+
+
+def _mma_setup(cfg) -> list[str]:
+    warps_across = cfg.block_cols // 64
+    return [
+        "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;",
+        "  const int group = lane / 4, member = lane % 4;",
+        f"  const int wrow = (warp / {warps_across}) * 64, wcol = (warp % {warps_across}) * 64;",
+        "  float fragc[4][8][4];",
+        "  #pragma unroll",
+        "  for (int mt = 0; mt < 4; ++mt)",
+        "    #pragma unroll",
+        "    for (int nt = 0; nt < 8; ++nt)",
+        "      #pragma unroll",
+        "      for (int q = 0; q < 4; ++q) fragc[mt][nt][q] = 0.0f;",
+    ]
+
+
+def _mma_step(cfg) -> list[str]:
+    return [
+        "    #pragma unroll",
+        f"    for (int ks = 0; ks < {cfg.depth // 8}; ++ks) {{",
+        "      unsigned fraga[4][4], fragb[8][2];",
+        "      const int kr = ks * 8 + member;",
+        "      #pragma unroll",
+        "      for (int mt = 0; mt < 4; ++mt) {",
+        "        const int rr = wrow + mt * 16 + group;",
+        "        fraga[mt][0] = ocannl_tf32(tilex[stage][kr][rr]);",
+        "        fraga[mt][1] = ocannl_tf32(tilex[stage][kr][rr + 8]);",
+        "        fraga[mt][2] = ocannl_tf32(tilex[stage][kr + 4][rr]);",
+        "        fraga[mt][3] = ocannl_tf32(tilex[stage][kr + 4][rr + 8]);",
+        "      }",
+        "      #pragma unroll",
+        "      for (int nt = 0; nt < 8; ++nt) {",
+        "        const int cc = wcol + nt * 8 + group;",
+        "        fragb[nt][0] = ocannl_tf32(tiley[stage][kr][cc]);",
+        "        fragb[nt][1] = ocannl_tf32(tiley[stage][kr + 4][cc]);",
+        "      }",
+        "      #pragma unroll",
+        "      for (int mt = 0; mt < 4; ++mt)",
+        "        #pragma unroll",
+        "        for (int nt = 0; nt < 8; ++nt) ocannl_mma_tf32(fragc[mt][nt], fraga[mt], fragb[nt]);",
         "    }",
     ]
-    syntax.renamed = {key: v for key, v in syntax.renamed.items() if key not in (side, k)}
-    return lines
 
 
-def _stride(e: ir.Expr, it: Iterator) -> int:
-    """The memory stride of `it` in the first buffer read by `e` (large when absent)."""
-    from arrayjit.lowering import row_major_offset
-
-    for x in ir.walk_expr(e):
-        if isinstance(x, ir.Get):
-            terms, _ = as_affine(row_major_offset(x.tnode.dims, x.index))
-            return next((abs(c) for c, term in terms if term == it), 1 << 62)
-    return 1 << 62
+def _mma_store(syntax, m: MatmulShape, cfg) -> list[str]:
+    syntax.renamed = {m.row.iterator: "row", m.col.iterator: "col"}
+    target = f"{syntax.buffer(m.store.tnode)}[{syntax.offset(m.store.tnode, m.store.index)}]"
+    total = syntax.apply(m.update.op, m.update.dtype, syntax.expr(m.acc.init), "fragc[mt][nt][q]")
+    syntax.renamed = {}
+    return [
+        "  #pragma unroll",
+        "  for (int mt = 0; mt < 4; ++mt)",
+        "    #pragma unroll",
+        "    for (int nt = 0; nt < 8; ++nt)",
+        "      #pragma unroll",
+        "      for (int q = 0; q < 4; ++q) {",
+        "        const int row = rowbase + wrow + mt * 16 + group + (q / 2) * 8;",
+        "        const int col = colbase + wcol + nt * 8 + 2 * member + q % 2;",
+        f"        if (row < {m.row.extent} && col < {m.col.extent}) {target} = {total};",
+        "      }",
+    ]

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from arrayjit import loop_ir as ir
 from arrayjit.codegen import cuda_matmul, cuda_reductions
 from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax
-from arrayjit.codegen.cuda_device import PRELUDE, VECTOR_TYPES, Launch
+from arrayjit.codegen.cuda_device import (
+    ASYNC_COPY_HELPERS,
+    MMA_HELPERS,
+    PRELUDE,
+    VECTOR_TYPES,
+    Launch,
+)
 from arrayjit.indexing import Iterator
 from arrayjit.schedule.gpu_kernels import MAX_BLOCKS, THREADS, GpuOptions, KernelPlan, plan_kernels
 from arrayjit.tnode import TNode
@@ -98,6 +104,11 @@ def _print(
     dtypes = sorted({t.dtype for t in tnodes}, key=lambda d: d.name)
     syntax.begin(tnodes)
     parts = [PRELUDE, VECTOR_TYPES, syntax.prelude(dtypes, ir.ops_used(stmt))]
+    matmuls = [plan.matmul for plan in plans if plan.matmul is not None]
+    if matmuls:
+        parts.append(ASYNC_COPY_HELPERS)
+    if any(m.config.tensor_cores for m in matmuls):
+        parts.append(MMA_HELPERS)
     texts, launches = [], []
     for n, plan in enumerate(plans):
         text, launch = syntax.kernel(plan, f"{function}_k{n}", tnodes)

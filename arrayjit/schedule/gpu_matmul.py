@@ -2,21 +2,92 @@
 
 A nest `acc = acc op f(x, y)` over an innermost reduction `k`, under parallel loops `..., i, j`,
 with `x` free of `j` and `y` free of `i`, is a (generalized) matrix product: the tiled kernels of
-`arrayjit.codegen.cuda_matmul` compute it block by block from shared-memory tiles.
+`arrayjit.codegen.cuda_matmul` compute it block by block. A block stages `depth`-deep tiles of x
+and y in shared memory, `stages` tiles ahead (asynchronous copies where the operand is a plain
+read, so loads overlap the arithmetic), and either each thread keeps an 8 x 8 patch of the
+output in registers (any ops, the k order of the sequential loop) or, for fp32 `+`/`*` products
+when TF32 is allowed, warps multiply 16 x 8 x 8 fragments on the tensor cores.
+
+Each operand tile is filled one of three ways (`OperandLoad.mode`): `async16`, 16-byte copies
+along the output axis (the operand is contiguous and aligned along it); `async`, one element per
+copy (any other plain read, transposed into the tile); `compute`, the operand's expression
+evaluated by the threads (a fused computation on the operand).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arrayjit import loop_ir as ir
-from arrayjit.indexing import Iterator, iterators_of
+from arrayjit.indexing import Iterator, as_affine, iterators_of
 from arrayjit.schedule.kernel_plan import GpuOptions, KernelPlan
 
-TILE = 128  # rows and columns of the output tile of one block of the tiled kernel
-TILE_K = 8  # reduction steps per shared-memory tile
-SUB = 8  # rows (and columns) of the output computed by one thread: TILE / 16
+#: Shared memory a block may have (227 KB on sm_90; kernels over 48 KB opt in at load time).
+MAX_SHARED_BYTES = 227 * 1024
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x 8 patch per thread) or
+    "tf32" (warps of 64 x 64 on mma.sync)."""
+
+    block_rows: int = 128
+    block_cols: int = 128
+    depth: int = 8
+    stages: int = 3
+    tensor_cores: str | None = None
+
+    @property
+    def threads(self) -> int:
+        if self.tensor_cores:
+            return 32 * (self.block_rows // 64) * (self.block_cols // 64)
+        return (self.block_rows // 8) * (self.block_cols // 8)
+
+    @property
+    def padding(self) -> int:
+        """Extra elements per tile row: conflict-free transposed stores (4) or fragment reads (8)."""
+        return 8 if self.tensor_cores else 4
+
+    def shared_bytes(self, itemsize_x: int, itemsize_y: int) -> int:
+        rows = self.block_rows + self.padding
+        cols = self.block_cols + self.padding
+        return self.stages * self.depth * (rows * itemsize_x + cols * itemsize_y)
+
+    def describe(self) -> str:
+        kind = self.tensor_cores or "simt"
+        return f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages"
+
+
+#: The configuration used when no tuned one is known, per kind of kernel.
+DEFAULT = MatmulConfig()
+DEFAULT_TF32 = MatmulConfig(128, 128, 32, 3, "tf32")
+#: What tuning times (see `arrayjit.backends.cuda.tuning`).
+CANDIDATES = (
+    MatmulConfig(128, 128, 8, 2),
+    MatmulConfig(128, 128, 8, 3),
+    MatmulConfig(128, 128, 8, 4),
+    MatmulConfig(128, 128, 16, 3),
+    MatmulConfig(128, 64, 16, 3),
+    MatmulConfig(64, 64, 16, 3),
+)
+CANDIDATES_TF32 = (
+    MatmulConfig(128, 128, 16, 3, "tf32"),
+    MatmulConfig(128, 128, 32, 3, "tf32"),
+    MatmulConfig(128, 128, 32, 4, "tf32"),
+    MatmulConfig(128, 64, 32, 3, "tf32"),
+    MatmulConfig(64, 64, 32, 4, "tf32"),
+)
+
+
+@dataclass(frozen=True)
+class OperandLoad:
+    """How one operand's tiles are filled: `mode` (see the module docstring), `vector` elements
+    per copy, and whether neighbouring threads take neighbouring k (else neighbouring rows)."""
+
+    mode: str
+    vector: int = 1
+    k_fast: bool = False
 
 
 @dataclass
@@ -32,6 +103,29 @@ class MatmulShape:
     x: ir.Expr
     y: ir.Expr
     store: ir.Set
+    config: MatmulConfig = DEFAULT
+    loads: tuple[OperandLoad, OperandLoad] = field(
+        default=(OperandLoad("compute"), OperandLoad("compute"))
+    )
+
+    @property
+    def extents(self) -> tuple[int, int, int, int]:
+        """(batch, rows, cols, depth)."""
+        batch = math.prod(b.extent for b in self.batch)
+        return batch, self.row.extent, self.col.extent, self.reduction.extent
+
+    def signature(self) -> str:
+        """What the best configuration depends on: the extents, ops, dtypes and the operands'
+        layouts (not buffer names), as text."""
+        combine = self.update.args[1]
+        parts = [
+            "x".join(map(str, self.extents)),
+            f"{self.update.op}/{combine.op}",
+            self.acc.dtype.name,
+            *(f"{load.mode}{load.vector}{'k' if load.k_fast else 'm'}" for load in self.loads),
+            *(_operand_dtype(e).name for e in (self.x, self.y)),
+        ]
+        return " ".join(parts)
 
 
 def _expr_iterators(e: ir.Expr) -> set[Iterator]:
@@ -89,10 +183,89 @@ def matmul_shape(plan: KernelPlan) -> MatmulShape | None:
         return None
     if row.extent < 32 or col.extent < 32 or math.prod(b.extent for b in batch) > 65535:
         return None
-    if math.ceil(row.extent / TILE) > 65535:
+    if math.ceil(row.extent / 64) > 65535:
         return None
     return MatmulShape(batch, row, col, loop, decl, update, x, y, store)
 
 
+def _operand_dtype(e: ir.Expr):
+    return e.tnode.dtype if isinstance(e, ir.Get) else e.dtype
+
+
+def _strides(e: ir.Expr) -> tuple[dict[Iterator, int], int] | None:
+    """The strides of each iterator in a plain read's row-major offset, and its constant."""
+    from arrayjit.lowering import row_major_offset
+
+    if not isinstance(e, ir.Get):
+        return None
+    terms, offset = as_affine(row_major_offset(e.tnode.dims, e.index))
+    strides: dict[Iterator, int] = {}
+    for c, it in terms:
+        strides[it] = strides.get(it, 0) + c
+    return strides, offset
+
+
+def operand_load(e: ir.Expr, side: ir.For, k: ir.For) -> OperandLoad:
+    """How to fill tiles of operand `e`, whose output axis is `side` (rows of x, columns of y)."""
+    found = _strides(e)
+    if found is None:
+        first = next((x for x in ir.walk_expr(e) if isinstance(x, ir.Get)), None)
+        layout = _strides(first) if first is not None else None
+        k_fast = layout is not None and abs(layout[0].get(k.iterator, 0)) == 1
+        return OperandLoad("compute", 1, k_fast)
+    strides, offset = found
+    itemsize = e.tnode.dtype.itemsize
+    if itemsize not in (4, 8):
+        return OperandLoad("compute", 1, abs(strides.get(k.iterator, 0)) == 1)
+    vector = 16 // itemsize
+    others = [c for it, c in strides.items() if it != side.iterator]
+    if (
+        strides.get(side.iterator) == 1
+        and side.extent % vector == 0
+        and offset % vector == 0
+        and all(c % vector == 0 for c in others)
+    ):
+        return OperandLoad("async16", vector, False)
+    return OperandLoad("async", 1, abs(strides.get(k.iterator, 0)) == 1)
+
+
+def tensor_core_kind(shape: MatmulShape, options: GpuOptions) -> str | None:
+    """ "tf32" for an fp32 sum of products when TF32 is allowed, else None."""
+    combine = shape.update.args[1]
+    if not (
+        options.allow_tf32
+        and shape.update.op == "add"
+        and combine.op == "mul"
+        and shape.acc.dtype.name == "float32"
+        and all(_operand_dtype(e).name == "float32" for e in (shape.x, shape.y))
+    ):
+        return None
+    return "tf32"
+
+
+def config_key(shape: MatmulShape, kind: str | None) -> str:
+    """What a tuned configuration is remembered by (see `GpuOptions.matmul_configs`)."""
+    return f"{shape.signature()} {kind or 'simt'}"
+
+
+def candidates(kind: str | None) -> tuple[MatmulConfig, ...]:
+    """The configurations tuning times for a nest of this kind."""
+    return CANDIDATES_TF32 if kind == "tf32" else CANDIDATES
+
+
 def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
-    return matmul_shape(plan)
+    """The matmul form of `plan` with its configuration (tuned, else the default), or None."""
+    shape = matmul_shape(plan)
+    if shape is None:
+        return None
+    shape.loads = (
+        operand_load(shape.x, shape.row, shape.reduction),
+        operand_load(shape.y, shape.col, shape.reduction),
+    )
+    kind = tensor_core_kind(shape, options)
+    tuned = options.matmul_configs.get(config_key(shape, kind))
+    if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind:
+        shape.config = tuned
+    else:
+        shape.config = DEFAULT_TF32 if kind else DEFAULT
+    return shape

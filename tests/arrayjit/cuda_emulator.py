@@ -80,6 +80,10 @@ def emulated_source(source: str) -> str:
         helpers = getattr(cuda_device, name)
         if helpers in source:
             source = source.replace(helpers, replacement)
+    # Dynamic shared memory: a static buffer of the largest size a block may have.
+    source = source.replace(
+        cuda_device.SHARED_DECLARATION, "static ocannl_float4 ocannl_smem[232448 / 16];"
+    )
     if "asm" in source:
         raise AssertionError("inline PTX left in the source: the emulator cannot run it")
     return source
