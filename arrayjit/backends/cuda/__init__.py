@@ -121,6 +121,9 @@ class CudaBackend(Backend):
         self.parallel_reductions = True
         #: fp32 matrix products may use TF32 tensor cores (as PyTorch's allow_tf32; off: exact fp32).
         self.allow_tf32 = False
+        #: Matrix products get the tile configuration timed fastest on this device (timed once,
+        #: remembered in the compile cache); off: a fixed default.
+        self.autotune = False
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
@@ -173,6 +176,10 @@ class CudaBackend(Backend):
             parallel_reductions=self.parallel_reductions,
             allow_tf32=self.allow_tf32,
         )
+        if self.autotune and self.tile_matmul:
+            from arrayjit.backends.cuda.tuning import tune_matmuls
+
+            options.matmul_configs = tune_matmuls(self, stmt, options)
         generated = generate(stmt, function, options)
         # The IR's buffers, then scratch buffers of the kernel plans (partial results).
         tnodes, plans = generated.tnodes, generated.plans
