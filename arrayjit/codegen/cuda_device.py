@@ -27,6 +27,18 @@ struct alignas(8) ocannl_int2 { int x, y; };
 
 COMPONENTS = "xyzw"
 
+
+def letters(n: int) -> str:
+    """a, b, ..., z, aa, ab...: for names a kernel declares itself, which never contain digits
+    (the printer's names are letters then digits, buffer names end in `_<digits>`)."""
+    out = ""
+    n += 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        out = chr(97 + r) + out
+    return out
+
+
 #: The dynamic shared memory of a kernel (its size is given at launch), 16-byte aligned by type.
 SHARED_DECLARATION = "extern __shared__ ocannl_float4 ocannl_smem[];"
 

@@ -12,18 +12,13 @@ import math
 
 from arrayjit import ops
 from arrayjit.codegen.c_syntax import INT32_MAX
-from arrayjit.codegen.cuda_device import COMPONENTS, Launch, vector_type
+from arrayjit.codegen.cuda_device import COMPONENTS, Launch, letters, vector_type
 from arrayjit.schedule.kernel_plan import MAX_BLOCKS, THREADS, KernelPlan
 from arrayjit.tnode import TNode
 
 
 def _load_name(n: int) -> str:
-    letters = ""
-    n += 1
-    while n:
-        n, r = divmod(n - 1, 26)
-        letters = chr(97 + r) + letters
-    return f"load{letters}"
+    return f"load{letters(n)}"
 
 
 def reduction_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):

@@ -12,12 +12,16 @@ from arrayjit.codegen import cuda_matmul, cuda_reductions
 from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax
 from arrayjit.codegen.cuda_device import (
     ASYNC_COPY_HELPERS,
+    COMPONENTS,
     MMA_HELPERS,
     PRELUDE,
     VECTOR_TYPES,
     Launch,
+    letters,
+    vector_type,
 )
 from arrayjit.indexing import Iterator
+from arrayjit.schedule import gpu_pointwise
 from arrayjit.schedule.gpu_kernels import MAX_BLOCKS, THREADS, GpuOptions, KernelPlan, plan_kernels
 from arrayjit.tnode import TNode
 
@@ -63,6 +67,8 @@ class CudaSyntax(CSyntax):
         if not plan.grid:
             lines += [line for s in plan.body for line in self.stmt(s, 1)]
             return "\n".join([*lines, "}"]), Launch(name, 1, 1)
+        if plan.vector > 1:
+            return self.vector_kernel(plan, name, lines)
         cells = plan.cells
         blocks = min(math.ceil(cells / THREADS), MAX_BLOCKS)
         wide = cells + blocks * THREADS > INT32_MAX
@@ -74,6 +80,54 @@ class CudaSyntax(CSyntax):
         )
         lines += self.unflatten(plan.grid, "cell", 2)
         lines += [line for s in plan.body for line in self.stmt(s, 2)]
+        lines += ["  }", "}"]
+        return "\n".join(lines), Launch(name, blocks, THREADS)
+
+    def vector_kernel(self, plan: KernelPlan, name: str, lines: list[str]) -> tuple[str, Launch]:
+        """One thread per `plan.vector` neighbouring cells along the innermost grid loop: each
+        moving read loaded once as a vector, the cells computed in turn (each in a scope of its
+        own, for its locals), each stored buffer written as one vector."""
+        vector = plan.vector
+        groups = plan.cells // vector
+        blocks = min(math.ceil(groups / THREADS), MAX_BLOCKS)
+        wide = plan.cells + blocks * THREADS * vector > INT32_MAX
+        index = "long long" if wide else "int"
+        cast = "(long long)" if wide else ""
+        lines.append(
+            f"  for ({index} group = {cast}blockIdx.x * blockDim.x + threadIdx.x; group < {groups};"
+            f" group += {cast}blockDim.x * gridDim.x) {{"
+        )
+        lines.append(f"    const {index} cell = group * {vector};")
+        lines += self.unflatten(plan.grid, "cell", 2)
+        loads = {get: f"load{letters(n)}" for n, get in enumerate(gpu_pointwise.moving_reads(plan))}
+        _, sets = gpu_pointwise.accesses(plan)
+        stores = {(s.tnode, s.index): f"store{letters(n)}" for n, s in enumerate(sets)}
+        for get, load in loads.items():
+            vt = vector_type(get.tnode.dtype.c_name, vector)
+            address = f"&{self.buffer(get.tnode)}[{self.offset(get.tnode, get.index)}]"
+            lines.append(f"    const {vt} {load} = *reinterpret_cast<const {vt} *>({address});")
+        for (tnode, _), store in stores.items():
+            lines.append(f"    {vector_type(tnode.dtype.c_name, vector)} {store};")
+        innermost = plan.grid[-1].iterator
+        first = self.iterator(innermost)
+        for u in range(vector):
+            if u:
+                self.renamed[innermost] = f"({first} + {u})"
+            self.substituted = {get: f"{load}.{COMPONENTS[u]}" for get, load in loads.items()}
+            lines.append("    {")
+            for s in plan.body:
+                if isinstance(s, ir.Set):
+                    store = stores[(s.tnode, s.index)]
+                    lines.append(f"      {store}.{COMPONENTS[u]} = {self.expr(s.value)};")
+                else:
+                    lines += self.stmt(s, 3)
+            lines.append("    }")
+        self.renamed.pop(innermost, None)
+        self.substituted = {}
+        for (tnode, index_), store in stores.items():
+            vt = vector_type(tnode.dtype.c_name, vector)
+            address = f"&{self.buffer(tnode)}[{self.offset(tnode, index_)}]"
+            lines.append(f"    *reinterpret_cast<{vt} *>({address}) = {store};")
         lines += ["  }", "}"]
         return "\n".join(lines), Launch(name, blocks, THREADS)
 

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 
 from arrayjit import loop_ir as ir
-from arrayjit.schedule import gpu_matmul, gpu_reductions
+from arrayjit.schedule import gpu_matmul, gpu_pointwise, gpu_reductions
 from arrayjit.schedule.kernel_plan import MAX_BLOCKS, THREADS, GpuOptions, KernelPlan
 
 __all__ = ["MAX_BLOCKS", "THREADS", "GpuOptions", "KernelPlan", "plan_kernels"]
@@ -162,9 +162,10 @@ def _choose_form(plan: KernelPlan, options: GpuOptions) -> list[KernelPlan]:
         plan.matmul = gpu_matmul.plan_matmul(plan, options)
         if plan.matmul is not None:
             return [plan]
-    if options.parallel_reductions:
-        return gpu_reductions.plan_reduction(plan)
-    return [plan]
+    plans = gpu_reductions.plan_reduction(plan) if options.parallel_reductions else [plan]
+    for p in plans:
+        p.vector = gpu_pointwise.vector_width(p)
+    return plans
 
 
 def _declared_in(stmts: list[ir.Stmt]) -> set[str]:

@@ -46,6 +46,8 @@ class KernelPlan:
     reduction: ReductionPlan | None = None
     #: Buffers this kernel reads or writes that are not in the routine's IR (partial results).
     scratch: list[TNode] = field(default_factory=list)
+    #: Neighbouring cells per thread of a one-thread-per-cell kernel (vector loads and stores).
+    vector: int = 1
 
     @property
     def cells(self) -> int:
