@@ -42,17 +42,19 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         cfg.padding,
     )
     tx, ty = _dtype(m.x), _dtype(m.y)
-    shared = cfg.shared_bytes(tx.itemsize, ty.itemsize)
+    side_major = (m.loads[0].side_major, m.loads[1].side_major)
+    shared = cfg.shared_bytes(tx.itemsize, ty.itemsize, side_major)
     tiles = -(-depth_n // bk)
+    dims_x = f"[{brows}][{bk + 4}]" if side_major[0] else f"[{bk}][{brows + pad}]"
+    dims_y = f"[{bcols}][{bk + 4}]" if side_major[1] else f"[{bk}][{bcols + pad}]"
+    offset_y = stages * cfg.tile_elements(brows, side_major[0]) * tx.itemsize
     lines = [
         syntax.head(name, tnodes, cfg.threads),
         f"  {SHARED_DECLARATION}",
-        f"  {tx.c_name} (*tilex)[{bk}][{brows + pad}] = "
-        f"reinterpret_cast<{tx.c_name} (*)[{bk}][{brows + pad}]>(ocannl_smem);",
+        f"  {tx.c_name} (*tilex){dims_x} = reinterpret_cast<{tx.c_name} (*){dims_x}>(ocannl_smem);",
         "  unsigned char *const shared = reinterpret_cast<unsigned char *>(ocannl_smem);",
-        f"  {ty.c_name} (*tiley)[{bk}][{bcols + pad}] = "
-        f"reinterpret_cast<{ty.c_name} (*)[{bk}][{bcols + pad}]>("
-        f"shared + {stages * bk * (brows + pad) * tx.itemsize});",
+        f"  {ty.c_name} (*tiley){dims_y} = "
+        f"reinterpret_cast<{ty.c_name} (*){dims_y}>(shared + {offset_y});",
         f"  const int rowbase = blockIdx.y * {brows}, colbase = blockIdx.x * {bcols};",
     ]
     if m.batch:
@@ -81,7 +83,7 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         f"    const int stage = tile % {stages};",
     ]
     if cfg.tensor_cores:
-        lines += _mma_step(cfg)
+        lines += _mma_step(cfg, m.loads)
     else:
         lines += _simt_step(syntax, m, cfg, tiles)
     lines.append("  }")
@@ -108,15 +110,26 @@ def _loader(
     extent, depth = side.extent, m.reduction.extent
     vector = load.vector if load.mode == "async16" else 1
     count = span * bk // vector
-    if load.mode == "async16":
+    if load.side_major:
+        split = [f"const int s = e / {bk // vector}, kk = (e % {bk // vector}) * {vector};"]
+    elif load.mode == "async16":
         split = [f"const int kk = e / {span // vector}, s = (e % {span // vector}) * {vector};"]
     elif load.k_fast:
         split = [f"const int kk = e % {bk}, s = e / {bk};"]
     else:
         split = [f"const int kk = e / {span}, s = e % {span};"]
+    # A fixed trip count (every configuration divides evenly) lets the loop unroll; by 4 at
+    # most, which keeps the TF32 kernel under 255 registers (fully unrolled, it spills).
+    if count % threads:
+        head = [f"    for (int e = threadIdx.x; e < {count}; e += {threads}) {{"]
+    else:
+        head = [
+            "    #pragma unroll 4",
+            f"    for (int q = 0; q < {count // threads}; ++q) {{",
+            f"      const int e = threadIdx.x + q * {threads};",
+        ]
     lines = [
-        "    #pragma unroll",
-        f"    for (int e = threadIdx.x; e < {count}; e += {threads}) {{",
+        *head,
         *("      " + line for line in split),
         f"      const int gs = {origin} + s, gk = tile * {bk} + kk;",
         f"      const bool ok = gs < {extent} && gk < {depth};",
@@ -132,7 +145,8 @@ def _loader(
         syntax.renamed = {side.iterator: "(ok ? gs : 0)", m.reduction.iterator: "(ok ? gk : 0)"}
         address = f"&{syntax.buffer(value.tnode)}[{syntax.offset(value.tnode, value.index)}]"
         size = vector * t.itemsize
-        lines.append(f"      ocannl_cp_async<{size}>(&{tile}[stage][kk][s], {address}, ok);")
+        cell = "[s][kk]" if load.side_major else "[kk][s]"
+        lines.append(f"      ocannl_cp_async<{size}>(&{tile}[stage]{cell}, {address}, ok);")
     syntax.renamed = {}
     lines.append("    }")
     return lines
@@ -267,7 +281,11 @@ def _mma_setup(cfg) -> list[str]:
     ]
 
 
-def _mma_step(cfg) -> list[str]:
+def _mma_step(cfg, loads: tuple[OperandLoad, OperandLoad]) -> list[str]:
+    def at(tile: str, load: OperandLoad, k: str, side: str) -> str:
+        return f"{tile}[stage][{side}][{k}]" if load.side_major else f"{tile}[stage][{k}][{side}]"
+
+    a, b = loads
     return [
         "    #pragma unroll",
         f"    for (int ks = 0; ks < {cfg.depth // 8}; ++ks) {{",
@@ -276,16 +294,16 @@ def _mma_step(cfg) -> list[str]:
         "      #pragma unroll",
         "      for (int mt = 0; mt < 4; ++mt) {",
         "        const int rr = wrow + mt * 16 + group;",
-        "        fraga[mt][0] = ocannl_tf32(tilex[stage][kr][rr]);",
-        "        fraga[mt][1] = ocannl_tf32(tilex[stage][kr][rr + 8]);",
-        "        fraga[mt][2] = ocannl_tf32(tilex[stage][kr + 4][rr]);",
-        "        fraga[mt][3] = ocannl_tf32(tilex[stage][kr + 4][rr + 8]);",
+        f"        fraga[mt][0] = ocannl_tf32({at('tilex', a, 'kr', 'rr')});",
+        f"        fraga[mt][1] = ocannl_tf32({at('tilex', a, 'kr', 'rr + 8')});",
+        f"        fraga[mt][2] = ocannl_tf32({at('tilex', a, 'kr + 4', 'rr')});",
+        f"        fraga[mt][3] = ocannl_tf32({at('tilex', a, 'kr + 4', 'rr + 8')});",
         "      }",
         "      #pragma unroll",
         "      for (int nt = 0; nt < 8; ++nt) {",
         "        const int cc = wcol + nt * 8 + group;",
-        "        fragb[nt][0] = ocannl_tf32(tiley[stage][kr][cc]);",
-        "        fragb[nt][1] = ocannl_tf32(tiley[stage][kr + 4][cc]);",
+        f"        fragb[nt][0] = ocannl_tf32({at('tiley', b, 'kr', 'cc')});",
+        f"        fragb[nt][1] = ocannl_tf32({at('tiley', b, 'kr + 4', 'cc')});",
         "      }",
         "      #pragma unroll",
         "      for (int mt = 0; mt < 4; ++mt)",

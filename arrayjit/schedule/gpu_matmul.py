@@ -49,10 +49,17 @@ class MatmulConfig:
         """Extra elements per tile row: conflict-free transposed stores (4) or fragment reads (8)."""
         return 8 if self.tensor_cores else 4
 
-    def shared_bytes(self, itemsize_x: int, itemsize_y: int) -> int:
-        rows = self.block_rows + self.padding
-        cols = self.block_cols + self.padding
-        return self.stages * self.depth * (rows * itemsize_x + cols * itemsize_y)
+    def tile_elements(self, side: int, side_major: bool) -> int:
+        """Elements of one stage of an operand's tile: `[depth][side + padding]`, or
+        `[side][depth + 4]` when the operand is copied along k (see `OperandLoad`)."""
+        return side * (self.depth + 4) if side_major else self.depth * (side + self.padding)
+
+    def shared_bytes(
+        self, itemsize_x: int, itemsize_y: int, side_major: tuple[bool, bool] = (False, False)
+    ) -> int:
+        x = self.tile_elements(self.block_rows, side_major[0]) * itemsize_x
+        y = self.tile_elements(self.block_cols, side_major[1]) * itemsize_y
+        return self.stages * (x + y)
 
     def describe(self) -> str:
         kind = self.tensor_cores or "simt"
@@ -83,11 +90,16 @@ CANDIDATES_TF32 = (
 @dataclass(frozen=True)
 class OperandLoad:
     """How one operand's tiles are filled: `mode` (see the module docstring), `vector` elements
-    per copy, and whether neighbouring threads take neighbouring k (else neighbouring rows)."""
+    per copy, and whether neighbouring threads take neighbouring k (else neighbouring rows).
+    `async16` along k (`k_fast`, tensor cores only) fills a `[side][k]` tile."""
 
     mode: str
     vector: int = 1
     k_fast: bool = False
+
+    @property
+    def side_major(self) -> bool:
+        return self.mode == "async16" and self.k_fast
 
 
 @dataclass
@@ -205,8 +217,21 @@ def _strides(e: ir.Expr) -> tuple[dict[Iterator, int], int] | None:
     return strides, offset
 
 
-def operand_load(e: ir.Expr, side: ir.For, k: ir.For) -> OperandLoad:
-    """How to fill tiles of operand `e`, whose output axis is `side` (rows of x, columns of y)."""
+def _aligned_along(strides: dict, offset: int, axis: ir.For, vector: int) -> bool:
+    """Whether `vector` consecutive values along `axis` (from a multiple of `vector`) are one
+    aligned 16-byte chunk, wherever the other iterators are."""
+    others = [c for it, c in strides.items() if it != axis.iterator]
+    return (
+        strides.get(axis.iterator) == 1
+        and axis.extent % vector == 0
+        and offset % vector == 0
+        and all(c % vector == 0 for c in others)
+    )
+
+
+def operand_load(e: ir.Expr, side: ir.For, k: ir.For, tensor_cores: bool = False) -> OperandLoad:
+    """How to fill tiles of operand `e`, whose output axis is `side` (rows of x, columns of y).
+    Tensor-core tiles may also be `[side][k]`, for 16-byte copies along a contiguous k."""
     found = _strides(e)
     if found is None:
         first = next((x for x in ir.walk_expr(e) if isinstance(x, ir.Get)), None)
@@ -218,14 +243,10 @@ def operand_load(e: ir.Expr, side: ir.For, k: ir.For) -> OperandLoad:
     if itemsize not in (4, 8):
         return OperandLoad("compute", 1, abs(strides.get(k.iterator, 0)) == 1)
     vector = 16 // itemsize
-    others = [c for it, c in strides.items() if it != side.iterator]
-    if (
-        strides.get(side.iterator) == 1
-        and side.extent % vector == 0
-        and offset % vector == 0
-        and all(c % vector == 0 for c in others)
-    ):
+    if _aligned_along(strides, offset, side, vector):
         return OperandLoad("async16", vector, False)
+    if tensor_cores and _aligned_along(strides, offset, k, vector):
+        return OperandLoad("async16", vector, True)
     return OperandLoad("async", 1, abs(strides.get(k.iterator, 0)) == 1)
 
 
@@ -258,11 +279,11 @@ def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
     shape = matmul_shape(plan)
     if shape is None:
         return None
-    shape.loads = (
-        operand_load(shape.x, shape.row, shape.reduction),
-        operand_load(shape.y, shape.col, shape.reduction),
-    )
     kind = tensor_core_kind(shape, options)
+    shape.loads = (
+        operand_load(shape.x, shape.row, shape.reduction, kind is not None),
+        operand_load(shape.y, shape.col, shape.reduction, kind is not None),
+    )
     tuned = options.matmul_configs.get(config_key(shape, kind))
     if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind:
         shape.config = tuned

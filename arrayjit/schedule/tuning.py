@@ -33,7 +33,12 @@ def tunable_nests(stmt: ir.Stmt, options: GpuOptions) -> dict[str, KernelPlan]:
 
 def fitting(kind: str | None, itemsizes: tuple[int, int], max_shared: int) -> list[MatmulConfig]:
     """The candidates of `kind` whose tiles fit in `max_shared` bytes of shared memory."""
-    return [c for c in candidates(kind) if c.shared_bytes(*itemsizes) <= max_shared]
+    layouts = [(False, False), (True, True)]
+    return [
+        c
+        for c in candidates(kind)
+        if max(c.shared_bytes(*itemsizes, layout) for layout in layouts) <= max_shared
+    ]
 
 
 def record_text(config: MatmulConfig, seconds: dict[str, float]) -> str:

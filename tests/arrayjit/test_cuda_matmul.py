@@ -101,6 +101,15 @@ def test_operand_layouts_choose_the_copies():
     )
 
 
+def test_tensor_cores_copy_k_contiguous_operands_along_k():
+    code, *_ = matmul(256, 64, 256, transpose_b=True)
+    assert matmul_plan(code, TF32).loads == (
+        OperandLoad("async16", 4, True),  # [row][k] tile
+        OperandLoad("async16", 4, True),  # b stored (n, k): [col][k] tile
+    )
+    assert matmul_plan(code).loads[0] == OperandLoad("async", 1, True)  # SIMT: [k][row] tiles
+
+
 def test_a_computed_operand_is_evaluated_into_the_tile():
     a, b, c = TNode("a", (64, 48)), TNode("b", (48, 40)), TNode("c", (64, 40))
     e = TNode("e", (64, 48), memory_mode=MemoryMode.VIRTUAL)
@@ -134,7 +143,8 @@ def test_source_has_asynchronous_copies_and_dynamic_shared_memory():
     tf32 = generate(stmt, "ocannl_mm", TF32)
     assert MMA_HELPERS in tf32.source and "ocannl_mma_tf32(fragc[mt][nt]" in tf32.source
     (launch,) = tf32.launches
-    assert launch.block == 128 and launch.shared_bytes == 3 * 32 * (136 + 136) * 4
+    # a (k contiguous) is copied 16 bytes along k into a [row][k] tile; b into a [k][col] one.
+    assert launch.block == 128 and launch.shared_bytes == 3 * (128 * 36 + 32 * 136) * 4
 
 
 def test_kernels_compile_for_sm90_without_spills_and_use_the_intended_instructions(tmp_path):
@@ -204,6 +214,20 @@ def test_random_values_are_within_rounding(run, tf32):
     expected = start + x @ y
     error = np.linalg.norm(c.host() - expected) / np.linalg.norm(expected)
     assert error < (1e-3 if tf32 else 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("transpose_a", "transpose_b"), [(False, False), (False, True), (True, True), (True, False)]
+)
+def test_tf32_is_exact_on_integers_in_every_tile_layout(run, transpose_a, transpose_b):
+    rng = np.random.default_rng(8)
+    m, k, n = 136, 72, 80  # k: two 32-deep tiles and a partial one
+    code, a, b, c = matmul(m, k, n, transpose_a=transpose_a, transpose_b=transpose_b)
+    x, y = fill(rng, a, b, transpose_a, transpose_b)
+    c.set_host(np.full((m, n), np.nan, np.float32))
+    ran = run(code, TF32)
+    assert ran.plans[0].matmul.config.tensor_cores == "tf32"
+    np.testing.assert_array_equal(c.host(), x @ y)
 
 
 def test_batched_max_plus_and_float64_are_exact(run):
