@@ -30,6 +30,10 @@ def _dtype(e: ir.Expr):
     return e.tnode.dtype if isinstance(e, ir.Get) else e.dtype
 
 
+def _half(cfg) -> bool:
+    return cfg.tensor_cores in ("f16", "bf16")
+
+
 def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     m: MatmulShape = plan.matmul
     cfg = m.config
@@ -45,16 +49,19 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     side_major = (m.loads[0].side_major, m.loads[1].side_major)
     shared = cfg.shared_bytes(tx.itemsize, ty.itemsize, side_major)
     tiles = -(-depth_n // bk)
-    dims_x = f"[{brows}][{bk + 4}]" if side_major[0] else f"[{bk}][{brows + pad}]"
-    dims_y = f"[{bcols}][{bk + 4}]" if side_major[1] else f"[{bk}][{bcols + pad}]"
-    offset_y = stages * cfg.tile_elements(brows, side_major[0]) * tx.itemsize
+    dims_x = f"[{brows}][{bk + 16 // tx.itemsize}]" if side_major[0] else f"[{bk}][{brows + pad}]"
+    dims_y = f"[{bcols}][{bk + 16 // ty.itemsize}]" if side_major[1] else f"[{bk}][{bcols + pad}]"
+    offset_y = stages * cfg.tile_elements(brows, side_major[0], tx.itemsize) * tx.itemsize
+    # 16-bit operands stay bits in shared memory: the tensor cores read them as pairs.
+    type_x = "unsigned short" if _half(cfg) else tx.c_name
+    type_y = "unsigned short" if _half(cfg) else ty.c_name
     lines = [
         syntax.head(name, tnodes, cfg.threads),
         f"  {SHARED_DECLARATION}",
-        f"  {tx.c_name} (*tilex){dims_x} = reinterpret_cast<{tx.c_name} (*){dims_x}>(ocannl_smem);",
+        f"  {type_x} (*tilex){dims_x} = reinterpret_cast<{type_x} (*){dims_x}>(ocannl_smem);",
         "  unsigned char *const shared = reinterpret_cast<unsigned char *>(ocannl_smem);",
-        f"  {ty.c_name} (*tiley){dims_y} = "
-        f"reinterpret_cast<{ty.c_name} (*){dims_y}>(shared + {offset_y});",
+        f"  {type_y} (*tiley){dims_y} = "
+        f"reinterpret_cast<{type_y} (*){dims_y}>(shared + {offset_y});",
         f"  const int rowbase = blockIdx.y * {brows}, colbase = blockIdx.x * {bcols};",
     ]
     if m.batch:
@@ -82,7 +89,9 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         "    ocannl_cp_async_commit();",
         f"    const int stage = tile % {stages};",
     ]
-    if cfg.tensor_cores:
+    if _half(cfg):
+        lines += _mma16_step(cfg, m.loads)
+    elif cfg.tensor_cores:
         lines += _mma_step(cfg, m.loads)
     else:
         lines += _simt_step(syntax, m, cfg, tiles)
@@ -135,7 +144,13 @@ def _loader(
         f"      const bool ok = gs < {extent} && gk < {depth};",
     ]
     t = _dtype(value)
-    if load.mode == "compute":
+    cell = "[s][kk]" if load.side_major else "[kk][s]"
+    if load.mode == "raw":
+        syntax.renamed = {side.iterator: "gs", m.reduction.iterator: "gk"}
+        bits = f"reinterpret_cast<const unsigned short *>({syntax.buffer(value.tnode)})"
+        offset = syntax.offset(value.tnode, value.index)
+        lines.append(f"      {tile}[stage]{cell} = ok ? {bits}[{offset}] : (unsigned short)0;")
+    elif load.mode == "compute":
         syntax.renamed = {side.iterator: "gs", m.reduction.iterator: "gk"}
         lines.append(
             f"      {tile}[stage][kk][s] = ok ? ({t.c_name})({syntax.expr(value)}) : ({t.c_name})0;"
@@ -145,7 +160,6 @@ def _loader(
         syntax.renamed = {side.iterator: "(ok ? gs : 0)", m.reduction.iterator: "(ok ? gk : 0)"}
         address = f"&{syntax.buffer(value.tnode)}[{syntax.offset(value.tnode, value.index)}]"
         size = vector * t.itemsize
-        cell = "[s][kk]" if load.side_major else "[kk][s]"
         lines.append(f"      ocannl_cp_async<{size}>(&{tile}[stage]{cell}, {address}, ok);")
     syntax.renamed = {}
     lines.append("    }")
@@ -313,10 +327,63 @@ def _mma_step(cfg, loads: tuple[OperandLoad, OperandLoad]) -> list[str]:
     ]
 
 
+def _mma16_step(cfg, loads: tuple[OperandLoad, OperandLoad]) -> list[str]:
+    """One 16-deep slice at a time: fragments by ldmatrix (transposing from [k][side] tiles),
+    then 4 x 8 mma.m16n8k16 per warp."""
+    a, b = loads
+    if a.side_major:
+        load_a = (
+            "ocannl_ldmatrix_x4(fraga[mt], &tilex[stage][wrow + mt * 16 + lane % 8 + "
+            "((lane / 8) % 2) * 8][ks * 16 + (lane / 16) * 8]);"
+        )
+    else:
+        load_a = (
+            "ocannl_ldmatrix_x4_trans(fraga[mt], &tilex[stage][ks * 16 + lane % 8 + "
+            "(lane / 16) * 8][wrow + mt * 16 + ((lane / 8) % 2) * 8]);"
+        )
+    if b.side_major:
+        load_b = (
+            "ocannl_ldmatrix_x4(pair, &tiley[stage][wcol + np * 16 + (lane / 16) * 8 + lane % 8]"
+            "[ks * 16 + ((lane / 8) % 2) * 8]);"
+        )
+    else:
+        load_b = (
+            "ocannl_ldmatrix_x4_trans(pair, &tiley[stage][ks * 16 + ((lane / 8) % 2) * 8 + "
+            "lane % 8][wcol + np * 16 + (lane / 16) * 8]);"
+        )
+    return [
+        "    #pragma unroll",
+        f"    for (int ks = 0; ks < {cfg.depth // 16}; ++ks) {{",
+        "      unsigned fraga[4][4], fragb[8][2];",
+        "      #pragma unroll",
+        f"      for (int mt = 0; mt < 4; ++mt) {load_a}",
+        "      #pragma unroll",
+        "      for (int np = 0; np < 4; ++np) {",
+        "        unsigned pair[4];",
+        f"        {load_b}",
+        "        fragb[2 * np][0] = pair[0];",
+        "        fragb[2 * np][1] = pair[1];",
+        "        fragb[2 * np + 1][0] = pair[2];",
+        "        fragb[2 * np + 1][1] = pair[3];",
+        "      }",
+        "      #pragma unroll",
+        "      for (int mt = 0; mt < 4; ++mt)",
+        "        #pragma unroll",
+        "        for (int nt = 0; nt < 8; ++nt)",
+        f"          ocannl_mma_{cfg.tensor_cores}(fragc[mt][nt], fraga[mt], fragb[nt]);",
+        "    }",
+    ]
+
+
 def _mma_store(syntax, m: MatmulShape, cfg) -> list[str]:
     syntax.renamed = {m.row.iterator: "row", m.col.iterator: "col"}
     target = f"{syntax.buffer(m.store.tnode)}[{syntax.offset(m.store.tnode, m.store.index)}]"
-    total = syntax.apply(m.update.op, m.update.dtype, syntax.expr(m.acc.init), "fragc[mt][nt][q]")
+    acc_type = m.acc.dtype
+    if acc_type.name == "float32":
+        total = syntax.apply(m.update.op, acc_type, syntax.expr(m.acc.init), "fragc[mt][nt][q]")
+    else:  # a 16-bit result: the sum in fp32, rounded once
+        init = f"(float)({syntax.expr(m.acc.init)})"
+        total = f"({acc_type.c_name})({init} + fragc[mt][nt][q])"
     syntax.renamed = {}
     return [
         "  #pragma unroll",

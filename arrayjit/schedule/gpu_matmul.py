@@ -8,16 +8,18 @@ read, so loads overlap the arithmetic), and either each thread keeps an 8 x 8 pa
 output in registers (any ops, the k order of the sequential loop) or, for fp32 `+`/`*` products
 when TF32 is allowed, warps multiply 16 x 8 x 8 fragments on the tensor cores.
 
-Each operand tile is filled one of three ways (`OperandLoad.mode`): `async16`, 16-byte copies
-along the output axis (the operand is contiguous and aligned along it); `async`, one element per
-copy (any other plain read, transposed into the tile); `compute`, the operand's expression
-evaluated by the threads (a fused computation on the operand).
+Each operand tile is filled one of four ways (`OperandLoad.mode`): `async16`, 16-byte copies
+along the output axis (the operand is contiguous and aligned along it) or, for tensor cores,
+along k; `async`, one element per copy (any other plain read, transposed into the tile);
+`compute`, the operand's expression evaluated by the threads (a fused computation on the
+operand); `raw`, the 16-bit values of a plain read copied by the threads as bits (16-bit operands
+that are not aligned for 16-byte copies).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from arrayjit import loop_ir as ir
 from arrayjit.indexing import Iterator, as_affine, iterators_of
@@ -29,8 +31,9 @@ MAX_SHARED_BYTES = 227 * 1024
 
 @dataclass(frozen=True)
 class MatmulConfig:
-    """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x 8 patch per thread) or
-    "tf32" (warps of 64 x 64 on mma.sync)."""
+    """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x 8 patch per thread), "tf32"
+    (fp32 operands rounded to TF32, mma.sync m16n8k8) or "f16" / "bf16" (16-bit operands,
+    mma.sync m16n8k16 fed by ldmatrix), each warp computing 64 x 64 in fp32."""
 
     block_rows: int = 128
     block_cols: int = 128
@@ -49,16 +52,18 @@ class MatmulConfig:
         """Extra elements per tile row: conflict-free transposed stores (4) or fragment reads (8)."""
         return 8 if self.tensor_cores else 4
 
-    def tile_elements(self, side: int, side_major: bool) -> int:
+    def tile_elements(self, side: int, side_major: bool, itemsize: int = 4) -> int:
         """Elements of one stage of an operand's tile: `[depth][side + padding]`, or
-        `[side][depth + 4]` when the operand is copied along k (see `OperandLoad`)."""
-        return side * (self.depth + 4) if side_major else self.depth * (side + self.padding)
+        `[side][depth + 16 bytes]` when the operand is stored along k (see `OperandLoad`)."""
+        if side_major:
+            return side * (self.depth + 16 // itemsize)
+        return self.depth * (side + self.padding)
 
     def shared_bytes(
         self, itemsize_x: int, itemsize_y: int, side_major: tuple[bool, bool] = (False, False)
     ) -> int:
-        x = self.tile_elements(self.block_rows, side_major[0]) * itemsize_x
-        y = self.tile_elements(self.block_cols, side_major[1]) * itemsize_y
+        x = self.tile_elements(self.block_rows, side_major[0], itemsize_x) * itemsize_x
+        y = self.tile_elements(self.block_cols, side_major[1], itemsize_y) * itemsize_y
         return self.stages * (x + y)
 
     def describe(self) -> str:
@@ -85,6 +90,8 @@ CANDIDATES_TF32 = (
     MatmulConfig(128, 64, 32, 3, "tf32"),
     MatmulConfig(64, 64, 32, 4, "tf32"),
 )
+#: 16-bit element types (their dtype names) and the mma kind of each.
+HALF_KINDS = {"float16": "f16", "bfloat16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ class OperandLoad:
 
     @property
     def side_major(self) -> bool:
-        return self.mode == "async16" and self.k_fast
+        return self.k_fast and self.mode in ("async16", "raw")
 
 
 @dataclass
@@ -233,6 +240,14 @@ def operand_load(e: ir.Expr, side: ir.For, k: ir.For, tensor_cores: bool = False
     """How to fill tiles of operand `e`, whose output axis is `side` (rows of x, columns of y).
     Tensor-core tiles may also be `[side][k]`, for 16-byte copies along a contiguous k."""
     found = _strides(e)
+    if found is not None and e.tnode.dtype.itemsize == 2:
+        strides, offset = found
+        if _aligned_along(strides, offset, side, 8):
+            return OperandLoad("async16", 8, False)
+        k_fast = abs(strides.get(k.iterator, 0)) == 1
+        if _aligned_along(strides, offset, k, 8):
+            return OperandLoad("async16", 8, True)
+        return OperandLoad("raw", 1, k_fast)
     if found is None:
         first = next((x for x in ir.walk_expr(e) if isinstance(x, ir.Get)), None)
         layout = _strides(first) if first is not None else None
@@ -251,17 +266,19 @@ def operand_load(e: ir.Expr, side: ir.For, k: ir.For, tensor_cores: bool = False
 
 
 def tensor_core_kind(shape: MatmulShape, options: GpuOptions) -> str | None:
-    """ "tf32" for an fp32 sum of products when TF32 is allowed, else None."""
+    """The tensor-core kind: tf32 for an fp32 sum of products when TF32 is allowed; f16 / bf16
+    for a sum of products of two plain reads of that 16-bit type (accumulated in fp32)."""
     combine = shape.update.args[1]
-    if not (
-        options.allow_tf32
-        and shape.update.op == "add"
-        and combine.op == "mul"
-        and shape.acc.dtype.name == "float32"
-        and all(_operand_dtype(e).name == "float32" for e in (shape.x, shape.y))
-    ):
+    if shape.update.op != "add" or combine.op != "mul":
         return None
-    return "tf32"
+    names = {_operand_dtype(e).name for e in (shape.x, shape.y)}
+    acc = shape.acc.dtype.name
+    if names == {"float32"} and acc == "float32":
+        return "tf32" if options.allow_tf32 else None
+    if len(names) == 1 and (name := names.pop()) in HALF_KINDS and acc in ("float32", name):
+        if all(isinstance(e, ir.Get) for e in (shape.x, shape.y)):
+            return HALF_KINDS[name]
+    return None
 
 
 def config_key(shape: MatmulShape, kind: str | None) -> str:
@@ -271,7 +288,9 @@ def config_key(shape: MatmulShape, kind: str | None) -> str:
 
 def candidates(kind: str | None) -> tuple[MatmulConfig, ...]:
     """The configurations tuning times for a nest of this kind."""
-    return CANDIDATES_TF32 if kind == "tf32" else CANDIDATES
+    if kind is None:
+        return CANDIDATES
+    return tuple(replace(c, tensor_cores=kind) for c in CANDIDATES_TF32 if c.depth % 16 == 0)
 
 
 def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
@@ -288,5 +307,5 @@ def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
     if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind:
         shape.config = tuned
     else:
-        shape.config = DEFAULT_TF32 if kind else DEFAULT
+        shape.config = replace(DEFAULT_TF32, tensor_cores=kind) if kind else DEFAULT
     return shape

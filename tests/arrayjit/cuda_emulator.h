@@ -228,6 +228,32 @@ inline float __uint_as_float(unsigned x) {
   return f;
 }
 
+// ---- 16-bit element types, converting through float as cuda_fp16.h / cuda_bf16.h do ---------
+
+struct __half {
+  unsigned short bits;
+  __half() = default;
+  __half(float f) {
+    _Float16 h = static_cast<_Float16>(f);  // round to nearest even
+    std::memcpy(&bits, &h, 2);
+  }
+  operator float() const {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return static_cast<float>(h);
+  }
+};
+
+struct __nv_bfloat16 {
+  unsigned short bits;
+  __nv_bfloat16() = default;
+  __nv_bfloat16(float f) {
+    unsigned u = __float_as_uint(f);
+    bits = (u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0 : (u + 0x7fffu + ((u >> 16) & 1)) >> 16;
+  }
+  operator float() const { return __uint_as_float(unsigned(bits) << 16); }
+};
+
 // ---- asynchronous copies ---------------------------------------------------------------------
 
 inline void emu_cp_async(void *dst, const void *src, int bytes, int src_bytes) {

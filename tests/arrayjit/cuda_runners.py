@@ -86,10 +86,11 @@ def _tool(name: str) -> str | None:
     return None
 
 
-def nvcc_cubin(source: str, folder, arch: str = "sm_90"):
+def nvcc_cubin(source: str, folder, arch: str = "sm_90", headers: str = ""):
     """Compile generated source with nvcc into a cubin (skips without nvcc). nvcc includes the
     CUDA runtime headers that NVRTC does not, so the source goes into a namespace, where its
-    own typedefs (int64_t...) do not clash with theirs; the device code is the same."""
+    own typedefs (int64_t...) do not clash with theirs; the device code is the same. `headers`
+    come first, outside the namespace."""
     import subprocess
     from pathlib import Path
 
@@ -98,7 +99,9 @@ def nvcc_cubin(source: str, folder, arch: str = "sm_90"):
         pytest.skip("nvcc is not installed here")
     folder = Path(folder)
     (folder / "kernels.cu").write_text(source)
-    (folder / "check.cu").write_text('namespace ocannl_check {\n#include "kernels.cu"\n}\n')
+    (folder / "check.cu").write_text(
+        f'{headers}\nnamespace ocannl_check {{\n#include "kernels.cu"\n}}\n'
+    )
     cubin = folder / "check.cubin"
     command = [nvcc, f"-arch={arch}", "-cubin", "-o", str(cubin), str(folder / "check.cu")]
     result = subprocess.run(command, capture_output=True, text=True, cwd=folder)
