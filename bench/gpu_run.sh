@@ -7,6 +7,7 @@ set -u
 cd "$(dirname "$0")/.."
 logs=${OUT:-/tmp}
 export ARRAYJIT_CUDA_TEST_RUNNERS=gpu
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true
 python3 -m pytest -q -p no:cacheprovider -rfE tests/arrayjit > "$logs/gpu_tests.log" 2>&1
 echo "tests: exit $?"

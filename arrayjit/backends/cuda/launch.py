@@ -19,8 +19,11 @@ def load_kernels(module, launches: list[Launch], device_id: int) -> list:
         kernel = module.get_kernel(launch.name)
         if launch.shared_bytes > DEFAULT_SHARED_LIMIT:
             attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            handle = kernel.handle
+            if not isinstance(handle, driver.CUkernel):
+                handle = driver.CUkernel(int(handle))
             (err,) = driver.cuKernelSetAttribute(
-                attribute, launch.shared_bytes, kernel.handle, driver.CUdevice(device_id)
+                attribute, launch.shared_bytes, handle, driver.CUdevice(device_id)
             )
             if err != driver.CUresult.CUDA_SUCCESS:
                 raise RuntimeError(
