@@ -120,14 +120,17 @@ def _build(source: str, launches: list[cuda_device.Launch], tnodes: list[TNode])
 class EmulatedRoutine:
     """A routine's kernels, compiled for the emulator and bound to the tnodes' host arrays."""
 
-    def __init__(self, stmt: ir.Stmt, options: GpuOptions, name: str = "routine") -> None:
+    def __init__(
+        self, stmt: ir.Stmt, options: GpuOptions, name: str = "routine", edit=None
+    ) -> None:
+        """`edit`, if given, changes the source before it is compiled (to test the emulator)."""
         generated = cuda_syntax.generate(stmt, "ocannl_" + name, options)
         self.generated = generated
         self.plans = generated.plans
-        self.source = generated.source
+        self.source = edit(generated.source) if edit else generated.source
         self.launches = generated.launches
         self.tnodes = generated.tnodes
-        self.library = _build(generated.source, generated.launches, generated.tnodes)
+        self.library = _build(self.source, generated.launches, generated.tnodes)
         self.scratch: dict[TNode, np.ndarray] = {}
         for t in self.tnodes:
             if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE):
