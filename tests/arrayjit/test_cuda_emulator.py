@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from cuda_emulator import EmulatedRoutine
+from cuda_runners import RUNNERS
 from test_cuda_matmul import TF32, fill, matmul
 from test_cuda_reductions import full_reduction
 
@@ -16,7 +17,10 @@ from arrayjit.lowering import compile_to_ir
 from arrayjit.schedule.gpu_kernels import GpuOptions
 from arrayjit.tnode import TNode
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++)")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++)"),
+    pytest.mark.skipif("emulator" not in RUNNERS, reason="emulator runs left out by request"),
+]
 
 
 def without(needle: str):
