@@ -317,11 +317,9 @@ inline void emu_mma(float *d, const unsigned *a, const unsigned *b, int k_extent
   std::memcpy(emu::warp_slot(emu::current), &mine, sizeof mine);
   emu::warp_barrier();
   int lane = emu::current % 32, base = emu::current - lane;
-  auto lane_data = [&](int l) {
-    Lane x;
-    std::memcpy(&x, emu::warp_slot(base + l), sizeof x);
-    return x;
-  };
+  Lane lanes[32];
+  for (int l = 0; l < 32; ++l) std::memcpy(&lanes[l], emu::warp_slot(base + l), sizeof(Lane));
+  auto lane_data = [&](int l) -> const Lane & { return lanes[l]; };
   auto value = [&](unsigned reg, int half) -> float {
     if (half_kind == 0) return emu_tf32(reg);
     unsigned short h = half ? reg >> 16 : reg & 0xffff;
