@@ -55,8 +55,10 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     # 16-bit operands stay bits in shared memory: the tensor cores read them as pairs.
     type_x = "unsigned short" if _half(cfg) else tx.c_name
     type_y = "unsigned short" if _half(cfg) else ty.c_name
+    # SIMT: two blocks per multiprocessor (at most 128 registers a thread; left alone, 4 stages
+    # take 151 and one block).
     lines = [
-        syntax.head(name, tnodes, cfg.threads),
+        syntax.head(name, tnodes, cfg.threads, 0 if cfg.tensor_cores else 2),
         f"  {SHARED_DECLARATION}",
         f"  {type_x} (*tilex){dims_x} = reinterpret_cast<{type_x} (*){dims_x}>(ocannl_smem);",
         "  unsigned char *const shared = reinterpret_cast<unsigned char *>(ocannl_smem);",

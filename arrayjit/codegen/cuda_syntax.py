@@ -49,9 +49,12 @@ class CudaSyntax(CSyntax):
     def params(self, tnodes: list[TNode]) -> str:
         return ", ".join(f"{t.dtype.c_name} *__restrict__ {self.buffer(t)}" for t in tnodes)
 
-    def head(self, name: str, tnodes: list[TNode], threads: int = THREADS) -> str:
+    def head(self, name: str, tnodes: list[TNode], threads: int = THREADS, blocks: int = 0) -> str:
+        """A kernel's first line; `blocks`: resident blocks per multiprocessor to keep registers
+        for (the compiler caps each thread's registers accordingly)."""
+        bounds = f"{threads}, {blocks}" if blocks else f"{threads}"
         return (
-            f'extern "C" __global__ void __launch_bounds__({threads}) {name}'
+            f'extern "C" __global__ void __launch_bounds__({bounds}) {name}'
             f"({self.params(tnodes)}) {{"
         )
 

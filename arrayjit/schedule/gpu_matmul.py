@@ -38,7 +38,7 @@ class MatmulConfig:
     block_rows: int = 128
     block_cols: int = 128
     depth: int = 8
-    stages: int = 3
+    stages: int = 4
     tensor_cores: str | None = None
 
     @property
@@ -71,8 +71,9 @@ class MatmulConfig:
         return f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages"
 
 
-#: The configuration used when no tuned one is known, per kind of kernel.
-DEFAULT = MatmulConfig()
+#: The configuration used when no tuned one is known, per kind of kernel: the tile shapes of
+#: CUTLASS's SM80 SIMT (128x128x8, 4 stages) and TF32 (128x128x32, 3 stages) GEMMs.
+DEFAULT = MatmulConfig(128, 128, 8, 4)
 DEFAULT_TF32 = MatmulConfig(128, 128, 32, 3, "tf32")
 #: What tuning times (see `arrayjit.backends.cuda.tuning`).
 CANDIDATES = (

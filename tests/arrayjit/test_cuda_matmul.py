@@ -68,11 +68,11 @@ def run(request):
 def test_4096_fp32_gets_the_simt_default_with_asynchronous_copies():
     code, *_ = matmul(4096, 4096, 4096)
     shape = matmul_plan(code)
-    assert shape.config == MatmulConfig(128, 128, 8, 3) and shape.config.threads == 256
+    assert shape.config == MatmulConfig(128, 128, 8, 4) and shape.config.threads == 256
     # a is row-major (k contiguous): element copies transposed into the tile; b is contiguous
     # along the output columns: 16-byte copies.
     assert shape.loads == (OperandLoad("async", 1, True), OperandLoad("async16", 4, False))
-    assert shape.config.shared_bytes(4, 4) == 3 * 8 * (132 + 132) * 4
+    assert shape.config.shared_bytes(4, 4) == 4 * 8 * (132 + 132) * 4
 
 
 def test_tf32_only_when_allowed_and_only_for_fp32_sums_of_products():
@@ -137,9 +137,9 @@ def test_source_has_asynchronous_copies_and_dynamic_shared_memory():
     stmt = compile_to_ir(code, True)
     simt = generate(stmt, "ocannl_mm")
     assert "ocannl_cp_async<16>(" in simt.source and "ocannl_cp_async<4>(" in simt.source
-    assert "ocannl_cp_async_wait<1>()" in simt.source and MMA_HELPERS not in simt.source
+    assert "ocannl_cp_async_wait<2>()" in simt.source and MMA_HELPERS not in simt.source
     (launch,) = simt.launches
-    assert launch.grid == (32, 32, 1) and launch.block == 256 and launch.shared_bytes == 25344
+    assert launch.grid == (32, 32, 1) and launch.block == 256 and launch.shared_bytes == 33792
     tf32 = generate(stmt, "ocannl_mm", TF32)
     assert MMA_HELPERS in tf32.source and "ocannl_mma_tf32(fragc[mt][nt]" in tf32.source
     (launch,) = tf32.launches
