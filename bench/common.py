@@ -34,3 +34,20 @@ def gpu_median_seconds(ctx: Context, fn, repeats: int) -> float:
         end.sync()
         times.append((end - start) / 1e3)
     return statistics.median(times)
+
+
+def torch_median_seconds(fn, repeats: int) -> float:
+    """Median seconds of `fn()` after a warm-up, from CUDA events on torch's current stream."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)

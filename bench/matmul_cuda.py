@@ -8,30 +8,15 @@ kernel, of the one-thread-per-cell kernel and of cuBLAS, and the ratios to cuBLA
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import numpy as np
 import torch
-from common import gpu_median_seconds, matmul
+from common import gpu_median_seconds, matmul, torch_median_seconds
 
 from arrayjit.runtime.context import Context
 
 REPEATS = 10
-
-
-def time_torch(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def bench(n: int, ctx: Context) -> dict[str, float]:
@@ -53,7 +38,7 @@ def bench(n: int, ctx: Context) -> dict[str, float]:
         error = np.linalg.norm(c.host() - reference) / np.linalg.norm(reference)
         assert error < 1e-5, f"{variant}: relative error {error}"
     ctx.backend.tile_matmul = True
-    out["cuBLAS"] = flops / time_torch(lambda: tx @ ty, REPEATS) / 1e12
+    out["cuBLAS"] = flops / torch_median_seconds(lambda: tx @ ty, REPEATS) / 1e12
     return out
 
 

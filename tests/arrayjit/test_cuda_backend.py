@@ -90,7 +90,8 @@ def test_small_matmul_is_one_thread_per_cell():
     assert plan.matmul is None and plan.cells == 48
 
 
-def test_full_reduction_runs_in_one_thread():
+def test_full_reduction_is_one_kernel_without_grid_loops():
+    """Its values are reduced by a block of threads (see test_cuda_reductions.py)."""
     x, total = TNode("x", (10, 7)), TNode("total", (1,))
     i, j = Iterator(name="i"), Iterator(name="j")
     code = Accum(

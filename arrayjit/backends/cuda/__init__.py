@@ -29,11 +29,12 @@ import weakref
 
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Backend, Compiled
+from arrayjit.backends.cuda.launch import load_kernels
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.nvrtc import build_cubin
-from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
+from arrayjit.codegen.cuda_syntax import generate
 from arrayjit.errors import CompileError
-from arrayjit.schedule.gpu_kernels import KernelPlan, plan_kernels
+from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -114,9 +115,15 @@ class CudaBackend(Backend):
         self.device = Device(device_id)
         self.device.set_current()
         self.arch = self.device.arch
-        self.syntax = CudaSyntax()
         #: Matrix-product nests get the shared-memory tiled kernel (else one thread per cell).
         self.tile_matmul = True
+        #: Reductions over many values get teams of threads (else one thread per cell).
+        self.parallel_reductions = True
+        #: fp32 matrix products may use TF32 tensor cores (as PyTorch's allow_tf32; off: exact fp32).
+        self.allow_tf32 = False
+        #: Matrix products get the tile configuration timed fastest on this device (timed once,
+        #: remembered in the compile cache); off: a fixed default.
+        self.autotune = False
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
@@ -161,22 +168,25 @@ class CudaBackend(Backend):
             t.fetch_from_device = copy.fetch
 
     def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
-        from cuda.core import LaunchConfig, ObjectCode
+        from cuda.core import ObjectCode
 
-        tnodes = ir.tnodes_in(stmt)
         function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
-        plans = plan_kernels(stmt)
-        if not self.tile_matmul:
-            for plan in plans:
-                plan.matmul = None
-        source, launches = kernel_source(self.syntax, plans, tnodes, function, stmt)
-        cubin = build_cubin(source, self.arch)
+        options = GpuOptions(
+            tile_matmul=self.tile_matmul,
+            parallel_reductions=self.parallel_reductions,
+            allow_tf32=self.allow_tf32,
+        )
+        if self.autotune and self.tile_matmul:
+            from arrayjit.backends.cuda.tuning import tune_matmuls
+
+            options.matmul_configs = tune_matmuls(self, stmt, options)
+        generated = generate(stmt, function, options)
+        # The IR's buffers, then scratch buffers of the kernel plans (partial results).
+        tnodes, plans = generated.tnodes, generated.plans
+        cubin = build_cubin(generated.source, self.arch)
         try:
             module = ObjectCode.from_cubin(cubin.read_bytes())
-            kernels = [
-                (module.get_kernel(kernel), LaunchConfig(grid=grid, block=block))
-                for kernel, grid, block in launches
-            ]
+            kernels = load_kernels(module, generated.launches, self.device.device_id)
         except Exception as exc:
             raise CompileError(
                 f"cannot load {cubin}: {exc}", str(cubin.with_suffix(".cu"))
