@@ -40,14 +40,15 @@ def runner(kind: str):
         def run_gpu(code: Assignments, options: GpuOptions | None = None, seed: int = 0) -> Ran:
             backend = gpu_context().backend
             options = options or GpuOptions()
-            saved = (backend.tile_matmul, backend.parallel_reductions, backend.allow_tf32)
-            backend.tile_matmul = options.tile_matmul
-            backend.parallel_reductions = options.parallel_reductions
-            backend.allow_tf32 = options.allow_tf32
+            names = ("tile_matmul", "parallel_reductions", "allow_tf32", "matmul_configs")
+            saved = {name: getattr(backend, name) for name in names}
+            for name in names:
+                setattr(backend, name, getattr(options, name))
             try:
                 routine = gpu_context().compile(code)
             finally:
-                backend.tile_matmul, backend.parallel_reductions, backend.allow_tf32 = saved
+                for name, value in saved.items():
+                    setattr(backend, name, value)
             routine.run()
             gpu_context().synchronize()
             with open(routine.source_path) as f:

@@ -124,6 +124,9 @@ class CudaBackend(Backend):
         #: Matrix products get the tile configuration timed fastest on this device (timed once,
         #: remembered in the compile cache); off: a fixed default.
         self.autotune = False
+        #: Tile configurations chosen by hand for given matmul nests (`gpu_matmul.config_key`);
+        #: they win over the defaults and over autotuning.
+        self.matmul_configs: dict[str, object] = {}
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
@@ -175,11 +178,12 @@ class CudaBackend(Backend):
             tile_matmul=self.tile_matmul,
             parallel_reductions=self.parallel_reductions,
             allow_tf32=self.allow_tf32,
+            matmul_configs=dict(self.matmul_configs),
         )
         if self.autotune and self.tile_matmul:
             from arrayjit.backends.cuda.tuning import tune_matmuls
 
-            options.matmul_configs = tune_matmuls(self, stmt, options)
+            options.matmul_configs = {**tune_matmuls(self, stmt, options), **self.matmul_configs}
         generated = generate(stmt, function, options)
         # The IR's buffers, then scratch buffers of the kernel plans (partial results).
         tnodes, plans = generated.tnodes, generated.plans
