@@ -22,7 +22,7 @@ ROUTINE_SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     from arrayjit.assignments import Accum
-    from arrayjit.runtime.context import Context
+    from arrayjit.runtime.runtime import Runtime
     from arrayjit.indexing import Iterator, Projections
     from arrayjit.tnode import TNode
 
@@ -31,7 +31,7 @@ ROUTINE_SCRIPT = textwrap.dedent(
     i, j, k = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
     projections = Projections((3, 2, 4), (i, j, k), (i, j), ((i, k), (k, j)))
     code = Accum(c, "add", "mul", (a, b), projections, True)
-    routine = Context("c").compile(code)
+    routine = Runtime("c").compile(code)
     a.set_host(np.arange(12.0).reshape(3, 4))
     b.set_host(np.arange(8.0).reshape(4, 2))
     routine.run()

@@ -17,7 +17,7 @@ from arrayjit.codegen import cuda_syntax
 from arrayjit.errors import CompileError
 from arrayjit.indexing import Fixed, Iterator, Projections, identity_projections
 from arrayjit.lowering import compile_to_ir
-from arrayjit.runtime.context import Context, cuda_usable
+from arrayjit.runtime.runtime import Runtime, cuda_usable
 from arrayjit.schedule import gpu_kernels
 from arrayjit.threefry import uniform_reference
 from arrayjit.tnode import MemoryMode, TNode
@@ -50,17 +50,17 @@ def test_context_cuda_without_gpu_is_a_clear_error(monkeypatch):
     """Whatever the machine, a missing GPU reads as one sentence, not a traceback."""
     monkeypatch.setattr(cuda, "unavailable_reason", lambda: "the NVIDIA driver sees no device")
     with pytest.raises(RuntimeError, match=r'Context\("cuda"\) cannot run here: the NVIDIA driver'):
-        Context("cuda")
+        Runtime("cuda")
     assert not cuda_usable()
-    assert Context().name == "c"
+    assert Runtime().name == "c"
 
 
 @pytest.mark.skipif(cuda_usable(), reason="this machine has a usable GPU")
 def test_context_cuda_on_this_machine_says_why():
     with pytest.raises(RuntimeError, match=r'cannot run here: .*Use Context\("c"\)') as info:
-        Context("cuda")
+        Runtime("cuda")
     assert info.value.__cause__ is None and info.value.__context__ is None
-    assert Context().name == "c"
+    assert Runtime().name == "c"
 
 
 def test_unavailable_reason_never_raises():
@@ -155,10 +155,10 @@ def test_source_has_one_kernel_per_nest_and_no_libc_headers():
 
 
 @pytest.fixture(scope="module")
-def gpu() -> Context:
+def gpu() -> Runtime:
     if not cuda_usable():
         pytest.skip("CUDA backend: no usable NVIDIA GPU, driver or cuda-python here")
-    return Context("cuda")
+    return Runtime("cuda")
 
 
 @needs_gpu
@@ -328,7 +328,7 @@ def test_device_buffers_persist_between_routines_and_contexts(gpu):
     np.testing.assert_allclose(y.host(), -np.sqrt(np.arange(100.0) / 10), rtol=1e-6)
     # Another context reads y after this one wrote it: it gets the new values.
     z = TNode("z", (100,))
-    other = Context("cuda")
+    other = Runtime("cuda")
     other.compile(pointwise(z, "neg", y)).run()
     gpu.compile(pointwise(y, "exp", x)).run()
     other.compile(pointwise(z, "neg", y)).run()
@@ -375,7 +375,7 @@ def test_c_and_cuda_routines_share_buffers_coherently(gpu):
     two = TNode("two", (n,))
     two.set_host(np.full(n, 2.0, np.float32))
     on_gpu = gpu.compile(pointwise(y, "mul", x, two))
-    on_cpu = Context("c").compile(pointwise(z, "add", y, two))
+    on_cpu = Runtime("c").compile(pointwise(z, "add", y, two))
     back_on_gpu = gpu.compile(pointwise(x, "mul", z, two))
     values = np.linspace(-1, 1, n, dtype=np.float32)
     x.set_host(values)

@@ -1,4 +1,4 @@
-"""Context: a backend, the buffers it holds and the routines compiled for it."""
+"""Runtime: a backend, the buffers it holds and the executables compiled for it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 import time
 
 from arrayjit import assignments as asg
-from arrayjit import loop_ir as ir
-from arrayjit.backends.base import Backend, Compiled
+from arrayjit.backends.base import Backend
 from arrayjit.lowering import compile_to_ir
+from arrayjit.runtime.executable import Executable
 
 log = logging.getLogger("arrayjit")
 
@@ -36,34 +36,8 @@ def cuda_usable() -> bool:
     return cuda_available()
 
 
-class Routine:
-    """Compiled code bound to its buffers; `run()` executes it."""
-
-    def __init__(
-        self, context: Context, code: asg.Code, stmt: ir.Stmt, compiled: Compiled, name: str
-    ):
-        self.context = context
-        self.code = code
-        self.ir = stmt
-        self.compiled = compiled
-        self.name = name
-        self.written = sorted(ir.written_tnodes(stmt), key=lambda t: t.id)
-
-    @property
-    def source_path(self) -> str:
-        return self.compiled.source_path
-
-    def run(self) -> None:
-        self.compiled.run()
-        for t in self.written:
-            t.computed = True
-
-    def __repr__(self) -> str:
-        return f"Routine({self.name!r}, {len(self.compiled.tnodes)} buffers, source={self.source_path})"
-
-
-class Context:
-    """`Context("c")` compiles with the C backend; `Context("cuda")` with CUDA; `Context()` picks
+class Runtime:
+    """`Runtime("c")` compiles with the C backend; `Runtime("cuda")` with CUDA; `Runtime()` picks
     CUDA when a GPU is usable, else C."""
 
     def __init__(self, backend: str | None = None) -> None:
@@ -77,17 +51,17 @@ class Context:
     def name(self) -> str:
         return self.backend.name
 
-    def compile(self, code: asg.Code, name: str = "routine") -> Routine:
+    def compile(self, code: asg.Code, name: str = "routine") -> Executable:
         if not isinstance(code, asg.Code):
-            raise TypeError(f"Context.compile takes assignment code, got {type(code).__name__}")
+            raise TypeError(f"Runtime.compile takes assignment code, got {type(code).__name__}")
         start = time.perf_counter()
         stmt = compile_to_ir(code, self.backend.reductions_innermost)
         compiled = self.backend.compile(stmt, name)
         log.debug("compiled %s in %.1f ms", name, 1e3 * (time.perf_counter() - start))
-        return Routine(self, code, stmt, compiled, name)
+        return Executable(self, code, stmt, compiled, name)
 
     def synchronize(self) -> None:
         self.backend.synchronize()
 
     def __repr__(self) -> str:
-        return f"Context({self.name!r})"
+        return f"Runtime({self.name!r})"
