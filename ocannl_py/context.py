@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from arrayjit import assignments as asg
 from arrayjit.backends.base import Backend
+from arrayjit.runtime import residency
 from arrayjit.runtime.executable import Executable
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import MemoryMode
@@ -32,7 +33,7 @@ class Routine:
 
     def run(self) -> None:
         for t in self.inputs:
-            if not t.value_node.computed:
+            if not residency.computed(t.value_node):
                 raise ValueError(
                     f"tensor {t.label!r} is read by routine {self.executable.name!r} but has no "
                     "value: fill it with set_value(...), or run the code that computes it first"
@@ -91,7 +92,7 @@ class Context:
         first routine that uses them is built."""
         tensors = [t for t in tensors if t.init_code]
         shapes.close([t.shape for t in tensors])
-        fresh = [t for t in tensors if not t.value_node.computed]
+        fresh = [t for t in tensors if not residency.computed(t.value_node)]
         if not fresh:
             return
         init = Code()

@@ -24,6 +24,8 @@ from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.codegen.c_syntax import CSyntax
 from arrayjit.errors import CompileError
+from arrayjit.runtime.residency import HOST, Residency
+from arrayjit.runtime.residency import of as residency_of
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -80,17 +82,22 @@ class CCompiled(Compiled):
             *(a.ctypes.data for a in self.arrays)
         )
         # Host arrays are this backend's buffers: a device may hold newer values of those it
-        # reads, and devices must learn about those it writes.
+        # uses, and devices must learn about those it writes.
         self.shared = [t for t in tnodes if t not in scratch]
-        self.shared_written = [t for t in self.shared if t in written]
+        self.shared_written = [residency_of(t) for t in self.shared if t in written]
+        self.seen_device_writes = -1
 
     def run(self) -> None:
-        for t in self.shared:
-            if t.fetch_from_device is not None:
-                t.host()
-        self.function(self.pointers)
-        for t in self.shared_written:
-            t.host_version += 1
+        if Residency.device_places:
+            if self.seen_device_writes != Residency.device_writes:
+                for t in self.shared:
+                    t.host()  # copies newer values from a device, if one has them
+                self.seen_device_writes = Residency.device_writes
+            self.function(self.pointers)
+            for state in self.shared_written:
+                state.write_at(HOST)
+        else:
+            self.function(self.pointers)
 
 
 class CBackend(Backend):

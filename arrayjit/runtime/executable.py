@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from arrayjit import assignments as asg
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Compiled
+from arrayjit.runtime import residency
 
 if TYPE_CHECKING:
     from arrayjit.runtime.runtime import Runtime
@@ -23,7 +24,8 @@ class Executable:
         self.ir = stmt
         self.compiled = compiled
         self.name = name
-        self.written = sorted(ir.written_tnodes(stmt), key=lambda t: t.id)
+        # Marked computed by the first run (a buffer never becomes uncomputed).
+        self._unmarked = sorted(ir.written_tnodes(stmt), key=lambda t: t.id)
 
     @property
     def source_path(self) -> str:
@@ -31,8 +33,10 @@ class Executable:
 
     def run(self) -> None:
         self.compiled.run()
-        for t in self.written:
-            t.computed = True
+        if self._unmarked:
+            for t in self._unmarked:
+                residency.of(t).computed = True
+            self._unmarked = []
 
     def __repr__(self) -> str:
         return f"Executable({self.name!r}, {len(self.compiled.tnodes)} buffers, source={self.source_path})"

@@ -14,6 +14,7 @@ from arrayjit.codegen.c_syntax import CSyntax
 from arrayjit.dtypes import float32, float64, int32
 from arrayjit.errors import CompileError
 from arrayjit.indexing import identity_projections
+from arrayjit.runtime import residency
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
@@ -58,7 +59,7 @@ def test_routine_reads_host_values_written_after_compiling(c_context):
         np.testing.assert_allclose(
             y.host(), np.exp(np.linspace(0, scale, 16, dtype=np.float32)), rtol=4e-7
         )
-        assert y.computed
+        assert residency.computed(y)
 
 
 def test_same_code_compiled_twice_hits_the_in_process_cache(c_context):

@@ -17,6 +17,7 @@ from arrayjit.codegen import cuda_syntax
 from arrayjit.errors import CompileError
 from arrayjit.indexing import Fixed, Iterator, Projections, identity_projections
 from arrayjit.lowering import compile_to_ir
+from arrayjit.runtime import residency
 from arrayjit.runtime.runtime import Runtime, cuda_usable
 from arrayjit.schedule import gpu_kernels
 from arrayjit.threefry import uniform_reference
@@ -273,9 +274,9 @@ def test_values_come_back_only_when_read(gpu, monkeypatch):
     fetches = []
     original = memory.DeviceCopy.fetch
 
-    def counting_fetch(self):
+    def counting_fetch(self, host):
         fetches.append(self)
-        original(self)
+        original(self, host)
 
     monkeypatch.setattr(memory.DeviceCopy, "fetch", counting_fetch)
     x, y = TNode("x", (1000,)), TNode("y", (1000,))
@@ -284,10 +285,10 @@ def test_values_come_back_only_when_read(gpu, monkeypatch):
     routine = gpu.compile(pointwise(y, "neg", x))
     routine.run()
     routine.run()
-    assert fetches == [] and y.fetch_from_device is not None
+    assert fetches == [] and not residency.of(y).is_current(residency.HOST)
     assert y._host[999] == 0  # the host array is stale until read
     assert y.host()[999] == -999 and len(fetches) == 1
-    assert y.fetch_from_device is None
+    assert residency.of(y).is_current(residency.HOST)
     y.host()
     assert len(fetches) == 1  # fresh: no second copy
     routine.run()

@@ -11,11 +11,11 @@ are not parallel loops run in a kernel of one thread. Hoisted locals that severa
 recomputed at the start of each.
 
 Memory. Buffers of HOST and DEVICE tnodes live on the device between routines, allocated from the
-device's memory pool; scratch buffers of LOCAL and VIRTUAL tnodes belong to one routine. Host
-values go up on a copy stream through pinned staging buffers whenever `tnode.host_version` moved;
-compute waits on an event for them. A routine that writes a buffer leaves a callback in
-`tnode.fetch_from_device`, so `tnode.host()` copies the values back only when read, only when
-stale.
+device's memory pool; scratch buffers of LOCAL and VIRTUAL tnodes belong to one routine. Each
+device buffer is a place of its tnode's residency (`arrayjit.runtime.residency`): before a run,
+buffers whose device copy is stale go up on a copy stream through pinned staging buffers, and
+compute waits on an event for them; a routine that writes a buffer makes its device copy the
+newest, so `tnode.host()` copies the values back only when read, only when stale.
 
 cuda-python is imported inside functions only: without it (or without a GPU or driver),
 `cuda_available()` is False and `CudaBackend()` raises a RuntimeError that says why.
@@ -33,6 +33,7 @@ from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.nvrtc import build_cubin
 from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
 from arrayjit.errors import CompileError
+from arrayjit.runtime import residency
 from arrayjit.schedule.gpu_kernels import KernelPlan, plan_kernels
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -133,16 +134,9 @@ class CudaBackend(Backend):
         return copy
 
     def upload_stale(self, tnodes: list[TNode]) -> None:
-        """Upload the tnodes whose host values the device does not hold; compute waits for them."""
-        stale = []
-        for t in tnodes:
-            copy = self.copies[t]
-            fetch = t.fetch_from_device
-            if fetch is not None and getattr(fetch, "__self__", None) is not copy:
-                t.host()  # another device holds the newest values: bring them here through the host
-                stale.append(t)
-            elif copy.uploaded_version != t.host_version:
-                stale.append(t)
+        """Upload the tnodes whose newest values the device does not hold; compute waits for
+        them."""
+        stale = [t for t in tnodes if not residency.of(t).is_current(self.copies[t])]
         if not stale:
             return
         # Uploads overwrite buffers that earlier work on the compute stream may still read.
@@ -158,7 +152,7 @@ class CudaBackend(Backend):
         for t in tnodes:
             copy = self.copies[t]
             copy.written = done
-            t.fetch_from_device = copy.fetch
+            residency.of(t).write_at(copy)
 
     def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
         from cuda.core import LaunchConfig, ObjectCode
