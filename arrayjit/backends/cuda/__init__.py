@@ -8,7 +8,8 @@ cells); the loops inside it (reductions, with their register accumulator) stay i
 A nest shaped like a matrix product (`acc = acc op f(x[.., i, k], y[.., k, j])` over an innermost
 reduction `k`, under parallel `i, j`) gets a shared-memory tiled kernel instead. Statements that
 are not parallel loops run in a kernel of one thread. Hoisted locals that several kernels read are
-recomputed at the start of each.
+recomputed at the start of each. Each kernel takes only its own buffers and is compiled and cached
+on its own (`modules.py`), so equal layers share one kernel.
 
 Memory. Buffers of HOST and DEVICE tnodes live on the device between routines, allocated from the
 device's memory pool; scratch buffers of LOCAL and VIRTUAL tnodes belong to one routine. Each
@@ -26,11 +27,15 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
+from pathlib import Path
 
+from arrayjit import cache
 from arrayjit import loop_ir as ir
+from arrayjit.backends import units
 from arrayjit.backends.base import Backend, Compiled
+from arrayjit.backends.cuda import nvrtc
 from arrayjit.backends.cuda.memory import DeviceCopy
-from arrayjit.backends.cuda.nvrtc import build_cubin
+from arrayjit.backends.cuda.modules import kernel_function, kernel_tnodes, module_source
 from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
 from arrayjit.errors import CompileError
 from arrayjit.runtime import residency
@@ -77,6 +82,7 @@ class CudaCompiled(Compiled):
         backend: CudaBackend,
         plans: list[KernelPlan],
         kernels: list,
+        parameters: list[list[int]],
         tnodes: list[TNode],
         arguments: list,
         persistent: list[TNode],
@@ -88,6 +94,11 @@ class CudaCompiled(Compiled):
         self.kernels = kernels  # (kernel, launch config)
         self.tnodes = tnodes
         self.arguments = arguments  # device buffers, in the order of `tnodes`
+        # Each kernel's own buffers, in the order of its parameters.
+        self.launches = [
+            (kernel, config, tuple(arguments[i] for i in params))
+            for (kernel, config), params in zip(kernels, parameters, strict=True)
+        ]
         self.persistent = persistent
         self.written = written
         self.source_path = source_path
@@ -97,8 +108,8 @@ class CudaCompiled(Compiled):
 
         backend = self.backend
         backend.upload_stale(self.persistent)
-        for kernel, config in self.kernels:
-            launch(backend.stream, config, kernel, *self.arguments)
+        for kernel, config, arguments in self.launches:
+            launch(backend.stream, config, kernel, *arguments)
         backend.mark_written(self.written)
 
 
@@ -123,6 +134,7 @@ class CudaBackend(Backend):
         self.pool = self.device.memory_resource
         self.pinned = LegacyPinnedMemoryResource()
         self.copies: weakref.WeakKeyDictionary[TNode, DeviceCopy] = weakref.WeakKeyDictionary()
+        self.modules: dict[Path, object] = {}
 
     def allocate(self, nbytes: int):
         return self.pool.allocate(nbytes, stream=self.stream)
@@ -154,27 +166,56 @@ class CudaBackend(Backend):
             copy.written = done
             residency.of(t).write_at(copy)
 
+    def module(self, cubin: Path):
+        """A compiled module from the cache, loaded once per backend."""
+        from cuda.core import ObjectCode
+
+        module = self.modules.get(cubin)
+        if module is None:
+            try:
+                module = self.modules[cubin] = ObjectCode.from_cubin(cubin.read_bytes())
+            except Exception as exc:
+                raise CompileError(
+                    f"cannot load {cubin}: {exc}", str(cubin.with_suffix(".cu"))
+                ) from None
+        return module
+
+    def defines(self, cubin: Path, symbol: str) -> bool:
+        try:
+            self.module(cubin).get_kernel(symbol)
+        except Exception:
+            return False
+        return True
+
     def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
-        from cuda.core import LaunchConfig, ObjectCode
+        from cuda.core import LaunchConfig
 
         tnodes = ir.tnodes_in(stmt)
-        function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        position = {t: k for k, t in enumerate(tnodes)}
         plans = plan_kernels(stmt)
         if not self.tile_matmul:
             for plan in plans:
                 plan.matmul = None
-        source, launches = kernel_source(self.syntax, plans, tnodes, function, stmt)
-        cubin = build_cubin(source, self.arch)
-        try:
-            module = ObjectCode.from_cubin(cubin.read_bytes())
-            kernels = [
-                (module.get_kernel(kernel), LaunchConfig(grid=grid, block=block))
-                for kernel, grid, block in launches
-            ]
-        except Exception as exc:
-            raise CompileError(
-                f"cannot load {cubin}: {exc}", str(cubin.with_suffix(".cu"))
-            ) from None
+        build_identity = nvrtc.identity(self.arch)
+        parameters = [kernel_tnodes(plan) for plan in plans]
+        functions = [
+            kernel_function(self.syntax, plan, params, build_identity)
+            for plan, params in zip(plans, parameters, strict=True)
+        ]
+        cubins = units.compiled(
+            functions,
+            "kernel",
+            lambda group: nvrtc.build_cubin(module_source(group), self.arch),
+            self.defines,
+        )
+        kernels = [
+            (
+                self.module(cubins[f.key]).get_kernel(f.symbol),
+                LaunchConfig(grid=f.grid, block=f.block),
+            )
+            for f in functions
+        ]
+        source_path = self.write_listing(name, plans, tnodes, stmt, functions, cubins)
         persistent = [t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)]
         scratch = {
             t: self.allocate(t.size * t.dtype.itemsize) for t in tnodes if t not in persistent
@@ -183,17 +224,36 @@ class CudaBackend(Backend):
             buffer.fill(0, stream=self.stream)
         arguments = [scratch[t] if t in scratch else self.device_copy(t).buffer for t in tnodes]
         written = [t for t in ir.written_tnodes(stmt) if t in set(persistent)]
-        written.sort(key=lambda t: t.id)
+        written.sort(key=position.__getitem__)
         return CudaCompiled(
             self,
             plans,
             kernels,
+            [[position[t] for t in params] for params in parameters],
             tnodes,
             arguments,
             persistent,
             written,
-            str(cubin.with_suffix(".cu")),
+            source_path,
         )
+
+    def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> str:
+        """The routine as one readable module (kernels named after it, every buffer a parameter),
+        headed by the kernels actually launched: their module, launch shape and buffers."""
+        routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        text, _ = kernel_source(self.syntax, plans, tnodes, routine, stmt)
+        header = [f"/* Routine {name!r}: each kernel below runs as a kernel compiled on its own:"]
+        for n, f in enumerate(functions):
+            buffers = ", ".join(f.labels)
+            header.append(
+                f"   {routine}_k{n}: {f.symbol} in {cubins[f.key]}, grid {f.grid}, block "
+                f"{f.block}, on {buffers}"
+            )
+        text = "\n".join(header) + " */\n" + text
+        path = cache.cache_dir() / f"{cache.key(text)}.listing.cu"
+        if not path.exists():
+            cache.write_atomic(path, text.encode())
+        return str(path)
 
     def synchronize(self) -> None:
         self.stream.sync()

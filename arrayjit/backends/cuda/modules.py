@@ -1,0 +1,84 @@
+"""The kernels of a routine, printed, compiled and cached one by one.
+
+Each kernel plan (`arrayjit.schedule.gpu_kernels`) is printed as a kernel `ocannl_k<key>` whose
+parameters are the buffers it uses, in order of first appearance, and whose text does not depend
+on the routine (buffers are named by position while hashing), so the same layer in two places
+of a model is one kernel. Kernels the cache lacks are grouped into a few modules compiled at once
+(`arrayjit.backends.units`); each kernel is indexed by its key. Pure Python: nothing here needs a
+GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from arrayjit import cache, ops
+from arrayjit import loop_ir as ir
+from arrayjit.codegen.c_syntax import fill_names
+from arrayjit.codegen.cuda_syntax import PRELUDE, CudaSyntax
+from arrayjit.dtypes import DType
+from arrayjit.schedule.gpu_kernels import KernelPlan
+from arrayjit.tnode import TNode
+
+#: The kernel's name while its key is computed.
+_NAME = "@kernel@"
+
+
+@dataclass(frozen=True, eq=False)
+class KernelFunction:
+    """One kernel: its key, its text with buffer names and its own name left as placeholders,
+    and its launch shape."""
+
+    key: str
+    body: str
+    labels: tuple[str, ...]
+    dtypes: tuple[DType, ...]
+    random: bool
+    grid: int | tuple[int, ...]
+    block: int
+
+    @property
+    def symbol(self) -> str:
+        return f"ocannl_k{self.key}"
+
+    @property
+    def lines(self) -> int:
+        return self.body.count("\n") + 1
+
+    def text(self) -> str:
+        return fill_names(self.body.replace(_NAME, self.symbol), list(self.labels))
+
+
+def kernel_tnodes(plan: KernelPlan) -> list[TNode]:
+    """The buffers a kernel uses, in order of first appearance: its parameters."""
+    return ir.tnodes_in(ir.Block((*plan.prologue, *plan.body)))
+
+
+@functools.cache
+def prelude(dtypes: tuple[DType, ...], random: bool) -> str:
+    used = set(ops.RANDOM_OPS) if random else set()
+    return PRELUDE + CudaSyntax().prelude(list(dtypes), used)
+
+
+def kernel_function(
+    syntax: CudaSyntax, plan: KernelPlan, tnodes: Sequence[TNode], identity: str
+) -> KernelFunction:
+    """Print `plan` as a kernel over `tnodes`; `identity` is what besides the text determines
+    the compiled code (compiler version, options, architecture)."""
+    syntax.begin(list(tnodes), placeholders=True)
+    body, grid, block = syntax.kernel(plan, _NAME, list(tnodes))
+    stmts = ir.Block((*plan.prologue, *plan.body))
+    dtypes = tuple(sorted({t.dtype for t in tnodes}, key=lambda d: d.name))
+    random = bool(ops.RANDOM_OPS & ir.ops_used(stmts))
+    key = cache.key(prelude(dtypes, random), body, identity)
+    labels = tuple(t.label for t in tnodes)
+    return KernelFunction(key, body, labels, dtypes, random, grid, block)
+
+
+def module_source(kernels: Sequence[KernelFunction]) -> str:
+    """A module defining `kernels`: NVRTC's stand-ins for libc headers, helpers, the kernels."""
+    dtypes = tuple(sorted({d for k in kernels for d in k.dtypes}, key=lambda d: d.name))
+    random = any(k.random for k in kernels)
+    return "\n".join([prelude(dtypes, random), *(k.text() for k in kernels)]) + "\n"
