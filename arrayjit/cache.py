@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+_created: set[Path] = set()
+
 
 def cache_dir() -> Path:
     configured = os.environ.get("ARRAYJIT_CACHE_DIR")
@@ -23,7 +25,9 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
         path = Path(base) / "arrayjit"
-    path.mkdir(parents=True, exist_ok=True)
+    if path not in _created:
+        path.mkdir(parents=True, exist_ok=True)
+        _created.add(path)
     return path
 
 

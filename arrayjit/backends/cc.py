@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,11 @@ def compiler_version(command: str) -> str:
 
 def build_identity() -> str:
     """Everything besides the source that determines a compiled library."""
-    command = compiler()
+    return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""))
+
+
+@functools.cache
+def _build_identity(command: str, extra_flags: str) -> str:
     return "\n".join((command, " ".join(flags()), compiler_version(command)))
 
 
@@ -133,18 +138,32 @@ class CCompiled(Compiled):
 
     def __init__(
         self,
-        runner,
-        functions: list[int],
+        libraries: list[Path],
+        symbols: list[str],
         parameters: list[list[int]],
         tnodes: list[TNode],
-        written: list[TNode],
-        source_path: str,
-        libraries: list[Path],
+        written: list[int],
+        source_path: Path,
     ) -> None:
-        self.runner = runner
         self.tnodes = tnodes
-        self.source_path = source_path
-        self.libraries = libraries
+        self.written = [tnodes[k] for k in written]
+        self.source_path = str(source_path)
+        self.libraries = sorted(set(libraries))
+        self.plan = {
+            "source": source_path.name,
+            "chunks": [
+                [lib.name, s, p] for lib, s, p in zip(libraries, symbols, parameters, strict=True)
+            ],
+            "written": written,
+        }
+        self.runner = None
+        if libraries:
+            self.runner = load(libraries[0]).ocannl_run_chunks
+            self.runner.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            self.runner.restype = None
+        functions = [
+            address(library, symbol) for library, symbol in zip(libraries, symbols, strict=True)
+        ]
         scratch = {t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)}
         # Keep the arrays alive: the tables below refer to their memory.
         self.arrays = [
@@ -167,7 +186,7 @@ class CCompiled(Compiled):
         # Host arrays are this backend's buffers: a device may hold newer values of those it
         # uses, and devices must learn about those it writes.
         self.shared = [t for t in tnodes if t not in scratch]
-        written_set = set(written)
+        written_set = set(self.written)
         self.shared_written = [residency_of(t) for t in self.shared if t in written_set]
         self.seen_device_writes = -1
 
@@ -209,6 +228,9 @@ class CBackend(Backend):
         labels = tuple(t.label for t in chunk.tnodes)
         return ChunkFunction(key, body, labels, dtypes, random)
 
+    def identity(self) -> str:
+        return build_identity()
+
     def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
         position = {t: k for k, t in enumerate(tnodes)}
@@ -219,23 +241,31 @@ class CBackend(Backend):
             functions,
             "fn",
             lambda group: build_unit(group, identity),
-            lambda library, symbol: hasattr(load(library), symbol),
+            lambda library, symbol: address(library, symbol) is not None,
         )
         source_path = write_listing(name, tnodes, chunks, functions, libraries)
-        loaded = [load(libraries[f.key]) for f in functions]
-        runner = None
-        if loaded:
-            runner = loaded[0].ocannl_run_chunks
-            runner.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-            runner.restype = None
-        addresses = [
-            ctypes.cast(getattr(lib, f.symbol), ctypes.c_void_p).value
-            for lib, f in zip(loaded, functions, strict=True)
-        ]
-        parameters = [[position[t] for t in c.tnodes] for c in chunks]
-        written = sorted(ir.written_tnodes(stmt), key=position.__getitem__)
-        used = sorted({libraries[f.key] for f in functions})
-        return CCompiled(runner, addresses, parameters, tnodes, written, source_path, used)
+        written = sorted(position[t] for t in ir.written_tnodes(stmt))
+        return CCompiled(
+            [libraries[f.key] for f in functions],
+            [f.symbol for f in functions],
+            [[position[t] for t in c.tnodes] for c in chunks],
+            tnodes,
+            written,
+            source_path,
+        )
+
+    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CCompiled | None:
+        folder = cache.cache_dir()
+        source_path = folder / plan["source"]
+        paths = {name: folder / name for name in {name for name, _, _ in plan["chunks"]}}
+        libraries = [paths[name] for name, _, _ in plan["chunks"]]
+        symbols = [symbol for _, symbol, _ in plan["chunks"]]
+        if not source_path.exists() or not all(cache.verified(lib) for lib in paths.values()):
+            return None
+        if not all(address(lib, s) for lib, s in zip(libraries, symbols, strict=True)):
+            return None
+        parameters = [params for _, _, params in plan["chunks"]]
+        return CCompiled(libraries, symbols, parameters, tnodes, plan["written"], source_path)
 
 
 @functools.cache
@@ -247,6 +277,17 @@ def load(library: Path) -> ctypes.CDLL:
         raise CompileError(
             f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
         ) from None
+
+
+_dlsym = ctypes.CDLL(None).dlsym
+_dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_dlsym.restype = ctypes.c_void_p
+
+
+@functools.cache
+def address(library: Path, symbol: str) -> int | None:
+    """The address of `symbol` in a library from the cache; None if it has none."""
+    return _dlsym(load(library)._handle, symbol.encode())
 
 
 def build_unit(functions: Sequence[ChunkFunction], identity: str) -> Path:
@@ -280,7 +321,7 @@ def write_listing(
     chunks: list[Chunk],
     functions: list[ChunkFunction],
     libraries: dict[str, Path],
-) -> str:
+) -> Path:
     """A readable C source of the whole routine: each distinct chunk function once (with the
     library it is compiled in), then the routine as a function calling them in order."""
     routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
@@ -308,4 +349,4 @@ def write_listing(
     path = cache.cache_dir() / f"{cache.key(text)}.listing.c"
     if not path.exists():
         cache.write_atomic(path, text.encode())
-    return str(path)
+    return path

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from arrayjit import assignments as asg
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Compiled
+from arrayjit.lowering import compile_to_ir
 from arrayjit.runtime import residency
 
 if TYPE_CHECKING:
@@ -14,18 +15,31 @@ if TYPE_CHECKING:
 
 
 class Executable:
-    """Compiled code bound to its buffers; `run()` executes it."""
+    """Compiled code bound to its buffers; `run()` executes it. `ir` is the optimized loop IR,
+    lowered again on first use when the routine came from the cache by its structure."""
 
     def __init__(
-        self, runtime: Runtime, code: asg.Code, stmt: ir.Stmt, compiled: Compiled, name: str
-    ):
+        self,
+        runtime: Runtime,
+        code: asg.Code,
+        compiled: Compiled,
+        name: str,
+        stmt: ir.Stmt | None = None,
+    ) -> None:
         self.runtime = runtime
-        self.code = code
-        self.ir = stmt
         self.compiled = compiled
         self.name = name
+        self._code = code
+        self._ir = stmt
+        compiled.ir_source = lambda: self.ir
         # Marked computed by the first run (a buffer never becomes uncomputed).
-        self._unmarked = sorted(ir.written_tnodes(stmt), key=lambda t: t.id)
+        self._unmarked = list(compiled.written)
+
+    @property
+    def ir(self) -> ir.Stmt:
+        if self._ir is None:
+            self._ir = compile_to_ir(self._code, self.runtime.backend.reductions_innermost)
+        return self._ir
 
     @property
     def source_path(self) -> str:

@@ -28,6 +28,7 @@ import functools
 import logging
 import weakref
 from pathlib import Path
+from typing import Any
 
 from arrayjit import cache
 from arrayjit import loop_ir as ir
@@ -77,31 +78,66 @@ def cuda_available() -> bool:
 
 
 class CudaCompiled(Compiled):
+    """The kernels of a routine, each launched on its own buffers."""
+
     def __init__(
         self,
         backend: CudaBackend,
-        plans: list[KernelPlan],
-        kernels: list,
+        kernels: list[tuple[Path, str, int | tuple[int, ...], int]],
         parameters: list[list[int]],
         tnodes: list[TNode],
-        arguments: list,
-        persistent: list[TNode],
-        written: list[TNode],
-        source_path: str,
+        written: list[int],
+        source_path: Path,
+        plans: list[KernelPlan] | None = None,
     ) -> None:
+        from cuda.core import LaunchConfig
+
         self.backend = backend
-        self.plans = plans
-        self.kernels = kernels  # (kernel, launch config)
         self.tnodes = tnodes
-        self.arguments = arguments  # device buffers, in the order of `tnodes`
+        self.written = [tnodes[k] for k in written]
+        self.source_path = str(source_path)
+        self.plan = {
+            "source": source_path.name,
+            "kernels": [
+                [cubin.name, symbol, grid, block, params]
+                for (cubin, symbol, grid, block), params in zip(kernels, parameters, strict=True)
+            ],
+            "written": written,
+        }
+        self._plans = plans
+        # (kernel, launch config), in launch order.
+        self.kernels = [
+            (backend.module(cubin).get_kernel(symbol), LaunchConfig(grid=grid, block=block))
+            for cubin, symbol, grid, block in kernels
+        ]
+        self.persistent = [
+            t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)
+        ]
+        scratch = {
+            t: backend.allocate(t.size * t.dtype.itemsize)
+            for t in tnodes
+            if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
+        }
+        for buffer in scratch.values():
+            buffer.fill(0, stream=backend.stream)
+        # Device buffers, in the order of `tnodes`.
+        self.arguments = [
+            scratch[t] if t in scratch else backend.device_copy(t).buffer for t in tnodes
+        ]
         # Each kernel's own buffers, in the order of its parameters.
         self.launches = [
-            (kernel, config, tuple(arguments[i] for i in params))
-            for (kernel, config), params in zip(kernels, parameters, strict=True)
+            (kernel, config, tuple(self.arguments[i] for i in params))
+            for (kernel, config), params in zip(self.kernels, parameters, strict=True)
         ]
-        self.persistent = persistent
-        self.written = written
-        self.source_path = source_path
+        persistent = set(self.persistent)
+        self.written_persistent = [t for t in self.written if t in persistent]
+
+    @property
+    def plans(self) -> list[KernelPlan]:
+        """The kernel plans (planned again from the IR when the routine came from the cache)."""
+        if self._plans is None:
+            self._plans = self.backend.kernel_plans(self.ir_source())
+        return self._plans
 
     def run(self) -> None:
         from cuda.core import launch
@@ -110,7 +146,7 @@ class CudaCompiled(Compiled):
         backend.upload_stale(self.persistent)
         for kernel, config, arguments in self.launches:
             launch(backend.stream, config, kernel, *arguments)
-        backend.mark_written(self.written)
+        backend.mark_written(self.written_persistent)
 
 
 class CudaBackend(Backend):
@@ -187,15 +223,20 @@ class CudaBackend(Backend):
             return False
         return True
 
-    def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
-        from cuda.core import LaunchConfig
+    def identity(self) -> str:
+        return f"{nvrtc.identity(self.arch)}\ntiled matmul: {self.tile_matmul}"
 
-        tnodes = ir.tnodes_in(stmt)
-        position = {t: k for k, t in enumerate(tnodes)}
+    def kernel_plans(self, stmt: ir.Stmt) -> list[KernelPlan]:
         plans = plan_kernels(stmt)
         if not self.tile_matmul:
             for plan in plans:
                 plan.matmul = None
+        return plans
+
+    def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
+        tnodes = ir.tnodes_in(stmt)
+        position = {t: k for k, t in enumerate(tnodes)}
+        plans = self.kernel_plans(stmt)
         build_identity = nvrtc.identity(self.arch)
         parameters = [kernel_tnodes(plan) for plan in plans]
         functions = [
@@ -208,36 +249,32 @@ class CudaBackend(Backend):
             lambda group: nvrtc.build_cubin(module_source(group), self.arch),
             self.defines,
         )
-        kernels = [
-            (
-                self.module(cubins[f.key]).get_kernel(f.symbol),
-                LaunchConfig(grid=f.grid, block=f.block),
-            )
-            for f in functions
-        ]
         source_path = self.write_listing(name, plans, tnodes, stmt, functions, cubins)
-        persistent = [t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)]
-        scratch = {
-            t: self.allocate(t.size * t.dtype.itemsize) for t in tnodes if t not in persistent
-        }
-        for buffer in scratch.values():
-            buffer.fill(0, stream=self.stream)
-        arguments = [scratch[t] if t in scratch else self.device_copy(t).buffer for t in tnodes]
-        written = [t for t in ir.written_tnodes(stmt) if t in set(persistent)]
-        written.sort(key=position.__getitem__)
         return CudaCompiled(
             self,
-            plans,
-            kernels,
+            [(cubins[f.key], f.symbol, f.grid, f.block) for f in functions],
             [[position[t] for t in params] for params in parameters],
             tnodes,
-            arguments,
-            persistent,
-            written,
+            sorted(position[t] for t in ir.written_tnodes(stmt)),
             source_path,
+            plans,
         )
 
-    def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> str:
+    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CudaCompiled | None:
+        folder = cache.cache_dir()
+        source_path = folder / plan["source"]
+        kernels = [
+            (folder / cubin, symbol, tuple(grid) if isinstance(grid, list) else grid, block)
+            for cubin, symbol, grid, block, _ in plan["kernels"]
+        ]
+        if not source_path.exists() or not all(
+            cache.verified(cubin) and self.defines(cubin, symbol) for cubin, symbol, _, _ in kernels
+        ):
+            return None
+        parameters = [params for *_, params in plan["kernels"]]
+        return CudaCompiled(self, kernels, parameters, tnodes, plan["written"], source_path)
+
+    def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> Path:
         """The routine as one readable module (kernels named after it, every buffer a parameter),
         headed by the kernels actually launched: their module, launch shape and buffers."""
         routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
@@ -253,7 +290,7 @@ class CudaBackend(Backend):
         path = cache.cache_dir() / f"{cache.key(text)}.listing.cu"
         if not path.exists():
             cache.write_atomic(path, text.encode())
-        return str(path)
+        return path
 
     def synchronize(self) -> None:
         self.stream.sync()
