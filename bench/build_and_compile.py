@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,8 @@ import time
 import numpy as np
 
 import ocannl_py as oc
+from arrayjit.backends import cc
+from arrayjit.runtime import runtime as runtime_module
 from ocannl_py import train
 
 FEATURES, BATCH = 16, 8
@@ -109,38 +112,61 @@ def gpt_reference(x, mask, weights, layers, d, heads):
     return x
 
 
-def timed_compile(ctx: oc.Context, code) -> tuple[object, float, float]:
-    """Compile `code`; seconds in all and in arrayjit's `Runtime.compile`."""
-    in_arrayjit = 0.0
-    compile_in_arrayjit = ctx.runtime.compile
+class Stopwatch:
+    """Seconds spent in the functions it wraps."""
 
-    def timed(*args, **kwargs):
-        nonlocal in_arrayjit
-        start = time.perf_counter()
-        try:
-            return compile_in_arrayjit(*args, **kwargs)
-        finally:
-            in_arrayjit += time.perf_counter() - start
+    def __init__(self) -> None:
+        self.seconds = 0.0
 
-    ctx.runtime.compile = timed
+    def wrap(self, function):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+def timed_compile(ctx: oc.Context, code) -> tuple[object, dict]:
+    """Compile `code`; seconds in all, in arrayjit's `Runtime.compile`, and in lowering (with
+    the passes) and printing the chunks."""
+    in_arrayjit, lowering, printing = Stopwatch(), Stopwatch(), Stopwatch()
+    ctx.runtime.compile = in_arrayjit.wrap(ctx.runtime.compile)
+    runtime_module.compile_to_ir = lowering.wrap(runtime_module.compile_to_ir)
+    cc.CBackend.chunk_function = printing.wrap(cc.CBackend.chunk_function)
     start = time.perf_counter()
     routine = ctx.compile(code)
-    return routine, time.perf_counter() - start, in_arrayjit
+    seconds = time.perf_counter() - start
+    return routine, {
+        "compile": seconds,
+        "arrayjit": in_arrayjit.seconds,
+        "lower+print": lowering.seconds + printing.seconds,
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of the compiler processes it waited for."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def child(kind: str, sizes: list[int]) -> dict:
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     if kind == "chain":
         code = chain(sizes[0])[0]
     else:
         code = gpt(*sizes)[0].forward
-    built = time.perf_counter() - start
-    routine, seconds, in_arrayjit = timed_compile(oc.Context("c"), code)
+    built, built_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
+    start_cpu = cpu_seconds()
+    routine, times = timed_compile(oc.Context("c"), code)
     compiled = routine.executable.compiled
     return {
         "build": built,
-        "compile": seconds,
-        "arrayjit": in_arrayjit,
+        "build cpu": built_cpu,
+        **times,
+        "compile cpu": cpu_seconds() - start_cpu,
         "chunks": len(compiled.tables),
         "functions": len(set(compiled.function_array)),
     }
@@ -200,29 +226,41 @@ def main() -> None:
         return
     check_small_models()
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    print("wall seconds; cpu: CPU seconds of the process and its compiler processes (a busy")
+    print("machine stretches wall times, not CPU times)")
     print("training step of a chain of relu(w @ y + y) layers, C backend (seconds)")
+    print("(arrayjit: the part of compiling spent in arrayjit; lower+print: lowering, passes and")
+    print(" printing the chunks, within it; the rest of arrayjit's cold time is the C compiler)")
     header = (
-        f"{'layers':>7}{'build':>9}{'ratio':>7}{'linear':>7}{'cold':>9}{'(arrayjit)':>11}"
-        f"{'cached':>9}{'(arrayjit)':>11}{'chunks':>8}{'functions':>10}"
+        f"{'layers':>7}{'build':>8}{'cpu':>8}{'ratio':>7}{'linear':>7}{'cold':>8}{'cpu':>8}"
+        f"{'arrayjit':>9}{'lower+print':>12}{'ratio':>7}{'cached':>8}{'cpu':>8}{'arrayjit':>9}"
+        f"{'chunks':>7}{'functions':>10}"
     )
     print(header)
     first = None
     for layers in args.layers:
         cold, cached = measure("chain", [layers])
-        first = first or (layers, cold["build"])
-        ratio = cold["build"] / first[1]
+        first = first or (layers, cold["build cpu"], cold["lower+print"])
         print(
-            f"{layers:>7}{cold['build']:>9.2f}{ratio:>7.1f}{layers / first[0]:>7.1f}"
-            f"{cold['compile']:>9.2f}{cold['arrayjit']:>11.2f}{cached['compile']:>9.3f}"
-            f"{cached['arrayjit']:>11.3f}{cold['chunks']:>8}{cold['functions']:>10}"
+            f"{layers:>7}{cold['build']:>8.2f}{cold['build cpu']:>8.2f}"
+            f"{cold['build cpu'] / first[1]:>7.1f}{layers / first[0]:>7.1f}"
+            f"{cold['compile']:>8.2f}{cold['compile cpu']:>8.2f}{cold['arrayjit']:>9.2f}"
+            f"{cold['lower+print']:>12.2f}{cold['lower+print'] / first[2]:>7.1f}"
+            f"{cached['compile']:>8.3f}{cached['compile cpu']:>8.3f}{cached['arrayjit']:>9.3f}"
+            f"{cold['chunks']:>7}{cold['functions']:>10}"
         )
+    print("(build ratio: CPU seconds over those of the first chain; linear: the ratio of layers)")
     sizes = [args.gpt_layers, 1600, 25, 16]
     cold, cached = measure("gpt", sizes)
     print(f"GPT-2-XL-shaped forward ({sizes[0]} layers, d=1600, 25 heads, 16 tokens):")
-    print(f"  build {cold['build']:.2f} s (target <= 5)")
+    print(f"  build {cold['build']:.2f} s, cpu {cold['build cpu']:.2f} s (target <= 5)")
     print(
-        f"  compile cold {cold['compile']:.2f} s (arrayjit {cold['arrayjit']:.2f}; target <= 30), "
-        f"cached {cached['compile']:.3f} s (arrayjit {cached['arrayjit']:.3f}; target <= 1)"
+        f"  compile cold {cold['compile']:.2f} s, cpu {cold['compile cpu']:.2f} s (arrayjit "
+        f"{cold['arrayjit']:.2f}, lower+print {cold['lower+print']:.2f}; target <= 30)"
+    )
+    print(
+        f"  compile cached {cached['compile']:.3f} s, cpu {cached['compile cpu']:.3f} s "
+        f"(arrayjit {cached['arrayjit']:.3f}; target <= 1)"
     )
     print(f"  {cold['chunks']} chunk calls of {cold['functions']} distinct functions")
 

@@ -26,13 +26,14 @@ class Structure:
     values: tuple[asg.Fetch, ...]
 
 
-def _index(index: Index, its: dict[Iterator, int]) -> str:
-    if isinstance(index, Iterator):
-        return f"i{its[index]}"
-    if isinstance(index, Fixed):
+def _index(index: Index, its: dict[int, str]) -> str:
+    """`index` with iterators named by their position in the statement (`its`: id -> name)."""
+    if type(index) is Iterator:
+        return its[index.id]
+    if type(index) is Fixed:
         return str(index.value)
     assert isinstance(index, Affine)
-    terms = "+".join(f"{c}*i{its[it]}" for c, it in index.terms)
+    terms = "+".join(f"{c}*{its[it.id]}" for c, it in index.terms)
     return f"{terms}+{index.offset}"
 
 
@@ -63,7 +64,7 @@ def structure(code: asg.Code) -> Structure:
     for s in asg.flatten(code):
         if isinstance(s, asg.Accum):
             p = s.projections
-            its = {it: n for n, it in enumerate(p.product_iterators)}
+            its = {it.id: f"i{n}" for n, it in enumerate(p.product_iterators)}
             lhs = ",".join(_index(i, its) for i in p.project_lhs)
             rhs = ";".join(",".join(_index(i, its) for i in r) for r in p.project_rhs)
             operands = ",".join(str(slot(r)) for r in s.rhses)
