@@ -92,7 +92,9 @@ def main() -> None:
                 raise RuntimeError(out.stderr)
             measured[level] = json.loads(out.stdout.strip().splitlines()[-1])
     print("C backend, CPU seconds: cold compile (compiler processes) and best run")
-    print(f"{'routine':14}{'compile -O2':>13}{'-O3':>9}{'ratio':>7}{'run -O2':>11}{'-O3':>9}{'ratio':>7}")
+    print(
+        f"{'routine':14}{'compile -O2':>13}{'-O3':>9}{'ratio':>7}{'run -O2':>11}{'-O3':>9}{'ratio':>7}"
+    )
     for name in measured["-O3"]:
         (c2, r2), (c3, r3) = measured["-O2"][name], measured["-O3"][name]
         print(f"{name:14}{c2:>13.2f}{c3:>9.2f}{c2 / c3:>7.2f}{r2:>11.4f}{r3:>9.4f}{r2 / r3:>7.2f}")
