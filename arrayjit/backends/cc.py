@@ -93,7 +93,8 @@ def build_identity() -> str:
 
 @functools.cache
 def _build_identity(command: str, extra_flags: str) -> str:
-    return "\n".join((command, " ".join(flags()), compiler_version(command)))
+    # Every unit defines the runner: a unit made for another runner must not be used.
+    return "\n".join((command, " ".join(flags()), compiler_version(command), RUNNER))
 
 
 @dataclass(frozen=True, eq=False)
