@@ -94,7 +94,8 @@ def build_identity() -> str:
 @functools.cache
 def _build_identity(command: str, extra_flags: str) -> str:
     # Every unit defines the runner: a unit made for another runner must not be used.
-    return "\n".join((command, " ".join(flags()), compiler_version(command), RUNNER))
+    all_flags = " ".join((*FLAGS, *shlex.split(extra_flags)))
+    return "\n".join((command, all_flags, compiler_version(command), RUNNER))
 
 
 @dataclass(frozen=True, eq=False)
@@ -299,10 +300,10 @@ def build_unit(functions: Sequence[ChunkFunction], identity: str) -> Path:
     return build_shared_object(source, identity)
 
 
-def build_shared_object(source: str, identity: str | None = None) -> Path:
+def build_shared_object(source: str, identity: str) -> Path:
     """The shared object for `source`, from the cache or freshly compiled."""
     command = compiler()
-    key = cache.key(source, identity or build_identity())
+    key = cache.key(source, identity)
 
     def build(source_path: Path, output: Path) -> None:
         args = [*shlex.split(command), *flags(), "-o", str(output), str(source_path), "-lm"]
