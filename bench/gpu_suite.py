@@ -21,7 +21,7 @@ from elementwise_cuda import bench as pointwise_chain
 
 from arrayjit.assignments import Accum
 from arrayjit.indexing import Fixed, Iterator, Projections
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
 REPEATS = 15
@@ -42,7 +42,7 @@ def report(row: Row) -> Row:
     return row
 
 
-def timed(ctx: Context, run, calls: int) -> float:
+def timed(ctx: Runtime, run, calls: int) -> float:
     """Seconds per call of `run` on the backend's stream, `calls` calls per timed batch."""
 
     def batch() -> None:
@@ -63,7 +63,7 @@ def torch_timed(fn, calls: int) -> float:
 # ---- matrix products ---------------------------------------------------------------------
 
 
-def matmul_item(ctx: Context, n: int, tf32: bool, label: str) -> Row:
+def matmul_item(ctx: Runtime, n: int, tf32: bool, label: str) -> Row:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     ctx.backend.allow_tf32 = tf32
     code, a, b, c = matmul(n)
@@ -100,7 +100,7 @@ def matmul_item(ctx: Context, n: int, tf32: bool, label: str) -> Row:
 # ---- reductions --------------------------------------------------------------------------
 
 
-def reduction_item(ctx: Context, label: str, dims: tuple[int, ...], keep: int | None) -> Row:
+def reduction_item(ctx: Runtime, label: str, dims: tuple[int, ...], keep: int | None) -> Row:
     """Sum over every axis (`keep` None), or over all but axis `keep`."""
     its = tuple(Iterator(name=f"r{k}") for k in range(len(dims)))
     x = TNode("x", dims)
@@ -136,7 +136,7 @@ def reduction_item(ctx: Context, label: str, dims: tuple[int, ...], keep: int | 
     )
 
 
-def pointwise_item(ctx: Context) -> Row:
+def pointwise_item(ctx: Runtime) -> Row:
     chain, copy = pointwise_chain(26, ctx)
     return Row(
         "relu(exp(x)*x+1), 2^26 floats",
@@ -167,7 +167,7 @@ TARGETS = {
 def main() -> None:
     logging.basicConfig(format="%(name)s: %(message)s")
     logging.getLogger("arrayjit").setLevel(logging.INFO)  # shows the tuned configurations
-    ctx = Context("cuda")
+    ctx = Runtime("cuda")
     ctx.backend.autotune = "--no-tune" not in sys.argv
     torch.backends.cuda.matmul.allow_tf32 = False
     print(

@@ -212,8 +212,10 @@ def _random_init(t: Tensor, seed: int) -> Code:
                            ((), cells.project_lhs))  # fmt: skip
         uniform = asg.Call("uniform_at", (asg.Arg(0), asg.Arg(1)))
         scaled = asg.Call("sub", (asg.Call("mul", (uniform, asg.Lit(2 * bound))), asg.Lit(bound)))
+        # The seed is read from a buffer rather than printed as a literal, so that parameters of
+        # equal dims share one compiled init function.
         return asg.seq([
-            asg.Fetch(seed_node, asg.Constant(float(seed))),
+            asg.Fetch(seed_node, asg.Values(np.array(float(seed)))),
             asg.Fetch(counter, asg.RangeOfShape()),
             asg.Accum(node, None, scaled, (seed_node, counter), proj),
         ])  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from arrayjit.runtime import residency
 from arrayjit.tnode import MemoryMode, TNode
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
@@ -69,7 +70,7 @@ class Tensor:
     def value(self) -> np.ndarray:
         """The values, axes in batch, output, input order."""
         node = self._value_node
-        if node is None or not node.computed:
+        if node is None or not residency.computed(node):
             raise ValueError(
                 f"tensor {self.label!r} has no value yet: no routine has computed it. Run "
                 "`ctx.forward(t)` on it with a Context (or compile and run code that computes it)"
@@ -86,7 +87,7 @@ class Tensor:
         if not self.requires_grad:
             return None
         node = self._grad_node
-        if node is None or not node.computed:
+        if node is None or not residency.computed(node):
             raise ValueError(
                 f"the gradient of {self.label!r} has not been computed: compile and run "
                 "`train.grad_update(loss)` first"
