@@ -2,17 +2,20 @@
 
 `propagate(logic, result, operands)` adds an operation's constraints and solves what it can at
 once (a conflict is a ShapeError right there); `close(shapes)` settles the rest before compiling.
-The solver itself is `solver.py`; projections are derived in `projections.py`.
+The solver itself is `solver.py` (and `closing.py`); projections are derived in `projections.py`.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ocannl_py import einsum as es
 from ocannl_py.errors import ShapeError
 from ocannl_py.shape import solver as sv
+from ocannl_py.shape import terms as t
+from ocannl_py.shape.closing import Closing
 from ocannl_py.shape.rows import KINDS, Shape
 
 
@@ -66,7 +69,7 @@ class AxisRef:
     """One axis of a spec after propagation: `kind` is label, placeholder or fixed."""
 
     kind: str
-    dim: sv.DimLike
+    dim: t.DimLike
     name: str = ""
     index: int = 0
 
@@ -76,10 +79,13 @@ class RowLayout:
     """How a spec row maps onto a tensor's row: axes, then the row variable's part, then axes."""
 
     beg: tuple[AxisRef, ...]
-    var: sv.RowVar | None  # the tensor's own part of the row variable
-    shared: sv.RowVar | None  # the spec's row variable (the result's part)
+    var: t.RowVar | None  # the tensor's own part of the row variable
+    shared: t.RowVar | None  # the spec's row variable (the result's part)
     var_name: str | None
     end: tuple[AxisRef, ...]
+
+
+_step_serials = itertools.count(1)
 
 
 @dataclass
@@ -92,7 +98,10 @@ class UpdateStep:
     op_label: str = ""
     # Einsum only: per tensor (operands, then the result), per kind, its layout (None: no axes).
     layouts: list[dict[str, RowLayout | None]] = field(default_factory=list)
-    row_vars: dict[str, sv.RowVar] = field(default_factory=dict)
+    row_vars: dict[str, t.RowVar] = field(default_factory=dict)
+    # Its constraints still pending, and rows of variables no tensor holds, until it is closed.
+    scope: sv.Scope = field(default_factory=sv.Scope, repr=False)
+    serial: int = field(default_factory=lambda: next(_step_serials), repr=False)
 
     def describe(self) -> str:
         op = f" {self.op_label!r}" if self.op_label else ""
@@ -112,50 +121,67 @@ _COMPOSE_HINT = (
 def propagate(
     logic: Logic, result: Shape, operands: list[Shape], *, op_label: str = ""
 ) -> UpdateStep:
-    """Add the constraints of `result = logic(operands)`, solve what can be, return the step."""
+    """Add the constraints of `result = logic(operands)`, solve what can be, return the step.
+    On a conflict (a ShapeError) the shapes are left as they were."""
     operands = list(operands)
     _check_arity(logic, operands)
     step = UpdateStep(logic, result, operands, op_label)
-    group = sv.merge([result._group, *(s._group for s in operands)])
-    for s in (result, *operands):
-        s._group = group
-    new: list[sv.Pending] = []
+    tx = sv.Transaction()
+    try:
+        _constrain(step, tx)
+        tx.run()
+    except sv.Mismatch as e:
+        error = _shape_error(e, sv.Where(step.describe))  # described before the rollback
+        tx.rollback()
+        raise error from None
+    except BaseException:
+        tx.rollback()
+        raise
+    result.open_steps.append(step)
+    return step
+
+
+def _constrain(step: UpdateStep, tx: sv.Transaction) -> None:
+    logic, result, operands = step.logic, step.result, step.operands
 
     def where(kind: str, hint: str = "") -> sv.Where:
         return sv.Where(step.describe, kind, hint)
 
-    def broadcast(cur: sv.Row, subr: sv.Row, kind: str) -> None:
+    def broadcast(cur: t.Row, subr: t.Row, kind: str) -> None:
         w = where(kind)
-        _reporting(w, lambda: new.extend(sv.broadcast_rows(cur, subr, w)))
+        for constraint in _reporting(w, lambda: tx.broadcast_rows(cur, subr, w)):
+            tx.add(constraint, step.scope)
 
-    def equal(r1: sv.Row, r2: sv.Row, kind: str, hint: str = "") -> None:
-        _reporting(where(kind, hint), lambda: sv.unify_rows(r1, r2))
+    def equal(r1: t.Row, r2: t.Row, kind: str, hint: str = "") -> None:
+        _reporting(where(kind, hint), lambda: tx.unify_rows(r1, r2))
 
     if isinstance(logic, Pointwise):
         for kind in KINDS:
             for operand in operands:
                 if logic.exact:
-                    equal(result._rows[kind], operand._rows[kind], kind)
+                    equal(result.original_row(kind), operand.original_row(kind), kind)
                 else:
-                    broadcast(result._rows[kind], operand._rows[kind], kind)
+                    broadcast(result.original_row(kind), operand.original_row(kind), kind)
     elif isinstance(logic, Compose):
         a, b = operands
-        equal(a._rows["input"], b._rows["output"], "input (of the left) vs output", _COMPOSE_HINT)
+        equal(
+            a.original_row("input"),
+            b.original_row("output"),
+            "input (of the left) vs output",
+            _COMPOSE_HINT,
+        )
         for operand in operands:
-            broadcast(result._rows["batch"], operand._rows["batch"], "batch")
-        broadcast(result._rows["input"], b._rows["input"], "input")
-        broadcast(result._rows["output"], a._rows["output"], "output")
+            broadcast(result.original_row("batch"), operand.original_row("batch"), "batch")
+        broadcast(result.original_row("input"), b.original_row("input"), "input")
+        broadcast(result.original_row("output"), a.original_row("output"), "output")
     elif isinstance(logic, Transpose):
         (a,) = operands
-        broadcast(result._rows["batch"], a._rows["batch"], "batch")
-        broadcast(result._rows["input"], a._rows["output"], "input (from output)")
-        broadcast(result._rows["output"], a._rows["input"], "output (from input)")
+        broadcast(result.original_row("batch"), a.original_row("batch"), "batch")
+        broadcast(result.original_row("input"), a.original_row("output"), "input (from output)")
+        broadcast(result.original_row("output"), a.original_row("input"), "output (from input)")
     else:
-        _propagate_einsum(step, logic, new, where)
-        group.extra_rows.extend(sv.Row((), var, ()) for var in step.row_vars.values())
-    w = where("")
-    group.pending = _reporting(w, lambda: sv.solve(group.pending + new))
-    return step
+        _propagate_einsum(step, logic, tx, where)
+        step.scope.extra_rows.extend(t.Row((), var, ()) for var in step.row_vars.values())
 
 
 def _check_arity(logic: Logic, operands: list[Shape]) -> None:
@@ -172,10 +198,13 @@ def _check_arity(logic: Logic, operands: list[Shape]) -> None:
 
 
 def _reporting(where: sv.Where, action):
+    """Run `action`, blaming `where` for a mismatch that does not say where it is."""
     try:
         return action()
     except sv.Mismatch as e:
-        raise _shape_error(e, where) from None
+        if e.where is None:
+            e.where = where
+        raise
 
 
 def _shape_error(e: sv.Mismatch, fallback: sv.Where) -> ShapeError:
@@ -187,9 +216,9 @@ def _shape_error(e: sv.Mismatch, fallback: sv.Where) -> ShapeError:
     return ShapeError(message)
 
 
-def _propagate_einsum(step: UpdateStep, logic: Einsum, new: list, where) -> None:
+def _propagate_einsum(step: UpdateStep, logic: Einsum, tx: sv.Transaction, where) -> None:
     spec = logic.parsed
-    labels: dict[str, sv.DimVar] = {}
+    labels: dict[str, t.DimVar] = {}
     tensors = [*step.operands, step.result]
     shape_specs = [*spec.operands, spec.result]
     for position, (shape, shape_spec) in enumerate(zip(tensors, shape_specs, strict=True)):
@@ -200,7 +229,7 @@ def _propagate_einsum(step: UpdateStep, logic: Einsum, new: list, where) -> None
             w = where(kind)
             if row_spec is None:
                 # A kind the spec leaves out has no axes (OCANNL: it is not broadcast or reduced).
-                _reporting(w, lambda s=shape, k=kind: sv.unify_rows(s._rows[k], sv.Row()))
+                _reporting(w, lambda s=shape, k=kind: tx.unify_rows(s.original_row(k), t.Row()))
                 layout[kind] = None
                 continue
             beg = tuple(_axis_ref(a, labels, logic) for a in row_spec.beg)
@@ -208,23 +237,24 @@ def _propagate_einsum(step: UpdateStep, logic: Einsum, new: list, where) -> None
             name = row_spec.variable_name(kind)
             shared = own = None
             if name is not None:
-                shared = step.row_vars.setdefault(name, sv.RowVar(name))
-                own = shared if is_result else sv.RowVar(f"{name}{position + 1}")
+                shared = step.row_vars.setdefault(name, t.RowVar(name))
+                own = shared if is_result else t.RowVar(f"{name}{position + 1}")
                 if not is_result:
-                    new.append(sv.RowBroadcast(sv.Row((), shared, ()), sv.Row((), own, ()), w))
-            spec_row = sv.Row(tuple(r.dim for r in beg), own, tuple(r.dim for r in end))
-            _reporting(w, lambda s=shape, k=kind, r=spec_row: sv.unify_rows(s._rows[k], r))
+                    broadcast = sv.RowBroadcast(t.Row((), shared, ()), t.Row((), own, ()), w)
+                    tx.add(broadcast, step.scope)
+            spec_row = t.Row(tuple(r.dim for r in beg), own, tuple(r.dim for r in end))
+            _reporting(w, lambda s=shape, k=kind, r=spec_row: tx.unify_rows(s.original_row(k), r))
             layout[kind] = RowLayout(beg, own, shared, name, end)
         step.layouts.append(layout)
 
 
-def _axis_ref(axis: es.AxisSpec, labels: dict[str, sv.DimVar], logic: Einsum) -> AxisRef:
+def _axis_ref(axis: es.AxisSpec, labels: dict[str, t.DimVar], logic: Einsum) -> AxisRef:
     if isinstance(axis, es.Label):
-        return AxisRef("label", labels.setdefault(axis.name, sv.DimVar(axis.name)), axis.name)
+        return AxisRef("label", labels.setdefault(axis.name, t.DimVar(axis.name)), axis.name)
     if isinstance(axis, es.Placeholder):
-        return AxisRef("placeholder", sv.DimVar("_"))
+        return AxisRef("placeholder", t.DimVar("_"))
     if isinstance(axis, es.FixedIndex):
-        return AxisRef("fixed", sv.DimVar(min_size=axis.value + 1), index=axis.value)
+        return AxisRef("fixed", t.DimVar(min_size=axis.value + 1), index=axis.value)
     what = "affine (convolution) axes" if isinstance(axis, es.AffineAxis) else "concatenation `^`"
     raise ShapeError(
         f"einsum {logic.spec!r}: {what} are parsed but not supported by shape inference yet"
@@ -232,28 +262,64 @@ def _axis_ref(axis: es.AxisSpec, labels: dict[str, sv.DimVar], logic: Einsum) ->
 
 
 def close(shapes: Iterable[Shape]) -> None:
-    """Settle every variable reachable from `shapes`; a parameter left undetermined is an error."""
-    groups = {id(g): g for g in (s._group.root() for s in shapes)}
-    for group in groups.values():
-        members = list(group.shapes)
-        try:
-            sv.close_group(group)
-        except sv.Mismatch as e:
-            raise _shape_error(e, sv.Where(lambda: "closing shapes")) from None
-        for shape in members:
+    """Settle every variable of `shapes` and of the operations that produce them, transitively;
+    a parameter left undetermined is an error. Operations that none of them reaches (an
+    abandoned expression) are left alone. On an error, the shapes are left as they were."""
+    reached, steps = _reach(shapes)
+    rows = [s.original_row(k) for s in reached for k in KINDS]
+    rows.extend(r for step in steps for r in step.scope.extra_rows)
+    params_batch = set()
+    for shape in reached:
+        var = shape.row("batch").var
+        if shape.is_param and var is not None:
+            params_batch.add(var.id)
+    tx = Closing([step.scope for step in steps], params_batch)
+    try:
+        tx.close(rows)
+        for shape in reached:
             if shape.dims_required:
                 _check_param(shape)
+    except sv.Mismatch as e:
+        error = _shape_error(e, sv.Where(lambda: "closing shapes"))
+        tx.rollback()
+        raise error from None
+    except BaseException:
+        tx.rollback()
+        raise
+    for step in steps:
+        step.scope.extra_rows = []
+    for shape in reached:
+        shape.open_steps = []
+
+
+def _reach(shapes: Iterable[Shape]) -> tuple[list[Shape], list[UpdateStep]]:
+    """The shapes and the open update steps reachable from `shapes` through the steps that
+    produce them, each in creation order."""
+    seen: dict[int, Shape] = {}
+    steps: dict[int, UpdateStep] = {}
+    stack = list(shapes)
+    while stack:
+        shape = stack.pop()
+        if id(shape) in seen:
+            continue
+        seen[id(shape)] = shape
+        for step in shape.open_steps:
+            if id(step) not in steps:
+                steps[id(step)] = step
+                stack.extend(step.operands)
+    return (
+        sorted(seen.values(), key=lambda s: s.serial),
+        sorted(steps.values(), key=lambda s: s.serial),
+    )
 
 
 def _check_param(shape: Shape) -> None:
     for kind in KINDS:
-        original = shape._rows[kind]
-        undetermined = kind != "batch" and sv._was_defaulted_row(original)
-        undetermined = undetermined or any(
-            sv._was_defaulted_dim(d) for d in (*original.beg, *original.end)
-        )
-        row = sv.resolve_row(original)
-        undetermined = undetermined or any(sv._was_defaulted_dim(d) for d in (*row.beg, *row.end))
+        original = shape.original_row(kind)
+        undetermined = kind != "batch" and t.was_defaulted_row(original)
+        undetermined = undetermined or any(t.was_defaulted_dim(d) for d in t.dim_vars(original))
+        row = t.resolve_row(original)
+        undetermined = undetermined or any(t.was_defaulted_dim(d) for d in (*row.beg, *row.end))
         if undetermined:
             raise ShapeError(
                 f"cannot infer the {kind} dims of parameter {shape.label!r} (got {shape}): "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from arrayjit.indexing import Fixed, Index, Iterator, Projections
 from ocannl_py.errors import ShapeError
-from ocannl_py.shape import solver as sv
+from ocannl_py.shape import terms as sv
 from ocannl_py.shape.logic import (
     AxisRef,
     Compose,
