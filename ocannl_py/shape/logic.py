@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ocannl_py import einsum as es
-from ocannl_py.errors import ShapeError
+from ocannl_py.errors import ShapeError, SpecSyntaxError
 from ocannl_py.shape import solver as sv
 from ocannl_py.shape import terms as t
 from ocannl_py.shape.closing import Closing
@@ -99,6 +99,8 @@ class UpdateStep:
     # Einsum only: per tensor (operands, then the result), per kind, its layout (None: no axes).
     layouts: list[dict[str, RowLayout | None]] = field(default_factory=list)
     row_vars: dict[str, t.RowVar] = field(default_factory=dict)
+    # Einsum only: the labels of the result that are in no operand, with their dims.
+    result_only_labels: dict[str, tuple[es.Label, t.DimVar]] = field(default_factory=dict)
     # Its constraints still pending, and rows of variables no tensor holds, until it is closed.
     scope: sv.Scope = field(default_factory=sv.Scope, repr=False)
     serial: int = field(default_factory=lambda: next(_step_serials), repr=False)
@@ -126,10 +128,14 @@ def propagate(
     operands = list(operands)
     _check_arity(logic, operands)
     step = UpdateStep(logic, result, operands, op_label)
+    # A new result has nothing but this operation to give its dims.
+    result_is_new = result.is_fresh()
     tx = sv.Transaction()
     try:
         _constrain(step, tx)
         tx.run()
+        if step.result_only_labels and result_is_new:
+            _check_result_labels(step, closed=False)
     except sv.Mismatch as e:
         error = _shape_error(e, sv.Where(step.describe))  # described before the rollback
         tx.rollback()
@@ -246,6 +252,32 @@ def _propagate_einsum(step: UpdateStep, logic: Einsum, tx: sv.Transaction, where
             _reporting(w, lambda s=shape, k=kind, r=spec_row: tx.unify_rows(s.original_row(k), r))
             layout[kind] = RowLayout(beg, own, shared, name, end)
         step.layouts.append(layout)
+    in_operands = {a.name for o in spec.operands for a in _axes(o) if isinstance(a, es.Label)}
+    for axis in _axes(spec.result):
+        if isinstance(axis, es.Label) and axis.name not in in_operands:
+            step.result_only_labels[axis.name] = (axis, labels[axis.name])
+
+
+def _axes(shape_spec: es.ShapeSpec) -> list[es.AxisSpec]:
+    rows = (shape_spec.row(kind) for kind in KINDS)
+    return [axis for row in rows if row is not None for axis in row.axes]
+
+
+def _check_result_labels(step: UpdateStep, *, closed: bool) -> None:
+    """A result axis whose label is in no operand takes its dim from elsewhere (the result's
+    given dims): once the step is solved (`closed`: once its shapes are closed), it must have
+    one that no default made up."""
+    assert isinstance(step.logic, Einsum)
+    for label, dim in step.result_only_labels.values():
+        if t.was_defaulted_dim(dim) if closed else not isinstance(t.resolve_dim(dim), t.Dim):
+            line, column = label.position or (1, 1)
+            raise SpecSyntaxError(
+                f"the result axis {label.name!r} is in no operand and nothing gives its dim: "
+                "name it in an operand, use a fixed index, or give the result's dims",
+                step.logic.spec,
+                line,
+                column,
+            )
 
 
 def _axis_ref(axis: es.AxisSpec, labels: dict[str, t.DimVar], logic: Einsum) -> AxisRef:
@@ -279,6 +311,9 @@ def close(shapes: Iterable[Shape]) -> None:
         for shape in reached:
             if shape.dims_required:
                 _check_param(shape)
+        for step in steps:
+            if step.result_only_labels:
+                _check_result_labels(step, closed=True)
     except sv.Mismatch as e:
         error = _shape_error(e, sv.Where(lambda: "closing shapes"))
         tx.rollback()

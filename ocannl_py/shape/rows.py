@@ -55,6 +55,14 @@ class Shape:
         """The row of `kind` as created, before any binding (to see how it was solved)."""
         return self._rows[kind]
 
+    def is_fresh(self) -> bool:
+        """Whether no operation has touched it yet: all its rows unknown, nothing waiting on
+        them, and nothing producing it."""
+        return not self.open_steps and all(
+            row.var is not None and row.var.solution is None and not row.var.watchers
+            for row in self._rows.values()
+        )
+
     def rows(self) -> list[terms.Row]:
         return [self.row(k) for k in KINDS]
 
