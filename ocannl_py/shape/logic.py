@@ -132,10 +132,12 @@ def propagate(
     result_is_new = result.is_fresh()
     tx = sv.Transaction()
     try:
-        _constrain(step, tx)
+        _constrain(step, tx, result_is_new)
         tx.run()
-        if step.result_only_labels and result_is_new:
-            _check_result_labels(step, closed=False)
+        if result_is_new:
+            if step.result_only_labels:
+                _check_result_labels(step, closed=False)
+            _settle_own_variables(result, operands, tx)
     except sv.Mismatch as e:
         error = _shape_error(e, sv.Where(step.describe))  # described before the rollback
         tx.rollback()
@@ -147,7 +149,7 @@ def propagate(
     return step
 
 
-def _constrain(step: UpdateStep, tx: sv.Transaction) -> None:
+def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> None:
     logic, result, operands = step.logic, step.result, step.operands
 
     def where(kind: str, hint: str = "") -> sv.Where:
@@ -186,8 +188,25 @@ def _constrain(step: UpdateStep, tx: sv.Transaction) -> None:
         broadcast(result.original_row("input"), a.original_row("output"), "input (from output)")
         broadcast(result.original_row("output"), a.original_row("input"), "output (from input)")
     else:
-        _propagate_einsum(step, logic, tx, where)
+        _propagate_einsum(step, logic, tx, where, result_is_new)
         step.scope.extra_rows.extend(t.Row((), var, ()) for var in step.row_vars.values())
+
+
+def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transaction) -> None:
+    """A new result is what its operands make it, as in numpy: its variables that no operand
+    holds and no constraint waits on take their least value now (a row no more axes, a dim 1 or
+    just above a fixed index) rather than growing later to fit a use."""
+    held = {id(v) for s in operands for k in KINDS for v in t.row_unknowns(s.row(k))}
+    for kind in KINDS:
+        for var in t.row_unknowns(result.row(kind)):
+            waited_on = any(c.alive for c in var.watchers)
+            if id(var) in held or waited_on or var.solution is not None:
+                continue
+            if isinstance(var, t.RowVar):
+                tx.bind_row(var, t.Row())
+            else:
+                tx.default_dim(var)
+    tx.run()
 
 
 def _check_arity(logic: Logic, operands: list[Shape]) -> None:
@@ -222,7 +241,9 @@ def _shape_error(e: sv.Mismatch, fallback: sv.Where) -> ShapeError:
     return ShapeError(message)
 
 
-def _propagate_einsum(step: UpdateStep, logic: Einsum, tx: sv.Transaction, where) -> None:
+def _propagate_einsum(
+    step: UpdateStep, logic: Einsum, tx: sv.Transaction, where, result_is_new: bool
+) -> None:
     spec = logic.parsed
     labels: dict[str, t.DimVar] = {}
     tensors = [*step.operands, step.result]
@@ -238,8 +259,11 @@ def _propagate_einsum(step: UpdateStep, logic: Einsum, tx: sv.Transaction, where
                 _reporting(w, lambda s=shape, k=kind: tx.unify_rows(s.original_row(k), t.Row()))
                 layout[kind] = None
                 continue
-            beg = tuple(_axis_ref(a, labels, logic) for a in row_spec.beg)
-            end = tuple(_axis_ref(a, labels, logic) for a in row_spec.end)
+            # A fixed index makes a new result's axis exactly `index + 1`: it broadcasts like any
+            # other axis of dim 1; an operand's axis, or an existing result's, needs a dim above it.
+            exact = is_result and result_is_new
+            beg = tuple(_axis_ref(a, labels, logic, exact) for a in row_spec.beg)
+            end = tuple(_axis_ref(a, labels, logic, exact) for a in row_spec.end)
             name = row_spec.variable_name(kind)
             shared = own = None
             if name is not None:
@@ -280,13 +304,16 @@ def _check_result_labels(step: UpdateStep, *, closed: bool) -> None:
             )
 
 
-def _axis_ref(axis: es.AxisSpec, labels: dict[str, t.DimVar], logic: Einsum) -> AxisRef:
+def _axis_ref(
+    axis: es.AxisSpec, labels: dict[str, t.DimVar], logic: Einsum, exact_fixed: bool
+) -> AxisRef:
     if isinstance(axis, es.Label):
         return AxisRef("label", labels.setdefault(axis.name, t.DimVar(axis.name)), axis.name)
     if isinstance(axis, es.Placeholder):
         return AxisRef("placeholder", t.DimVar("_"))
     if isinstance(axis, es.FixedIndex):
-        return AxisRef("fixed", t.DimVar(min_size=axis.value + 1), index=axis.value)
+        dim = t.Dim(axis.value + 1) if exact_fixed else t.DimVar(min_size=axis.value + 1)
+        return AxisRef("fixed", dim, index=axis.value)
     what = "affine (convolution) axes" if isinstance(axis, es.AffineAxis) else "concatenation `^`"
     raise ShapeError(
         f"einsum {logic.spec!r}: {what} are parsed but not supported by shape inference yet"
