@@ -98,10 +98,12 @@ def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes
 
 
 def number(value: float, label: str | None = None) -> Tensor:
-    """A constant scalar; broadcasts against anything. Computed inline, never stored."""
+    """A constant with one output axis of dim 1 (as in OCANNL), which broadcasts; its input row
+    takes no axes unless compose asks for some (`2 * m` sums m's output axes). Computed inline,
+    never stored."""
     label = label or f"{value:g}"
-    t = Tensor(label, shapes.Shape(label, batch_dims=[], input_dims=[], output_dims=[]),
-               differentiable=False, memory_mode=MemoryMode.VIRTUAL)  # fmt: skip
+    shape = shapes.Shape(label, batch_dims=[], output_dims=[1], fewest_axes=("input",))
+    t = Tensor(label, shape, differentiable=False, memory_mode=MemoryMode.VIRTUAL)
     t.forward_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
     return t
 

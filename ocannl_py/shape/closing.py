@@ -1,8 +1,8 @@
 """Closing the shapes of a routine before it is compiled: every variable gets a value.
 
 1. A pending broadcast whose cur side is known gives the subr all of it (the greatest solution):
-   a parameter takes the shape its use demands; a parameter's batch row takes no axes. The
-   constraints are taken in the order they were created.
+   a parameter takes the shape its use demands; a parameter's batch row and a number's input
+   row take no axes. The constraints are taken in the order they were created.
 2. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
    a fixed index): first one that has a known lower bound and bounds nothing unknown, last the
    guesses. Then back to 1.
@@ -46,10 +46,10 @@ _FREE_AND_BOUNDED, _FREE, _BOUNDS_OTHERS = 0, 1, 2
 class Closing(Transaction):
     """Closes the variables of some rows and of the pending constraints of some scopes."""
 
-    def __init__(self, scopes: list[Scope], params_batch: set[int]) -> None:
+    def __init__(self, scopes: list[Scope], fewest_axes: set[int]) -> None:
         super().__init__(reached=set(scopes))
         self._scopes = scopes
-        self._params_batch = params_batch  # ids of the batch row variables of parameters
+        self._fewest_axes = fewest_axes  # ids of row variables that close to no axes
         self._seq = itertools.count()
         self._greatest: list[tuple[tuple[int, ...], int, Constraint]] = []
         self._order: dict[int, tuple[int, ...]] = {}  # variable id -> where it was first seen
@@ -189,7 +189,7 @@ class Closing(Transaction):
         cur, subr = resolve_row(constraint.cur), resolve_row(constraint.subr)
         var = subr.var
         assert var is not None
-        if var.id in self._params_batch:
+        if var.id in self._fewest_axes:
             self.bind_row(var, Row())
             return
         rest = cur.end[len(subr.beg) :]

@@ -32,8 +32,8 @@ class Pointwise:
 
 @dataclass(frozen=True)
 class Compose:
-    """`a * b`: a's input axes contract with b's output axes; the result is
-    `batch | b.input -> a.output`."""
+    """`a * b`: a's input axes contract with b's output axes, which broadcast into them; the
+    result is `batch | b.input -> a.output`."""
 
     def describe(self) -> str:
         return "compose (`*`, matrix-multiply-like)"
@@ -155,8 +155,8 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
     def where(kind: str, hint: str = "") -> sv.Where:
         return sv.Where(step.describe, kind, hint)
 
-    def broadcast(cur: t.Row, subr: t.Row, kind: str) -> None:
-        w = where(kind)
+    def broadcast(cur: t.Row, subr: t.Row, kind: str, hint: str = "", **kw) -> None:
+        w = sv.Where(step.describe, kind, hint, **kw)
         for constraint in _reporting(w, lambda: tx.broadcast_rows(cur, subr, w)):
             tx.add(constraint, step.scope)
 
@@ -172,11 +172,14 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
                     broadcast(result.original_row(kind), operand.original_row(kind), kind)
     elif isinstance(logic, Compose):
         a, b = operands
-        equal(
+        # The right operand's output broadcasts into the left's input (OCANNL): `m * 2` sums
+        # m's input axes, the number's one axis of dim 1 broadcasting over them.
+        broadcast(
             a.original_row("input"),
             b.original_row("output"),
             "input (of the left) vs output",
             _COMPOSE_HINT,
+            contraction=True,
         )
         for operand in operands:
             broadcast(result.original_row("batch"), operand.original_row("batch"), "batch")
@@ -327,12 +330,13 @@ def close(shapes: Iterable[Shape]) -> None:
     reached, steps = _reach(shapes)
     rows = [s.original_row(k) for s in reached for k in KINDS]
     rows.extend(r for step in steps for r in step.scope.extra_rows)
-    params_batch = set()
+    fewest_axes = set()
     for shape in reached:
-        var = shape.row("batch").var
-        if shape.is_param and var is not None:
-            params_batch.add(var.id)
-    tx = Closing([step.scope for step in steps], params_batch)
+        for kind in shape.fewest_axes:
+            var = shape.row(kind).var
+            if var is not None:
+                fewest_axes.add(var.id)
+    tx = Closing([step.scope for step in steps], fewest_axes)
     try:
         tx.close(rows)
         for shape in reached:

@@ -116,7 +116,7 @@ def _by_rows(step: UpdateStep, space: _Space) -> tuple[list[Index], list[list[In
             + _aligned(a["output"], result["output"], its["output"])
             + contracted,
             _aligned(b["batch"], result["batch"], its["batch"])
-            + contracted
+            + _aligned(b["output"], a["input"], contracted)
             + _aligned(b["input"], result["input"], its["input"]),
         ]
     else:

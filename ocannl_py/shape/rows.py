@@ -27,12 +27,16 @@ class Shape:
         output_dims: Sequence[int] | None = None,
         is_param: bool = False,
         dims_required: bool = True,
+        fewest_axes: Sequence[str] = (),
     ) -> None:
         self.label = label
         self.serial = next(_serials)  # creation order: closing takes shapes in this order
         self.is_param = is_param
         # A parameter whose values fit any dims (a scalar initial value) may close to defaults.
         self.dims_required = is_param and dims_required
+        # Rows not given that close to no axes rather than to what a use offers (a parameter's
+        # batch row, a number's input row); an equation can still give them axes.
+        self.fewest_axes = ("batch", *fewest_axes) if is_param else tuple(fewest_axes)
         self._rows: dict[str, terms.Row] = {}
         for kind, dims in (("batch", batch_dims), ("input", input_dims), ("output", output_dims)):
             if dims is None:

@@ -52,6 +52,8 @@ class Where:
     describe: Callable[[], str]
     kind: str = ""
     hint: str = ""
+    # The contraction of a compose: cur is the left operand's input, subr the right's output.
+    contraction: bool = False
 
 
 class Scope:
@@ -272,6 +274,11 @@ class Transaction:
             return []
         if isinstance(cur, Dim) and isinstance(subr, Dim):
             if cur.size != subr.size:
+                if where.contraction:
+                    raise Mismatch(
+                        f"dims {cur.size} vs {subr.size} (the right operand's dim must match "
+                        "the left's or be 1)"
+                    )
                 raise Mismatch(
                     f"dims {subr.size} vs {cur.size} (an operand's dim must match or be 1)"
                 )
@@ -295,18 +302,28 @@ class Transaction:
             return []
         if len(subr.end) > len(cur.end):
             if cur.closed:
-                raise Mismatch(
-                    f"an operand has at least {len(subr.end)} axes ({subr}) where the result has "
-                    f"{len(cur.end)} ({cur})"
-                )
-            if cur.beg:
+                extra = len(subr.end) - len(cur.end)
+                if where.contraction:
+                    detail = (
+                        f"{len(cur.end)} axes ({cur}) vs at least {len(subr.end)} axes ({subr}): "
+                        "the right operand's output has more axes than the left operand's input"
+                    )
+                else:
+                    detail = (
+                        f"an operand has at least {len(subr.end)} axes ({subr}) where the result "
+                        f"has {len(cur.end)} ({cur})"
+                    )
+                self._squeeze((*subr.beg, *subr.end[:extra]), subr.var, detail)
+                subr = Row((), None, subr.end[extra:])
+            elif cur.beg:
                 return [RowBroadcast(cur, subr, where)]
-            assert cur.var is not None
-            extra = tuple(DimVar() for _ in range(len(subr.end) - len(cur.end)))
-            rest = RowVar()
-            rest.bounded = subr.closed
-            self.bind_row(cur.var, Row((), rest, extra))
-            cur = resolve_row(cur)
+            else:
+                assert cur.var is not None
+                extra_dims = tuple(DimVar() for _ in range(len(subr.end) - len(cur.end)))
+                rest = RowVar()
+                rest.bounded = subr.closed
+                self.bind_row(cur.var, Row((), rest, extra_dims))
+                cur = resolve_row(cur)
         pending: list[Constraint] = []
         m = len(subr.end)
         for c, s in zip(cur.end[len(cur.end) - m :], subr.end, strict=True):
@@ -318,11 +335,25 @@ class Transaction:
         if subr_rest.closed or (not cur_rest.beg and not cur_rest.end and cur_rest.var is None):
             if not subr_rest.closed:  # the result has no more axes: neither has the operand
                 var = subr_rest.var
-                self.unify_rows(Row((), None, ()), Row(subr_rest.beg, var, ()))
+                detail = f"0 axes () vs at least {len(subr_rest.beg)} ({subr_rest})"
+                self._squeeze(subr_rest.beg, var, detail)
                 self.mark_defaulted(var, tainted)
             return pending
         pending.append(RowBroadcast(cur_rest, subr_rest, where))
         return pending
+
+    def _squeeze(self, dims: tuple[DimLike, ...], var: RowVar | None, detail: str) -> None:
+        """Axes of an operand that the result does not have: each must be of dim 1, which
+        broadcasts into no axis at all (a number's one axis into a scalar); a row variable among
+        them stands for no axes."""
+        if any(isinstance(d, Dim) and d.size != 1 for d in dims):
+            raise Mismatch(detail)
+        for d in dims:
+            d = resolve_dim(d)
+            if isinstance(d, DimVar):
+                self.bind_dim(d, Dim(1))
+        if var is not None:
+            self.bind_row(var, Row())
 
     def step(self, constraint: Constraint) -> list[Constraint] | None:
         """Try to solve a pending constraint; None when nothing changed."""

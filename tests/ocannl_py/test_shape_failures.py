@@ -56,7 +56,7 @@ def test_an_abandoned_expression_is_left_open_by_closing_another():
     abandoned = op("{v} * x", x=x)
     linear_model(x).forward.lower()
     v = abandoned.params["v"]
-    assert str(v.shape) == "0:3->..."  # its input dims come from `x`, its output dims are open
+    assert str(v.shape) == "...,0:3->..."  # its input dims come from `x`, its output dims are open
     used = op("v * x + {c; o=[5]}", v=v, x=x)  # a later use settles it
     used.forward.lower()
     assert str(v.shape) == "1:3->0:5"
@@ -84,7 +84,7 @@ def test_a_failed_close_leaves_the_shapes_open():
     before = (str(w), str(result))
     with pytest.raises(oc.ShapeError, match="parameter 'w'"):
         close([result])
-    assert (str(w), str(result)) == before == ("0:3->...", "0:2|...")
+    assert (str(w), str(result)) == before == ("...,0:3->...", "0:2|...")
     grown = Shape("grown")
     propagate(Pointwise(), grown, [result, Shape("t", batch_dims=[2], output_dims=[6])])
     close([grown])
