@@ -147,6 +147,8 @@ def param(
         label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
         is_param=True, dims_required=array is None or array.ndim > 0,
     )  # fmt: skip
+    if array is not None and array.ndim > 0:
+        shapes.settle(shape, array.shape, f"param {label!r}")
     t = Tensor(label, shape, is_param=True)
     if array is None:
         t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))

@@ -13,6 +13,7 @@ from ocannl_py.shape.logic import (
     UpdateStep,
     close,
     propagate,
+    settle,
 )
 from ocannl_py.shape.rows import KINDS, MEMORY_ORDER, Shape
 
@@ -30,4 +31,5 @@ __all__ = [
     "UpdateStep",
     "close",
     "propagate",
+    "settle",
 ]

@@ -16,7 +16,7 @@ from ocannl_py.errors import ShapeError, SpecSyntaxError
 from ocannl_py.shape import solver as sv
 from ocannl_py.shape import terms as t
 from ocannl_py.shape.closing import Closing
-from ocannl_py.shape.rows import KINDS, Shape
+from ocannl_py.shape.rows import KINDS, MEMORY_ORDER, Shape
 
 
 @dataclass(frozen=True)
@@ -358,6 +358,49 @@ def close(shapes: Iterable[Shape]) -> None:
         shape.open_steps = []
 
 
+def settle(shape: Shape, dims: tuple[int, ...], what: str) -> None:
+    """Give `shape` the dims of an array whose axes are in memory order (batch, output, input):
+    the rows it does not know yet take no axes, its unknown dims take the array's. An array that
+    does not fit is a ShapeError naming `what`, the rows and both shapes; the shape is then left
+    as it was."""
+    rows = {kind: shape.row(kind) for kind in KINDS}
+    expected = [d for kind in MEMORY_ORDER for d in (*rows[kind].beg, *rows[kind].end)]
+    fits = len(expected) == len(dims) and all(
+        not isinstance(d, t.Dim) or d.size == n for d, n in zip(expected, dims, strict=False)
+    )
+    tx = sv.Transaction()
+    try:
+        if not fits:
+            raise sv.Mismatch("")
+        for row in rows.values():
+            if row.var is not None:
+                tx.bind_row(row.var, t.Row())
+        for d, n in zip(expected, dims, strict=True):
+            tx.unify_dims(d, t.Dim(n))
+        tx.run()
+    except sv.Mismatch as e:
+        given = ", ".join(f"{kind} {_row_text(rows[kind])}" for kind in MEMORY_ORDER)
+        open_rows = " (rows not given take no axes)" if any(r.var for r in rows.values()) else ""
+        cause = f": {_shape_error(e, sv.Where(lambda: 'settling'))}" if e.detail else ""
+        tx.rollback()
+        raise ShapeError(
+            f"{what} has {given} (shape {shape}), so its array must have shape "
+            f"{_expected_text(expected)}{open_rows}; got an array of shape {tuple(dims)}{cause}"
+        ) from None
+
+
+def _row_text(row: t.Row) -> str:
+    if row.var is not None and not row.beg and not row.end:
+        return "not given"
+    dims = [t.dim_str(d) for d in (*row.beg, *row.end)]
+    return f"[{', '.join(dims)}{', and more' if row.var is not None else ''}]"
+
+
+def _expected_text(dims: list[t.DimLike]) -> str:
+    inner = ", ".join(t.dim_str(d) for d in dims)
+    return f"({inner},)" if len(dims) == 1 else f"({inner})"
+
+
 def _reach(shapes: Iterable[Shape]) -> tuple[list[Shape], list[UpdateStep]]:
     """The shapes and the open update steps reachable from `shapes` through the steps that
     produce them, each in creation order."""
@@ -404,4 +447,5 @@ __all__ = [
     "UpdateStep",
     "close",
     "propagate",
+    "settle",
 ]
