@@ -76,15 +76,25 @@ def set_seed(seed: int) -> None:
 
 
 def _dims_arg(dims, what: str, label: str):
+    """Dims as given to a leaf: positive ints, or (label, int) pairs for labelled axes."""
     if dims is None:
         return None
     if isinstance(dims, int):
         dims = [dims]
-    dims = list(dims)
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
-            raise ValueError(f"{label!r}: {what} must be positive ints, got {dims}")
-    return [int(d) for d in dims]
+
+    def plain(size):
+        return int(size) if isinstance(size, np.integer) else size
+
+    dims = [(d[0], plain(d[1])) if isinstance(d, tuple) and len(d) == 2 else plain(d) for d in dims]
+    if any(shapes.given_dim(d) is None for d in dims):
+        raise ValueError(
+            f"{label!r}: {what} must be positive ints or (label, int) pairs, got {dims}"
+        )
+    return dims
+
+
+def _sizes(dims) -> list[int]:
+    return [d[1] if isinstance(d, tuple) else d for d in dims]
 
 
 def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes.Shape:
@@ -194,7 +204,7 @@ def ndarray(
 ) -> Tensor:
     """A constant literal; the dims must multiply to the number of values."""
     array = np.asarray(values, dtype=np.float64)
-    dims = [*batch_dims, *output_dims, *input_dims]
+    dims = _sizes([*batch_dims, *output_dims, *input_dims])
     if int(np.prod(dims, dtype=np.int64)) != array.size:
         raise ValueError(
             f"ndarray: dims batch {list(batch_dims)}, output {list(output_dims)}, input "

@@ -15,16 +15,32 @@ KINDS = ("batch", "input", "output")
 MEMORY_ORDER = ("batch", "output", "input")
 
 
+# A given dim: its size, or a label and its size (`("d", 64)`); axes of equal size whose labels
+# differ do not match.
+DimSpec = int | tuple[str, int]
+
+
+def given_dim(item: object) -> terms.Dim | None:
+    """The dim an item of a `*_dims` list gives, or None if it is not a valid one."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0]:
+        label, size = item
+    else:
+        label, size = None, item
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    return terms.Dim(int(size), label)
+
+
 class Shape:
-    """The axes of one tensor. A row given as a list of ints is known; None means inferred."""
+    """The axes of one tensor. A row given as a list of dims is known; None means inferred."""
 
     def __init__(
         self,
         label: str,
         *,
-        batch_dims: Sequence[int] | None = None,
-        input_dims: Sequence[int] | None = None,
-        output_dims: Sequence[int] | None = None,
+        batch_dims: Sequence[DimSpec] | None = None,
+        input_dims: Sequence[DimSpec] | None = None,
+        output_dims: Sequence[DimSpec] | None = None,
         is_param: bool = False,
         dims_required: bool = True,
         fewest_axes: Sequence[str] = (),
@@ -42,12 +58,13 @@ class Shape:
             if dims is None:
                 self._rows[kind] = terms.Row((), terms.RowVar(f"{label}.{kind}"), ())
             else:
-                dims = list(dims)
-                if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+                given = [given_dim(d) for d in dims]
+                if None in given:
                     raise ShapeError(
-                        f"tensor {label!r}: {kind} dims must be positive ints, got {dims!r}"
+                        f"tensor {label!r}: {kind} dims must be positive ints or (label, int) "
+                        f"pairs, got {list(dims)!r}"
                     )
-                self._rows[kind] = terms.closed_row(dims)
+                self._rows[kind] = terms.Row((), None, tuple(given))  # type: ignore[arg-type]
         # The update steps that produce this shape and are not closed yet (shape/logic.py).
         self.open_steps: list = []
 

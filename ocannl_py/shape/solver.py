@@ -282,6 +282,11 @@ class Transaction:
                 raise Mismatch(
                     f"dims {subr.size} vs {cur.size} (an operand's dim must match or be 1)"
                 )
+            if cur.label and subr.label and cur.label != subr.label:
+                first, second = (cur, subr) if where.contraction else (subr, cur)
+                raise Mismatch(
+                    f"axis labels {first.label!r} vs {second.label!r} ({first} vs {second})"
+                )
             return []
         if isinstance(cur, DimVar) and isinstance(subr, Dim):
             self.bind_dim(cur, subr)
