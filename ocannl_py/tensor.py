@@ -113,6 +113,7 @@ class Tensor:
                 f"creating it, or give an array. ({exc})"
             ) from None
         if array.shape not in (dims, ()):
+            # Raises the ShapeError that names the rows and both shapes: the array does not fit.
             shapes.settle(self.shape, array.shape, f"set_value: tensor {self.label!r}")
         self.value_node.set_host(array)
 
