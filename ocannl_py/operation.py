@@ -116,15 +116,25 @@ def set_seed(seed: int) -> None:
 
 
 def _dims_arg(dims, what: str, label: str):
+    """Dims as given to a leaf: positive ints, or (label, int) pairs for labelled axes."""
     if dims is None:
         return None
     if isinstance(dims, int):
         dims = [dims]
-    dims = list(dims)
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
-            raise ValueError(f"{label!r}: {what} must be positive ints, got {dims}")
-    return [int(d) for d in dims]
+
+    def plain(size):
+        return int(size) if isinstance(size, np.integer) else size
+
+    dims = [(d[0], plain(d[1])) if isinstance(d, tuple) and len(d) == 2 else plain(d) for d in dims]
+    if any(shapes.given_dim(d) is None for d in dims):
+        raise ValueError(
+            f"{label!r}: {what} must be positive ints or (label, int) pairs, got {dims}"
+        )
+    return dims
+
+
+def _sizes(dims) -> list[int]:
+    return [d[1] if isinstance(d, tuple) else d for d in dims]
 
 
 def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes.Shape:
@@ -139,10 +149,12 @@ def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes
 
 @public()
 def number(value: float, label: str | None = None) -> Tensor:
-    """A constant scalar; broadcasts against anything. Computed inline, never stored."""
+    """A constant with one output axis of dim 1 (as in OCANNL), which broadcasts; its input row
+    takes no axes unless compose asks for some (`2 * m` sums m's output axes). Computed inline,
+    never stored."""
     label = label or f"{value:g}"
-    t = Tensor(label, shapes.Shape(label, batch_dims=[], input_dims=[], output_dims=[]),
-               differentiable=False, memory_mode=MemoryMode.VIRTUAL)  # fmt: skip
+    shape = shapes.Shape(label, batch_dims=[], output_dims=[1], fewest_axes=("input",))
+    t = Tensor(label, shape, differentiable=False, memory_mode=MemoryMode.VIRTUAL)
     t.forward_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
     return t
 
@@ -187,6 +199,8 @@ def param(
         label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
         is_param=True, dims_required=array is None or array.ndim > 0,
     )  # fmt: skip
+    if array is not None and array.ndim > 0:
+        shapes.settle(shape, array.shape, f"param {label!r}")
     t = Tensor(label, shape, is_param=True)
     if array is None:
         t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))
@@ -236,7 +250,7 @@ def ndarray(
 ) -> Tensor:
     """A constant literal; the dims must multiply to the number of values."""
     array = np.asarray(values, dtype=np.float64)
-    dims = [*batch_dims, *output_dims, *input_dims]
+    dims = _sizes([*batch_dims, *output_dims, *input_dims])
     if int(np.prod(dims, dtype=np.int64)) != array.size:
         raise ValueError(
             f"ndarray: dims batch {list(batch_dims)}, output {list(output_dims)}, input "

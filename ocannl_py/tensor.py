@@ -101,20 +101,22 @@ class Tensor:
         return float(value.reshape(()))
 
     def set_value(self, values: Any) -> None:
-        """Write values (an array in batch, output, input axis order, or a scalar)."""
+        """Write values (an array in batch, output, input axis order, or a scalar). Rows of a
+        tensor that were not given and are not inferred yet are settled by the array: they take
+        no axes, so the array's shape must be the given dims."""
+        array = np.asarray(values)
+        if not self.shape.is_solved and array.shape != ():
+            shapes.settle(self.shape, array.shape, f"set_value: tensor {self.label!r}")
         try:
             dims = self._dims()
         except ShapeError as exc:
             raise ShapeError(
                 f"set_value: the dims of {self.label!r} are not known yet; specify them when "
-                f"creating it. ({exc})"
+                f"creating it, or give an array. ({exc})"
             ) from None
-        array = np.asarray(values)
         if array.shape not in (dims, ()):
-            raise ValueError(
-                f"set_value: tensor {self.label!r} has shape {self.shape} (array dims {dims}), "
-                f"got an array of shape {array.shape}"
-            )
+            # Raises the ShapeError that names the rows and both shapes: the array does not fit.
+            shapes.settle(self.shape, array.shape, f"set_value: tensor {self.label!r}")
         self.value_node.set_host(array)
 
     # ---- graph -----------------------------------------------------------------------------

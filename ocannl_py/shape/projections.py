@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from arrayjit.indexing import Fixed, Index, Iterator, Projections
 from ocannl_py.errors import ShapeError
-from ocannl_py.shape import solver as sv
+from ocannl_py.shape import terms as sv
 from ocannl_py.shape.logic import (
     AxisRef,
     Compose,
@@ -116,7 +116,7 @@ def _by_rows(step: UpdateStep, space: _Space) -> tuple[list[Index], list[list[In
             + _aligned(a["output"], result["output"], its["output"])
             + contracted,
             _aligned(b["batch"], result["batch"], its["batch"])
-            + contracted
+            + _aligned(b["output"], a["input"], contracted)
             + _aligned(b["input"], result["input"], its["input"]),
         ]
     else:
