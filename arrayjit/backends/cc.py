@@ -8,6 +8,9 @@ call into a small runner that calls its chunk functions in order with their buff
 The compiler is `cc` unless `ARRAYJIT_CC` names another; `ARRAYJIT_JOBS` caps the parallel
 compiler processes (default: the usable cores). Flags: `-O3 -march=native -fPIC -shared
 -fno-math-errno`. Not `-ffast-math`: results must match numpy's, NaN and infinity included.
+float16 buffers are `_Float16` when the compiler has that type (checked once per compiler and
+flags, remembered in the cache), else their bits in a `uint16_t`; bfloat16 buffers are always
+bits.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +95,37 @@ def build_identity() -> str:
     return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""))
 
 
+_FLOAT16_PROBE = (
+    "float ocannl_probe(_Float16 h, float x) { return (float)h + (float)(_Float16)x; }\n"
+)
+
+
+def has_float16() -> bool:
+    """Whether the C compiler (with the flags) has `_Float16`."""
+    return _has_float16(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""))
+
+
+@functools.cache
+def _has_float16(command: str, extra_flags: str) -> bool:
+    record = f"{cache.key(_build_identity(command, extra_flags), _FLOAT16_PROBE)}.float16"
+    known = cache.read_record(record)
+    if known is not None:
+        return known.strip() == "yes"
+    folder = Path(tempfile.mkdtemp(prefix="arrayjit-probe-"))
+    try:
+        source = folder / "probe.c"
+        source.write_text(_FLOAT16_PROBE)
+        args = [*shlex.split(command), *(f for f in flags() if f != "-shared"), "-c", str(source)]
+        found = (
+            subprocess.run([*args, "-o", str(folder / "probe.o")], capture_output=True).returncode
+            == 0
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    cache.write_record(record, "yes" if found else "no")
+    return found
+
+
 @functools.cache
 def _build_identity(command: str, extra_flags: str) -> str:
     # Every unit defines the runner: a unit made for another runner must not be used.
@@ -108,6 +143,7 @@ class ChunkFunction:
     labels: tuple[str, ...]
     dtypes: tuple[DType, ...]
     random: bool
+    checks: bool = False
 
     @property
     def symbol(self) -> str:
@@ -125,14 +161,22 @@ class ChunkFunction:
 
 
 @functools.cache
-def _prelude(dtypes: tuple[DType, ...], random: bool) -> str:
+def _prelude(dtypes: tuple[DType, ...], random: bool, checks: bool = False) -> str:
     syntax = CSyntax()
     used = set(ops.RANDOM_OPS) if random else set()
-    return "#include <math.h>\n#include <stdint.h>\n" + syntax.prelude(list(dtypes), used)
+    return "#include <math.h>\n#include <stdint.h>\n" + syntax.prelude(list(dtypes), used, checks)
 
 
 def _union_dtypes(functions: Sequence[ChunkFunction]) -> tuple[DType, ...]:
     return tuple(sorted({d for f in functions for d in f.dtypes}, key=lambda d: d.name))
+
+
+def _unit_prelude(functions: Sequence[ChunkFunction]) -> str:
+    return _prelude(
+        _union_dtypes(functions),
+        any(f.random for f in functions),
+        any(f.checks for f in functions),
+    )
 
 
 class CCompiled(Compiled):
@@ -212,26 +256,40 @@ class CCompiled(Compiled):
 class CBackend(Backend):
     name = "c"
 
-    def __init__(self) -> None:
-        self.syntax = CSyntax()
+    def __init__(self, native_float16: bool | None = None) -> None:
+        """`native_float16`: store float16 as `_Float16` (default: when the compiler has it,
+        checked when float16 buffers are first compiled)."""
+        self.syntax = CSyntax(has_float16 if native_float16 is None else native_float16)
+
+    def declarations(self, tnodes: Sequence[TNode], names: Sequence[str]) -> list[str]:
+        """The typed buffer pointers of a function taking `void **buffers`."""
+        types = [self.syntax.type_name(t.dtype) for t in tnodes]
+        return [
+            f"  {c} *restrict {name} = ({c} *)buffers[{k}];"
+            for k, (c, name) in enumerate(zip(types, names, strict=True))
+        ]
 
     def chunk_function(self, chunk: Chunk, identity: str) -> ChunkFunction:
         syntax = self.syntax
         syntax.begin(list(chunk.tnodes), placeholders=True)
-        lines = [
-            f"  {t.dtype.c_name} *restrict {syntax.buffer(t)} = ({t.dtype.c_name} *)buffers[{k}];"
-            for k, t in enumerate(chunk.tnodes)
-        ]
+        lines = self.declarations(chunk.tnodes, [syntax.buffer(t) for t in chunk.tnodes])
         lines += syntax.stmt(chunk.stmt)
         body = "\n".join(lines) + "\n"
         dtypes = tuple(sorted({t.dtype for t in chunk.tnodes}, key=lambda d: d.name))
         random = bool(ops.RANDOM_OPS & ir.ops_used(chunk.stmt))
-        key = cache.key(_prelude(dtypes, random), body, identity)
+        checks = bool(ir.index_checks(chunk.stmt))
+        key = cache.key(_prelude(dtypes, random, checks), body, identity)
         labels = tuple(t.label for t in chunk.tnodes)
-        return ChunkFunction(key, body, labels, dtypes, random)
+        return ChunkFunction(key, body, labels, dtypes, random, checks)
 
     def identity(self) -> str:
         return build_identity()
+
+    def routine_identity(self, tnodes: Sequence[TNode]) -> str:
+        if not any(t.dtype.name == "float16" for t in tnodes):
+            return build_identity()
+        storage = "_Float16" if self.syntax.native_float16 else "bits"
+        return f"{build_identity()}\nfloat16: {storage}"
 
     def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
@@ -245,7 +303,7 @@ class CBackend(Backend):
             lambda group: build_unit(group, identity),
             lambda library, symbol: address(library, symbol) is not None,
         )
-        source_path = write_listing(name, tnodes, chunks, functions, libraries)
+        source_path = write_listing(self, name, tnodes, chunks, functions, libraries)
         written = sorted(position[t] for t in ir.written_tnodes(stmt))
         return CCompiled(
             [libraries[f.key] for f in functions],
@@ -294,9 +352,7 @@ def address(library: Path, symbol: str) -> int | None:
 
 def build_unit(functions: Sequence[ChunkFunction], identity: str) -> Path:
     """A shared object defining `functions` and the runner, from the cache or compiled now."""
-    dtypes = _union_dtypes(functions)
-    random = any(f.random for f in functions)
-    source = "\n".join([_prelude(dtypes, random), *(f.text() for f in functions), RUNNER])
+    source = "\n".join([_unit_prelude(functions), *(f.text() for f in functions), RUNNER])
     return build_shared_object(source, identity)
 
 
@@ -318,6 +374,7 @@ def build_shared_object(source: str, identity: str) -> Path:
 
 
 def write_listing(
+    backend: CBackend,
     name: str,
     tnodes: list[TNode],
     chunks: list[Chunk],
@@ -332,17 +389,14 @@ def write_listing(
         f"/* Routine {name!r}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
         "   Each function is compiled on its own, in the library named above it, and cached by",
         f"   its text; the runtime calls them in the order of {routine} below. */",
-        _prelude(_union_dtypes(functions), any(f.random for f in functions)),
+        _unit_prelude(functions),
     ]
     for f in distinct:
         lines += [f"/* in {libraries[f.key]} */", f.text()]
     names = [buffer_name(t.label, k) for k, t in enumerate(tnodes)]
     position = {t: k for k, t in enumerate(tnodes)}
     lines.append(f"void {routine}(void **buffers) {{")
-    lines += [
-        f"  {t.dtype.c_name} *restrict {names[k]} = ({t.dtype.c_name} *)buffers[{k}];"
-        for k, t in enumerate(tnodes)
-    ]
+    lines += backend.declarations(tnodes, names)
     for chunk, f in zip(chunks, functions, strict=True):
         arguments = ", ".join(names[position[t]] for t in chunk.tnodes)
         lines.append(f"  {f.symbol}((void *[]){{{arguments}}});")
