@@ -115,22 +115,18 @@ def set_seed(seed: int) -> None:
     _param_counter = itertools.count()
 
 
-def _dims_arg(dims, what: str, label: str):
-    """Dims as given to a leaf: positive ints, or (label, int) pairs for labelled axes."""
+def _dims_arg(dims):
+    """Dims as given to a leaf (an int, or a list of ints and (label, int) pairs) as a list with
+    numpy integers made ints; `shape.Shape` validates them."""
     if dims is None:
         return None
-    if isinstance(dims, int):
+    if isinstance(dims, int | np.integer):
         dims = [dims]
 
     def plain(size):
         return int(size) if isinstance(size, np.integer) else size
 
-    dims = [(d[0], plain(d[1])) if isinstance(d, tuple) and len(d) == 2 else plain(d) for d in dims]
-    if any(shapes.given_dim(d) is None for d in dims):
-        raise ValueError(
-            f"{label!r}: {what} must be positive ints or (label, int) pairs, got {dims}"
-        )
-    return dims
+    return [(d[0], plain(d[1])) if isinstance(d, tuple) and len(d) == 2 else plain(d) for d in dims]
 
 
 def _sizes(dims) -> list[int]:
@@ -140,9 +136,9 @@ def _sizes(dims) -> list[int]:
 def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes.Shape:
     return shapes.Shape(
         label,
-        batch_dims=_dims_arg(batch_dims, "batch_dims", label),
-        input_dims=_dims_arg(input_dims, "input_dims", label),
-        output_dims=_dims_arg(output_dims, "output_dims", label),
+        batch_dims=_dims_arg(batch_dims),
+        input_dims=_dims_arg(input_dims),
+        output_dims=_dims_arg(output_dims),
         **kw,
     )
 
