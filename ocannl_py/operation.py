@@ -403,6 +403,12 @@ def tanh(a: Operand) -> Tensor:
     return unary("tanh", a, "v =: tanh(v1)", "g1 =+ g * (1 - v * v)")
 
 
+@public(dsl=True, method=True)
+def erf(a: Operand) -> Tensor:
+    """The error function; d/dx erf(x) = 2 / sqrt(pi) * exp(-x^2)."""
+    return unary("erf", a, "v =: erf(v1)", "g1 =+ g * 1.1283791670955126 * exp(-v1 * v1)")
+
+
 @public(dsl="not")
 def not_(a: Operand) -> Tensor:
     return unary("not", a, "v =: not(v1)", None)

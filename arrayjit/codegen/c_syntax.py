@@ -37,6 +37,7 @@ SPELLINGS: dict[str, str] = {
     "recip": "(({t})1 / ({0}))",
     "recip_sqrt": "(({t})1 / sqrt{m}({0}))",
     "tanh": "tanh{m}({0})",
+    "erf": "erf{m}({0})",
     "not": "(({t})(({0}) == 0))",
     "add": "({0} + {1})",
     "sub": "({0} - {1})",

@@ -27,7 +27,7 @@ FLOAT_DTYPES = ("float32", "float64")
 # exp, log, sin, cos, tanh in float32) each promise about 1-2 ulp, so they can differ by ~4.
 EXACT_ULPS = 1
 TRANSCENDENTAL_ULPS = 4
-TRANSCENDENTAL = {"exp", "log", "exp2", "log2", "sin", "cos", "tanh", "pow"}
+TRANSCENDENTAL = {"exp", "log", "exp2", "log2", "sin", "cos", "tanh", "erf", "pow"}
 
 INT_OPS = [
     "add",
