@@ -40,6 +40,14 @@ def same_shape(t: Tensor, like: Tensor) -> Tensor:
     return t
 
 
+def with_rows(t: Tensor, **rows: list[int]) -> Tensor:
+    """`t`, constrained to have exactly these dims in the rows given (e.g. `output=[4]`)."""
+    known_rows = {f"{kind}_dims": list(d) for kind, d in rows.items()}
+    like = shapes.Shape(f"{t.label} rows", **known_rows)
+    shapes.propagate(shapes.Pointwise(exact=True), t.shape, [like], op_label=t.label)
+    return t
+
+
 def count(*rows: tuple[Tensor, str]) -> Callable[[], int]:
     """A function giving the number of cells of the given rows (tensor, kind), once solved."""
     return lambda: math.prod(d for t, kind in rows for d in getattr(t.shape, kind))

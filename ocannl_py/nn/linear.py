@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ocannl_py import operation as ops
-from ocannl_py.nn import init
+from ocannl_py.nn import dims, init
 from ocannl_py.tensor import Tensor
 
 Dims = int | Sequence[int]
@@ -43,7 +43,7 @@ def affine(
         b = init.parameter(params, f"{label}.b", 0.0, **bias)
     else:
         b = init.parameter(params, f"{label}.b", init=init.linear_bias(w), **bias)
-    return w @ x + b
+    return dims.with_rows(w @ x + b, output=out)
 
 
 def linear(x: Tensor, out_dims: Dims, label: str, *, params: init.Params = None) -> Tensor:
@@ -71,5 +71,6 @@ def mlp(
     names = ["fc"] if len(widths) == 1 else [f"fc{i}" for i in range(len(widths))]
     h = x
     for name, width in zip(names, widths, strict=True):
-        h = activation(linear(h, width, f"{label}.{name}", params=params))
+        h = linear(h, width, f"{label}.{name}", params=params)
+        h = dims.same_shape(activation(h), h)  # an activation is pointwise
     return linear(h, out_dims, f"{label}.proj", params=params)

@@ -49,10 +49,12 @@ def transformer_block(
     def feed_forward(h: Tensor) -> Tensor:
         return mlp(h, int(width), out_dims, f"{label}.mlp", activation, params=params)
 
+    def residual(h: Tensor, update: Tensor) -> Tensor:
+        # The sum has the shape of x: saying so gives the norms' parameters their dims now.
+        return dims.same_shape(h + update, x)
+
     if pre_norm:
-        h = x + attend(layer_norm(x, f"{label}.ln1", eps, params=params))
-        y = h + feed_forward(layer_norm(h, f"{label}.ln2", eps, params=params))
-    else:
-        h = layer_norm(x + attend(x), f"{label}.ln1", eps, params=params)
-        y = layer_norm(h + feed_forward(h), f"{label}.ln2", eps, params=params)
-    return dims.same_shape(y, x)
+        h = residual(x, attend(layer_norm(x, f"{label}.ln1", eps, params=params)))
+        return residual(h, feed_forward(layer_norm(h, f"{label}.ln2", eps, params=params)))
+    h = layer_norm(residual(x, attend(x)), f"{label}.ln1", eps, params=params)
+    return layer_norm(residual(h, feed_forward(h)), f"{label}.ln2", eps, params=params)
