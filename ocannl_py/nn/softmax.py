@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ocannl_py import operation as ops
+from ocannl_py.errors import ShapeError
 from ocannl_py.nn import dims
 from ocannl_py.tensor import Tensor
 
@@ -35,6 +36,13 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """`-sum(targets * log_softmax(logits))` over the output axes (the classes), averaged over
     the batch axes: PyTorch's `cross_entropy` with class probabilities (e.g. one-hot) as targets.
     `targets` has the shape of `logits`; the result is a scalar."""
+    try:
+        dims.same_shape(targets, logits)
+    except ShapeError as e:
+        raise ShapeError(
+            f"cross_entropy: the targets {targets.label!r} ({targets.shape}) must have the shape "
+            f"of the logits {logits.label!r} ({logits.shape}): {e}"
+        ) from None
     per_class = targets * log_softmax(logits, OVER_OUTPUTS)
     total = ops.einsum1("... | ... => ", per_class)
     inverse_batch = dims.constant("1/batch", lambda: 1.0 / dims.count((logits, "batch"))())

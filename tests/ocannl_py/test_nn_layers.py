@@ -229,6 +229,27 @@ def test_cross_entropy(backend, batch, classes, soft):
     assert y.value.shape == ()
 
 
+def test_cross_entropy_targets_must_match_logits():
+    logits = oc.term("logits", batch_dims=[4], input_dims=[], output_dims=[5])
+    targets = oc.term("targets", batch_dims=[4], input_dims=[], output_dims=[3])
+    with pytest.raises(
+        oc.ShapeError, match="targets 'targets' .* must have the shape of the logits"
+    ):
+        nn.cross_entropy(logits, targets)
+
+
+def test_bad_arguments_name_the_block():
+    x = oc.term("x", batch_dims=[4], input_dims=[], output_dims=[5])
+    with pytest.raises(ValueError, match="linear 'l': out_dims: expected a positive int"):
+        nn.linear(x, 0, "l")
+    with pytest.raises(ValueError, match="linear 'm.fc1': out_dims"):
+        nn.mlp(x, [2, -1], 3, "m")
+    with pytest.raises(TypeError, match="layer_norm: the label must be a non-empty string"):
+        nn.layer_norm(x, "")
+    with pytest.raises(ValueError, match="mlp_ratio 0.3 times 5 features is not a positive whole"):
+        nn.transformer_block(x, 1, "b", True, mlp_ratio=0.3)
+
+
 @settings(max_examples=5, deadline=None)
 @given(
     batch=st.lists(st.integers(1, 5), min_size=1, max_size=2),
