@@ -11,6 +11,7 @@ from arrayjit.tnode import MemoryMode
 from ocannl_py import operation as ops
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code, Fill, Raw, Slot
+from ocannl_py.nn.dims import same_shape
 from ocannl_py.tensor import Tensor
 
 #: Seeds and cell offsets are carried in float32 by the generated code: exact below 2^24.
@@ -36,7 +37,7 @@ def dropout(x: Tensor, p: float, train: bool) -> Tensor:
         f"v =: not(uniform_at(v1, v2) < {float(p)!r}) * {1.0 / (1.0 - p)!r}",
         None,
     )  # fmt: skip
-    return x * mask
+    return same_shape(x * mask, x)
 
 
 def initial_seed(stream: int) -> int:

@@ -72,7 +72,7 @@ class KVCache:
         """`y`, or NaN everywhere when the new tokens do not fit in the cache: a step past
         `max_len` shows as NaN rather than as attention that silently missed the new keys."""
         last = dims.constant("last_start", lambda: self.max_len - _seq_len(keys)() + 0.5)
-        return ops.where(ops.lt(last, self.position), math.nan, y)
+        return dims.same_shape(ops.where(ops.lt(last, self.position), math.nan, y), y)
 
     def update(self, y: Tensor) -> Code:
         """The code that stores the keys and values that `y`'s computation wrote and advances

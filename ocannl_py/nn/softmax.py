@@ -23,13 +23,13 @@ def softmax(x: Tensor, spec: str = SPEC) -> Tensor:
     """`exp(x - max) / sum(exp(x - max))`, the max and sum being the reduction `spec` (by
     default over the output axes, for each batch index)."""
     e = ops.exp(_shifted(x, spec))
-    return e / ops.einsum1(spec, e)
+    return dims.same_shape(e / ops.einsum1(spec, e), x)
 
 
 def log_softmax(x: Tensor, spec: str = SPEC) -> Tensor:
     """`x - max - log(sum(exp(x - max)))`, reduced as `spec` says (as `softmax`)."""
     z = _shifted(x, spec)
-    return z - ops.log(ops.einsum1(spec, ops.exp(z)))
+    return dims.same_shape(z - ops.log(ops.einsum1(spec, ops.exp(z))), x)
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

@@ -128,3 +128,28 @@ def test_transformer_block_norms_start_at_one_and_zero():
         np.testing.assert_array_equal(y.params[f"blk.{norm}.b"].value, np.zeros(8))
     assert y.params["blk.mlp.fc.w"].value.shape == (32, 8)
     assert y.params["blk.mlp.proj.w"].value.shape == (8, 32)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda x: nn.mlp(x, [5, 7], 3, "mlp"),
+        lambda x: nn.rms_norm(nn.silu(nn.layer_norm(x, "ln")), "rn"),
+        lambda x: nn.linear(
+            nn.dropout(nn.softmax(nn.gelu(x), "... | ..d.. => ... |"), 0.1, True), 2, "out"
+        ),
+        lambda x: nn.transformer_block(x, 2, "pre", True),
+        lambda x: nn.transformer_block(x, 2, "post", False, pre_norm=False),
+        lambda x: nn.transformer_block(x, 2, "cached", True, cache=nn.KVCache(4)),
+        lambda x: nn.multi_head_attention(x, 4, "cross", kv=nn.linear(x, 6, "memory")),
+    ],
+    ids=["mlp", "norms", "pointwise", "pre_norm", "post_norm", "kv_cache", "cross"],
+)
+def test_parameters_have_dims_when_built(build):
+    """With the input's dims known, every parameter's dims are known before any compile, so
+    `set_value` (e.g. from a checkpoint, by label) can fill it right away."""
+    x = oc.term("x", batch_dims=[2, 3], input_dims=[], output_dims=[8])
+    y = build(x)
+    for label, p in y.params.items():
+        assert p.shape.is_solved, f"{label}: {p.shape}"
+        p.set_value(np.zeros(p.shape.dims()))
