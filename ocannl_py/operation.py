@@ -231,36 +231,35 @@ def _random_init(t: Tensor, seed: int, init=None) -> Code:
 
     def build() -> asg.Assignments:
         node = t.value_node
-        seed_node = TNode(f"{t.label}_seed", (), "float64", MemoryMode.VIRTUAL)
-        counter = TNode(f"{t.label}_counter", node.dims, "float64", MemoryMode.VIRTUAL)
-        cells = identity_projections(node.dims, 0)
-        # The seed is a scalar (no axes); the counter walks the parameter's cells.
-        proj = Projections(cells.product_space, cells.product_iterators, cells.project_lhs,
-                           ((), cells.project_lhs))  # fmt: skip
-        fetches = [asg.Fetch(seed_node, asg.Constant(float(seed))),
-                   asg.Fetch(counter, asg.RangeOfShape())]  # fmt: skip
-        if init is None:
-            fan_in = int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
-            bound = 1.0 / np.sqrt(fan_in)
-            draw = asg.Accum(node, None, _uniform(bound), (seed_node, counter), proj)
-            return asg.seq([*fetches, draw])
-        kind, scale = init
+        kind, scale = init or ("uniform", lambda: 1.0 / np.sqrt(_fan_in(t)))
         scale = scale() if callable(scale) else scale
         if not _is_scale(scale):
             raise ValueError(
                 f"param {t.label!r}: the {kind} init's scale must be a non-negative number, its "
                 f"function gave {scale!r}"
             )
-        # Drawn in float64 (a virtual buffer, inlined): seeds and counters stay exact integers.
+        seed_node = TNode(f"{t.label}_seed", (), "float64", MemoryMode.VIRTUAL)
+        counter = TNode(f"{t.label}_counter", node.dims, "float64", MemoryMode.VIRTUAL)
+        # Drawn in float64 (a virtual buffer, inlined): seeds and counters stay exact integers
+        # (in float32, seeds of 2^24 and more would round, and parameters would share values).
         draw = TNode(f"{t.label}_draw", node.dims, "float64", MemoryMode.VIRTUAL)
+        cells = identity_projections(node.dims, 0)
+        # The seed is a scalar (no axes); the counter walks the parameter's cells.
+        proj = Projections(cells.product_space, cells.product_iterators, cells.project_lhs,
+                           ((), cells.project_lhs))  # fmt: skip
         expr = _uniform(float(scale)) if kind == "uniform" else _normal(float(scale))
         return asg.seq([
-            *fetches,
+            asg.Fetch(seed_node, asg.Constant(float(seed))),
+            asg.Fetch(counter, asg.RangeOfShape()),
             asg.Accum(draw, None, expr, (seed_node, counter), proj),
             asg.Accum(node, None, asg.Arg(0), (draw,), identity_projections(node.dims, 1)),
         ])  # fmt: skip
 
     return Code([Raw(build, (t,))])
+
+
+def _fan_in(t: Tensor) -> int:
+    return int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
 
 
 def _call(op: str, *args) -> asg.Call:

@@ -29,6 +29,18 @@ def test_param_uniform_init_matches_the_generator():
     np.testing.assert_array_equal(w.value, (u * 0.5 - 0.25).astype(np.float32))
 
 
+def test_param_default_init_matches_the_generator_with_large_seeds():
+    """Keys of 2^24 and more (here (100 << 20) + k) are exact: in float32 they used to round,
+    and the first parameters after `oc.set_seed(100)` all got the same values."""
+    oc.set_seed(100)
+    params = [oc.param(f"w{k}", batch_dims=[], input_dims=[4], output_dims=[3]) for k in range(4)]
+    Context("c").initialize(params)
+    cells = np.arange(12.0).reshape(3, 4)
+    for k, p in enumerate(params):
+        u = uniform_reference(stream(100, k), cells, np.float64)
+        np.testing.assert_array_equal(p.value, (u * 1.0 - 0.5).astype(np.float32))
+
+
 def test_param_normal_init_matches_box_muller():
     oc.set_seed(4)
     w = oc.param("w", batch_dims=[], input_dims=[], output_dims=[1000], init=("normal", 0.02))
