@@ -37,7 +37,9 @@ def affine(
     default initialised as `nn.Linear`, else `w` with `weight_init` and `b` with zeros."""
     check_label(label, "linear")
     out = dims_list(out_dims, f"linear {label!r}: out_dims")
-    w = init.parameter(params, f"{label}.w", batch_dims=[], output_dims=out, init=weight_init)
+    # The input dims are x's output dims; given when known, so that w has dims when built.
+    w = init.parameter(params, f"{label}.w", batch_dims=[], input_dims=dims.known(x, "output"),
+                       output_dims=out, init=weight_init)  # fmt: skip
     bias = dict(batch_dims=[], input_dims=[], output_dims=out)
     if zero_bias:
         b = init.parameter(params, f"{label}.b", 0.0, **bias)
