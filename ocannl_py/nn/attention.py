@@ -13,7 +13,7 @@ import math
 from ocannl_py import operation as ops
 from ocannl_py.nn import dims, init
 from ocannl_py.nn.linear import affine, check_label
-from ocannl_py.nn.softmax import OVER_OUTPUTS, softmax
+from ocannl_py.nn.softmax import softmax
 from ocannl_py.tensor import Tensor
 
 SCORES = "..b.., s | h, d; ..b.., t | h, d => ..b.., h, s | t"
@@ -50,7 +50,7 @@ def scaled_dot_product(
         scores = ops.where(ops.lt(-0.5, behind), scores, -math.inf)
     if mask is not None:
         scores = ops.where(mask, scores, -math.inf)
-    return ops.einsum(MIX, softmax(scores, OVER_OUTPUTS), v)
+    return ops.einsum(MIX, softmax(scores), v)
 
 
 def multi_head_attention(

@@ -5,14 +5,14 @@ from __future__ import annotations
 from ocannl_py import operation as ops
 from ocannl_py.nn import dims, init
 from ocannl_py.nn.linear import check_label
-from ocannl_py.nn.softmax import OVER_OUTPUTS
+from ocannl_py.nn.softmax import SPEC
 from ocannl_py.tensor import Tensor
 
 
 def _mean(x: Tensor) -> Tensor:
     """The mean over the output axes of `x`, for each batch (and input) index."""
     inverse = dims.constant("1/n", lambda: 1.0 / dims.count((x, "output"))())
-    return ops.einsum1(OVER_OUTPUTS, x) * inverse
+    return ops.einsum1(SPEC, x) * inverse
 
 
 def _gain(x: Tensor, label: str, value: float, params: init.Params) -> Tensor:

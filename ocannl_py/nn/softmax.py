@@ -7,10 +7,8 @@ from ocannl_py.errors import ShapeError
 from ocannl_py.nn import dims
 from ocannl_py.tensor import Tensor
 
-#: Reduce over the output axes, keeping batch axes (the API's form, a size-1 axis in the result).
+#: Reduce over the output axes for each batch index, leaving a size-1 axis that broadcasts.
 SPEC = "... | ..d.. => ... | 0"
-#: The same reduction with no axis in the result; it broadcasts against `x` in the same way.
-OVER_OUTPUTS = "... | ..d.. => ... |"
 
 
 def _shifted(x: Tensor, spec: str) -> Tensor:
@@ -43,7 +41,7 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
             f"cross_entropy: the targets {targets.label!r} ({targets.shape}) must have the shape "
             f"of the logits {logits.label!r} ({logits.shape}): {e}"
         ) from None
-    per_class = targets * log_softmax(logits, OVER_OUTPUTS)
+    per_class = targets * log_softmax(logits)
     total = ops.einsum1("... | ... => ", per_class)
     inverse_batch = dims.constant("1/batch", lambda: 1.0 / dims.count((logits, "batch"))())
     return -(total * inverse_batch)

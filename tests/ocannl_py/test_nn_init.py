@@ -147,9 +147,7 @@ def test_transformer_block_norms_start_at_one_and_zero():
     [
         lambda x: nn.mlp(x, [5, 7], 3, "mlp"),
         lambda x: nn.rms_norm(nn.silu(nn.layer_norm(x, "ln")), "rn"),
-        lambda x: nn.linear(
-            nn.dropout(nn.softmax(nn.gelu(x), "... | ..d.. => ... |"), 0.1, True), 2, "out"
-        ),
+        lambda x: nn.linear(nn.dropout(nn.softmax(nn.gelu(x)), 0.1, True), 2, "out"),
         lambda x: nn.transformer_block(x, 2, "pre", True),
         lambda x: nn.transformer_block(x, 2, "post", False, pre_norm=False),
         lambda x: nn.transformer_block(x, 2, "cached", True, cache=nn.KVCache(4)),

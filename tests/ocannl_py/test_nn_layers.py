@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from torch_reference import compare, f32, torch
 
 import ocannl_py as oc
-from ocannl_py import Context, nn, shape, train
-from ocannl_py.nn.softmax import OVER_OUTPUTS, SPEC
+from ocannl_py import Context, nn, train
 
 F = torch.nn.functional
 RNG = np.random.default_rng(0)
@@ -142,29 +141,13 @@ def test_norms_keep_trained_gains(backend):
 
 # ---- softmax, log-softmax, cross-entropy ---------------------------------------------------------
 
-# The API's default spec keeps a size-1 axis (`=> ... | 0`). Until shape inference makes a fixed
-# index in a result an axis of exactly index + 1 (issue 8, branch `solver`), that axis takes the
-# reduced axis' dim and the default form is wrong; these cases then report as xfail. The
-# empty-row form works throughout.
-SPECS = ["default_spec", OVER_OUTPUTS]
+# The API's default spec keeps a size-1 axis (`=> ... | 0`); the empty-row form leaves none. Both
+# broadcast back against x.
+SPECS = ["default_spec", "... | ..d.. => ... |"]
 
 
-def fixed_index_makes_size_one() -> bool:
-    x = oc.term("probe", batch_dims=[2], input_dims=[], output_dims=[3])
-    m = oc.einmax1(SPEC, x)
-    shape.close([(x - m).shape])
-    return m.shape.output == [1]
-
-
-FIXED_INDEX_OK = fixed_index_makes_size_one()
-
-
-def _with_spec(block, spec, reduced: int):
-    if spec != "default_spec":
-        return lambda x: block(x, spec)
-    if not FIXED_INDEX_OK and reduced > 1:
-        pytest.xfail("needs issue 8 item 1: `=> ... | 0` must make a size-1 axis")
-    return block
+def _with_spec(block, spec):
+    return block if spec == "default_spec" else (lambda x: block(x, spec))
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -181,7 +164,7 @@ def test_softmax(backend, spec, batch, classes, which):
 
     compare(
         backend,
-        _with_spec(getattr(nn, which), spec, math.prod(classes)),
+        _with_spec(getattr(nn, which), spec),
         reference,
         {"x": (x, len(batch))},
     )
@@ -193,7 +176,7 @@ def test_softmax_is_stable(backend, spec, which):
     """Logits of 1e4 overflow exp in float32 unless the max is subtracted first."""
     x = np.array([[1e4, 1e4 - 1.0, 1e4 - 20.0], [-1e4, -1e4 + 2.0, 0.0]])
     torch_fn = {"softmax": F.softmax, "log_softmax": F.log_softmax}[which]
-    y = compare(backend, _with_spec(getattr(nn, which), spec, 3),
+    y = compare(backend, _with_spec(getattr(nn, which), spec),
                 lambda x, params: torch_fn(x, dim=-1), {"x": (x, 1)})  # fmt: skip
     assert np.isfinite(y.value).all()
 

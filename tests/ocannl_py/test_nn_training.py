@@ -47,7 +47,7 @@ def test_mlp_learns_three_blobs(backend):
     test_logits = nn.mlp(x_test, 16, 3, "mlp", activation=nn.gelu, params=shared)
     ctx.forward(test_logits)
     assert (test_logits.value.argmax(-1) == test_labels).mean() >= 0.95
-    probabilities = nn.softmax(test_logits, "... | ..d.. => ... |")
+    probabilities = nn.softmax(test_logits)
     ctx.forward(probabilities)
     np.testing.assert_allclose(probabilities.value.sum(-1), 1.0, rtol=1e-5)
 
