@@ -2,7 +2,8 @@
 ctypes. The compiler is `cc` unless `ARRAYJIT_CC` names another; artifacts go through
 `arrayjit.cache`.
 
-Flags: `-O3 -march=native -fPIC -shared -fno-math-errno`. Not `-ffast-math`: results must match
+Flags: `-O3 -march=native -fPIC -shared -fno-math-errno`, plus OpenMP and vector math where the
+compiler has them (`arrayjit.backends.cc_features`). Not `-ffast-math`: results must match
 numpy's, NaN and infinity included.
 """
 
@@ -21,9 +22,11 @@ import numpy as np
 
 from arrayjit import cache
 from arrayjit import loop_ir as ir
+from arrayjit.backends import cc_features
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.codegen.c_syntax import CSyntax
 from arrayjit.errors import CompileError
+from arrayjit.schedule.cpu_target import CpuTarget
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -98,6 +101,14 @@ class CBackend(Backend):
 
     def __init__(self) -> None:
         self.syntax = CSyntax()
+        #: The CPU schedule's target: `CpuTarget.from_environment()` unless set (tests lower its
+        #: thresholds to exercise the schedules on small sizes).
+        self.target: CpuTarget | None = None
+
+    def cpu_target(self) -> CpuTarget:
+        if self.target is None:
+            self.target = CpuTarget.from_environment()
+        return self.target
 
     def source(self, stmt: ir.Stmt, tnodes: list[TNode], function: str) -> str:
         dtypes = sorted({t.dtype for t in tnodes}, key=lambda d: d.name)
@@ -106,6 +117,7 @@ class CBackend(Backend):
             "#include <math.h>",
             "#include <stdint.h>",
             self.syntax.prelude(dtypes, ir.ops_used(stmt)),
+            self.syntax.functions(stmt),
             f"void {function}(void **buffers) {{",
         ]
         for k, t in enumerate(tnodes):
@@ -140,13 +152,40 @@ class CBackend(Backend):
 
 
 def build_shared_object(source: str) -> Path:
-    """The shared object for `source`, from the cache or freshly compiled."""
+    """The shared object for `source`, from the cache or freshly compiled, with the compiler's
+    optional features (probed, and remembered, only when a build fails)."""
     command = compiler()
-    flags = (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
-    key = cache.key(source, " ".join(flags), compiler_version(command))
+    user_flags = tuple(shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
+    version = compiler_version(command)
+    features = cc_features.assumed(command, version, (*FLAGS, *user_flags))
+    try:
+        return _build(source, command, version, (*FLAGS, *features.flags, *user_flags), features)
+    except CompileError:
+        probed = cc_features.probe(command, version, (*FLAGS, *user_flags))
+        if probed == features:
+            raise
+        return _build(source, command, version, (*FLAGS, *probed.flags, *user_flags), probed)
+
+
+def _build(
+    source: str,
+    command: str,
+    version: str,
+    flags: tuple[str, ...],
+    features: cc_features.Features,
+) -> Path:
+    key = cache.key(source, " ".join(flags), version)
 
     def build(source_path: Path, output: Path) -> None:
-        args = [*shlex.split(command), *flags, "-o", str(output), str(source_path), "-lm"]
+        args = [
+            *shlex.split(command),
+            *flags,
+            "-o",
+            str(output),
+            str(source_path),
+            *features.libraries,
+            "-lm",
+        ]
         log.debug("compiling: %s", shlex.join(args))
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:

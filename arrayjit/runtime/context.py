@@ -81,7 +81,7 @@ class Context:
         if not isinstance(code, asg.Assignments):
             raise TypeError(f"Context.compile takes assignment code, got {type(code).__name__}")
         start = time.perf_counter()
-        stmt = compile_to_ir(code, self.backend.reductions_innermost)
+        stmt = compile_to_ir(code, self.backend.reductions_innermost, self.backend.cpu_target())
         compiled = self.backend.compile(stmt, name)
         log.debug("compiled %s in %.1f ms", name, 1e3 * (time.perf_counter() - start))
         return Routine(self, code, stmt, compiled, name)
