@@ -35,6 +35,7 @@ class CudaSyntax(CSyntax):
     expressions (for the tiled kernel's tile-relative indices)."""
 
     function_qualifier = "__device__ __forceinline__"
+    openmp = False
 
     def begin(self, tnodes: list[TNode]) -> None:
         super().begin(tnodes)

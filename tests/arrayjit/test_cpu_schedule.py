@@ -1,0 +1,455 @@
+"""The C backend's CPU schedule: packed matrix products, vectorized reductions, threads.
+
+Every schedule is checked for values against numpy on odd sizes (1, 3, 17, 1000 and sizes that
+are not multiples of any block size), with its thresholds lowered so that small cases take the
+scheduled path, and with an assertion that they did (a test of the plain loops would pass
+without the schedule). Sums in another order than the sequential one are compared with the
+error bound of a sum of n terms: n * eps * (sum of the terms' magnitudes), from the reduction
+length, never an ad hoc tolerance.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from arrayjit import loop_ir as ir
+from arrayjit.assignments import Accum
+from arrayjit.indexing import Fixed, Iterator, Projections, identity_projections
+from arrayjit.runtime.context import Context
+from arrayjit.schedule.cpu_target import CpuTarget, thread_count
+from arrayjit.tnode import MemoryMode, TNode
+
+# Every example compiles a routine: keep the counts small.
+SETTINGS = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+#: Sizes of no block's multiple (micro-tiles of 6 or 12 rows, 8 to 32 columns, 256-deep slices).
+ODD_SIZES = [1, 2, 3, 5, 13, 17, 33, 100, 257]
+
+
+@functools.cache
+def context(threads: int = 2, **thresholds: int) -> Context:
+    """A C context whose schedule takes every product and loop it can (unless `thresholds`
+    says otherwise), on `threads` threads."""
+    ctx = Context("c")
+    everything = {"matmul_min_volume": 1, "parallel_min_work": 1, "vectorize_min_extent": 16}
+    ctx.backend.target = CpuTarget(threads=threads, **{**everything, **thresholds})
+    return ctx
+
+
+def matmuls(stmt: ir.Stmt) -> list[ir.Matmul]:
+    return [s for s in ir.walk(stmt) if isinstance(s, ir.Matmul)]
+
+
+def loops(stmt: ir.Stmt) -> list[ir.For]:
+    return [s for s in ir.walk(stmt) if isinstance(s, ir.For)]
+
+
+def sum_bound(terms: int, magnitudes: np.ndarray, dtype) -> np.ndarray:
+    """The rounding error bound of a sum of `terms` terms of these total magnitudes."""
+    return (terms + 2) * np.finfo(dtype).eps * magnitudes + np.finfo(dtype).tiny
+
+
+def product_code(a, b, c, a_index, b_index, zero_first):
+    """`c[i, j] (=:+ | =+) a[a_index] * b[b_index]` over i, j, k."""
+    (m, n), k = c.dims, a.dims[a_index.index("k")]
+    i, j, r = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
+    names = {"i": i, "j": j, "k": r}
+    projections = Projections(
+        (m, n, k),
+        (i, j, r),
+        (i, j),
+        (tuple(names[x] for x in a_index), tuple(names[x] for x in b_index)),
+    )
+    return Accum(c, "add", "mul", (a, b), projections, zero_first)
+
+
+# ---- packed matrix products ----------------------------------------------------------------
+
+
+@given(
+    st.sampled_from(ODD_SIZES),
+    st.sampled_from(ODD_SIZES),
+    st.sampled_from(ODD_SIZES),
+    st.sampled_from(["ik", "ki"]),
+    st.sampled_from(["kj", "jk"]),
+    st.booleans(),
+    st.sampled_from(["float32", "float64"]),
+    st.sampled_from([1, 2, 3]),
+    st.integers(0, 2**32 - 1),
+)
+@SETTINGS
+def test_packed_matmul_matches_numpy(m, k, n, a_layout, b_layout, zero_first, dtype, threads, seed):
+    """Any layout of either operand (what the projections say), both accumulate modes."""
+    rng = np.random.default_rng(seed)
+    dims = {"i": m, "j": n, "k": k}
+    a = TNode("a", tuple(dims[x] for x in a_layout), dtype)
+    b = TNode("b", tuple(dims[x] for x in b_layout), dtype)
+    c = TNode("c", (m, n), dtype)
+    A, B, C = (rng.normal(size=t.dims).astype(dtype) for t in (a, b, c))
+    a.set_host(A), b.set_host(B), c.set_host(C)
+    routine = context(threads).compile(product_code(a, b, c, a_layout, b_layout, zero_first))
+    assert len(matmuls(routine.ir)) == 1
+    routine.run()
+    A64 = (A if a_layout == "ik" else A.T).astype(np.float64)
+    B64 = (B if b_layout == "kj" else B.T).astype(np.float64)
+    expected = A64 @ B64 + (0 if zero_first else C)
+    magnitude = np.abs(A64) @ np.abs(B64) + (0 if zero_first else np.abs(C))
+    assert (np.abs(c.host() - expected) <= sum_bound(k, magnitude, dtype)).all()
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1000, 1000, 1000), (145, 515, 263), (1, 1000, 3)])
+def test_large_and_ragged_products_with_the_default_schedule(m, k, n):
+    """Several k slices, row blocks and column blocks, ragged at every level; default
+    thresholds and thread count."""
+    rng = np.random.default_rng(m + k + n)
+    a, b, c = TNode("a", (m, k)), TNode("b", (k, n)), TNode("c", (m, n))
+    A, B = rng.normal(size=a.dims).astype(np.float32), rng.normal(size=b.dims).astype(np.float32)
+    a.set_host(A), b.set_host(B)
+    routine = Context("c").compile(product_code(a, b, c, "ik", "kj", True))
+    assert len(matmuls(routine.ir)) == (1 if m * n * k >= CpuTarget().matmul_min_volume else 0)
+    routine.run()
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    bound = sum_bound(k, np.abs(A64) @ np.abs(B64), np.float32)
+    assert (np.abs(c.host() - A64 @ B64) <= bound).all()
+
+
+def test_accumulating_product_adds_on_each_run():
+    """`c =+ a * b` run twice adds the product twice."""
+    rng = np.random.default_rng(5)
+    a, b, c = TNode("a", (17, 33)), TNode("b", (33, 13)), TNode("c", (17, 13))
+    A, B, C = (rng.normal(size=t.dims).astype(np.float32) for t in (a, b, c))
+    a.set_host(A), b.set_host(B), c.set_host(C)
+    routine = context().compile(product_code(a, b, c, "ik", "kj", False))
+    assert matmuls(routine.ir)[0].accumulate
+    routine.run()
+    routine.run()
+    product = A.astype(np.float64) @ B.astype(np.float64)
+    magnitude = 2 * np.abs(A).astype(np.float64) @ np.abs(B) + np.abs(C)
+    assert (np.abs(c.host() - (C + 2 * product)) <= sum_bound(2 * 33, magnitude, np.float32)).all()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batched_product_into_a_transposed_result(threads):
+    """`out[j, s, i] = sum_k x[s, i, k] * w[s, k, j]`: the batch `s` a loop around the product;
+    the result's contiguous axis is `i`, which then plays the product's column role."""
+    rng = np.random.default_rng(6)
+    batch, m, k, n = 3, 19, 40, 7
+    x, w = TNode("x", (batch, m, k), "float64"), TNode("w", (batch, k, n), "float64")
+    out = TNode("out", (n, batch, m), "float64")
+    X, W = rng.normal(size=x.dims), rng.normal(size=w.dims)
+    x.set_host(X), w.set_host(W)
+    s, i, j, r = (Iterator(name=name) for name in "sijk")
+    projections = Projections((batch, m, n, k), (s, i, j, r), (j, s, i), ((s, i, r), (s, r, j)))
+    routine = context(threads).compile(Accum(out, "add", "mul", (x, w), projections, True))
+    (product,) = matmuls(routine.ir)
+    assert (product.n, product.m) == (i, j)
+    routine.run()
+    expected = np.einsum("sik,skj->jsi", X, W)
+    bound = sum_bound(k, np.einsum("sik,skj->jsi", np.abs(X), np.abs(W)), np.float64)
+    assert (np.abs(out.host() - expected) <= bound).all()
+
+
+@pytest.mark.parametrize("zero_first", [True, False])
+def test_second_reduction_runs_around_the_product(zero_first):
+    """`c[i, j] = sum_{k, l} a[i, k, l] * b[l, k, j]`: one reduction is the product's, the other
+    a loop around it (after clearing `c` when the result overwrites)."""
+    rng = np.random.default_rng(7)
+    m, k, depth, n = 13, 17, 3, 20
+    a, b = TNode("a", (m, k, depth), "float64"), TNode("b", (depth, k, n), "float64")
+    c = TNode("c", (m, n), "float64")
+    A, B, C = (rng.normal(size=t.dims) for t in (a, b, c))
+    a.set_host(A), b.set_host(B), c.set_host(C)
+    i, j, r, q = (Iterator(name=name) for name in "ijkl")
+    projections = Projections((m, n, k, depth), (i, j, r, q), (i, j), ((i, r, q), (q, r, j)))
+    routine = context().compile(Accum(c, "add", "mul", (a, b), projections, zero_first))
+    assert len(matmuls(routine.ir)) == 1
+    routine.run()
+    expected = np.einsum("ikl,lkj->ij", A, B) + (0 if zero_first else C)
+    bound = sum_bound(
+        k * depth, np.einsum("ikl,lkj->ij", np.abs(A), np.abs(B)) + np.abs(C), np.float64
+    )
+    assert (np.abs(c.host() - expected) <= bound).all()
+
+
+def test_operand_expression_is_computed_into_scratch_first():
+    """A virtual operand (`relu(x + bias)`, inlined) is stored once, then packed."""
+    rng = np.random.default_rng(8)
+    m, k, n = 33, 17, 5
+    x, bias, w = TNode("x", (m, k)), TNode("bias", (k,)), TNode("w", (k, n))
+    hidden = TNode("hidden", (m, k), memory_mode=MemoryMode.VIRTUAL)
+    out = TNode("out", (m, n))
+    X, bias_values, W = (rng.normal(size=t.dims).astype(np.float32) for t in (x, bias, w))
+    x.set_host(X), bias.set_host(bias_values), w.set_host(W)
+    i, j, r = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
+    code = (
+        Accum(hidden, None, "add", (x, bias), Projections((m, k), (i, r), (i, r), ((i, r), (r,))))
+        + Accum(hidden, None, "relu", (hidden,), identity_projections((m, k), 1))
+        + Accum(
+            out,
+            "add",
+            "mul",
+            (hidden, w),
+            Projections((m, n, k), (i, j, r), (i, j), ((i, r), (r, j))),
+            True,
+        )
+    )
+    routine = context().compile(code)
+    assert len(matmuls(routine.ir)) == 1
+    routine.run()
+    H = np.maximum(X + bias_values, 0).astype(np.float64)
+    bound = sum_bound(k, np.abs(H) @ np.abs(W.astype(np.float64)), np.float32)
+    assert (np.abs(out.host() - H @ W) <= bound).all()
+
+
+def test_small_products_keep_plain_loops():
+    """Below `matmul_min_volume` a contraction stays a loop nest (packing would not pay)."""
+    a, b, c = TNode("a", (4, 6)), TNode("b", (6, 5)), TNode("c", (4, 5))
+    routine = Context("c").compile(product_code(a, b, c, "ik", "kj", True))
+    assert not matmuls(routine.ir)
+
+
+# ---- threads -------------------------------------------------------------------------------
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Products and parallel loops: bit-identical results for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(9)
+    m, k, n = 100, 300, 37
+    A, B = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(k, n)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        a, b, c = TNode("a", (m, k)), TNode("b", (k, n)), TNode("c", (m, n))
+        y = TNode("y", (m, n))
+        a.set_host(A), b.set_host(B)
+        code = product_code(a, b, c, "ik", "kj", True) + Accum(
+            y, None, "exp", (c,), identity_projections((m, n), 1)
+        )
+        routine = context(threads).compile(code)
+        assert len(matmuls(routine.ir)) == 1 and matmuls(routine.ir)[0].blocking.threads == threads
+        assert any(loop.threads == threads for loop in loops(routine.ir)) or threads == 1
+        routine.run()
+        results.append((c.host().copy(), y.host().copy()))
+    for product, exp in results[1:]:
+        np.testing.assert_array_equal(product, results[0][0])
+        np.testing.assert_array_equal(exp, results[0][1])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("accum", ["add", "max", "sub"])
+def test_full_reduction_split_over_threads(threads, accum):
+    """A sum (max, difference) of everything: one chunk per thread, combined in thread order;
+    the same on every run, and within the bound of the sum."""
+    rng = np.random.default_rng(10)
+    length = 100_003
+    x, out = TNode("x", (length,), "float32"), TNode("out", (1,), "float32")
+    X = rng.normal(size=length).astype(np.float32)
+    x.set_host(X)
+    out.set_host(np.array([0.5], np.float32))
+    i = Iterator(name="i")
+    code = Accum(out, accum, "identity", (x,), Projections((length,), (i,), (Fixed(0),), ((i,),)))
+    routine = context(threads).compile(code)
+    assert [loop.threads for loop in loops(routine.ir) if loop.threads > 1] == [threads]
+    routine.run()
+    first = out.host().copy()
+    out.set_host(np.array([0.5], np.float32))
+    routine.run()
+    np.testing.assert_array_equal(out.host(), first)
+    X64 = X.astype(np.float64)
+    expected = {"add": 0.5 + X64.sum(), "sub": 0.5 - X64.sum(), "max": max(0.5, X64.max())}[accum]
+    bound = sum_bound(length, np.abs(X64).sum() + 0.5, np.float32) if accum != "max" else 0
+    assert abs(first[0] - expected) <= bound
+
+
+def test_small_loops_stay_on_one_thread():
+    x, y = TNode("x", (100,)), TNode("y", (100,))
+    routine = Context("c").compile(Accum(y, None, "exp", (x,), identity_projections((100,), 1)))
+    assert all(loop.threads == 1 for loop in loops(routine.ir))
+
+
+def test_parallel_loop_pragma_in_the_source():
+    x, y = TNode("x", (1 << 16,)), TNode("y", (1 << 16,))
+    routine = context(3).compile(Accum(y, None, "exp", (x,), identity_projections((1 << 16,), 1)))
+    source = Path(routine.source_path).read_text()
+    assert "#pragma omp parallel for simd num_threads(3) schedule(static)" in source
+    X = np.linspace(-5, 5, 1 << 16, dtype=np.float32)
+    x.set_host(X)
+    routine.run()
+    np.testing.assert_allclose(y.host(), np.exp(X), rtol=4 * np.finfo(np.float32).eps)
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ARRAYJIT_NUM_THREADS", "3")
+    assert CpuTarget.from_environment().threads == 3
+    monkeypatch.delenv("ARRAYJIT_NUM_THREADS")
+    assert thread_count() == len(os.sched_getaffinity(0))
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("ARRAYJIT_NUM_THREADS", bad)
+        with pytest.raises(
+            ValueError, match=f"ARRAYJIT_NUM_THREADS must be a positive integer, got '{bad}'"
+        ):
+            thread_count()
+
+
+# ---- vectorized reductions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [3, 17, 1000])
+@pytest.mark.parametrize("accum", ["add", "max", "min", "mul"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_reductions(length, accum, dtype):
+    """`out[i] = reduce_k x[i, k]`: vectorized (a reduction clause) from 16 terms on, sequential
+    below; NaN propagates through max and min."""
+    rng = np.random.default_rng(length)
+    rows = 5
+    x, out = TNode("x", (rows, length), dtype), TNode("out", (rows,), dtype)
+    values = (
+        rng.uniform(0.5, 1.5, (rows, length)) if accum == "mul" else rng.normal(size=(rows, length))
+    )
+    values = values.astype(dtype)
+    if accum in ("max", "min"):
+        values[2, length // 2] = np.nan
+    x.set_host(values)
+    i, r = Iterator(name="i"), Iterator(name="r")
+    projections = Projections((rows, length), (i, r), (i,), ((i, r),))
+    routine = context(1).compile(Accum(out, accum, "identity", (x,), projections, True))
+    marked = [loop for loop in loops(routine.ir) if loop.reductions]
+    assert bool(marked) == (length >= 16)
+    routine.run()
+    v64 = values.astype(np.float64)
+    if accum in ("max", "min"):
+        expected = getattr(np, accum)(v64, axis=1)
+        np.testing.assert_array_equal(np.isnan(out.host()), np.isnan(expected))
+        np.testing.assert_array_equal(
+            out.host()[~np.isnan(expected)], expected[~np.isnan(expected)]
+        )
+    elif accum == "add":
+        bound = sum_bound(length, np.abs(v64).sum(axis=1), dtype)
+        assert (np.abs(out.host() - v64.sum(axis=1)) <= bound).all()
+    else:
+        expected = np.prod(v64, axis=1)
+        assert (np.abs(out.host() - expected) <= sum_bound(length, np.abs(expected), dtype)).all()
+
+
+def test_reduction_clause_in_the_source():
+    x, out = TNode("x", (4, 64)), TNode("out", (4,))
+    i, r = Iterator(name="i"), Iterator(name="r")
+    projections = Projections((4, 64), (i, r), (i,), ((i, r),))
+    source = Path(
+        context(1).compile(Accum(out, "max", "identity", (x,), projections, True)).source_path
+    )
+    assert "#pragma omp simd reduction(ocannl_max_float : acc" in source.read_text()
+    assert "#pragma omp declare reduction(ocannl_max_float : float" in source.read_text()
+
+
+# ---- the compiler's features -----------------------------------------------------------------
+
+
+def test_compiler_without_openmp(monkeypatch, tmp_path):
+    """A compiler refusing `-fopenmp*` builds the same source without threads or simd pragmas
+    (after a probe, remembered: the next build runs the compiler once)."""
+    real = shutil.which("cc") or shutil.which("gcc")
+    calls = tmp_path / "calls.log"
+    wrapper = tmp_path / "no-openmp-cc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --version) exec ' + real + " --version ;; esac\n"
+        f'echo "$@" >> {calls}\n'
+        'for arg in "$@"; do case "$arg" in -fopenmp*) echo "unknown option $arg" >&2; exit 1 ;; esac; done\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARRAYJIT_CC", str(wrapper))
+    ctx = Context("c")
+    ctx.backend.target = replace(context().backend.target)
+    rng = np.random.default_rng(11)
+    a, b, c = TNode("a", (30, 40)), TNode("b", (40, 20)), TNode("c", (30, 20))
+    A, B = rng.normal(size=a.dims).astype(np.float32), rng.normal(size=b.dims).astype(np.float32)
+    a.set_host(A), b.set_host(B)
+    ctx.compile(product_code(a, b, c, "ik", "kj", True)).run()
+    bound = sum_bound(40, np.abs(A).astype(np.float64) @ np.abs(B), np.float32)
+    assert (np.abs(c.host() - A.astype(np.float64) @ B) <= bound).all()
+    assert list((tmp_path / "cache").glob("cc-features-*.json"))
+    before = len(calls.read_text().splitlines())
+    x, total = TNode("x", (50,)), TNode("total", (1,))
+    x.set_host(np.arange(50, dtype=np.float32))
+    i = Iterator(name="i")
+    ctx.compile(
+        Accum(total, "add", "identity", (x,), Projections((50,), (i,), (Fixed(0),), ((i,),)), True)
+    ).run()
+    assert total.host()[0] == sum(range(50))
+    assert len(calls.read_text().splitlines()) == before + 1
+
+
+# ---- vector math ------------------------------------------------------------------------------
+
+#: The error allowed to the vectorized math functions, in ulp of the exact result (glibc
+#: documents up to 4 ulp for libmvec; measured here: at most 3.7, logf).
+TRANSCENDENTAL_ULPS = 4
+
+
+def sweep(dtype: str, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Random bit patterns (every exponent: denormals, huge values, infinities, NaN) and edges."""
+    bits = {"float32": np.uint32, "float64": np.uint64}[dtype]
+    info = np.finfo(dtype)
+    edges = [0.0, -0.0, np.inf, -np.inf, np.nan, info.tiny, -info.tiny, info.smallest_subnormal]
+    edges += [info.max, -info.max, 1.0, -1.0, 0.5, 88.72, -103.9, 709.78, -745.1, 1e30, -1e30]
+    random = rng.integers(0, np.iinfo(bits).max, count, dtype=bits, endpoint=True).view(dtype)
+    return np.concatenate([np.array(edges, dtype), random, rng.normal(0, 10, count).astype(dtype)])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["exp", "log", "exp2", "log2", "sin", "cos", "tanh", "pow"])
+def test_vector_math_over_the_whole_range(name, dtype):
+    """The vectorized math functions (libmvec where present) over every exponent, against numpy
+    computing in wider precision (float64 for float32, long double for float64) as the exact
+    value: NaN and infinities at the same positions, finite values within the ulp tolerance."""
+    from arrayjit.backends import cc, cc_features
+    from arrayjit.codegen.c_syntax import VECTOR_MATH
+
+    rng = np.random.default_rng(sum(map(ord, name + dtype)))
+    args = [sweep(dtype, 20_000, rng) for _ in range(VECTOR_MATH[name])]
+    if len(args) == 2:
+        args[1] = rng.permutation(args[1])
+    n = len(args[0])
+    xs = [TNode(f"x{k}", (n,), dtype) for k in range(len(args))]
+    out = TNode("out", (n,), dtype)
+    for tnode, values in zip(xs, args, strict=True):
+        tnode.set_host(values)
+    routine = context(1).compile(
+        Accum(out, None, name, tuple(xs), identity_projections((n,), len(xs)))
+    )
+    assert all(loop.vectorize for loop in loops(routine.ir))
+    version = cc.compiler_version(cc.compiler())
+    if cc_features.assumed(cc.compiler(), version, cc.FLAGS).vector_math:
+        assert b"_ZGV" in Path(routine.source_path).with_suffix(".so").read_bytes()
+    routine.run()
+    wide = np.float64 if dtype == "float32" else np.longdouble
+    with np.errstate(all="ignore"):
+        exact = getattr(np, {"pow": "power"}.get(name, name))(*(a.astype(wide) for a in args))
+        expected = exact.astype(dtype)
+    actual = out.host()
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), "NaN positions")
+    infinite = np.isinf(expected)
+    np.testing.assert_array_equal(actual[infinite], expected[infinite], "infinities")
+    finite = np.isfinite(expected)
+    diff = np.abs(actual[finite].astype(wide) - exact[finite])
+    allowed = TRANSCENDENTAL_ULPS * np.spacing(np.abs(expected[finite])).astype(wide)
+    bad = np.flatnonzero(diff > allowed)
+    assert not bad.size, (
+        f"{name}: {bad.size} values beyond {TRANSCENDENTAL_ULPS} ulp, e.g. "
+        + ", ".join(
+            f"{name}({', '.join(str(a[finite][b]) for a in args)}) = {actual[finite][b]}, numpy {expected[finite][b]}"
+            for b in bad[:4]
+        )
+    )
