@@ -78,7 +78,8 @@ def _function(dtype: DType) -> str:
 _TEMPLATE = r"""
 /* The rows [from, from + count) (or columns) of an operand, kc deep from `src`, packed into
    panels of `panel` rows: element (k, r) of a panel at k * panel + r; rows past `count` are 0. */
-static inline void ocannl_pack_$T($T *restrict dst, const $T *restrict src, int64_t along,
+/* Not inlined: one copy serves both operands (compile time). */
+__attribute__((noinline)) static void ocannl_pack_$T($T *restrict dst, const $T *restrict src, int64_t along,
                                   int64_t depth, int count, int kc, int panel) {
   for (int p = 0; p < count; p += panel) {
     $T *restrict d = dst + (int64_t)p * kc;

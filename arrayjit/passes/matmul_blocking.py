@@ -39,26 +39,29 @@ class Product:
 def run(stmt: ir.Stmt, target: CpuTarget) -> ir.Stmt:
     top = list(stmt.stmts) if isinstance(stmt, ir.Block) else [stmt]
     plans: dict[int, tuple[Product, Iterator, Iterator, Iterator]] = {}
+    last_touch: dict[TNode, int] = {}  # the last statement so far reading or writing a buffer
     for pos, s in enumerate(top):
         product = _as_product(s)
         roles = _roles(product, target) if product else None
-        if roles is None:
-            continue
-        if pos > 0 and _clears(top[pos - 1], product):
-            # `c =:+ x * y` lowered as a fill with zeros, then updates: the product overwrites.
-            top[pos - 1] = ir.Block(())
-            product = replace(product, accumulate=False)
-        plans[pos] = (product, *roles)
+        if roles is not None:
+            previous = last_touch.get(product.tnode)
+            if product.accumulate and previous is not None and _clears(top[previous], product):
+                # Zeros, then nothing touches them before the product adds to them (`c =:+ x * y`
+                # lowered as a fill and updates, or a gradient cleared at the start of a step):
+                # the product overwrites instead.
+                top[previous] = ir.Block(())
+                product = replace(product, accumulate=False)
+            plans[pos] = (product, *roles)
+        for t in ir.written_tnodes(s) | ir.read_tnodes(s):
+            last_touch[t] = pos
     if not plans:
         return stmt
     blockings = {pos: _blocking(*plan, target) for pos, plan in plans.items()}
     packs = _pack_buffers([(plan[0].tnode.dtype, blockings[pos]) for pos, plan in plans.items()])
-    out: list[ir.Stmt] = []
-    for pos, s in enumerate(top):
-        if pos in plans:
-            out.append(_rewrite(*plans[pos], blockings[pos], packs))
-        else:
-            out.append(s)
+    out = [
+        _rewrite(*plans[pos], blockings[pos], packs) if pos in plans else s
+        for pos, s in enumerate(top)
+    ]
     return ir.block(out)
 
 

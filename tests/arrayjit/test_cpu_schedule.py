@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arrayjit import loop_ir as ir
-from arrayjit.assignments import Accum
+from arrayjit.assignments import Accum, Constant, Fetch
 from arrayjit.indexing import Fixed, Iterator, Projections, identity_projections
 from arrayjit.runtime.context import Context
 from arrayjit.schedule.cpu_target import CpuTarget, thread_count
@@ -179,6 +179,33 @@ def test_second_reduction_runs_around_the_product(zero_first):
         k * depth, np.einsum("ikl,lkj->ij", np.abs(A), np.abs(B)) + np.abs(C), np.float64
     )
     assert (np.abs(c.host() - expected) <= bound).all()
+
+
+@pytest.mark.parametrize("read_between", [False, True])
+def test_product_into_cleared_buffer_overwrites(read_between):
+    """Zeros, then products adding into them (a gradient cleared at the start of a step): the
+    first product overwrites instead, unless something reads the zeros in between; the second
+    adds."""
+    rng = np.random.default_rng(12)
+    m, k, n = 20, 30, 40
+    a, b, c = TNode("a", (m, k)), TNode("b", (k, n)), TNode("c", (m, n))
+    other, copy = TNode("other", (m, n)), TNode("copy", (m, n))
+    A, B = rng.normal(size=a.dims).astype(np.float32), rng.normal(size=b.dims).astype(np.float32)
+    a.set_host(A), b.set_host(B), c.set_host(np.full(c.dims, 7.0))
+    between = (c if read_between else other,)
+    code = (
+        Fetch(c, Constant(0.0))
+        + Accum(copy, None, "identity", between, identity_projections((m, n), 1))
+        + product_code(a, b, c, "ik", "kj", False)
+        + product_code(a, b, c, "ik", "kj", False)
+    )
+    routine = context().compile(code)
+    assert [p.accumulate for p in matmuls(routine.ir)] == [read_between, True]
+    routine.run()
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    bound = sum_bound(2 * k, 2 * np.abs(A64) @ np.abs(B64), np.float32)
+    assert (np.abs(c.host() - 2 * A64 @ B64) <= bound).all()
+    np.testing.assert_array_equal(copy.host(), 0 if read_between else other.host())
 
 
 def test_operand_expression_is_computed_into_scratch_first():
