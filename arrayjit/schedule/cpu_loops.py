@@ -3,9 +3,10 @@ schedule's thread and vectorization passes decide with.
 
 A loop's iterations are *independent* when running them in any order, or at once, gives the
 result of running them in order: every buffer the loop writes is read and written at one index
-only, an index that holds the loop's iterator as the whole index of one axis (so iterations touch
-disjoint cells), and every scalar local it assigns is declared inside it, or is a *reduction*
-(`acc := acc op term`, read nowhere else in the loop) that the vector or thread code combines.
+only, an index with the loop's iterator in exactly one axis, next to no iterator of an inner
+loop (so different iterations touch different cells), and every scalar local it assigns is
+declared inside it, or is a *reduction* (`acc := acc op term`, read nowhere else in the loop)
+that the vector or thread code combines.
 """
 
 from __future__ import annotations
@@ -66,13 +67,15 @@ def independent(loop: ir.For) -> bool:
         for tnode, index in accesses:
             if tnode in written and index_of.setdefault(tnode, index) != index:
                 return False
-    return all(_owns_axis(index, loop.iterator) for index in index_of.values())
+    inner = ir.bound_iterators(loop.body)
+    return all(_separates(index, loop.iterator, inner) for index in index_of.values())
 
 
-def _owns_axis(index: tuple, it: Iterator) -> bool:
-    """`it` is the whole index of one axis and occurs in no other."""
-    uses = [i for idx in index for i in iterators_of(idx)]
-    return it in index and uses.count(it) == 1
+def _separates(index: tuple, it: Iterator, inner: set[Iterator]) -> bool:
+    """Whether different values of `it` give different cells: it occurs in one axis only,
+    whose other terms are fixed while it varies (no iterator of an inner loop)."""
+    axes = [iterators_of(idx) for idx in index if it in iterators_of(idx)]
+    return len(axes) == 1 and not (set(axes[0]) & inner)
 
 
 def work(s: ir.Stmt) -> int:

@@ -249,26 +249,32 @@ def test_small_products_keep_plain_loops():
 
 
 def test_results_do_not_depend_on_the_thread_count():
-    """Products and parallel loops: bit-identical results for 1, 2 and 3 threads."""
+    """Products and parallel loops (2-D, and 1-D cut into chunks): bit-identical results for 1,
+    2 and 3 threads."""
     rng = np.random.default_rng(9)
     m, k, n = 100, 300, 37
     A, B = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(k, n)).astype(np.float32)
+    length = 100_003  # a 1-D loop: vector and scalar math must fall on the same elements
+    values = np.linspace(-20, 20, length, dtype=np.float32)
     results = []
     for threads in (1, 2, 3):
         a, b, c = TNode("a", (m, k)), TNode("b", (k, n)), TNode("c", (m, n))
-        y = TNode("y", (m, n))
-        a.set_host(A), b.set_host(B)
-        code = product_code(a, b, c, "ik", "kj", True) + Accum(
-            y, None, "exp", (c,), identity_projections((m, n), 1)
+        y, x, z = TNode("y", (m, n)), TNode("x", (length,)), TNode("z", (length,))
+        a.set_host(A), b.set_host(B), x.set_host(values)
+        code = (
+            product_code(a, b, c, "ik", "kj", True)
+            + Accum(y, None, "exp", (c,), identity_projections((m, n), 1))
+            + Accum(z, None, "tanh", (x,), identity_projections((length,), 1))
         )
         routine = context(threads).compile(code)
         assert len(matmuls(routine.ir)) == 1 and matmuls(routine.ir)[0].blocking.threads == threads
-        assert any(loop.threads == threads for loop in loops(routine.ir)) or threads == 1
+        threaded = [loop for loop in loops(routine.ir) if loop.threads > 1]
+        assert len(threaded) == (0 if threads == 1 else 2)
         routine.run()
-        results.append((c.host().copy(), y.host().copy()))
-    for product, exp in results[1:]:
-        np.testing.assert_array_equal(product, results[0][0])
-        np.testing.assert_array_equal(exp, results[0][1])
+        results.append((c.host().copy(), y.host().copy(), z.host().copy()))
+    for result in results[1:]:
+        for values_now, values_first in zip(result, results[0], strict=True):
+            np.testing.assert_array_equal(values_now, values_first)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -303,12 +309,16 @@ def test_small_loops_stay_on_one_thread():
     assert all(loop.threads == 1 for loop in loops(routine.ir))
 
 
-def test_parallel_loop_pragma_in_the_source():
-    x, y = TNode("x", (1 << 16,)), TNode("y", (1 << 16,))
-    routine = context(3).compile(Accum(y, None, "exp", (x,), identity_projections((1 << 16,), 1)))
+def test_one_dimensional_loop_is_cut_into_chunks_per_thread():
+    """A 1-D loop: one fixed-length chunk per thread (a `parallel for` of 3 iterations), each
+    chunk vectorized on its own, then the tail."""
+    n = (1 << 16) + 5
+    x, y = TNode("x", (n,)), TNode("y", (n,))
+    routine = context(3).compile(Accum(y, None, "exp", (x,), identity_projections((n,), 1)))
     source = Path(routine.source_path).read_text()
-    assert "#pragma omp parallel for simd num_threads(3) schedule(static)" in source
-    X = np.linspace(-5, 5, 1 << 16, dtype=np.float32)
+    assert "#pragma omp parallel for num_threads(3) schedule(static)" in source
+    assert source.count("#pragma omp simd") == 2  # the chunk and the tail
+    X = np.linspace(-5, 5, n, dtype=np.float32)
     x.set_host(X)
     routine.run()
     np.testing.assert_allclose(y.host(), np.exp(X), rtol=4 * np.finfo(np.float32).eps)
