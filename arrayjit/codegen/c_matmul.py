@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from arrayjit import loop_ir as ir
 from arrayjit.dtypes import DType
 from arrayjit.indexing import Iterator, affine, as_affine, row_major_offset
+from arrayjit.schedule.cpu_matmul import PACK_SLACK
 
 if TYPE_CHECKING:
     from arrayjit.codegen.c_syntax import CSyntax
@@ -56,7 +57,9 @@ def _strided(syntax: CSyntax, read: ir.Expr, iterators: tuple[Iterator, Iterator
 
 def matmul_functions(dtypes: set[DType]) -> str:
     """`ocannl_matmul_<type>` for each of `dtypes`."""
-    return "".join(_function(d) for d in sorted(dtypes, key=lambda d: d.name))
+    if not dtypes:
+        return ""
+    return _SHUFFLE + "".join(_function(d) for d in sorted(dtypes, key=lambda d: d.name))
 
 
 def _function(dtype: DType) -> str:
@@ -67,33 +70,87 @@ def _function(dtype: DType) -> str:
         lanes = vector_bytes // dtype.itemsize
         isa += [
             f"{keyword} {test}" if test else keyword,
-            f"  enum {{ MR_ = {mr}, NR_ = {2 * lanes}, LANES_ = {lanes} }};",
-            f"  typedef {t} vec_ __attribute__((vector_size({vector_bytes}), "
+            f"enum {{ OCANNL_MR_{t} = {mr}, OCANNL_NR_{t} = {2 * lanes}, "
+            f"OCANNL_LANES_{t} = {lanes} }};",
+            f"typedef {t} ocannl_vec_{t} __attribute__((vector_size({vector_bytes}), "
             f"aligned({dtype.itemsize}), may_alias));",
+            "#ifdef OCANNL_SHUFFLE",
+            _transpose(t, lanes),
+            "#endif",
         ]
     isa.append("#endif")
-    return _TEMPLATE.replace("$ISA", "\n".join(isa)).replace("$T", t)
+    text = _TEMPLATE.replace("$ISA", "\n".join(isa)).replace("$T", t)
+    return text.replace("$SLACK", str(PACK_SLACK))
 
+
+def _transpose(t: str, lanes: int) -> str:
+    """`ocannl_transpose_<t>(v)`: the `lanes` x `lanes` block held in `v[0..lanes)` transposed
+    in registers. Stage s swaps the off-diagonal s x s blocks of every 2s x 2s block."""
+    lines = [f"static inline void ocannl_transpose_{t}(ocannl_vec_{t} *v) {{"]
+    s = lanes // 2
+    while s >= 1:
+        for i in range(lanes):
+            if i & s:
+                continue
+            low = [j if j & s == 0 else lanes + j - s for j in range(lanes)]
+            high = [j + s if j & s == 0 else lanes + j for j in range(lanes)]
+            lines += [
+                "  {",
+                f"    const ocannl_vec_{t} a = v[{i}], b = v[{i + s}];",
+                f"    v[{i}] = OCANNL_SHUFFLE(a, b, {', '.join(map(str, low))});",
+                f"    v[{i + s}] = OCANNL_SHUFFLE(a, b, {', '.join(map(str, high))});",
+                "  }",
+            ]
+        s //= 2
+    return "\n".join([*lines, "}"])
+
+
+_SHUFFLE = """
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define OCANNL_SHUFFLE __builtin_shufflevector
+#endif
+"""
 
 _TEMPLATE = r"""
+$ISA
+
 /* The rows [from, from + count) (or columns) of an operand, kc deep from `src`, packed into
    panels of `panel` rows: element (k, r) of a panel at k * panel + r; rows past `count` are 0. */
 /* Not inlined: one copy serves both operands (compile time). */
-__attribute__((noinline)) static void ocannl_pack_$T($T *restrict dst, const $T *restrict src, int64_t along,
-                                  int64_t depth, int count, int kc, int panel) {
+__attribute__((noinline)) static void ocannl_pack_$T($T *restrict dst, const $T *restrict src,
+                                                    int64_t along, int64_t depth, int count,
+                                                    int kc, int panel) {
+  const int lanes = OCANNL_LANES_$T;
   for (int p = 0; p < count; p += panel) {
     $T *restrict d = dst + (int64_t)p * kc;
     const $T *restrict s = src + p * along;
     const int rows = count - p < panel ? count - p : panel;
+    int k0 = 0;
+#ifdef OCANNL_SHUFFLE
+    if (depth == 1) {
+      /* Rows contiguous along k: lanes x lanes blocks transposed in registers, row chunks from
+         the last (a padded chunk writes past its panel row, into the next one's first chunk,
+         written after it; the last one into the slack after the region). */
+      for (; k0 + lanes <= kc; k0 += lanes)
+        for (int c = (panel - 1) / lanes * lanes; c >= 0; c -= lanes) {
+          ocannl_vec_$T v[OCANNL_LANES_$T];
+          for (int i = 0; i < lanes; ++i)
+            v[i] = c + i < rows ? *(const ocannl_vec_$T *)(s + (c + i) * along + k0)
+                                : (ocannl_vec_$T){0};
+          ocannl_transpose_$T(v);
+          for (int j = 0; j < lanes; ++j) *(ocannl_vec_$T *)(d + (k0 + j) * panel + c) = v[j];
+        }
+    }
+#endif
     if (depth == 1) {
       for (int r = 0; r < rows; ++r)
-        for (int k = 0; k < kc; ++k) d[k * panel + r] = s[r * along + k];
+        for (int k = k0; k < kc; ++k) d[k * panel + r] = s[r * along + k];
     } else {
-      for (int k = 0; k < kc; ++k)
+      for (int k = k0; k < kc; ++k)
         for (int r = 0; r < rows; ++r) d[k * panel + r] = s[r * along + k * depth];
     }
     for (int r = rows; r < panel; ++r)
-      for (int k = 0; k < kc; ++k) d[k * panel + r] = 0;
+      for (int k = k0; k < kc; ++k) d[k * panel + r] = 0;
   }
 }
 
@@ -107,15 +164,16 @@ static void ocannl_matmul_$T(int M, int N, int K, const $T *restrict a, int64_t 
                              $T *restrict a_pack, $T *restrict b_pack, int mc, int kc_max,
                              int nc_max, int threads, int threads_n, int rows_per_thread,
                              int cols_per_thread) {
-$ISA
+  enum { MR_ = OCANNL_MR_$T, NR_ = OCANNL_NR_$T, LANES_ = OCANNL_LANES_$T };
+  typedef ocannl_vec_$T vec_;
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
   for (int t = 0; t < threads; ++t) {
     const int m_lo = t / threads_n * rows_per_thread;
     const int m_hi = m_lo + rows_per_thread < M ? m_lo + rows_per_thread : M;
     const int n_lo = t % threads_n * cols_per_thread;
     const int n_hi = n_lo + cols_per_thread < N ? n_lo + cols_per_thread : N;
-    $T *restrict ap = a_pack + (int64_t)t * mc * kc_max;
-    $T *restrict bp = b_pack + (int64_t)t * kc_max * nc_max;
+    $T *restrict ap = a_pack + (int64_t)t * (mc * kc_max + $SLACK);
+    $T *restrict bp = b_pack + (int64_t)t * (kc_max * nc_max + $SLACK);
     for (int jc = n_lo; jc < n_hi; jc += nc_max) {
       const int nc = n_hi - jc < nc_max ? n_hi - jc : nc_max;
       for (int pc = 0; pc < K; pc += kc_max) {

@@ -32,6 +32,9 @@ KC = 256
 #: Cache budgets in bytes: a packed block of `a` stays in L2, a packed slice of `b` in L3.
 L2_BYTES = 144 * 1024
 L3_BYTES = 4 * 1024 * 1024
+#: Elements after each thread's packing region: a panel whose rows are not a whole number of
+#: vectors is packed with whole-vector stores, the last of which may write past the region.
+PACK_SLACK = 16
 #: One packed element costs about this many multiply-adds (a strided load and a store).
 PACK_COST = 8
 
@@ -60,12 +63,12 @@ class Blocking:
     @property
     def a_pack_size(self) -> int:
         """Elements of the packed-`a` buffer: one mc x kc block per thread."""
-        return self.threads * self.mc * self.kc
+        return self.threads * (self.mc * self.kc + PACK_SLACK)
 
     @property
     def b_pack_size(self) -> int:
         """Elements of the packed-`b` buffer: one kc x nc slice per thread."""
-        return self.threads * self.kc * self.nc
+        return self.threads * (self.kc * self.nc + PACK_SLACK)
 
     def __str__(self) -> str:
         return f"mc={self.mc} kc={self.kc} nc={self.nc} threads={self.threads_m}x{self.threads_n}"
