@@ -238,6 +238,27 @@ def test_operand_expression_is_computed_into_scratch_first():
     assert (np.abs(out.host() - H @ W) <= bound).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_product_with_sixteen_byte_vectors(monkeypatch, tmp_path, dtype):
+    """The register tile of machines without AVX (`-march=x86-64`: SSE2, 16-byte vectors), on
+    this machine: transposed operands, ragged panels, both dtypes."""
+    monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ARRAYJIT_CFLAGS", "-march=x86-64 -mtune=generic")
+    ctx = Context("c")
+    ctx.backend.target = CpuTarget(threads=2, matmul_min_volume=1)
+    rng = np.random.default_rng(13)
+    m, k, n = 23, 37, 19
+    a, b, c = TNode("a", (k, m), dtype), TNode("b", (n, k), dtype), TNode("c", (m, n), dtype)
+    A, B = rng.normal(size=a.dims).astype(dtype), rng.normal(size=b.dims).astype(dtype)
+    a.set_host(A), b.set_host(B)
+    routine = ctx.compile(product_code(a, b, c, "ki", "jk", True))
+    assert len(matmuls(routine.ir)) == 1
+    routine.run()
+    A64, B64 = A.T.astype(np.float64), B.T.astype(np.float64)
+    bound = sum_bound(k, np.abs(A64) @ np.abs(B64), dtype)
+    assert (np.abs(c.host() - A64 @ B64) <= bound).all()
+
+
 def test_small_products_keep_plain_loops():
     """Below `matmul_min_volume` a contraction stays a loop nest (packing would not pay)."""
     a, b, c = TNode("a", (4, 6)), TNode("b", (6, 5)), TNode("c", (4, 5))
