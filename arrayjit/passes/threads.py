@@ -20,7 +20,6 @@ import itertools
 from dataclasses import replace
 
 from arrayjit import loop_ir as ir
-from arrayjit import ops
 from arrayjit.indexing import Iterator, affine
 from arrayjit.schedule import cpu_loops
 from arrayjit.schedule.cpu_target import CpuTarget
@@ -28,10 +27,6 @@ from arrayjit.tnode import MemoryMode, TNode
 
 #: Chunks are a multiple of this many iterations (whole vectors).
 CHUNK_MULTIPLE = 16
-
-#: How the partial results of each thread's accumulator combine: `acc - x - y` is `acc - (x + y)`,
-#: and each thread's partial result of `-` already holds the minus sign.
-COMBINE = {"sub": "add"}
 
 _names = itertools.count(1)
 
@@ -105,7 +100,7 @@ def _split_reduction(loop: ir.For, reductions: tuple[ir.Reduction, ...], threads
     )
     per_thread = ir.block(
         [
-            *(ir.DeclLocal(own[r.name], r.dtype, _neutral(r)) for r in reductions),
+            *(ir.DeclLocal(own[r.name], r.dtype, cpu_loops.partial_start(r)) for r in reductions),
             ir.For(inner, chunk, body),
             *(
                 ir.Set(partials[r.name], (thread,), ir.Local(own[r.name], r.dtype))
@@ -121,11 +116,7 @@ def _split_reduction(loop: ir.For, reductions: tuple[ir.Reduction, ...], threads
             ir.For(
                 combine,
                 threads,
-                ir.SetLocal(r.name, ir.Apply(COMBINE.get(r.op, r.op), (acc, term), r.dtype)),
+                ir.SetLocal(r.name, ir.Apply(cpu_loops.combine_op(r), (acc, term), r.dtype)),
             )
         )
     return ir.block([*out, *_tail(loop, chunk * threads, tail)])
-
-
-def _neutral(r: ir.Reduction) -> ir.Const:
-    return ir.Const(ops.neutral(COMBINE.get(r.op, r.op), r.dtype), r.dtype)

@@ -12,10 +12,14 @@ that the vector or thread code combines.
 from __future__ import annotations
 
 from arrayjit import loop_ir as ir
+from arrayjit import ops
 from arrayjit.indexing import Iterator, iterators_of
 
 #: Accumulate ops a loop can reduce with in any order (up to rounding for floats).
 REDUCIBLE = ("add", "sub", "mul", "max", "min")
+#: How partial results of an accumulator combine: `acc - x - y` is `acc - (x + y)`, and a
+#: partial result of `-` (from zero) already holds the minus sign.
+COMBINE = {"sub": "add"}
 #: Ops that cost about this many simple ones (libm calls, even vectorized).
 EXPENSIVE = {"exp", "log", "exp2", "log2", "sin", "cos", "tanh", "pow", "uniform_at"}
 
@@ -93,3 +97,13 @@ def work(s: ir.Stmt) -> int:
         for e in ir.walk_expr(root)
         if isinstance(e, ir.Apply)
     )
+
+
+def combine_op(r: ir.Reduction) -> str:
+    """The op that combines partial results of `r` (each started from `partial_start(r)`)."""
+    return COMBINE.get(r.op, r.op)
+
+
+def partial_start(r: ir.Reduction) -> ir.Const:
+    """Where a partial result of `r` starts: the neutral element of its combination."""
+    return ir.Const(ops.neutral(combine_op(r), r.dtype), r.dtype)

@@ -365,8 +365,8 @@ def test_thread_count_from_the_environment(monkeypatch):
 @pytest.mark.parametrize("accum", ["add", "max", "min", "mul"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_row_reductions(length, accum, dtype):
-    """`out[i] = reduce_k x[i, k]`: vectorized (a reduction clause) from 16 terms on, sequential
-    below; NaN propagates through max and min."""
+    """`out[i] = reduce_k x[i, k]`: vectorized (a reduction clause) from 16 terms on, in four
+    parts side by side from 64, sequential below 16; NaN propagates through max and min."""
     rng = np.random.default_rng(length)
     rows = 5
     x, out = TNode("x", (rows, length), dtype), TNode("out", (rows,), dtype)
@@ -382,6 +382,8 @@ def test_row_reductions(length, accum, dtype):
     routine = context(1).compile(Accum(out, accum, "identity", (x,), projections, True))
     marked = [loop for loop in loops(routine.ir) if loop.reductions]
     assert bool(marked) == (length >= 16)
+    # Long rows are summed as 4 parts side by side, each with its own accumulator.
+    assert [len(loop.reductions) for loop in marked] == ([4] if length >= 64 else [1] * len(marked))
     routine.run()
     v64 = values.astype(np.float64)
     if accum in ("max", "min"):
