@@ -2,13 +2,15 @@
 process: numpy for matrix products, PyTorch eager (limited to as many threads as the generated
 code uses) for the rest.
 
-    python bench/cpu_suite.py [--repeats N] [--only NAME ...]
+    python bench/cpu_suite.py [--repeats N] [--only NAME ...] [--single-thread]
 
 Prints, per benchmark, the median time of ours and of the reference over N runs (after a
 warm-up) and the ratio reference time / our time (higher is better; 1.0 = as fast), plus the
 cold compile time of each routine (the suite compiles into a temporary cache folder). Ours and
 the reference are timed in separate blocks, so the threads of one runtime do not compete with
-the other's.
+the other's. `--single-thread` runs everything (ours, numpy's BLAS, torch) on one thread and
+times the CPU time of that thread: a comparison that other processes on a busy machine disturb
+much less than wall-clock times of several threads.
 """
 
 from __future__ import annotations
@@ -21,24 +23,33 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import numpy as np
-
+PARSER = argparse.ArgumentParser(description="CPU benchmarks against numpy and PyTorch")
+PARSER.add_argument("--repeats", type=int, default=20)
+PARSER.add_argument("--only", nargs="*", default=None)
+PARSER.add_argument("--single-thread", action="store_true")
+ARGS = PARSER.parse_args()
+if ARGS.single_thread:
+    # Before numpy and the first compile read them.
+    os.environ.update(ARRAYJIT_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
 os.environ["ARRAYJIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="arrayjit-bench-")
+
+import numpy as np  # noqa: E402
 
 import ocannl_py as oc  # noqa: E402
 from arrayjit.schedule.cpu_target import thread_count  # noqa: E402
 from ocannl_py import train  # noqa: E402
 
 THREADS = thread_count()
+CLOCK = time.thread_time if ARGS.single_thread else time.perf_counter
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -178,18 +189,19 @@ BENCHMARKS: dict[str, tuple[str, Callable[[int], tuple[float, float, float]]]] =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), default=None)
-    args = parser.parse_args()
     import torch
 
     torch.set_num_threads(THREADS)
-    print(f"threads: {THREADS} (ours and torch); numpy {np.__version__}, torch {torch.__version__}")
+    unknown = set(ARGS.only or ()) - set(BENCHMARKS)
+    if unknown:
+        PARSER.error(f"unknown benchmarks {sorted(unknown)}; choose from {sorted(BENCHMARKS)}")
+    clock = "thread CPU time" if ARGS.single_thread else "wall-clock"
+    print(f"threads: {THREADS} (ours, torch{', numpy' if ARGS.single_thread else ''}); {clock}")
+    print(f"numpy {np.__version__}, torch {torch.__version__}, load average {os.getloadavg()}")
     print(f"{'benchmark':44}{'ours ms':>10}{'ref ms':>10}{'ratio':>8}{'compile s':>11}")
-    for name in args.only or BENCHMARKS:
+    for name in ARGS.only or BENCHMARKS:
         title, run = BENCHMARKS[name]
-        ours, reference, compile_s = run(args.repeats)
+        ours, reference, compile_s = run(ARGS.repeats)
         print(
             f"{title:44}{1e3 * ours:>10.3f}{1e3 * reference:>10.3f}"
             f"{reference / ours:>8.2f}{compile_s:>11.2f}"
