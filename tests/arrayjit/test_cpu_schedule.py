@@ -400,6 +400,48 @@ def test_row_reductions(length, accum, dtype):
         assert (np.abs(out.host() - expected) <= sum_bound(length, np.abs(expected), dtype)).all()
 
 
+@given(
+    st.sampled_from([1, 3, 17, 100]),
+    st.sampled_from([1, 3, 17, 63, 64, 65, 1000, 4099]),
+    st.booleans(),
+    st.sampled_from(["add", "max", "min", "sub"]),
+    st.sampled_from([1, 2, 3]),
+    st.integers(0, 2**32 - 1),
+)
+@SETTINGS
+def test_reductions_over_drawn_shapes(rows, length, full, accum, threads, seed):
+    """Row reductions (`out[i] = reduce_k x[i, k]`) and full ones (`out[0] = reduce x`), into
+    existing values, on any thread count: within the bound of the sum, NaN-exact for max/min."""
+    rng = np.random.default_rng(seed)
+    x = TNode("x", (rows, length))
+    out = TNode("out", (1,) if full else (rows,))
+    X = rng.normal(size=x.dims).astype(np.float32)
+    start = rng.normal(size=out.dims).astype(np.float32)
+    x.set_host(X), out.set_host(start)
+    i, r = Iterator(name="i"), Iterator(name="r")
+    lhs = (Fixed(0),) if full else (i,)
+    projections = Projections((rows, length), (i, r), lhs, ((i, r),))
+    context(threads, parallel_min_work=1).compile(
+        Accum(out, accum, "identity", (x,), projections, False)
+    ).run()
+    X64 = X.astype(np.float64)
+    axis = None if full else 1
+    reduced = {
+        "add": X64.sum(axis),
+        "sub": -X64.sum(axis),
+        "max": X64.max(axis),
+        "min": X64.min(axis),
+    }
+    combine = {"add": np.add, "sub": np.add, "max": np.maximum, "min": np.minimum}[accum]
+    expected = combine(start.astype(np.float64), reduced[accum])
+    if accum in ("max", "min"):
+        np.testing.assert_array_equal(out.host(), expected.astype(np.float32))
+    else:
+        terms = rows * length if full else length
+        magnitude = np.abs(X64).sum(axis) + np.abs(start)
+        assert (np.abs(out.host() - expected) <= sum_bound(terms, magnitude, np.float32)).all()
+
+
 def test_reduction_clause_in_the_source():
     x, out = TNode("x", (4, 64)), TNode("out", (4,))
     i, r = Iterator(name="i"), Iterator(name="r")
