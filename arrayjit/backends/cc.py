@@ -22,7 +22,7 @@ import numpy as np
 
 from arrayjit import cache
 from arrayjit import loop_ir as ir
-from arrayjit.backends import cc_features
+from arrayjit.backends import cc_features, openmp_fork
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.codegen.c_syntax import CSyntax
 from arrayjit.errors import CompileError
@@ -139,6 +139,7 @@ class CBackend(Backend):
             raise CompileError(
                 f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
             ) from None
+        openmp_fork.register(lib)
         fn = getattr(lib, function)
         fn.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
         fn.restype = None

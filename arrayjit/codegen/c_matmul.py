@@ -166,7 +166,7 @@ static void ocannl_matmul_$T(int M, int N, int K, const $T *restrict a, int64_t 
                              int cols_per_thread) {
   enum { MR_ = OCANNL_MR_$T, NR_ = OCANNL_NR_$T, LANES_ = OCANNL_LANES_$T };
   typedef ocannl_vec_$T vec_;
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1 && ocannl_threads_ok)
   for (int t = 0; t < threads; ++t) {
     const int m_lo = t / threads_n * rows_per_thread;
     const int m_hi = m_lo + rows_per_thread < M ? m_lo + rows_per_thread : M;

@@ -139,6 +139,9 @@ class CSyntax:
         """Helper functions for `dtypes`, and the random generator if an op needs it."""
         text = f"#define OCANNL_FN {self.function_qualifier}\n" + helpers(dtypes, "OCANNL_FN")
         if self.openmp:
+            # Cleared in a process forked after OpenMP started its threads (see
+            # arrayjit.backends.openmp_fork): parallel regions then run on one thread.
+            text += "__attribute__((weak)) int ocannl_threads_ok = 1;\n"
             text += reduction_declarations(dtypes)
             if set(VECTOR_MATH) & ops_used:
                 text += vector_math_declarations()
@@ -239,7 +242,7 @@ class CSyntax:
         if loop.vectorize:
             words.append("simd")
         if loop.threads > 1:
-            words += [f"num_threads({loop.threads})", "schedule(static)"]
+            words += [f"num_threads({loop.threads})", "schedule(static)", "if(ocannl_threads_ok)"]
         for r in loop.reductions:
             clause = REDUCTION_CLAUSES[r.op]
             if r.op in ("max", "min"):

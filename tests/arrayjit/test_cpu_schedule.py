@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -343,6 +344,38 @@ def test_one_dimensional_loop_is_cut_into_chunks_per_thread():
     x.set_host(X)
     routine.run()
     np.testing.assert_allclose(y.host(), np.exp(X), rtol=4 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is not available on this platform")
+def test_forked_child_runs_parallel_code():
+    """GNU OpenMP hangs in a child forked after it started threads: the child runs the same
+    routines (and routines compiled there) on one thread, with the same results."""
+    n = 1 << 16
+    x, y, z = TNode("x", (n,)), TNode("y", (n,)), TNode("z", (n,))
+    x.set_host(np.linspace(-3, 3, n, dtype=np.float32))
+    ctx = context(2)
+    routine = ctx.compile(Accum(y, None, "exp", (x,), identity_projections((n,), 1)))
+    routine.run()
+    expected = y.host().copy()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        status = 1
+        try:
+            signal.alarm(60)
+            y.set_host(np.zeros(n))
+            routine.run()
+            later = ctx.compile(Accum(z, None, "tanh", (x,), identity_projections((n,), 1)))
+            later.run()
+            close = np.allclose(z.host(), np.tanh(x.host()), rtol=4e-7, atol=0)
+            same = np.array_equal(y.host(), expected) and close
+            os.write(write, b"ok" if same else b"wrong")
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"ok" and status == 0
 
 
 def test_thread_count_from_the_environment(monkeypatch):
