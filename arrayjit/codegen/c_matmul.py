@@ -145,6 +145,14 @@ __attribute__((noinline)) static void ocannl_pack_$T($T *restrict dst, const $T 
     if (depth == 1) {
       for (int r = 0; r < rows; ++r)
         for (int k = k0; k < kc; ++k) d[k * panel + r] = s[r * along + k];
+    } else if (along == 1 && rows == panel && panel == 2 * lanes) {
+      /* A full panel of `b` whose rows are contiguous: two vectors per k. */
+      for (int k = 0; k < kc; ++k) {
+        const ocannl_vec_$T low = *(const ocannl_vec_$T *)(s + k * depth);
+        const ocannl_vec_$T high = *(const ocannl_vec_$T *)(s + k * depth + lanes);
+        *(ocannl_vec_$T *)(d + k * panel) = low;
+        *(ocannl_vec_$T *)(d + k * panel + lanes) = high;
+      }
     } else {
       for (int k = k0; k < kc; ++k)
         for (int r = 0; r < rows; ++r) d[k * panel + r] = s[r * along + k * depth];
@@ -189,9 +197,14 @@ static void ocannl_matmul_$T(int M, int N, int K, const $T *restrict a, int64_t 
               const int rows = rows_in_block - ir < MR_ ? rows_in_block - ir : MR_;
               const $T *restrict pa = ap + (int64_t)ir * kc;
               const $T *restrict pb = bp + (int64_t)jr * kc;
+              $T *restrict cp = c + (ic + ir) * c_m + (jc + jr) * c_n;
               vec_ acc[MR_][2];
 #pragma GCC unroll 12
-              for (int r = 0; r < MR_; ++r) acc[r][0] = acc[r][1] = (vec_){0};
+              for (int r = 0; r < MR_; ++r) {
+                acc[r][0] = acc[r][1] = (vec_){0};
+                /* The tile of c is read (or written) after the loop: fetch it meanwhile. */
+                if (r < rows) __builtin_prefetch(cp + r * c_m, 1);
+              }
               for (int k = 0; k < kc; ++k) {
                 const vec_ b0 = *(const vec_ *)(pb + k * NR_);
                 const vec_ b1 = *(const vec_ *)(pb + k * NR_ + LANES_);
@@ -203,7 +216,6 @@ static void ocannl_matmul_$T(int M, int N, int K, const $T *restrict a, int64_t 
                   acc[r][1] += a_r * b1;
                 }
               }
-              $T *restrict cp = c + (ic + ir) * c_m + (jc + jr) * c_n;
               if (rows == MR_ && cols == NR_ && c_n == 1) {
 #pragma GCC unroll 12
                 for (int r = 0; r < MR_; ++r) {
