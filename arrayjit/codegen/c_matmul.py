@@ -205,6 +205,7 @@ static void ocannl_matmul_$T(int M, int N, int K, const $T *restrict a, int64_t 
                 /* The tile of c is read (or written) after the loop: fetch it meanwhile. */
                 if (r < rows) __builtin_prefetch(cp + r * c_m, 1);
               }
+#pragma GCC unroll 4
               for (int k = 0; k < kc; ++k) {
                 const vec_ b0 = *(const vec_ *)(pb + k * NR_);
                 const vec_ b1 = *(const vec_ *)(pb + k * NR_ + LANES_);
