@@ -14,7 +14,7 @@ import time
 import numpy as np
 from common import matmul
 
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 
 
 def median_time(fn, repeats: int) -> float:
@@ -27,7 +27,7 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(n: int, ctx: Context) -> tuple[float, float]:
+def bench(n: int, ctx: Runtime) -> tuple[float, float]:
     code, a, b, c = matmul(n)
     routine = ctx.compile(code, f"matmul{n}")
     rng = np.random.default_rng(0)
@@ -45,7 +45,7 @@ def bench(n: int, ctx: Context) -> tuple[float, float]:
 
 def main() -> None:
     sizes = [int(s) for s in sys.argv[1:]] or [512, 1024]
-    ctx = Context("c")
+    ctx = Runtime("c")
     print(f"threads: {ctx.backend.cpu_target().threads}")
     print(f"{'n':>6} {'generated GFLOP/s':>18} {'numpy GFLOP/s':>14} {'ratio':>7}")
     for n in sizes:

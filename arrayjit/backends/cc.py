@@ -1,10 +1,16 @@
-"""The C backend: generated C compiled by the system compiler into a shared object, loaded with
-ctypes. The compiler is `cc` unless `ARRAYJIT_CC` names another; artifacts go through
-`arrayjit.cache`.
+"""The C backend: each chunk of a routine (`arrayjit.backends.chunks`) is printed as a C function
+`void ocannl_c<key>(void **buffers)` whose text, and so whose cache key, does not depend on the
+routine it comes from. Functions missing from the cache are grouped into a few translation units
+compiled in parallel by the system compiler into shared objects; every function is indexed by its
+key, so equal layers, in this routine or any other, compile once. A routine runs as one ctypes
+call into a small runner that calls its chunk functions in order with their buffer tables.
 
-Flags: `-O3 -march=native -fPIC -shared -fno-math-errno`, plus OpenMP and vector math where the
-compiler has them (`arrayjit.backends.cc_features`). Not `-ffast-math`: results must match
-numpy's, NaN and infinity included.
+The compiler is `cc` unless `ARRAYJIT_CC` names another; `ARRAYJIT_JOBS` caps the parallel
+compiler processes (default: the usable cores). Flags: `-O3 -march=native -fPIC -shared
+-fno-math-errno`, plus OpenMP and vector math where the compiler has them
+(`arrayjit.backends.cc_features`; they are part of the build identity). Not `-ffast-math`:
+results must match numpy's, NaN and infinity included. The code is scheduled for a `CpuTarget`
+(threads, thresholds), which is part of the backend's identity.
 """
 
 from __future__ import annotations
@@ -16,16 +22,24 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from arrayjit import cache
+from arrayjit import cache, ops
 from arrayjit import loop_ir as ir
-from arrayjit.backends import cc_features, openmp_fork
+from arrayjit.backends import cc_features, openmp_fork, units
 from arrayjit.backends.base import Backend, Compiled
-from arrayjit.codegen.c_syntax import CSyntax
+from arrayjit.backends.chunks import Chunk, split
+from arrayjit.codegen import c_matmul
+from arrayjit.codegen.c_syntax import VECTOR_MATH, CSyntax, buffer_name, fill_names
+from arrayjit.dtypes import DType
 from arrayjit.errors import CompileError
+from arrayjit.runtime.residency import HOST, Residency
+from arrayjit.runtime.residency import of as residency_of
 from arrayjit.schedule.cpu_target import CpuTarget
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -33,9 +47,21 @@ log = logging.getLogger("arrayjit")
 
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
 
+#: In every unit: runs `n` chunk functions in order, each on its table of buffers.
+RUNNER = """\
+typedef void (*ocannl_chunk)(void **);
+void ocannl_run_chunks(int n, ocannl_chunk *chunks, void ***tables) {
+  for (int k = 0; k < n; ++k) chunks[k](tables[k]);
+}
+"""
+
 
 def compiler() -> str:
     return os.environ.get("ARRAYJIT_CC", "cc")
+
+
+def flags() -> tuple[str, ...]:
+    return (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
 
 
 @functools.cache
@@ -65,35 +91,162 @@ def compiler_version(command: str) -> str:
     return version
 
 
+def features() -> cc_features.Features:
+    """The optional compiler features builds use now (OpenMP, vector math)."""
+    command = compiler()
+    return cc_features.assumed(command, compiler_version(command), flags())
+
+
+def build_identity() -> str:
+    """Everything besides the source that determines a compiled library."""
+    return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""), features())
+
+
+@functools.cache
+def _build_identity(command: str, extra_flags: str, found: cc_features.Features) -> str:
+    # Every unit defines the runner: a unit made for another runner must not be used.
+    all_flags = " ".join((*FLAGS, *found.flags, *shlex.split(extra_flags), *found.libraries))
+    return "\n".join((command, all_flags, compiler_version(command), RUNNER))
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkFunction:
+    """The C function of one chunk: its key (a hash of its text, which names buffers by
+    position only), its symbol, and its body with buffer names left as placeholders."""
+
+    key: str
+    body: str
+    labels: tuple[str, ...]
+    dtypes: tuple[DType, ...]
+    #: What the function needs from the prelude: the random generator, vector math
+    #: declarations, product kernels.
+    needs: Needs
+
+    @property
+    def symbol(self) -> str:
+        return f"ocannl_c{self.key}"
+
+    @property
+    def lines(self) -> int:
+        return self.body.count("\n")
+
+    def text(self) -> str:
+        """The function, its buffers named after the labels of the chunk it was printed from."""
+        return (
+            f"void {self.symbol}(void **buffers) {{\n{fill_names(self.body, list(self.labels))}}}\n"
+        )
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The optional parts of a prelude: `ops` are the ops among `ops.RANDOM_OPS` and
+    `VECTOR_MATH` used; `matmul` the dtypes of products (each has its kernel)."""
+
+    ops: frozenset[str] = frozenset()
+    matmul: frozenset[DType] = frozenset()
+
+    @classmethod
+    def of(cls, stmt: ir.Stmt) -> Needs:
+        used = ir.ops_used(stmt) & (ops.RANDOM_OPS | set(VECTOR_MATH))
+        products = {s.tnode.dtype for s in ir.walk(stmt) if isinstance(s, ir.Matmul)}
+        return cls(frozenset(used), frozenset(products))
+
+    @classmethod
+    def union(cls, functions: Sequence[ChunkFunction]) -> Needs:
+        return cls(
+            frozenset().union(*(f.needs.ops for f in functions)),
+            frozenset().union(*(f.needs.matmul for f in functions)),
+        )
+
+
+@functools.cache
+def _prelude(dtypes: tuple[DType, ...], needs: Needs) -> str:
+    syntax = CSyntax()
+    return "\n".join(
+        [
+            "#include <math.h>\n#include <stdint.h>",
+            syntax.prelude(list(dtypes), set(needs.ops)),
+            c_matmul.matmul_functions(set(needs.matmul)),
+        ]
+    )
+
+
+def _union_dtypes(functions: Sequence[ChunkFunction]) -> tuple[DType, ...]:
+    return tuple(sorted({d for f in functions for d in f.dtypes}, key=lambda d: d.name))
+
+
 class CCompiled(Compiled):
+    """The chunk functions of a routine and their buffer tables, run by one call."""
+
     def __init__(
         self,
-        function,
+        libraries: list[Path],
+        symbols: list[str],
+        parameters: list[list[int]],
         tnodes: list[TNode],
-        scratch: dict[TNode, np.ndarray],
-        written: set[TNode],
-        source_path: str,
-    ):
-        self.function = function
+        written: list[int],
+        source_path: Path,
+    ) -> None:
         self.tnodes = tnodes
-        self.source_path = source_path
-        # Keep the arrays alive: the pointer table below refers to their memory.
-        self.arrays = [scratch[t] if t in scratch else t.host() for t in tnodes]
-        self.pointers = (ctypes.c_void_p * max(1, len(tnodes)))(
-            *(a.ctypes.data for a in self.arrays)
+        self.written = [tnodes[k] for k in written]
+        self.source_path = str(source_path)
+        self.libraries = sorted(set(libraries))
+        self.plan = {
+            "source": source_path.name,
+            "chunks": [
+                [lib.name, s, p] for lib, s, p in zip(libraries, symbols, parameters, strict=True)
+            ],
+            "written": written,
+        }
+        self.runner = None
+        if libraries:
+            self.runner = load(libraries[0]).ocannl_run_chunks
+            self.runner.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            self.runner.restype = None
+        functions = [
+            address(library, symbol) for library, symbol in zip(libraries, symbols, strict=True)
+        ]
+        scratch = {t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)}
+        # Keep the arrays alive: the tables below refer to their memory.
+        self.arrays = [
+            np.zeros(t.dims, t.dtype.numpy) if t in scratch else t.host() for t in tnodes
+        ]
+        addresses = [a.ctypes.data for a in self.arrays]
+        self.tables = [
+            (ctypes.c_void_p * max(1, len(p)))(*(addresses[i] for i in p)) for p in parameters
+        ]
+        n = len(functions)
+        self.table_array = (ctypes.c_void_p * max(1, n))(
+            *(ctypes.addressof(t) for t in self.tables)
+        )
+        self.function_array = (ctypes.c_void_p * max(1, n))(*functions)
+        self.arguments = (
+            n,
+            ctypes.addressof(self.function_array),
+            ctypes.addressof(self.table_array),
         )
         # Host arrays are this backend's buffers: a device may hold newer values of those it
-        # reads, and devices must learn about those it writes.
+        # uses, and devices must learn about those it writes.
         self.shared = [t for t in tnodes if t not in scratch]
-        self.shared_written = [t for t in self.shared if t in written]
+        written_set = set(self.written)
+        self.shared_written = [residency_of(t) for t in self.shared if t in written_set]
+        self.seen_device_writes = -1
 
     def run(self) -> None:
-        for t in self.shared:
-            if t.fetch_from_device is not None:
-                t.host()
-        self.function(self.pointers)
-        for t in self.shared_written:
-            t.host_version += 1
+        if Residency.device_places:
+            if self.seen_device_writes != Residency.device_writes:
+                for t in self.shared:
+                    t.host()  # copies newer values from a device, if one has them
+                self.seen_device_writes = Residency.device_writes
+            self.call()
+            for state in self.shared_written:
+                state.write_at(HOST)
+        else:
+            self.call()
+
+    def call(self) -> None:
+        if self.runner is not None:
+            self.runner(*self.arguments)
 
 
 class CBackend(Backend):
@@ -110,81 +263,125 @@ class CBackend(Backend):
             self.target = CpuTarget.from_environment()
         return self.target
 
-    def source(self, stmt: ir.Stmt, tnodes: list[TNode], function: str) -> str:
-        dtypes = sorted({t.dtype for t in tnodes}, key=lambda d: d.name)
-        self.syntax.begin(tnodes)
+    def chunk_function(self, chunk: Chunk, identity: str) -> ChunkFunction:
+        syntax = self.syntax
+        syntax.begin(list(chunk.tnodes), placeholders=True)
         lines = [
-            "#include <math.h>",
-            "#include <stdint.h>",
-            self.syntax.prelude(dtypes, ir.ops_used(stmt)),
-            self.syntax.functions(stmt),
-            f"void {function}(void **buffers) {{",
+            f"  {t.dtype.c_name} *restrict {syntax.buffer(t)} = ({t.dtype.c_name} *)buffers[{k}];"
+            for k, t in enumerate(chunk.tnodes)
         ]
-        for k, t in enumerate(tnodes):
-            c_type = t.dtype.c_name
-            name = self.syntax.buffer(t)
-            lines.append(f"  {c_type} *restrict {name} = ({c_type} *)buffers[{k}];")
-        lines += self.syntax.stmt(stmt)
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        lines += syntax.stmt(chunk.stmt)
+        body = "\n".join(lines) + "\n"
+        dtypes = tuple(sorted({t.dtype for t in chunk.tnodes}, key=lambda d: d.name))
+        needs = Needs.of(chunk.stmt)
+        key = cache.key(_prelude(dtypes, needs), body, identity)
+        labels = tuple(t.label for t in chunk.tnodes)
+        return ChunkFunction(key, body, labels, dtypes, needs)
+
+    def identity(self) -> str:
+        # The target decides the schedule, hence the code a structural cache hit must match.
+        return f"{build_identity()}\n{self.cpu_target()!r}"
 
     def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
-        function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
-        source = self.source(stmt, tnodes, function)
-        library = build_shared_object(source)
+        position = {t: k for k, t in enumerate(tnodes)}
+        chunks = split(stmt)
         try:
-            lib = ctypes.CDLL(str(library))
-        except OSError as exc:
-            raise CompileError(
-                f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
-            ) from None
-        openmp_fork.register(lib)
-        fn = getattr(lib, function)
-        fn.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
-        fn.restype = None
-        scratch = {
-            t: np.zeros(t.dims, t.dtype.numpy)
-            for t in tnodes
-            if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
-        }
-        written = ir.written_tnodes(stmt)
-        return CCompiled(fn, tnodes, scratch, written, str(library.with_suffix(".c")))
+            functions, libraries = self._compile_chunks(chunks)
+        except CompileError:
+            # Perhaps a feature assumed present is missing: probe once, retry if it changes.
+            command = compiler()
+            assumed = features()
+            if cc_features.probe(command, compiler_version(command), flags()) == assumed:
+                raise
+            functions, libraries = self._compile_chunks(chunks)
+        source_path = write_listing(name, tnodes, chunks, functions, libraries)
+        written = sorted(position[t] for t in ir.written_tnodes(stmt))
+        return CCompiled(
+            [libraries[f.key] for f in functions],
+            [f.symbol for f in functions],
+            [[position[t] for t in c.tnodes] for c in chunks],
+            tnodes,
+            written,
+            source_path,
+        )
+
+    def _compile_chunks(self, chunks: list[Chunk]) -> tuple[list[ChunkFunction], dict[str, Path]]:
+        """The chunks' functions, and the library that defines each (by key)."""
+        identity = build_identity()
+        found = features()
+        functions = [self.chunk_function(c, identity) for c in chunks]
+        libraries = units.compiled(
+            functions,
+            "fn",
+            lambda group: build_unit(group, identity, found),
+            lambda library, symbol: address(library, symbol) is not None,
+        )
+        return functions, libraries
+
+    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CCompiled | None:
+        folder = cache.cache_dir()
+        source_path = folder / plan["source"]
+        paths = {name: folder / name for name in {name for name, _, _ in plan["chunks"]}}
+        libraries = [paths[name] for name, _, _ in plan["chunks"]]
+        symbols = [symbol for _, symbol, _ in plan["chunks"]]
+        if not source_path.exists() or not all(cache.verified(lib) for lib in paths.values()):
+            return None
+        if not all(address(lib, s) for lib, s in zip(libraries, symbols, strict=True)):
+            return None
+        parameters = [params for _, _, params in plan["chunks"]]
+        return CCompiled(libraries, symbols, parameters, tnodes, plan["written"], source_path)
 
 
-def build_shared_object(source: str) -> Path:
-    """The shared object for `source`, from the cache or freshly compiled, with the compiler's
-    optional features (probed, and remembered, only when a build fails)."""
-    command = compiler()
-    user_flags = tuple(shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
-    version = compiler_version(command)
-    features = cc_features.assumed(command, version, (*FLAGS, *user_flags))
+@functools.cache
+def load(library: Path) -> ctypes.CDLL:
+    """A shared object from the cache, loaded once per process."""
     try:
-        return _build(source, command, version, (*FLAGS, *features.flags, *user_flags), features)
-    except CompileError:
-        probed = cc_features.probe(command, version, (*FLAGS, *user_flags))
-        if probed == features:
-            raise
-        return _build(source, command, version, (*FLAGS, *probed.flags, *user_flags), probed)
+        loaded = ctypes.CDLL(str(library))
+    except OSError as exc:
+        raise CompileError(
+            f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
+        ) from None
+    openmp_fork.register(loaded)
+    return loaded
 
 
-def _build(
-    source: str,
-    command: str,
-    version: str,
-    flags: tuple[str, ...],
-    features: cc_features.Features,
+_dlsym = ctypes.CDLL(None).dlsym
+_dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_dlsym.restype = ctypes.c_void_p
+
+
+@functools.cache
+def address(library: Path, symbol: str) -> int | None:
+    """The address of `symbol` in a library from the cache; None if it has none."""
+    return _dlsym(load(library)._handle, symbol.encode())
+
+
+def build_unit(
+    functions: Sequence[ChunkFunction], identity: str, found: cc_features.Features
 ) -> Path:
-    key = cache.key(source, " ".join(flags), version)
+    """A shared object defining `functions` and the runner, from the cache or compiled now."""
+    prelude = _prelude(_union_dtypes(functions), Needs.union(functions))
+    source = "\n".join([prelude, *(f.text() for f in functions), RUNNER])
+    return build_shared_object(source, identity, found)
+
+
+def build_shared_object(source: str, identity: str, found: cc_features.Features) -> Path:
+    """The shared object for `source`, from the cache or freshly compiled with the optional
+    features `found` (their flags are part of `identity`)."""
+    command = compiler()
+    key = cache.key(source, identity)
 
     def build(source_path: Path, output: Path) -> None:
         args = [
             *shlex.split(command),
-            *flags,
+            *FLAGS,
+            *found.flags,
+            *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")),
             "-o",
             str(output),
             str(source_path),
-            *features.libraries,
+            *found.libraries,
             "-lm",
         ]
         log.debug("compiling: %s", shlex.join(args))
@@ -195,3 +392,40 @@ def _build(
             )
 
     return cache.artifact(key, ".so", source, ".c", build)
+
+
+def write_listing(
+    name: str,
+    tnodes: list[TNode],
+    chunks: list[Chunk],
+    functions: list[ChunkFunction],
+    libraries: dict[str, Path],
+) -> Path:
+    """A readable C source of the whole routine: each distinct chunk function once (with the
+    library it is compiled in), then the routine as a function calling them in order."""
+    routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+    distinct = list({f.key: f for f in functions}.values())
+    lines = [
+        f"/* Routine {name!r}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
+        "   Each function is compiled on its own, in the library named above it, and cached by",
+        f"   its text; the runtime calls them in the order of {routine} below. */",
+        _prelude(_union_dtypes(functions), Needs.union(functions)),
+    ]
+    for f in distinct:
+        lines += [f"/* in {libraries[f.key]} */", f.text()]
+    names = [buffer_name(t.label, k) for k, t in enumerate(tnodes)]
+    position = {t: k for k, t in enumerate(tnodes)}
+    lines.append(f"void {routine}(void **buffers) {{")
+    lines += [
+        f"  {t.dtype.c_name} *restrict {names[k]} = ({t.dtype.c_name} *)buffers[{k}];"
+        for k, t in enumerate(tnodes)
+    ]
+    for chunk, f in zip(chunks, functions, strict=True):
+        arguments = ", ".join(names[position[t]] for t in chunk.tnodes)
+        lines.append(f"  {f.symbol}((void *[]){{{arguments}}});")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    path = cache.cache_dir() / f"{cache.key(text)}.listing.c"
+    if not path.exists():
+        cache.write_atomic(path, text.encode())
+    return path

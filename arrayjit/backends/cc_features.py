@@ -48,13 +48,23 @@ class Features:
         return ("-lmvec",) if self.vector_math else ()
 
 
+#: `assumed`'s answers in this process (the record is read once), updated by `probe`.
+_assumed: dict[tuple[str, str, tuple[str, ...]], Features] = {}
+
+
 def assumed(command: str, version: str, flags: tuple[str, ...]) -> Features:
     """The features a build of `command` (version `version`) with `flags` uses: a probe's
     answer if one was recorded, else everything that can be present here."""
+    remembered = _assumed.get((command, version, flags))
+    if remembered is not None:
+        return remembered
     record = _record_path(command, version, flags)
     if cache.lookup(record):
-        return Features(**json.loads(record.read_text()))
-    return Features(openmp=True, openmp_simd=True, vector_math=_libmvec_complete())
+        found = Features(**json.loads(record.read_text()))
+    else:
+        found = Features(openmp=True, openmp_simd=True, vector_math=_libmvec_complete())
+    _assumed[(command, version, flags)] = found
+    return found
 
 
 def probe(command: str, version: str, flags: tuple[str, ...]) -> Features:
@@ -79,6 +89,7 @@ def probe(command: str, version: str, flags: tuple[str, ...]) -> Features:
     tmp = cache.temp_path(record)
     tmp.write_text(json.dumps(asdict(found)))
     cache.commit(tmp, record)
+    _assumed[(command, version, flags)] = found
     return found
 
 
