@@ -23,6 +23,7 @@ from arrayjit import cache
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.codegen.c_syntax import CSyntax
+from arrayjit.codegen.inert_text import identifier
 from arrayjit.errors import CompileError
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -118,7 +119,7 @@ class CBackend(Backend):
 
     def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
-        function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        function = "ocannl_" + identifier(name, 60)
         source = self.source(stmt, tnodes, function)
         library = build_shared_object(source)
         try:

@@ -6,12 +6,11 @@ is mapped to threads, the qualifier of helper functions, kernel signatures).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from arrayjit import loop_ir as ir
 from arrayjit import ops
+from arrayjit.codegen.inert_text import LETTERS, comment_text, identifier
 from arrayjit.dtypes import DType
 from arrayjit.indexing import Index, as_affine
 from arrayjit.tnode import TNode
@@ -86,7 +85,7 @@ class CSyntax:
 
     def begin(self, tnodes: list[TNode]) -> None:
         """Start a routine over `tnodes` (buffer k is named after its label and k)."""
-        self._buffers = {t: f"{_identifier(t.label)}_{k}" for k, t in enumerate(tnodes)}
+        self._buffers = {t: f"{identifier(t.label)}_{k}" for k, t in enumerate(tnodes)}
         self._names: dict[object, str] = {}
 
     def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
@@ -101,14 +100,17 @@ class CSyntax:
     # ---- expressions ---------------------------------------------------------------------
 
     def literal(self, value: float, dtype: DType) -> str:
+        """`value` rounded to `dtype` as numpy rounds it (a float32 beyond float32's range is
+        infinity), printed exactly: repr round-trips, INFINITY and NAN name the others."""
         if not dtype.is_float:
-            return str(int(value))
-        if math.isnan(value):
+            return _int_literal(value, dtype)
+        with np.errstate(over="ignore"):
+            rounded = float(np.asarray(value, dtype.numpy))
+        if rounded != rounded:
             return f"(({dtype.c_name})NAN)"
-        if math.isinf(value):
-            return f"(({dtype.c_name})({'-' if value < 0 else ''}INFINITY))"
-        # repr of the value rounded to the dtype round-trips exactly.
-        text = repr(float(np.asarray(value, dtype.numpy)))
+        if rounded in (float("inf"), float("-inf")):
+            return f"(({dtype.c_name})({'-' if rounded < 0 else ''}INFINITY))"
+        text = repr(rounded)
         if "e" not in text and "." not in text:
             text += ".0"
         return f"{text}{dtype.literal_suffix}"
@@ -116,7 +118,7 @@ class CSyntax:
     def _fresh(self, key: object, base: str) -> str:
         # Letters then a number, no underscore: buffer names always have one, so they differ.
         if key not in self._names:
-            letters = "".join(ch for ch in base if ch.isalpha()) or "v"
+            letters = "".join(ch for ch in base if ch in LETTERS) or "v"
             self._names[key] = f"{letters}{len(self._names)}"
         return self._names[key]
 
@@ -188,10 +190,12 @@ class CSyntax:
         if isinstance(s, ir.SetLocal):
             return [f"{pad}{self.local(s.name)} = {self.expr(s.value)};"]
         if isinstance(s, ir.Comment):
-            return [f"{pad}/* {s.text.replace('*/', '* /')} */"]
+            return [f"{pad}/* {comment_text(s.text)} */"]
         raise TypeError(f"cannot print {s!r}")
 
 
-def _identifier(label: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "_" for ch in label)[:32]
-    return safe if safe and not safe[0].isdigit() else f"b{safe}"
+def _int_literal(value: float, dtype: DType) -> str:
+    info = np.iinfo(dtype.numpy)
+    if value != value or not info.min <= value <= info.max:
+        raise ValueError(f"the constant {value!r} does not fit in {dtype} ({info.min}..{info.max})")
+    return str(int(value))

@@ -32,6 +32,7 @@ from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.nvrtc import build_cubin
 from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
+from arrayjit.codegen.inert_text import identifier
 from arrayjit.errors import CompileError
 from arrayjit.schedule.gpu_kernels import KernelPlan, plan_kernels
 from arrayjit.tnode import MemoryMode, TNode
@@ -164,7 +165,7 @@ class CudaBackend(Backend):
         from cuda.core import LaunchConfig, ObjectCode
 
         tnodes = ir.tnodes_in(stmt)
-        function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        function = "ocannl_" + identifier(name, 60)
         plans = plan_kernels(stmt)
         if not self.tile_matmul:
             for plan in plans:
