@@ -173,7 +173,7 @@ class CSyntax:
 
     def for_header(self, loop: ir.For) -> list[str]:
         i = self.iterator(loop.iterator)
-        return [f"for (int {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
+        return [f"for ({index_type(loop.extent)} {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
 
     def stmt(self, s: ir.Stmt, indent: int = 1) -> list[str]:
         pad = "  " * indent
@@ -192,6 +192,11 @@ class CSyntax:
         if isinstance(s, ir.Comment):
             return [f"{pad}/* {comment_text(s.text)} */"]
         raise TypeError(f"cannot print {s!r}")
+
+
+def index_type(extent: int) -> str:
+    """The C type of an index that takes values below `extent`: 32-bit (faster) when it fits."""
+    return "int" if extent <= INT32_MAX else "int64_t"
 
 
 def _int_literal(value: float, dtype: DType) -> str:

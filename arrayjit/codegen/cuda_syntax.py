@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from arrayjit import loop_ir as ir
-from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax
+from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax, index_type
 from arrayjit.indexing import Iterator, as_affine
 from arrayjit.schedule.gpu_kernels import (
     MAX_BLOCKS,
@@ -80,7 +80,8 @@ class CudaSyntax(CSyntax):
             value = f"{linear} / {inner}" if inner > 1 else linear
             if k > 0:
                 value = f"({value}) % {loop.extent}" if inner > 1 else f"{value} % {loop.extent}"
-            lines.append(f"{pad}const int {self.iterator(loop.iterator)} = (int)({value});")
+            kind = index_type(loop.extent)
+            lines.append(f"{pad}const {kind} {self.iterator(loop.iterator)} = ({kind})({value});")
         return lines
 
     def tiled_matmul(self, m: MatmulShape, name: str, tnodes: list[TNode]) -> tuple[str, int, int]:
@@ -93,12 +94,14 @@ class CudaSyntax(CSyntax):
         i, j, k = m.row.iterator, m.col.iterator, m.reduction.iterator
         batch = math.prod(b.extent for b in m.batch)
         pad = TILE + 4  # padding makes the transposed tile stores conflict-free
+        # Tile origins and positions run up to a tile past the extents.
+        pos = index_type(max(rows, cols, depth) + TILE)
         lines = [
             f'extern "C" __global__ void __launch_bounds__({THREADS}) {name}({self.params(tnodes)}) {{',
             f"  __shared__ {t} tile_x[{TILE_K}][{pad}];",
             f"  __shared__ {t} tile_y[{TILE_K}][{pad}];",
             "  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;",
-            f"  const int row0 = blockIdx.y * {TILE}, col0 = blockIdx.x * {TILE};",
+            f"  const {pos} row0 = ({pos})blockIdx.y * {TILE}, col0 = ({pos})blockIdx.x * {TILE};",
         ]
         if m.batch:
             lines += self.unflatten(m.batch, "blockIdx.z", 1)
@@ -108,14 +111,14 @@ class CudaSyntax(CSyntax):
             f"  {t} {acc}[{SUB}][{SUB}];",
             f"  #pragma unroll\n  for (int r = 0; r < {SUB}; ++r) {{",
             f"    #pragma unroll\n    for (int c = 0; c < {SUB}; ++c) {{",
-            "      const int row = row0 + ty + 16 * r, col = col0 + tx + 16 * c;",
+            f"      const {pos} row = row0 + ty + 16 * r, col = col0 + tx + 16 * c;",
             f"      {acc}[r][c] = (row < {rows} && col < {cols}) ? {self.expr(m.acc.init)} : ({t})0;",
             "    }",
             "  }",
-            f"  for (int k0 = 0; k0 < {depth}; k0 += {TILE_K}) {{",
+            f"  for ({pos} k0 = 0; k0 < {depth}; k0 += {TILE_K}) {{",
         ]
-        lines += self._load_tile("tile_x", m.x, i, k, rows, depth, "row0")
-        lines += self._load_tile("tile_y", m.y, j, k, cols, depth, "col0")
+        lines += self._load_tile("tile_x", m.x, i, k, rows, depth, "row0", pos)
+        lines += self._load_tile("tile_y", m.y, j, k, cols, depth, "col0", pos)
         self.renamed = {}
         combine = m.update.args[1]
         operands = ["xs[r]", "ys[c]"] if combine.args[0] is m.x else ["ys[c]", "xs[r]"]
@@ -154,7 +157,7 @@ class CudaSyntax(CSyntax):
         lines += [
             f"  #pragma unroll\n  for (int r = 0; r < {SUB}; ++r) {{",
             f"    #pragma unroll\n    for (int c = 0; c < {SUB}; ++c) {{",
-            "      const int row = row0 + ty + 16 * r, col = col0 + tx + 16 * c;",
+            f"      const {pos} row = row0 + ty + 16 * r, col = col0 + tx + 16 * c;",
             f"      if (row < {rows} && col < {cols}) {target} = {acc}[r][c];",
             "    }",
             "  }",
@@ -172,6 +175,7 @@ class CudaSyntax(CSyntax):
         extent: int,
         depth: int,
         origin: str,
+        pos: str,
     ) -> list[str]:
         """Threads fill `tile[kk][s]` with `value` at (side = origin + s, k = k0 + kk); the index
         with the smaller memory stride varies fastest across threads, so loads coalesce."""
@@ -185,7 +189,7 @@ class CudaSyntax(CSyntax):
         lines = [
             f"    for (int l = threadIdx.x; l < {TILE * TILE_K}; l += {THREADS}) {{",
             f"      const int s = {s}, kk = {kk};",
-            f"      const int ts = {origin} + s, tk = k0 + kk;",
+            f"      const {pos} ts = {origin} + s, tk = k0 + kk;",
             f"      {tile}[kk][s] = (ts < {extent} && tk < {depth}) ? {self.expr(value)} : ({t})0;",
             "    }",
         ]
