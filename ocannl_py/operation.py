@@ -76,15 +76,24 @@ def operation(
     operands: Sequence[Operand],
     forward: str,
     backward: str | None,
+    *,
+    scratch: Sequence[str] = (),
 ) -> Tensor:
-    """Build the tensor of one operation: constrain shapes, then attach its code."""
+    """Build the tensor of one operation: constrain shapes, then attach its code. Each name of
+    `scratch` is a slot of the backward code for a buffer shaped like the result (scratch of the
+    routine that runs the backward code, e.g. a count per result cell)."""
     args = tuple(as_tensor(o) for o in operands)
     result_shape = shapes.Shape(label)
     step = shapes.propagate(logic, result_shape, [a.shape for a in args], op_label=label)
     t = Tensor(label, result_shape, args, differentiable=backward is not None)
     t.forward_code = op_code(forward, t, args, step)
     if t.requires_grad and backward:
-        t.backprop_code = op_code(backward, t, args, step)
+        buffers = {
+            name: Tensor(f"{label}.{name}", result_shape, differentiable=False,
+                         memory_mode=MemoryMode.LOCAL)
+            for name in scratch
+        }  # fmt: skip
+        t.backprop_code = op_code(backward, t, args, step, buffers)
     return t
 
 
@@ -472,19 +481,25 @@ def outer_sum(spec: str, a: Operand, b: Operand) -> Tensor:
 
 @public()
 def einmax1(spec: str, a: Operand) -> Tensor:
-    """Reduce by max (OCANNL `@^^`); the gradient goes to the cells equal to the max."""
+    """Reduce by max (OCANNL `@^^`). The gradient splits evenly among the cells equal to the
+    max, as PyTorch's amax: `ties` counts them per result cell."""
     return operation(
-        f"@^^{spec}", shapes.Einsum(spec), [a], "v =:@^ v1", "g1 =+ where(v1 == v, g, 0)"
-    )
+        f"@^^{spec}", shapes.Einsum(spec), [a], "v =:@^ v1",
+        "ties =:+ v1 == v; g1 =+ where(v1 == v, g / ties, 0)", scratch=["ties"],
+    )  # fmt: skip
 
 
 @public()
 def tropical(spec: str, a: Operand, b: Operand) -> Tensor:
-    """Add then reduce by max (OCANNL `@^+`, the max-plus product); the gradient goes to the
-    pairs whose sum is the max."""
-    return binary(f"@^+{spec}", a, b, "v =:@^ v1 + v2",
-                  "g1 =+ where(v1 + v2 == v, g, 0); g2 =+ where(v1 + v2 == v, g, 0)",
-                  logic=shapes.Einsum(spec))  # fmt: skip
+    """Add then reduce by max (OCANNL `@^+`, the max-plus product). The gradient splits evenly
+    among the pairs whose sum is the max (as amax over the sums), each operand of a pair
+    getting its share."""
+    return operation(
+        f"@^+{spec}", shapes.Einsum(spec), [a, b], "v =:@^ v1 + v2",
+        "ties =:+ v1 + v2 == v; g1 =+ where(v1 + v2 == v, g / ties, 0); "
+        "g2 =+ where(v1 + v2 == v, g / ties, 0)",
+        scratch=["ties"],
+    )  # fmt: skip
 
 
 # ---- Python operators of Tensor (numpy conventions; `@` is compose) -----------------------------

@@ -107,14 +107,22 @@ def _fresh_step(
 
 
 def op_code(
-    text: str, result: Tensor, operands: tuple[Tensor, ...], step: shapes.UpdateStep
+    text: str,
+    result: Tensor,
+    operands: tuple[Tensor, ...],
+    step: shapes.UpdateStep,
+    scratch: dict[str, Tensor] | None = None,
 ) -> Code:
-    """The code of an operation: slots bound to the result and operands, projections of `step`."""
+    """The code of an operation: slots bound to the result and operands, projections of `step`;
+    `scratch` names buffers shaped like the result (indexed as the result)."""
     statements = syn.parse_cd(text)
     tensors = (result, *operands)
+    scratch = scratch or {}
 
     def resolve(ref: syn.Ref) -> tuple[Slot, int] | None:
         name = ref.name
+        if name in scratch and not ref.grad:
+            return Slot(scratch[name]), 0
         if name[0] not in "vg" or not (name[1:] == "" or name[1:].isdigit()):
             raise SpecSyntaxError(f"unknown slot {name!r} in an operation's code", text, *ref.pos)
         role = int(name[1:] or 0)
