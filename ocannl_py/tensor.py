@@ -108,7 +108,21 @@ class Tensor:
                 f"set_value: the dims of {self.label!r} are not known yet; specify them when "
                 f"creating it. ({exc})"
             ) from None
-        array = np.asarray(values)
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError):  # e.g. ragged nested lists
+            array = np.asarray(None)
+        if array.dtype.kind not in "biuf":
+            if isinstance(values, np.ndarray):
+                got = f"an array of dtype {values.dtype}"
+            elif isinstance(values, Tensor):
+                got = f"tensor {values.label!r} (pass its `.value`)"
+            else:
+                got = f"{type(values).__name__} {values!r:.60}"
+            raise TypeError(
+                f"set_value: tensor {self.label!r} takes a number or an array (or nested lists) "
+                f"of numbers, got {got}"
+            )
         if array.shape not in (dims, ()):
             raise ValueError(
                 f"set_value: tensor {self.label!r} has shape {self.shape} (array dims {dims}), "

@@ -142,6 +142,10 @@ def op_code(
 
 def cd(text: str, **names: Tensor) -> Code:
     """Assignment code from OCANNL's %cd syntax, with tensors bound by keyword."""
+    if not isinstance(text, str):
+        raise TypeError(
+            f"cd: argument 'text' must be a string of cd DSL, got {type(text).__name__} {text!r:.60}"
+        )
     statements = syn.parse_cd(text)
 
     def resolve(ref: syn.Ref) -> tuple[Slot, int]:
