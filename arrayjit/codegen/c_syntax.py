@@ -20,7 +20,10 @@ INT32_MAX = 2**31 - 1
 #: How each op of `arrayjit.ops` is spelled in C (and CUDA C++, which shares it): `{0}`, `{1}`,
 #: `{2}` are the operands, `{m}` the libm suffix of the dtype (`f` for float) and `{t}` the C
 #: type. Ops whose operand would be repeated in a plain expression call a helper of `helpers`,
-#: so an inlined operand is evaluated once.
+#: so an inlined operand is evaluated once. `where` is a helper too, so that both branches are
+#: evaluated (as numpy's where does): a `c ? a[i] : b` reading memory in one branch only is
+#: vectorized by GCC 12.2 at -O3 with AVX into masked loads under the wrong mask (wrong values,
+#: tests/ocannl_py/test_fuzz_findings.py); a select of two loaded values is not.
 SPELLINGS: dict[str, str] = {
     "identity": "({0})",
     "neg": "(-{0})",
@@ -49,7 +52,7 @@ SPELLINGS: dict[str, str] = {
     "ne": "(({t})(({0}) != ({1})))",
     "relu_gate": "ocannl_relu_gate_{t}({0}, {1})",
     "uniform_at": "ocannl_uniform_{t}({0}, {1})",
-    "where": "(({0}) != 0 ? ({1}) : ({2}))",
+    "where": "ocannl_where_{t}({0}, {1}, {2})",
     "fma": "fma{m}({0}, {1}, {2})",
 }
 
@@ -65,6 +68,7 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
             f"{q} ocannl_relu_{t}({t} x) {{ return x > 0 ? x : ({t})0; }}",
             f"{q} ocannl_sat01_{t}({t} x) {{ return x < 0 ? ({t})0 : (x > 1 ? ({t})1 : x); }}",
             f"{q} ocannl_relu_gate_{t}({t} a, {t} b) {{ return a > 0 ? b : ({t})0; }}",
+            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
             # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
             f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
             f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",

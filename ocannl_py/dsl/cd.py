@@ -57,7 +57,7 @@ def rhs_expression(expr: syn.CdExpr, arg_of: Callable[[syn.Ref], int]) -> asg.Rh
 
 def _statement(
     stmt: syn.CdStatement,
-    resolve: Callable[[syn.Ref], tuple[Slot, int] | None],
+    resolve: Callable[[syn.Ref], tuple[Slot, int | None] | None],
     step_of: Callable[[syn.CdStatement, list[Slot]], tuple[shapes.UpdateStep, int, list[int]]]
     | None,
     default_step: shapes.UpdateStep | None,
@@ -68,20 +68,24 @@ def _statement(
     if lhs is None:
         return None
     refs = rhs_refs(stmt.rhs)
-    operands: list[tuple[Slot, int]] = []
-    index_of: dict[tuple[int, bool], int] = {}
+    operands: list[tuple[Slot, int | None]] = []
+    index_of: dict[tuple, int] = {}
+    operand_of: dict[int, int] = {}  # id(ref) -> operand index
     for ref in refs:
         resolved = resolve(ref)
         if resolved is None:
             return None  # reads a gradient that does not exist: nothing flows here
-        key = (resolved[0].tensor.id, resolved[0].grad)
+        slot, role = resolved
+        # One operand per buffer and role: the same tensor in two roles (`x +* "ij;jk=>ik" x`)
+        # is read at two different indices. Without a role, each reference is its own operand.
+        key = (slot.tensor.id, slot.grad, role) if role is not None else (id(ref),)
         if key not in index_of:
             index_of[key] = len(operands)
             operands.append(resolved)
+        operand_of[id(ref)] = index_of[key]
 
     def arg_of(ref: syn.Ref) -> int:
-        slot, _ = resolve(ref)
-        return index_of[(slot.tensor.id, slot.grad)]
+        return operand_of[id(ref)]
 
     expr = rhs_expression(stmt.rhs, arg_of)
     slots = [s for s, _ in operands]
@@ -148,7 +152,7 @@ def cd(text: str, **names: Tensor) -> Code:
         )
     statements = syn.parse_cd(text)
 
-    def resolve(ref: syn.Ref) -> tuple[Slot, int]:
+    def resolve(ref: syn.Ref) -> tuple[Slot, None]:
         if ref.name not in names:
             bound = ", ".join(sorted(names)) or "none"
             raise SpecSyntaxError(f"unbound name {ref.name!r} (bound: {bound})", text, *ref.pos)
@@ -159,6 +163,6 @@ def cd(text: str, **names: Tensor) -> Code:
             raise ValueError(
                 f"cd: {ref.name}.grad does not exist: {tensor.label!r} has no gradient"
             )
-        return Slot(tensor, ref.grad), 0
+        return Slot(tensor, ref.grad), None
 
     return Code([_statement(s, resolve, _fresh_step, None, syn.format_cd([s])) for s in statements])

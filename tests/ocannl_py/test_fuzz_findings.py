@@ -1,0 +1,95 @@
+"""Regression tests for the bugs the differential fuzzer (`python -m fuzz`) found, each reduced
+to a few lines and checked against numpy or PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ocannl_py as oc
+from ocannl_py import Context, cd, op, train
+
+torch = pytest.importorskip("torch")
+
+SQUARE = np.arange(9.0).reshape(3, 3) - 3.0
+
+
+def grads_of(loss: oc.Tensor, *params: oc.Tensor) -> list[np.ndarray]:
+    Context("c").compile(train.grad_update(loss)).run()
+    return [p.grad for p in params]
+
+
+@pytest.mark.parametrize(
+    ("build", "reference"),
+    [
+        (lambda x: oc.einsum("ij;jk=>ik", x, x), lambda x: x @ x),
+        (lambda x: oc.einsum("ki;kj=>ij", x, x), lambda x: x.T @ x),
+        (lambda x: op('a +* "ij;jk=>ik" a', a=x), lambda x: x @ x),
+        (lambda x: oc.outer_sum("ij;jk=>ik", x, x), lambda x: (x[:, :, None] + x[None]).sum(1)),
+        (lambda x: oc.tropical("ij;jk=>ik", x, x), lambda x: (x[:, :, None] + x[None]).amax(1)),
+    ],
+)
+def test_one_tensor_as_both_operands_of_an_einsum(build, reference):
+    """Found by the fuzzer: the operation's code read both operands at the first one's index,
+    so `einsum("ij;jk=>ik", x, x)` was not x @ x (values and gradients)."""
+    x = oc.param("x", value=SQUARE, output_dims=[3, 3])
+    y = build(x)
+    weights = np.linspace(-1.0, 2.0, 9).reshape(3, 3)
+    w = oc.ndarray(weights, output_dims=[3, 3])
+    (grad,) = grads_of(oc.einsum1("...|...->... => ", y * w), x)
+    leaf = torch.tensor(SQUARE, dtype=torch.float64, requires_grad=True)
+    expected = reference(leaf)
+    (expected * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(y.value, expected.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(grad, leaf.grad.numpy(), rtol=1e-6)
+
+
+def test_compose_of_a_tensor_with_itself():
+    x = oc.param("x", value=SQUARE, input_dims=[3], output_dims=[3])
+    weights = np.linspace(-1.0, 2.0, 9).reshape(3, 3)
+    y = x @ x
+    w = oc.ndarray(weights, input_dims=[3], output_dims=[3])
+    (grad,) = grads_of(oc.einsum1("...|...->... => ", y * w), x)
+    leaf = torch.tensor(SQUARE, requires_grad=True)
+    ((leaf @ leaf) * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(y.value, SQUARE @ SQUARE, rtol=1e-6)
+    np.testing.assert_allclose(grad, leaf.grad.numpy(), rtol=1e-6)
+
+
+def test_cd_compose_of_a_tensor_with_itself():
+    x = oc.param("x", value=SQUARE, input_dims=[3], output_dims=[3])
+    c = oc.term("c", batch_dims=[], input_dims=[3], output_dims=[3])
+    ctx = Context("c")
+    ctx.initialize([x])
+    ctx.compile(cd('c =:+ a * a ~logic:"@"', a=x, c=c)).run()
+    np.testing.assert_allclose(c.value, SQUARE @ SQUARE)
+
+
+# The fuzzer's values where sat01's gradient came out wrong (GCC 12.2, -O3, AVX).
+TIES = np.array([3, 2, 0, -1, 0, 2, 1, -1, -2, 3, -1, 2, 0, 0, 0, 2, 0, 0, 3, -2, 3, 2, -2, 0, 2,
+                 -1, 1, -2, 3, -1], dtype=float)  # fmt: skip
+
+
+@pytest.mark.parametrize("dims", [(6, 5), (3, 2, 5), (5, 6), (30,)])
+def test_sat01_gradient_on_a_nest(dims):
+    """Found by the fuzzer: `where(c, 0, g)` printed as `c ? 0 : g[i]` was vectorized by GCC 12.2
+    at -O3 with AVX into masked loads under the wrong mask: sat01's gradient was 0 at cells
+    where it is 1. `where` is now a helper of values, evaluated eagerly."""
+    x = oc.param("x", value=TIES.reshape(dims), output_dims=list(dims))
+    (grad,) = grads_of(oc.einsum1("...|...->... => ", oc.sat01(x) * 2.0), x)
+    expected = np.where((TIES < 0) | (TIES > 1), 0.0, 2.0).reshape(dims)
+    np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.parametrize("dims", [(6, 5), (16, 16), (7, 9), (100, 5)])
+def test_where_reading_memory_in_one_branch(dims):
+    """The same miscompilation through `oc.where` directly, against numpy."""
+    rng = np.random.default_rng(1)
+    c, a = rng.integers(-2, 3, dims).astype(float), rng.normal(size=dims)
+    x, y = (
+        oc.param("x", value=c, output_dims=list(dims)),
+        oc.param("y", value=a, output_dims=list(dims)),
+    )
+    out = oc.where(oc.lt(x, 0.5), 0.0, y)
+    Context("c").forward(out)
+    np.testing.assert_array_equal(out.value, np.where(c < 0.5, 0.0, a.astype(np.float32)))
