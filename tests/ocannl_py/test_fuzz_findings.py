@@ -93,3 +93,46 @@ def test_where_reading_memory_in_one_branch(dims):
     out = oc.where(oc.lt(x, 0.5), 0.0, y)
     Context("c").forward(out)
     np.testing.assert_array_equal(out.value, np.where(c < 0.5, 0.0, a.astype(np.float32)))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open shape-inference bug (fuzz.specs.KNOWN_ISSUES): axes before a row variable bind "
+    "new axes of dim 1 on a tensor whose rows are not closed yet",
+)
+def test_axes_before_a_row_variable_on_a_computed_tensor():
+    """`a... => ...` sums the first output axis: right on a leaf, but on `-x` shape inference
+    prepends an axis of dim 1 for `a` and binds `...` to both axes (no sum)."""
+    values = np.arange(6.0).reshape(2, 3)
+    x = oc.term("x", batch_dims=[], input_dims=[], output_dims=[2, 3])
+    x.set_value(values)
+    y = oc.einsum1("a... => ...", -x)
+    Context("c").forward(y)
+    np.testing.assert_array_equal(y.value, -values.sum(axis=0))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-" * 1000 + "x",
+        "x + " * 1000 + "x",
+        "relu(" * 1000 + "x" + ")" * 1000,
+        "x **. " * 800 + "x",
+    ],
+)
+def test_deep_nesting_is_a_clear_error(text):
+    """Found by the parser fuzzer: deep expressions parsed, then the interpreter recursed past
+    Python's stack (RecursionError). Now a SpecSyntaxError saying how deep is allowed."""
+    x = oc.term("x", batch_dims=[], input_dims=[], output_dims=[2])
+    with pytest.raises(oc.SpecSyntaxError, match="nested deeper than 200"):
+        op(text, x=x)
+    with pytest.raises(oc.SpecSyntaxError, match="nested deeper than 200"):
+        cd(f"y =: {text.replace('**.', '**')}", x=x, y=x)  # cd's power is `**`
+
+
+def test_nesting_within_the_limit_still_works():
+    x = oc.term("x", batch_dims=[], input_dims=[], output_dims=[2])
+    x.set_value([1.0, -2.0])
+    y = op("-" * 150 + "x", x=x)
+    Context("c").forward(y)
+    np.testing.assert_array_equal(y.value, [1.0, -2.0])
