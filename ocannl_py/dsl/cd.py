@@ -7,7 +7,6 @@ builds a shape update per statement from its `~logic`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from arrayjit import assignments as asg
@@ -16,31 +15,6 @@ from ocannl_py.code import Assign, Code, Slot
 from ocannl_py.dsl import syntax as syn
 from ocannl_py.errors import SpecSyntaxError
 from ocannl_py.tensor import Tensor
-
-#: The deepest expression the DSLs build: the interpreters and printers recurse once per level,
-#: and Python's stack allows about a thousand frames.
-MAX_NESTING = 200
-
-
-def check_nesting(tree: object, text: str, dsl: str) -> None:
-    """A SpecSyntaxError at the first node nested deeper than MAX_NESTING (walked without
-    recursion, so that a deep tree gives this error rather than a RecursionError)."""
-    stack = [(tree, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, list | tuple):
-            stack.extend((child, depth) for child in node)
-            continue
-        if not dataclasses.is_dataclass(node) or isinstance(node, type):
-            continue
-        if depth > MAX_NESTING:
-            raise SpecSyntaxError(
-                f"{dsl} DSL: expression nested deeper than {MAX_NESTING} levels; build it in "
-                "steps (name the parts and pass them by keyword)",
-                text,
-                *(getattr(node, "pos", None) or (1, 1)),
-            )
-        stack.extend((getattr(node, f.name), depth + 1) for f in dataclasses.fields(node))
 
 
 def logic_of(logic: str | None) -> shapes.Logic:
@@ -177,7 +151,6 @@ def cd(text: str, **names: Tensor) -> Code:
             f"cd: argument 'text' must be a string of cd DSL, got {type(text).__name__} {text!r:.60}"
         )
     statements = syn.parse_cd(text)
-    check_nesting(statements, text, "cd")
 
     def resolve(ref: syn.Ref) -> tuple[Slot, None]:
         if ref.name not in names:

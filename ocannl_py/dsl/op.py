@@ -9,7 +9,6 @@ import numpy as np
 
 from ocannl_py import operation as ops
 from ocannl_py.dsl import syntax as syn
-from ocannl_py.dsl.cd import check_nesting
 from ocannl_py.errors import SpecSyntaxError
 from ocannl_py.tensor import Tensor
 
@@ -150,6 +149,4 @@ def op(text: str, **names: Any) -> Tensor:
     """
     if not isinstance(text, str):
         raise TypeError(f"op: argument 'text' must be a string of op DSL, got {ops.describe(text)}")
-    tree = syn.parse_op(text)
-    check_nesting(tree, text, "op")
-    return _Interpreter(text, names).eval(tree)
+    return _Interpreter(text, names).eval(syn.parse_op(text))
