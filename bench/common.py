@@ -6,7 +6,7 @@ import statistics
 
 from arrayjit.assignments import Accum
 from arrayjit.indexing import Iterator, Projections
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
 
@@ -18,7 +18,7 @@ def matmul(n: int) -> tuple[Accum, TNode, TNode, TNode]:
     return Accum(c, "add", "mul", (a, b), proj, zero_first=True), a, b, c
 
 
-def gpu_median_seconds(ctx: Context, fn, repeats: int) -> float:
+def gpu_median_seconds(ctx: Runtime, fn, repeats: int) -> float:
     """Median seconds of `fn()` after a warm-up, from events on the CUDA backend's stream."""
     from cuda.core import EventOptions
 
@@ -33,4 +33,21 @@ def gpu_median_seconds(ctx: Context, fn, repeats: int) -> float:
         end = stream.record(options=timing)
         end.sync()
         times.append((end - start) / 1e3)
+    return statistics.median(times)
+
+
+def torch_median_seconds(fn, repeats: int) -> float:
+    """Median seconds of `fn()` after a warm-up, from CUDA events on torch's current stream."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
     return statistics.median(times)

@@ -8,33 +8,18 @@ kernel, of the one-thread-per-cell kernel and of cuBLAS, and the ratios to cuBLA
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import numpy as np
 import torch
-from common import gpu_median_seconds, matmul
+from common import gpu_median_seconds, matmul, torch_median_seconds
 
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 
 REPEATS = 10
 
 
-def time_torch(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
-
-
-def bench(n: int, ctx: Context) -> dict[str, float]:
+def bench(n: int, ctx: Runtime) -> dict[str, float]:
     code, a, b, c = matmul(n)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, n), dtype=np.float32)
@@ -53,14 +38,14 @@ def bench(n: int, ctx: Context) -> dict[str, float]:
         error = np.linalg.norm(c.host() - reference) / np.linalg.norm(reference)
         assert error < 1e-5, f"{variant}: relative error {error}"
     ctx.backend.tile_matmul = True
-    out["cuBLAS"] = flops / time_torch(lambda: tx @ ty, REPEATS) / 1e12
+    out["cuBLAS"] = flops / torch_median_seconds(lambda: tx @ ty, REPEATS) / 1e12
     return out
 
 
 def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     sizes = [int(s) for s in sys.argv[1:]] or [4096]
-    ctx = Context("cuda")
+    ctx = Runtime("cuda")
     print(f"device: {ctx.backend.device.name}")
     print(
         f"{'n':>6} {'tiled TFLOP/s':>14} {'per-cell TFLOP/s':>17} {'cuBLAS TFLOP/s':>15}"

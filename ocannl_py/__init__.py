@@ -10,12 +10,13 @@ from ocannl_py.context import Context, Routine
 from ocannl_py.dsl.cd import cd
 from ocannl_py.dsl.op import op
 from ocannl_py.errors import CompileError, ShapeError, SpecSyntaxError
+from ocannl_py.persistence import CheckpointError, load, save
 from ocannl_py.tensor import Tensor
 
 # Every registered operation (`oc.relu`, `oc.einsum`, `oc.param`...) is a name of the package.
 globals().update({name: entry.function for name, entry in _operation.REGISTRY.items()})
 
 __all__ = [
-    "CompileError", "Context", "Routine", "ShapeError", "SpecSyntaxError", "Tensor", "cd", "op",
-    "train", *sorted(_operation.REGISTRY),
+    "CheckpointError", "CompileError", "Context", "Routine", "ShapeError", "SpecSyntaxError",
+    "Tensor", "cd", "load", "op", "save", "train", *sorted(_operation.REGISTRY),
 ]  # fmt: skip

@@ -183,7 +183,8 @@ def set_seed(seed) -> None:
 
 
 def _dims_arg(dims, what: str, where: str):
-    """`dims` (None, an int or a sequence of ints) as a list; `where` names the call."""
+    """`dims` (None, an int, or a sequence of ints and (label, int) pairs) as a list with numpy
+    integers made ints; `where` names the call. Types are checked here, values by `shape.Shape`."""
     if dims is None:
         return None
     if _is_int(dims):
@@ -192,15 +193,22 @@ def _dims_arg(dims, what: str, where: str):
         raise TypeError(
             f"{where}: argument {what!r} must be an int or a sequence of ints, got {describe(dims)}"
         )
+
+    def plain(size):
+        return int(size) if isinstance(size, np.integer) else size
+
     dims = list(dims)
     for d in dims:
-        if not _is_int(d):
+        if not (_is_int(d) or isinstance(d, tuple)):
             raise TypeError(
-                f"{where}: argument {what!r} must hold ints, got {describe(d)} in {dims}"
+                f"{where}: argument {what!r} must hold ints or (label, int) pairs, got "
+                f"{describe(d)} in {dims}"
             )
-        if d < 1:
-            raise ValueError(f"{where}: {what} must be positive ints, got {dims}")
-    return [int(d) for d in dims]
+    return [(d[0], plain(d[1])) if isinstance(d, tuple) and len(d) == 2 else plain(d) for d in dims]
+
+
+def _sizes(dims) -> list[int]:
+    return [d[1] if isinstance(d, tuple) else d for d in dims]
 
 
 def _numbers_arg(values, what: str, function: str) -> np.ndarray:
@@ -232,10 +240,12 @@ def _leaf_shape(
 
 @public()
 def number(value: float, label: str | None = None) -> Tensor:
-    """A constant scalar; broadcasts against anything. Computed inline, never stored."""
+    """A constant with one output axis of dim 1 (as in OCANNL), which broadcasts; its input row
+    takes no axes unless compose asks for some (`2 * m` sums m's output axes). Computed inline,
+    never stored."""
     label = label or f"{value:g}"
-    t = Tensor(label, shapes.Shape(label, batch_dims=[], input_dims=[], output_dims=[]),
-               differentiable=False, memory_mode=MemoryMode.VIRTUAL)  # fmt: skip
+    shape = shapes.Shape(label, batch_dims=[], output_dims=[1], fewest_axes=("input",))
+    t = Tensor(label, shape, differentiable=False, memory_mode=MemoryMode.VIRTUAL)
     t.forward_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
     return t
 
@@ -280,6 +290,8 @@ def param(
         "param", label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
         is_param=True, dims_required=array is None or array.ndim > 0,
     )  # fmt: skip
+    if array is not None and array.ndim > 0:
+        shapes.settle(shape, array.shape, f"param {label!r}")
     t = Tensor(label, shape, is_param=True)
     if array is None:
         t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))
@@ -305,8 +317,10 @@ def _random_init(t: Tensor, seed: int) -> Code:
                            ((), cells.project_lhs))  # fmt: skip
         uniform = asg.Call("uniform_at", (asg.Arg(0), asg.Arg(1)))
         scaled = asg.Call("sub", (asg.Call("mul", (uniform, asg.Lit(2 * bound))), asg.Lit(bound)))
+        # The seed is read from a buffer rather than printed as a literal, so that parameters of
+        # equal dims share one compiled init function.
         return asg.seq([
-            asg.Fetch(seed_node, asg.Constant(float(seed))),
+            asg.Fetch(seed_node, asg.Values(np.array(float(seed)))),
             asg.Fetch(counter, asg.RangeOfShape()),
             asg.Accum(node, None, scaled, (seed_node, counter), proj),
         ])  # fmt: skip
@@ -332,7 +346,7 @@ def ndarray(
         for dims, what in ((batch_dims, "batch_dims"), (input_dims, "input_dims"),
                            (output_dims, "output_dims"))
     )  # fmt: skip
-    dims = [*batch_dims, *output_dims, *input_dims]
+    dims = _sizes([*batch_dims, *output_dims, *input_dims])
     if int(np.prod(dims, dtype=np.int64)) != array.size:
         raise ValueError(
             f"ndarray: dims batch {list(batch_dims)}, output {list(output_dims)}, input "

@@ -1,10 +1,16 @@
-"""How loop nests run on a GPU: which top-level statements become which kernels, which loops go
-onto the grid, and which nests get the shared-memory tiled matrix-product kernel.
+"""How loop nests run on a GPU: which top-level statements become which kernels, and which kernel
+form each gets.
 
-Each top-level loop nest of a routine becomes one kernel. The outermost run of parallel loops of
-a nest is flattened onto the grid; the loops inside it (reductions, with their register
-accumulator) stay inside the thread. A nest shaped like a matrix product (`acc = acc op f(x[.., i,
-k], y[.., k, j])` over an innermost reduction `k`, under parallel `i, j`) gets the tiled kernel.
+Each top-level loop nest of a routine becomes one kernel (two for a reduction split in two
+passes). The outermost run of parallel loops of a nest is the kernel's grid of result cells. What
+runs per cell picks the form:
+
+- a matrix product (`acc = acc op f(x[.., i, k], y[.., k, j])` over an innermost reduction `k`,
+  under parallel `i, j`): the tiled kernel of `arrayjit.schedule.gpu_matmul`;
+- a reduction over many values (`acc = acc op value` with op add, mul, max or min), per cell or
+  over the whole space: a team of threads per cell (`arrayjit.schedule.gpu_reductions`);
+- anything else with a grid: one thread per cell (a grid-stride loop over the flattened grid).
+
 Statements that are not parallel loops run in a kernel of one thread. Hoisted locals that several
 kernels read are recomputed at the start of each.
 """
@@ -12,51 +18,15 @@ kernels read are recomputed at the start of each.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from arrayjit import loop_ir as ir
-from arrayjit.indexing import Iterator, iterators_of
+from arrayjit.schedule import gpu_matmul, gpu_pointwise, gpu_reductions
+from arrayjit.schedule.kernel_plan import MAX_BLOCKS, THREADS, GpuOptions, KernelPlan
+
+__all__ = ["MAX_BLOCKS", "THREADS", "GpuOptions", "KernelPlan", "plan_kernels"]
 
 log = logging.getLogger("arrayjit")
-
-THREADS = 256
-#: The grid-stride loop caps the grid at this many blocks.
-MAX_BLOCKS = 1 << 20
-TILE = 128  # rows and columns of the output tile of one block of the tiled kernel
-TILE_K = 8  # reduction steps per shared-memory tile
-SUB = 8  # rows (and columns) of the output computed by one thread: TILE / 16
-
-
-@dataclass
-class MatmulShape:
-    """A nest `acc = acc op f(x, y)` over reduction `k`, with x free of `j` and y free of `i`."""
-
-    batch: list[ir.For]
-    row: ir.For
-    col: ir.For
-    reduction: ir.For
-    acc: ir.DeclLocal
-    update: ir.Apply  # op(Local acc, combine(x, y))
-    x: ir.Expr
-    y: ir.Expr
-    store: ir.Set
-
-
-@dataclass
-class KernelPlan:
-    """One kernel: the loops flattened onto the grid (none: one thread), the statements each
-    thread runs, and the hoisted locals it recomputes first."""
-
-    grid: list[ir.For]
-    body: list[ir.Stmt]
-    prologue: list[ir.DeclLocal] = field(default_factory=list)
-    matmul: MatmulShape | None = None
-
-    @property
-    def cells(self) -> int:
-        return math.prod(loop.extent for loop in self.grid)
 
 
 def _top_level(stmt: ir.Stmt) -> list[ir.Stmt]:
@@ -95,8 +65,33 @@ def _grid_run(loop: ir.For, mutated: set[str]) -> tuple[list[ir.For], list[ir.St
         return loops, [*decls, *items]
 
 
-def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
-    """Split a routine into kernels: see the module docstring."""
+def _reduction_unit(stmts: list[ir.Stmt], start: int, mutated: set[str]) -> int:
+    """The length of the top-level reduction starting at `stmts[start]`, 0 if none: `local acc
+    := init; (invariant locals); for ...: acc := op(acc, ...); x[..] := acc`, as lowering writes a
+    reduction to one cell."""
+    first = stmts[start]
+    if not (isinstance(first, ir.DeclLocal) and first.name in mutated):
+        return 0
+    k = start + 1
+    while k < len(stmts) and isinstance(stmts[k], ir.DeclLocal) and stmts[k].name not in mutated:
+        k += 1
+    if k + 1 >= len(stmts):
+        return 0
+    loop, store = stmts[k], stmts[k + 1]
+    if not (
+        isinstance(loop, ir.For)
+        and not loop.parallel
+        and first.name in ir.assigned_locals(loop)
+        and isinstance(store, ir.Set)
+        and first.name in ir.read_locals(store)
+    ):
+        return 0
+    return k + 2 - start
+
+
+def plan_kernels(stmt: ir.Stmt, options: GpuOptions | None = None) -> list[KernelPlan]:
+    """Split a routine into kernels and pick each one's form: see the module docstring."""
+    options = options or GpuOptions()
     mutated = ir.assigned_locals(stmt)
     # Locals declared once at top level, never reassigned: recomputed by each kernel reading them.
     shared: dict[str, ir.DeclLocal] = {}
@@ -104,13 +99,40 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
     plans: list[tuple[KernelPlan, dict[str, ir.DeclLocal]]] = []
     serial: list[ir.Stmt] = []
 
-    for s in _top_level(stmt):
+    def add_shared(s: ir.Stmt) -> bool:
         if (
             isinstance(s, ir.DeclLocal)
             and s.name not in mutated
             and _read_locals([s]) <= set(shared)
         ):
             shared[s.name] = s
+            return True
+        return False
+
+    def invalidate(s: ir.Stmt) -> None:
+        # A shared local whose buffers this statement writes would be stale in later kernels.
+        written = ir.written_tnodes(s)
+        for name, decl in list(shared.items()):
+            if ir.read_tnodes(decl) & written:
+                del shared[name]
+
+    stmts = _top_level(stmt)
+    k = 0
+    while k < len(stmts):
+        s = stmts[k]
+        unit = _reduction_unit(stmts, k, mutated) if options.parallel_reductions else 0
+        if unit and not (_read_locals(stmts[k : k + unit]) & _declared_in(serial)):
+            # A reduction to one value is a kernel of its own, so it can get a team of threads.
+            serial = []
+            body = stmts[k : k + unit]
+            plans.append((KernelPlan([], body), dict(shared)))
+            for x in body:
+                add_shared(x)
+                invalidate(x)
+            k += unit
+            continue
+        k += 1
+        if add_shared(s):
             if serial:
                 serial.append(s)  # later statements of the same one-thread kernel read it here
             continue
@@ -122,11 +144,7 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
             if not serial:
                 plans.append((KernelPlan([], serial), dict(shared)))
             serial.append(s)
-        # A shared local whose buffers this statement writes would be stale in later kernels.
-        written = ir.written_tnodes(s)
-        for name, decl in list(shared.items()):
-            if ir.read_tnodes(decl) & written:
-                del shared[name]
+        invalidate(s)
 
     for plan, available in plans:
         needed = _read_locals(plan.body) - _declared_in(plan.body)
@@ -135,8 +153,19 @@ def plan_kernels(stmt: ir.Stmt) -> list[KernelPlan]:
             log.debug("a local crosses kernels: the routine runs as one thread")
             return [KernelPlan([], _top_level(stmt))]
         plan.prologue = [d for d in available.values() if d.name in closure]
-        plan.matmul = _matmul_shape(plan)
-    return [plan for plan, _ in plans]
+    return [form for plan, _ in plans for form in _choose_form(plan, options)]
+
+
+def _choose_form(plan: KernelPlan, options: GpuOptions) -> list[KernelPlan]:
+    """The kernels for `plan`: itself with its form set, or a reduction's two passes."""
+    if options.tile_matmul:
+        plan.matmul = gpu_matmul.plan_matmul(plan, options)
+        if plan.matmul is not None:
+            return [plan]
+    plans = gpu_reductions.plan_reduction(plan) if options.parallel_reductions else [plan]
+    for p in plans:
+        p.vector = gpu_pointwise.vector_width(p)
+    return plans
 
 
 def _declared_in(stmts: list[ir.Stmt]) -> set[str]:
@@ -156,63 +185,3 @@ def _closure(names: set[str], shared: dict[str, ir.DeclLocal]) -> set[str] | Non
         out.add(name)
         todo.extend(_read_locals([shared[name]]))
     return out
-
-
-def _expr_iterators(e: ir.Expr) -> set[Iterator]:
-    out: set[Iterator] = set()
-    for x in ir.walk_expr(e):
-        if isinstance(x, ir.Get):
-            out.update(it for idx in x.index for it in iterators_of(idx))
-        elif isinstance(x, ir.IndexValue):
-            out.update(iterators_of(x.index))
-    return out
-
-
-def _has_local(e: ir.Expr) -> bool:
-    return any(isinstance(x, ir.Local) for x in ir.walk_expr(e))
-
-
-def _matmul_shape(plan: KernelPlan) -> MatmulShape | None:
-    """Recognize the nest that the tiled kernel computes; None for anything else."""
-    if len(plan.grid) < 2 or plan.prologue or len(plan.body) != 3:
-        return None
-    decl, loop, store = plan.body
-    if not (
-        isinstance(decl, ir.DeclLocal)
-        and isinstance(loop, ir.For)
-        and not loop.parallel
-        and isinstance(loop.body, ir.SetLocal)
-        and loop.body.name == decl.name
-        and isinstance(store, ir.Set)
-        and store.value == ir.Local(decl.name, decl.dtype)
-        and decl.dtype.is_float
-        and not _has_local(decl.init)
-    ):
-        return None
-    update = loop.body.value
-    if not (
-        isinstance(update, ir.Apply)
-        and len(update.args) == 2
-        and update.args[0] == ir.Local(decl.name, decl.dtype)
-        and isinstance(update.args[1], ir.Apply)
-        and len(update.args[1].args) == 2
-    ):
-        return None
-    *batch, row, col = plan.grid
-    first, second = update.args[1].args
-    k = loop.iterator
-    outer = {b.iterator for b in batch}
-    if _has_local(first) or _has_local(second):
-        return None
-    first_its, second_its = _expr_iterators(first), _expr_iterators(second)
-    if first_its <= outer | {row.iterator, k} and second_its <= outer | {k, col.iterator}:
-        x, y = first, second
-    elif second_its <= outer | {row.iterator, k} and first_its <= outer | {k, col.iterator}:
-        x, y = second, first
-    else:
-        return None
-    if row.extent < 32 or col.extent < 32 or math.prod(b.extent for b in batch) > 65535:
-        return None
-    if math.ceil(row.extent / TILE) > 65535:
-        return None
-    return MatmulShape(batch, row, col, loop, decl, update, x, y, store)

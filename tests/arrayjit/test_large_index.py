@@ -12,11 +12,12 @@ import pytest
 from arrayjit import loop_ir as ir
 from arrayjit.assignments import Accum, Constant, Fetch, RangeOfShape
 from arrayjit.backends.cc import CBackend
+from arrayjit.backends.chunks import split
 from arrayjit.codegen import cuda_syntax
 from arrayjit.codegen.c_syntax import INT32_MAX, index_type
 from arrayjit.indexing import Fixed, Iterator, Projections, identity_projections
 from arrayjit.lowering import compile_to_ir
-from arrayjit.runtime.context import Context, cuda_usable
+from arrayjit.runtime.runtime import Runtime, cuda_usable
 from arrayjit.schedule import gpu_kernels
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -24,9 +25,9 @@ BIG = 2**31 + 8
 
 
 def c_source(code) -> str:
-    """The C the C backend compiles for `code`, without allocating its buffers."""
-    stmt = compile_to_ir(code)
-    return CBackend().source(stmt, ir.tnodes_in(stmt), "ocannl_f")
+    """The C functions the C backend compiles for `code` (one per chunk), without compiling."""
+    backend = CBackend()
+    return "\n".join(backend.chunk_function(c, "").text() for c in split(compile_to_ir(code)))
 
 
 def cuda_source(code) -> str:
@@ -118,7 +119,7 @@ def test_cuda_tiled_matmul_with_a_large_output_uses_64_bit_offsets():
         c, "add", "mul", (a, b), Projections((m, n, k), (i, j, r), (i, j), ((i, r), (r, j))), True
     )
     source = cuda_source(code)
-    assert "tile_x" in source
+    assert "tilex" in source
     store = next(line for line in source.splitlines() if "if (row <" in line and "c_" in line)
     assert "65537 * (int64_t)row + (int64_t)col" in store, store
 
@@ -132,10 +133,10 @@ def test_cuda_tiled_matmul_positions_near_int32_max_are_64_bit():
 
     # The last tile's positions pass the extent by up to a tile: 32-bit only with that margin.
     small = source(1000)
-    assert "tile_x" in small and "int64_t" not in small.split("__global__", 1)[1]
+    assert "tilex" in small and "int64_t" not in small.split("__global__", 1)[1]
     wide = source(INT32_MAX - 64)
-    assert "tile_x" in wide and "const int64_t row0" in wide and "int64_t k0" in wide
-    assert "const int64_t ts" in wide
+    assert "tilex" in wide and "const int64_t rowbase" in wide and "int64_t tile = 0" in wide
+    assert "const int64_t gs" in wide and "const int64_t row" in wide
 
 
 # ---- a real run over more than 2^31 cells -------------------------------------------------
@@ -176,7 +177,7 @@ def test_c_run_over_more_than_int32_max_cells():
         top, "max", "identity", (x,), Projections((BIG,), (k,), (Fixed(0),), ((k,),)), True
     )
     code = Fetch(x, RangeOfShape()) + biggest
-    ctx = Context("c")
+    ctx = Runtime("c")
     routine = ctx.compile(code, "big")
     routine.run()
     assert_offsets(x.host())
@@ -194,7 +195,7 @@ def test_cuda_run_over_more_than_int32_max_cells():
     """As the C run: 2^31 + 8 cells on the grid, each its own offset. (No max here: a full
     reduction runs in one GPU thread, minutes over 2^31 cells.)"""
     x = TNode("x", (BIG,))
-    Context("cuda").compile(Fetch(x, RangeOfShape()), "big").run()
+    Runtime("cuda").compile(Fetch(x, RangeOfShape()), "big").run()
     assert_offsets(x.host())
 
 
@@ -209,7 +210,7 @@ def test_cuda_tiled_matmul_with_more_than_int32_max_output_cells():
     b.set_host(rng.integers(-3, 4, (k, n)))
     i, j, r = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
     projections = Projections((m, n, k), (i, j, r), (i, j), ((i, r), (r, j)))
-    Context("cuda").compile(Accum(c, "add", "mul", (a, b), projections, True), "big_matmul").run()
+    Runtime("cuda").compile(Accum(c, "add", "mul", (a, b), projections, True), "big_matmul").run()
     values = c.host()
     for start in range(0, m, 4096):
         expected = a.host()[start : start + 4096] @ b.host()

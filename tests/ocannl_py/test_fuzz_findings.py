@@ -104,14 +104,9 @@ def test_where_reading_memory_in_one_branch(dims):
     np.testing.assert_array_equal(out.value, np.where(c < 0.5, 0.0, a.astype(np.float32)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open shape-inference bug (fuzz.specs.KNOWN_ISSUES): axes before a row variable bind "
-    "new axes of dim 1 on a tensor whose rows are not closed yet",
-)
 def test_axes_before_a_row_variable_on_a_computed_tensor():
-    """`a... => ...` sums the first output axis: right on a leaf, but on `-x` shape inference
-    prepends an axis of dim 1 for `a` and binds `...` to both axes (no sum)."""
+    """`a... => ...` sums the first output axis: right on a leaf, and on `-x` (found by the
+    fuzzer: shape inference prepended an axis of dim 1 for `a`; fixed by the solver's rework)."""
     values = np.arange(6.0).reshape(2, 3)
     x = oc.term("x", batch_dims=[], input_dims=[], output_dims=[2, 3])
     x.set_value(values)
@@ -166,14 +161,9 @@ def test_a_computed_scalar_keeps_its_shape():
     assert t5.value.shape == () and loss.item() == 3.0 and grad == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open shape-inference bug (fuzz.specs.KNOWN_ISSUES): axes before a row variable in "
-    "an einsum's result leave the result's row open",
-)
 def test_axes_before_a_row_variable_in_a_result():
-    """The same with `b...` in the result: a later einsum over it fails with a ShapeError
-    ('0 axes () vs at least 1 (2,...)'); `...b` works."""
+    """The same with `b...` in the result: a later einsum over it failed with a ShapeError
+    ('0 axes () vs at least 1 (2,...)'); fixed by the solver's rework."""
     p = oc.param("p", np.ones((2, 2, 2)), batch_dims=[2, 2], input_dims=[], output_dims=[2])
     t = p * 2.0
     y = oc.tropical("...b|..._ ; b0 | ... -> ...d => ... -> b...", t, t)
