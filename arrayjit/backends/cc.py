@@ -34,8 +34,13 @@ from arrayjit import loop_ir as ir
 from arrayjit.backends import cc_features, openmp_fork, units
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.chunks import Chunk, split
+<<<<<<< HEAD
 from arrayjit.codegen import c_matmul
 from arrayjit.codegen.c_syntax import VECTOR_MATH, CSyntax, buffer_name, fill_names
+=======
+from arrayjit.codegen.c_syntax import CSyntax, buffer_name, fill_names
+from arrayjit.codegen.inert_text import comment_text, identifier
+>>>>>>> fd84ec2
 from arrayjit.dtypes import DType
 from arrayjit.errors import CompileError
 from arrayjit.runtime.residency import HOST, Residency
@@ -403,16 +408,16 @@ def write_listing(
 ) -> Path:
     """A readable C source of the whole routine: each distinct chunk function once (with the
     library it is compiled in), then the routine as a function calling them in order."""
-    routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+    routine = "ocannl_" + identifier(name, 60)
     distinct = list({f.key: f for f in functions}.values())
     lines = [
-        f"/* Routine {name!r}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
+        f"/* Routine {comment_text(repr(name))}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
         "   Each function is compiled on its own, in the library named above it, and cached by",
         f"   its text; the runtime calls them in the order of {routine} below. */",
         _prelude(_union_dtypes(functions), Needs.union(functions)),
     ]
     for f in distinct:
-        lines += [f"/* in {libraries[f.key]} */", f.text()]
+        lines += [f"/* in {comment_text(str(libraries[f.key]))} */", f.text()]
     names = [buffer_name(t.label, k) for k, t in enumerate(tnodes)]
     position = {t: k for k, t in enumerate(tnodes)}
     lines.append(f"void {routine}(void **buffers) {{")
