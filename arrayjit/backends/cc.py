@@ -34,13 +34,9 @@ from arrayjit import loop_ir as ir
 from arrayjit.backends import cc_features, openmp_fork, units
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.chunks import Chunk, split
-<<<<<<< HEAD
 from arrayjit.codegen import c_matmul
 from arrayjit.codegen.c_syntax import VECTOR_MATH, CSyntax, buffer_name, fill_names
-=======
-from arrayjit.codegen.c_syntax import CSyntax, buffer_name, fill_names
 from arrayjit.codegen.inert_text import comment_text, identifier
->>>>>>> fd84ec2
 from arrayjit.dtypes import DType
 from arrayjit.errors import CompileError
 from arrayjit.runtime.residency import HOST, Residency

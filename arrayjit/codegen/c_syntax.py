@@ -12,11 +12,8 @@ import numpy as np
 
 from arrayjit import loop_ir as ir
 from arrayjit import ops
-<<<<<<< HEAD
 from arrayjit.codegen import c_matmul
-=======
 from arrayjit.codegen.inert_text import LETTERS, comment_text, identifier
->>>>>>> fd84ec2
 from arrayjit.dtypes import DType
 from arrayjit.indexing import Index, as_affine
 from arrayjit.tnode import TNode
@@ -121,9 +118,6 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
             # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
             f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
             f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",
-            # A function, so both branches are read: gcc 12.2 at -O3 with AVX2 turns a `?:` that
-            # reads a buffer in one branch into a masked load and miscompiles it in loop nests.
-            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
         ]
     return "\n".join(lines) + "\n"
 
