@@ -60,7 +60,11 @@ class Runtime:
     def name(self) -> str:
         return self.backend.name
 
-    def compile(self, code: asg.Assignments, name: str = "routine") -> Executable:
+    def compile(
+        self, code: asg.Assignments, name: str = "routine", bound: bool = False
+    ) -> Executable:
+        """Compile `code` (or find it by its structure). `bound=True`: the executable owns no
+        buffers; each is placed with `Executable.bind` before a run (a streaming plan's slots)."""
         if not isinstance(code, asg.Assignments):
             raise TypeError(f"Runtime.compile takes assignment code, got {type(code).__name__}")
         start = time.perf_counter()
@@ -75,26 +79,26 @@ class Runtime:
             generator_version(),
         )
         record = f"{key}.routine"
-        compiled = self._from_record(record, found)
+        compiled = self._from_record(record, found, bound)
         if compiled is not None:
             log.debug(
                 "%s: found by structure in %.1f ms", name, 1e3 * (time.perf_counter() - start)
             )
             return Executable(self, code, compiled, name)
         stmt = compile_to_ir(code, backend.reductions_innermost)
-        compiled = backend.compile(stmt, name)
+        compiled = backend.compile(stmt, name, bound)
         self._record(record, found, compiled)
         log.debug("compiled %s in %.1f ms", name, 1e3 * (time.perf_counter() - start))
         return Executable(self, code, compiled, name, stmt)
 
-    def _from_record(self, record: str, found: Structure) -> Compiled | None:
+    def _from_record(self, record: str, found: Structure, bound: bool) -> Compiled | None:
         text = cache.read_record(record)
         if text is None:
             return None
         try:
             entry = json.loads(text)
             tnodes = [_buffer(ref, found) for ref in entry["buffers"]]
-            return self.backend.load(entry["plan"], tnodes)
+            return self.backend.load(entry["plan"], tnodes, bound)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             log.debug("cache record %s unusable (%s): compiling", record, exc)
             return None
