@@ -67,7 +67,11 @@ def test_bound_cuda_kernels_take_the_addresses_they_are_given(launches):  # noqa
     assert len(launches) == len(routine.compiled.kernels)
     assert launches[0][2][:2] == (address[weights[0]], address[x])
     assert launches[-1][2][-1] == address[y]
+    assert routine.compiled._graph  # captured after the first run
     routine.bind(weights[0], 1 << 20)
-    del launches[:]
-    routine.run()
-    assert launches[0][2][:2] == (1 << 20, address[x])
+    assert routine.compiled._graph is None  # its arguments are stale: captured again
+    for _ in range(2):  # launched one by one, then replayed as a graph
+        del launches[:]
+        routine.run()
+        assert launches[0][2][:2] == (1 << 20, address[x])
+    assert routine.compiled._graph.replays == 1
