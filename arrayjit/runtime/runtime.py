@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
 from arrayjit import cache
@@ -18,6 +20,11 @@ from arrayjit.lowering import compile_to_ir, values_buffer
 from arrayjit.runtime.code_key import Structure, generator_version, structure
 from arrayjit.runtime.executable import Executable
 from arrayjit.tnode import MemoryMode, TNode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from arrayjit.runtime.streamed import StreamedExecutable
 
 log = logging.getLogger("arrayjit")
 
@@ -114,6 +121,36 @@ class Runtime:
         if None in refs:
             return  # a buffer made by lowering that the structure cannot name: not recorded
         cache.write_record(record, json.dumps({"buffers": refs, "plan": compiled.plan}))
+
+    def compile_streamed(
+        self,
+        stages: Sequence[asg.Assignments],
+        budget: int | str,
+        names: Sequence[str] | None = None,
+        weights: Mapping[TNode, np.ndarray] | None = None,
+        slots: int = 2,
+        keep_resident: bool = True,
+        host_memory: str = "pinned",
+    ) -> StreamedExecutable:
+        """Compile `stages` to run in order within `budget` bytes of device memory (an int or a
+        text like "2GiB"), their weights streamed from host memory (`weights`: sources for some
+        weight tnodes, e.g. memory-mapped arrays) through a ring of `slots` slots
+        (`arrayjit.runtime.streamed`)."""
+        from arrayjit.runtime.stream_plan import parse_bytes
+        from arrayjit.runtime.streamed import StreamedExecutable
+
+        stages = list(stages)
+        if not stages:
+            raise ValueError("compile_streamed needs at least one stage")
+        names = list(names) if names is not None else [f"stage{k}" for k in range(len(stages))]
+        if len(names) != len(stages):
+            raise ValueError(f"{len(stages)} stages but {len(names)} names")
+        executables = [
+            self.compile(code, name, bound=True) for code, name in zip(stages, names, strict=True)
+        ]
+        return StreamedExecutable(
+            executables, parse_bytes(budget), weights, slots, keep_resident, host_memory
+        )
 
     def synchronize(self) -> None:
         self.backend.synchronize()
