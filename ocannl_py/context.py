@@ -70,6 +70,21 @@ class StreamedRoutine:
         return f"<streamed routine {self.executable!r}>"
 
 
+def forward_stages(*outputs: Tensor) -> list[Code]:
+    """Stages for `Context.compile_streamed`: stage k is the forward code that computes
+    `outputs[k]` from `outputs[k - 1]` (and what only it uses), stage 0 from the leaves."""
+    done: set[int] = set()
+    stages = []
+    for k, output in enumerate(outputs):
+        code = Code(label=f"stage{k}_{output.label}")
+        for t in output.subgraph():
+            if t.id not in done:
+                code = code + t.forward_code
+                done.add(t.id)
+        stages.append(code)
+    return stages
+
+
 def _check_inputs(inputs: list[Tensor], name: str) -> None:
     for t in inputs:
         if not residency.computed(t.value_node):
