@@ -13,7 +13,6 @@ after a run fetches it, and setting its host values sends them before the next r
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ class StreamStats:
     runs: int = 0
     #: Weight bytes copied by the last run (streamed stages, and resident ones when stale).
     bytes_copied: int = 0
-    #: Copy time of the last run and the part of it during which compute was not waiting.
+    #: Copy time of the last run, and the part of it during which a stage was computing.
     copy_seconds: float = 0.0
     hidden_copy_seconds: float = 0.0
     #: From the first step of the last run to the end of its last stage.
@@ -156,14 +155,12 @@ class StreamedExecutable:
                 copies.append((begin, ready[step.slot]))
                 copied += self.loads[step.stage].nbytes
             elif step.kind == "compute":
-                waited = None
                 if step.slot is not None:
-                    waited = ready[step.slot]
-                    streams.compute_waits(waited)
+                    streams.compute_waits(ready[step.slot])
                 begin = streams.record_compute()
                 self.executables[step.stage].compiled.run()
                 done[step.stage] = streams.record_compute()
-                computes.append((previous, waited, begin))
+                computes.append((begin, done[step.stage]))
                 previous = done[step.stage]
             else:
                 self.free[step.slot] = done[step.stage]
@@ -207,17 +204,14 @@ class StreamedExecutable:
             self.streams.synchronize()
             start, end, copies, computes = self._events
             seconds = self.streams.seconds
-            copy = sum(seconds(b, e) for b, e in copies)
-            # Compute stood still waiting for a copy from the end of the stage before (or the
-            # start) until that copy was done, if later: that much copy time was not hidden.
-            exposed = sum(
-                min(max(seconds(previous, waited), 0.0), max(seconds(previous, begin), 0.0))
-                for previous, waited, begin in computes
-                if waited is not None
-            )
+
+            def spans(events: list) -> list[tuple[float, float]]:
+                return [(seconds(start, b), seconds(start, e)) for b, e in events]
+
+            copy_spans, compute_spans = spans(copies), spans(computes)
             stats = self._stats
-            stats.copy_seconds = copy
-            stats.hidden_copy_seconds = max(copy - exposed, 0.0)
+            stats.copy_seconds = sum(e - b for b, e in copy_spans)
+            stats.hidden_copy_seconds = overlap(copy_spans, compute_spans)
             stats.run_seconds = seconds(start, end)
             self._events = None
         return self._stats
@@ -233,12 +227,14 @@ class StreamedExecutable:
         )
 
 
-def timed_runs(executable: StreamedExecutable, runs: int) -> float:
-    """Seconds per run over `runs` runs, after one warm-up run (for benchmarks)."""
-    executable.run()
-    executable.synchronize()
-    begin = time.perf_counter()
-    for _ in range(runs):
-        executable.run()
-    executable.synchronize()
-    return (time.perf_counter() - begin) / runs
+def overlap(spans: list[tuple[float, float]], busy: list[tuple[float, float]]) -> float:
+    """Total time of `spans` that falls within `busy` (disjoint intervals in order)."""
+    total, k = 0.0, 0
+    for begin, end in sorted(spans):
+        while k < len(busy) and busy[k][1] <= begin:
+            k += 1
+        m = k
+        while m < len(busy) and busy[m][0] < end:
+            total += min(end, busy[m][1]) - max(begin, busy[m][0])
+            m += 1
+    return total

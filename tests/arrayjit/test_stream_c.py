@@ -10,6 +10,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
 from test_chunks import layer, reference
 
@@ -18,6 +20,7 @@ from arrayjit.indexing import identity_projections
 from arrayjit.runtime.mapped import map_safetensors
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.runtime.stream_plan import StreamBudgetError, aligned
+from arrayjit.runtime.streamed import overlap
 from arrayjit.tnode import TNode
 
 
@@ -165,3 +168,23 @@ def test_weights_of_the_wrong_shape_are_refused():
     codes, x, weights, y = stages(2, 8)
     with pytest.raises(ValueError, match=r"'w1' have shape \(8, 7\).*dims are \(8, 8\)"):
         Runtime("c").compile_streamed(codes, 10**6, weights={weights[1]: np.zeros((8, 7))})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 60), min_size=0, max_size=16), st.lists(st.integers(0, 60), max_size=16)
+)
+def test_hidden_copy_time_is_the_overlap_of_copies_with_computes(copy_points, busy_points):
+    """Against counting unit steps: disjoint sorted intervals from sorted distinct points."""
+
+    def intervals(points):
+        points = sorted(set(points))
+        return [(float(a), float(b)) for a, b in zip(points[::2], points[1::2], strict=False)]
+
+    copies, busy = intervals(copy_points), intervals(busy_points)
+    expected = sum(
+        1
+        for t in range(60)
+        if any(a <= t < b for a, b in copies) and any(a <= t < b for a, b in busy)
+    )
+    assert overlap(copies, busy) == pytest.approx(expected)
