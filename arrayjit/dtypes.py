@@ -80,6 +80,12 @@ def dtype_of(value: str | DType | np.dtype | type) -> DType:
     raise TypeError(f"unsupported dtype {np_dtype}; expected one of {sorted(ALL)}")
 
 
+def holds_numbers(np_dtype: np.dtype) -> bool:
+    """Whether numpy arrays of `np_dtype` hold numbers: numpy's bool, int and float kinds, or
+    one of the element types (`ml_dtypes.bfloat16` is of no numeric kind)."""
+    return np_dtype.kind in "biuf" or any(np_dtype == d.numpy for d in ALL.values())
+
+
 def widest_float(dtypes: Iterable[DType]) -> DType:
     """The float type that holds the values of all of `dtypes` (floats): the widest one, or
     float32 for float16 with bfloat16."""

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from arrayjit.dtypes import ALL, DType, dtype_of, float32
+from arrayjit.codegen.inert_text import identifier
+from arrayjit.dtypes import DType, dtype_of, float32, holds_numbers
 from arrayjit.runtime import residency
 
 _tnode_ids = itertools.count(1)
@@ -54,9 +55,8 @@ class TNode:
 
     @property
     def name(self) -> str:
-        """A C identifier for generated code."""
-        safe = "".join(ch if ch.isalnum() else "_" for ch in self.label)[:40]
-        return f"{safe}_{self.id}" if safe else f"n{self.id}"
+        """An ASCII identifier for logs and printed IR, unique in the process."""
+        return f"{identifier(self.label, 40)}_{self.id}"
 
     @property
     def has_host(self) -> bool:
@@ -72,7 +72,7 @@ class TNode:
     def set_host(self, values: Any) -> None:
         """Write values (anything numpy can turn into an array of the tnode's dims)."""
         array = np.asarray(values)
-        if array.dtype.kind not in "biuf" and array.dtype not in _NUMPY_DTYPES:
+        if not holds_numbers(array.dtype):
             raise TypeError(f"tnode {self.label!r}: values of dtype {array.dtype} are not numbers")
         if not self.dtype.is_float and array.dtype != self.dtype.numpy:
             _check_integral(array, self)
@@ -89,10 +89,6 @@ class TNode:
 
     def __repr__(self) -> str:
         return f"TNode({self.label!r}#{self.id}, dims={self.dims}, {self.dtype}, {self.memory_mode.value})"
-
-
-#: The numpy types of the element types (`ml_dtypes.bfloat16` is not of a numeric kind).
-_NUMPY_DTYPES = {d.numpy for d in ALL.values()}
 
 
 def _check_integral(array: np.ndarray, tnode: TNode) -> None:

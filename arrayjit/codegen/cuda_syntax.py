@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from arrayjit import loop_ir as ir
 from arrayjit.codegen import cuda_matmul, cuda_reductions
-from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax
+from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax, index_type
 from arrayjit.codegen.cuda_device import (
     ASYNC_COPY_HELPERS,
     COMPONENTS,
@@ -32,6 +32,7 @@ class CudaSyntax(CSyntax):
     names (values already loaded)."""
 
     function_qualifier = "__device__ __forceinline__"
+    openmp = False
     #: 16-bit floats are CUDA's own types (NVRTC ships these headers); their conversions round
     #: to nearest even.
     conversions = "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n"
@@ -168,7 +169,8 @@ OCANNL_FN int64_t ocannl_index(int64_t i, int64_t bound, int32_t *errors, int32_
             value = f"{linear} / {inner}" if inner > 1 else linear
             if k > 0:
                 value = f"({value}) % {loop.extent}" if inner > 1 else f"{value} % {loop.extent}"
-            lines.append(f"{pad}const int {self.iterator(loop.iterator)} = (int)({value});")
+            kind = index_type(loop.extent)
+            lines.append(f"{pad}const {kind} {self.iterator(loop.iterator)} = ({kind})({value});")
         return lines
 
 
