@@ -1,7 +1,8 @@
 """The streams of a streamed run on the C backend, where device memory is host memory: the plan's
 allocation is one numpy array, a copy is a memcpy from the weights' source (a host array or a
-memory map) into a slot, done by a copier thread while the calling thread computes (numpy's copy
-and the ctypes call into the runner both release the GIL), and an event is a timestamped flag.
+memory map) into a slot, done by the process's copier thread while the calling thread computes
+(numpy's copy and the ctypes call into the runner both release the GIL), and an event is a
+timestamped flag. One copier serves every plan: each plan's copies stay in its table's order.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -34,12 +34,30 @@ class HostEvent:
         self.done.wait()
 
 
-def _serve(tasks: queue.SimpleQueue, errors: list) -> None:
-    while (task := tasks.get()) is not None:
+def _serve(tasks: queue.SimpleQueue) -> None:
+    while True:
+        task, errors = tasks.get()
         try:
             task()
-        except Exception as exc:  # reported by the next wait of the calling thread
+        except Exception as exc:  # reported by the next wait of the thread that gave the task
             errors.append(exc)
+
+
+_copier: queue.SimpleQueue | None = None
+_copier_lock = threading.Lock()
+
+
+def copier() -> queue.SimpleQueue:
+    """The tasks of the process's one copier thread (started on first use), run in order."""
+    global _copier
+    with _copier_lock:
+        if _copier is None:
+            tasks: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(
+                target=_serve, args=(tasks,), daemon=True, name="arrayjit-copier"
+            ).start()
+            _copier = tasks
+    return _copier
 
 
 class HostLoad:
@@ -63,12 +81,8 @@ class HostStreams:
     def __init__(self) -> None:
         self.memory = np.zeros(0, np.uint8)
         self.base = 0
-        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._tasks = copier()
         self._errors: list[Exception] = []
-        threading.Thread(
-            target=_serve, args=(self._tasks, self._errors), daemon=True, name="arrayjit-copier"
-        ).start()
-        weakref.finalize(self, self._tasks.put, None)
 
     def allocate(self, nbytes: int) -> int:
         self.memory = np.zeros(max(1, nbytes), np.uint8)
@@ -84,7 +98,7 @@ class HostStreams:
         return HostLoad([(self.view(address, t), source) for address, t, source in parts])
 
     def _enqueue(self, task: Callable[[], None]) -> None:
-        self._tasks.put(task)
+        self._tasks.put((task, self._errors))
 
     def copy(self, load: HostLoad) -> None:
         self._enqueue(load.run)

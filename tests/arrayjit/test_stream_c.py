@@ -188,3 +188,20 @@ def test_hidden_copy_time_is_the_overlap_of_copies_with_computes(copy_points, bu
         if any(a <= t < b for a, b in copies) and any(a <= t < b for a, b in busy)
     )
     assert overlap(copies, busy) == pytest.approx(expected)
+
+
+def test_a_failed_copy_is_an_error_of_the_run():
+    class Unreadable:
+        shape = (8, 8)
+
+        def __array__(self, dtype=None, copy=None):
+            raise OSError("the disk is gone")
+
+    codes, x, weights, y = stages(3, 8)
+    streamed = Runtime("c").compile_streamed(
+        codes, ring_budget(8, 3, 2), weights={weights[1]: Unreadable()}, keep_resident=False
+    )
+    with pytest.raises(
+        RuntimeError, match="copying weights into the streaming slots failed: the disk is gone"
+    ):
+        streamed.run()
