@@ -39,6 +39,7 @@ from arrayjit.backends.cuda.launch import kernel_config
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.modules import kernel_function, kernel_tnodes, module_source
 from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
+from arrayjit.codegen.inert_text import comment_text, identifier
 from arrayjit.errors import CompileError
 from arrayjit.runtime import residency
 from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan, plan_kernels
@@ -379,14 +380,18 @@ class CudaBackend(Backend):
     def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> Path:
         """The routine as one readable module (kernels named after it, every buffer a parameter),
         headed by the kernels actually launched: their module, launch shape and buffers."""
-        routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        routine = "ocannl_" + identifier(name, 60)
         text, _ = kernel_source(self.syntax, plans, tnodes, routine, stmt)
-        header = [f"/* Routine {name!r}: each kernel below runs as a kernel compiled on its own:"]
+        # User text (the name, labels, the cache folder's path) goes in as inert comment text.
+        header = [
+            f"/* Routine {comment_text(repr(name))}: each kernel below runs as a kernel compiled "
+            "on its own:"
+        ]
         for n, f in enumerate(functions):
-            buffers = ", ".join(f.labels)
+            buffers = comment_text(", ".join(f.labels))
             header.append(
-                f"   {routine}_k{n}: {f.symbol} in {cubins[f.key]}, grid {f.grid}, block "
-                f"{f.block}, on {buffers}"
+                f"   {routine}_k{n}: {f.symbol} in {comment_text(str(cubins[f.key]))}, grid "
+                f"{f.grid}, block {f.block}, on {buffers}"
             )
         text = "\n".join(header) + " */\n" + text
         path = cache.cache_dir() / f"{cache.key(text)}.listing.cu"
