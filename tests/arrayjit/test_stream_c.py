@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 from test_chunks import layer, reference
 
 from arrayjit.assignments import Accum
-from arrayjit.indexing import identity_projections
+from arrayjit.indexing import Iterator, Projections, identity_projections
 from arrayjit.runtime.mapped import map_safetensors
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.runtime.stream_plan import StreamBudgetError, aligned
@@ -205,3 +205,32 @@ def test_a_failed_copy_is_an_error_of_the_run():
         RuntimeError, match="copying weights into the streaming slots failed: the disk is gone"
     ):
         streamed.run()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weights_stream_in_their_tnodes_dtype(dtype):
+    """The bytes streamed are those of the weight tnodes' dtype (half-precision weight tnodes
+    halve them the same way), whatever the dtype of the sources, converted as they are copied."""
+    n, count = 16, 3
+    x = TNode("x", (n,))
+    x.set_host(np.linspace(-1, 1, n))
+    rng = np.random.default_rng(2)
+    values = [rng.standard_normal((n, n)).astype(np.float32) for _ in range(count)]
+    codes, weights, h = [], [], x
+    for k in range(count):
+        w, out = TNode(f"w{k}", (n, n), dtype), TNode(f"y{k}", (n,))
+        i, j = Iterator(name="i"), Iterator(name="j")
+        projections = Projections((n, n), (i, j), (i,), ((i, j), (j,)))
+        codes.append(Accum(out, "add", "mul", (w, h), projections, zero_first=True))
+        weights.append(w)
+        h = out
+    streamed = Runtime("c").compile_streamed(
+        codes, 10**5, weights=dict(zip(weights, values, strict=True)), keep_resident=False
+    )
+    streamed.run()
+    itemsize = np.dtype(dtype).itemsize
+    assert streamed.stats.bytes_copied == count * n * n * itemsize + 4 * n  # and x, float32
+    expected = x.host().astype(np.float64)
+    for w in values:
+        expected = w.astype(np.float64) @ expected
+    np.testing.assert_allclose(h.host(), expected, rtol=1e-5, atol=1e-5)
