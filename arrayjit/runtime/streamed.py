@@ -13,7 +13,7 @@ after a run fetches it, and setting its host values sends them before the next r
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,12 +88,18 @@ class StreamedExecutable:
         slots: int = 2,
         keep_resident: bool = True,
         host_memory: str = "pinned",
+        keep: Collection[TNode] | None = None,
     ) -> None:
         self.executables = list(executables)
         self.backend = self.executables[0].runtime.backend
         written = {t for e in self.executables for t in e.compiled.written}
-        stages = [classify(e.name, e.compiled.tnodes, written) for e in self.executables]
-        self.plan: StreamPlan = plan(stages, budget, slots, keep_resident)
+        stages = [
+            classify(e.name, e.compiled.tnodes, written, e.compiled.written)
+            for e in self.executables
+        ]
+        # Without `keep`, every activation stays; with it, the others share memory by live range.
+        transient = () if keep is None else written - set(keep)
+        self.plan: StreamPlan = plan(stages, budget, slots, keep_resident, transient)
         self.streams = make_streams(self.backend, host_memory)
         self.base = self.streams.allocate(self.plan.total_bytes)
         sources = dict(weights or {})
@@ -124,6 +130,8 @@ class StreamedExecutable:
         self.stale = set(self.resident_weights)  # copied by the first run
         self.places = {}
         for t in dict.fromkeys(t for s in stages for t in s.activations):
+            if t not in self.plan.resident:
+                continue  # transient: its memory holds other buffers after its last stage
             place = PlanPlace(self.streams, self.base + self.plan.resident[t], t)
             state = residency.of(t)
             state.add_place(place, holds_newest=state.latest == 0 and not t.has_host)

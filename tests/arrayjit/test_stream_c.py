@@ -231,3 +231,19 @@ def test_weights_stream_in_their_tnodes_dtype(dtype):
     for w in values:
         expected = w.astype(np.float64) @ expected
     np.testing.assert_allclose(h.host(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_activations_not_kept_share_memory_and_results_stay_equal():
+    n = 33
+    codes, x, weights, y = stages(7, n)
+    everything = Runtime("c").compile_streamed(codes, 10**6, keep_resident=False)
+    everything.run()
+    expected = y.host().copy()
+    # Only the output is kept: the products and hidden states of earlier layers reuse memory.
+    lean = Runtime("c").compile_streamed(codes, 10**6, keep_resident=False, keep=[y])
+    assert set(lean.plan.resident) == {y}
+    assert lean.plan.total_bytes < everything.plan.total_bytes - 8 * aligned(4 * n)
+    y.set_host(np.zeros(n))
+    for _ in range(2):
+        lean.run()
+    np.testing.assert_array_equal(y.host(), expected)
