@@ -98,7 +98,9 @@ class StreamedExecutable:
             for e in self.executables
         ]
         # Without `keep`, every activation stays; with it, the others share memory by live range.
-        transient = () if keep is None else written - set(keep)
+        # The error buffers of index checks stay too: they are read after the run.
+        errors = {c.errors for e in self.executables for c in e.checks}
+        transient = () if keep is None else written - set(keep) - errors
         self.plan: StreamPlan = plan(stages, budget, slots, keep_resident, transient)
         self.streams = make_streams(self.backend, host_memory)
         self.base = self.streams.allocate(self.plan.total_bytes)
