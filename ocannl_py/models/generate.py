@@ -1,0 +1,128 @@
+"""Greedy GPT-2 generation with a key/value cache: one compiled step routine (one token in, the
+next token's logits out) runs for every position, the position being data, so the prompt is read
+and new tokens are produced by the same routine."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from arrayjit.tnode import MemoryMode
+from ocannl_py import nn
+from ocannl_py import operation as ops
+from ocannl_py.context import Context, Routine
+from ocannl_py.models import gpt2
+from ocannl_py.models.lookup import set_ids
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The generated token ids (the prompt not included), the mean wall time of one step (token
+    in, logits read, argmax taken) over every step run, and the device bytes the step holds."""
+
+    ids: list[int]
+    ms_per_token: float
+    peak_device_bytes: int
+
+
+@contextlib.contextmanager
+def stage(description: str, progress: bool) -> Iterator[None]:
+    """A progress bar for one long step (loading, compiling), shown once it takes over a second."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=1, desc=description, delay=1.0, disable=not progress,
+              bar_format="{desc}: {elapsed}") as bar:  # fmt: skip
+        yield
+        bar.update(1)
+
+
+def device_bytes(routine: Routine) -> int:
+    """Bytes of the buffers `routine` binds (weights, cache, activations; virtual ones are
+    computed inline and take none): what it holds in device memory while it runs."""
+    tnodes = {id(t): t for t in routine.executable.compiled.tnodes}.values()
+    return sum(t.size * t.dtype.itemsize for t in tnodes if t.memory_mode is not MemoryMode.VIRTUAL)
+
+
+class Decoder:
+    """A GPT-2 checkpoint compiled for greedy decoding of sequences of up to `max_len` tokens.
+
+    `budget` (device bytes) is where streamed inference plugs in: the layers' outputs are kept
+    in `layers`, so the step can be cut into one stage per layer for `compile_streamed`."""
+
+    def __init__(
+        self,
+        checkpoint,
+        ctx: Context,
+        max_len: int,
+        *,
+        budget: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        config = checkpoint.config
+        if not isinstance(config, gpt2.GPT2Config):
+            raise ValueError(f"generate: {checkpoint.name!r} is a {checkpoint.kind}, not a GPT-2")
+        if max_len > config.n_positions:
+            raise ValueError(
+                f"generate: {max_len} tokens (prompt and new ones) exceed the {config.n_positions} "
+                f"positions of {checkpoint.name!r}"
+            )
+        if budget is not None:
+            raise NotImplementedError(
+                "generate: a device memory budget needs streamed execution "
+                "(ctx.compile_streamed), which this runtime does not have yet"
+            )
+        self.config = config
+        self.max_len = max_len
+        self.cache = nn.KVCache(max_len)
+        self.token = ops.term("token", batch_dims=[1, 1], input_dims=[], output_dims=[])
+        self.position = ops.term("position", batch_dims=[1, 1], input_dims=[], output_dims=[])
+        self.params: dict = {}
+        self.logits = gpt2.logits(
+            self.token, self.position, config, cache=self.cache, params=self.params
+        )
+        self.layers = [self.logits]  # streamed execution will cut the step here, per layer
+        with stage(f"loading {checkpoint.name}", progress):
+            checkpoint.load_into(self.params)
+        with stage("compiling the decoding step", progress):
+            self.step = ctx.compile(
+                self.logits.forward + self.cache.update(self.logits), "decode_step"
+            )
+        self.progress = progress
+
+    def next_logits(self, token: int, position: int) -> np.ndarray:
+        """Feed one token at `position` (the cache holds the ones before); its logits."""
+        set_ids(self.token, np.array([[token]]), self.config.vocab_size, "generate: token")
+        set_ids(self.position, np.array([[position]]), self.max_len, "generate: position")
+        self.step.run()
+        return self.logits.value.reshape(self.config.vocab_size)
+
+    def generate(self, prompt: Sequence[int], tokens: int) -> Generation:
+        """`tokens` new ids after `prompt`, each the argmax of the logits (ties: the first)."""
+        prompt = [int(i) for i in prompt]
+        if not prompt:
+            raise ValueError("generate: the prompt has no tokens (give at least one id)")
+        if tokens < 1:
+            raise ValueError(f"generate: the number of new tokens must be positive, got {tokens}")
+        if len(prompt) + tokens > self.max_len:
+            raise ValueError(
+                f"generate: {len(prompt)} prompt tokens and {tokens} new ones exceed the "
+                f"{self.max_len} positions this decoder was built for"
+            )
+        from tqdm.auto import tqdm
+
+        self.cache.reset()
+        fed, out, times = list(prompt), [], []
+        # The step at the prompt's last position gives the first new token.
+        for position in tqdm(range(len(prompt) + tokens - 1), desc="generating", unit="token", delay=1.0,
+                             disable=not self.progress):  # fmt: skip
+            start = time.perf_counter()
+            logits = self.next_logits(fed[position], position)
+            times.append(time.perf_counter() - start)
+            if position >= len(prompt) - 1:
+                out.append(int(np.argmax(logits)))
+                fed.append(out[-1])
+        return Generation(out, 1e3 * float(np.mean(times)), device_bytes(self.step))
