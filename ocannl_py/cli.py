@@ -147,7 +147,7 @@ def generate(args: argparse.Namespace) -> int:
         print(json.dumps({"ids": result.ids, "ms_per_token": round(result.ms_per_token, 4),
                           "peak_device_bytes": result.peak_device_bytes}))  # fmt: skip
     elif tokenizer is not None:
-        print(args.prompt + tokenizer.decode(result.ids))
+        print(tokenizer.decode(prompt + result.ids))  # the whole text, as the tokenizer joins it
     else:
         print(" ".join(str(i) for i in result.ids))
     return 0
