@@ -141,7 +141,9 @@ def generate(args: argparse.Namespace) -> int:
         prompt = [int(i) for i in tokenizer.encode([args.prompt], max_length=10**9).ids[0]]
     else:
         raise ValueError("give a prompt, or its token ids with --ids")
-    decoder = Decoder(ckpt, context(args.backend), len(prompt) + args.tokens, budget=args.budget)
+    decoder = Decoder.from_checkpoint(
+        ckpt, context(args.backend), len(prompt) + args.tokens, budget=args.budget
+    )
     result = decoder.generate(prompt, args.tokens)
     if args.json:
         print(json.dumps({"ids": result.ids, "ms_per_token": round(result.ms_per_token, 4),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,27 +48,28 @@ def device_bytes(routine: Routine) -> int:
 
 
 class Decoder:
-    """A GPT-2 checkpoint compiled for greedy decoding of sequences of up to `max_len` tokens.
+    """A GPT-2 compiled for greedy decoding of sequences of up to `max_len` tokens: its
+    parameters are `params` (shared with another build, e.g. a trained model; those missing are
+    created), filled by `load` (called with them before compiling) when given.
 
     `budget` (device bytes) is where streamed inference plugs in: the layers' outputs are kept
     in `layers`, so the step can be cut into one stage per layer for `compile_streamed`."""
 
     def __init__(
         self,
-        checkpoint,
+        config: gpt2.GPT2Config,
         ctx: Context,
         max_len: int,
         *,
+        params: dict | None = None,
+        load: Callable[[dict], None] | None = None,
         budget: int | None = None,
         progress: bool = True,
     ) -> None:
-        config = checkpoint.config
-        if not isinstance(config, gpt2.GPT2Config):
-            raise ValueError(f"generate: {checkpoint.name!r} is a {checkpoint.kind}, not a GPT-2")
         if max_len > config.n_positions:
             raise ValueError(
                 f"generate: {max_len} tokens (prompt and new ones) exceed the {config.n_positions} "
-                f"positions of {checkpoint.name!r}"
+                "positions of the model"
             )
         if budget is not None:
             raise NotImplementedError(
@@ -77,21 +78,36 @@ class Decoder:
             )
         self.config = config
         self.max_len = max_len
+        self.progress = progress
         self.cache = nn.KVCache(max_len)
         self.token = ops.term("token", batch_dims=[1, 1], input_dims=[], output_dims=[])
         self.position = ops.term("position", batch_dims=[1, 1], input_dims=[], output_dims=[])
-        self.params: dict = {}
+        self.params = {} if params is None else params
         self.logits = gpt2.logits(
             self.token, self.position, config, cache=self.cache, params=self.params
         )
         self.layers = [self.logits]  # streamed execution will cut the step here, per layer
-        with stage(f"loading {checkpoint.name}", progress):
-            checkpoint.load_into(self.params)
+        if load is not None:
+            load(self.params)
         with stage("compiling the decoding step", progress):
             self.step = ctx.compile(
                 self.logits.forward + self.cache.update(self.logits), "decode_step"
             )
-        self.progress = progress
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint, ctx: Context, max_len: int, *, budget: int | None = None,
+        progress: bool = True,
+    ) -> Decoder:  # fmt: skip
+        """A decoder of a GPT-2 checkpoint (`models.checkpoint(...)`), its weights loaded."""
+        if not isinstance(checkpoint.config, gpt2.GPT2Config):
+            raise ValueError(f"generate: {checkpoint.name!r} is a {checkpoint.kind}, not a GPT-2")
+
+        def load(params: dict) -> None:
+            with stage(f"loading {checkpoint.name}", progress):
+                checkpoint.load_into(params)
+
+        return cls(checkpoint.config, ctx, max_len, load=load, budget=budget, progress=progress)
 
     def next_logits(self, token: int, position: int) -> np.ndarray:
         """Feed one token at `position` (the cache holds the ones before); its logits."""

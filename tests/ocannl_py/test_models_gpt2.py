@@ -58,7 +58,7 @@ def test_logits_equal_transformers(backend, small):
 
 def test_greedy_generation_equals_transformers(backend, small):
     ckpt, model = small
-    decoder = Decoder(ckpt, Context(backend), 16, progress=False)
+    decoder = Decoder.from_checkpoint(ckpt, Context(backend), 16, progress=False)
     result = decoder.generate(PROMPT, 12)
     with torch.no_grad():
         expected = model.generate(
@@ -83,10 +83,10 @@ def test_greedy_generation_equals_transformers(backend, small):
 def test_decoder_errors(small):
     ckpt, _ = small
     with pytest.raises(ValueError, match="40 tokens .* exceed the 32 positions"):
-        Decoder(ckpt, Context("c"), 40, progress=False)
+        Decoder.from_checkpoint(ckpt, Context("c"), 40, progress=False)
     with pytest.raises(NotImplementedError, match="budget needs streamed execution"):
-        Decoder(ckpt, Context("c"), 8, budget=2**20, progress=False)
-    decoder = Decoder(ckpt, Context("c"), 8, progress=False)
+        Decoder.from_checkpoint(ckpt, Context("c"), 8, budget=2**20, progress=False)
+    decoder = Decoder.from_checkpoint(ckpt, Context("c"), 8, progress=False)
     with pytest.raises(ValueError, match="3 prompt tokens and 6 new ones exceed the 8 positions"):
         decoder.generate(PROMPT, 6)
     with pytest.raises(ValueError, match=r"token: id 50 at \(0, 0\) is not in \[0, 50\)"):
@@ -95,7 +95,9 @@ def test_decoder_errors(small):
         decoder.generate([], 2)
     bert = models.BertConfig(10, 8, 1, 2, 32, 8, 2, 1e-12)
     with pytest.raises(ValueError, match="is a bert, not a GPT-2"):
-        Decoder(dataclasses.replace(ckpt, kind="bert", config=bert), Context("c"), 4)
+        Decoder.from_checkpoint(
+            dataclasses.replace(ckpt, kind="bert", config=bert), Context("c"), 4
+        )
 
 
 def test_set_ids_rejects_fractions_and_negatives():
