@@ -105,7 +105,7 @@ class Decoder:
 
         def load(params: dict) -> None:
             with stage(f"loading {checkpoint.name}", progress):
-                checkpoint.load_into(params)
+                checkpoint.load_into(params, progress=progress)
 
         return cls(checkpoint.config, ctx, max_len, load=load, budget=budget, progress=progress)
 

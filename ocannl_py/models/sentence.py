@@ -80,7 +80,7 @@ class SentenceEncoder:
             pooled = bert.mean_pooled(hidden, terms["token_mask"])
             if not self._loaded:
                 with stage(f"loading {self.checkpoint.name}", self.progress):
-                    self.checkpoint.load_into(self.params)
+                    self.checkpoint.load_into(self.params, progress=self.progress)
                 self._loaded = True
             with stage(f"compiling the encoder for {batch} x {length} tokens", self.progress):
                 routine = self.ctx.compile(pooled.forward, "sentence_embeddings")
