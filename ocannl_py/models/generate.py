@@ -5,6 +5,7 @@ and new tokens are produced by the same routine."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,28 @@ class Generation:
 
 @contextlib.contextmanager
 def stage(description: str, progress: bool) -> Iterator[None]:
-    """A progress bar for one long step (loading, compiling), shown once it takes over a second."""
+    """A progress bar with the elapsed time of one long step (loading, compiling), shown once it
+    has taken a second and refreshed while it runs."""
     from tqdm.auto import tqdm
 
     with tqdm(total=1, desc=description, delay=1.0, disable=not progress,
               bar_format="{desc}: {elapsed}") as bar:  # fmt: skip
-        yield
+        done = threading.Event()
+
+        def tick() -> None:
+            if not done.wait(1.0):
+                while not done.wait(0.5):
+                    bar.refresh()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        if progress:
+            ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if progress:
+                ticker.join()
         bar.update(1)
 
 
