@@ -4,7 +4,7 @@ generation (a random GPT-2 of the given shape, GPT-2's vocabulary) vs transforme
 (cosines checked). Prints ms per token / per batch, compile time, and the ratios.
 
     python bench/models_e2e.py [--layers 4 --embd 256 --heads 4 --prompt 8 --tokens 32]
-                               [--backend c] [--no-minilm]
+                               [--backend c] [--budget 16MiB] [--no-minilm]
 """
 
 from __future__ import annotations
@@ -69,6 +69,18 @@ def gpt2(args) -> None:
           f"one step {step:.2f} ms")  # fmt: skip
     print(f"  ms per token: ocannl {ours:.2f}, transformers {theirs:.2f} "
           f"(ratio ocannl / transformers {ours / theirs:.2f}); ids equal")  # fmt: skip
+    if args.budget:
+        streamed = Decoder.from_checkpoint(ckpt, Context(args.backend), args.prompt + args.tokens,
+                                           budget=args.budget, progress=False)  # fmt: skip
+        streamed.generate(prompt, 2)
+        start = time.perf_counter()
+        result = streamed.generate(prompt, args.tokens)
+        wall = 1e3 * (time.perf_counter() - start) / args.tokens
+        assert result.ids == runs[0].ids, "streamed ids differ"
+        stats = streamed.step.stats
+        print(f"  streamed within {args.budget}: {wall:.2f} ms per token (ratio to whole "
+              f"{wall / ours:.2f}); peak device bytes {stats.peak_device_bytes:,}, "
+              f"{stats.streamed_stages} stages streamed, {stats.resident_stages} resident")  # fmt: skip
 
 
 def minilm(args) -> None:
@@ -114,6 +126,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--backend", default="c")
+    parser.add_argument("--budget", help="also stream the decoding step within this budget")
     parser.add_argument("--no-minilm", action="store_true")
     args = parser.parse_args()
     gpt2(args)

@@ -7,15 +7,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
-
-#: Byte units of `--budget` (binary and decimal).
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
-         "gib": 2**30}  # fmt: skip
 
 
 def train_half_moons(
@@ -176,11 +171,13 @@ def positive(text: str) -> int:
 
 
 def byte_size(text: str) -> int:
-    """`--budget 2GiB` -> 2147483648 (units b, kb, mb, gb, kib, mib, gib; none: bytes)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise argparse.ArgumentTypeError(f"expected a size such as 2GiB or 512MB, got {text!r}")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    """`--budget 2GiB` -> 2147483648 (as `compile_streamed` reads a budget)."""
+    from arrayjit.runtime.stream_plan import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 from arrayjit.tnode import MemoryMode
 from ocannl_py import nn
 from ocannl_py import operation as ops
-from ocannl_py.context import Context, Routine
+from ocannl_py.context import Context, Routine, StreamedRoutine, forward_stages
 from ocannl_py.models import gpt2
 from ocannl_py.models.lookup import set_ids
 
@@ -57,9 +57,12 @@ def stage(description: str, progress: bool) -> Iterator[None]:
         bar.update(1)
 
 
-def device_bytes(routine: Routine) -> int:
-    """Bytes of the buffers `routine` binds (weights, cache, activations; virtual ones are
-    computed inline and take none): what it holds in device memory while it runs."""
+def device_bytes(routine: Routine | StreamedRoutine) -> int:
+    """The device memory a routine holds: a streamed one's plan (`stats.peak_device_bytes`),
+    else the bytes of the buffers it binds (weights, cache, activations; virtual ones are
+    computed inline and take none)."""
+    if isinstance(routine, StreamedRoutine):
+        return routine.stats.peak_device_bytes
     tnodes = {id(t): t for t in routine.executable.compiled.tnodes}.values()
     return sum(t.size * t.dtype.itemsize for t in tnodes if t.memory_mode is not MemoryMode.VIRTUAL)
 
@@ -69,8 +72,9 @@ class Decoder:
     parameters are `params` (shared with another build, e.g. a trained model; those missing are
     created), filled by `load` (called with them before compiling) when given.
 
-    `budget` (device bytes) is where streamed inference plugs in: the layers' outputs are kept
-    in `layers`, so the step can be cut into one stage per layer for `compile_streamed`."""
+    With `budget` (device bytes, or a text such as "2GiB"), the step is streamed: one stage per
+    layer (`layers`: the embeddings, each block, then `ln_f` and the head), the weights kept in
+    host memory and copied in while the stage before computes (`Context.compile_streamed`)."""
 
     def __init__(
         self,
@@ -80,18 +84,13 @@ class Decoder:
         *,
         params: dict | None = None,
         load: Callable[[dict], None] | None = None,
-        budget: int | None = None,
+        budget: int | str | None = None,
         progress: bool = True,
     ) -> None:
         if max_len > config.n_positions:
             raise ValueError(
                 f"generate: {max_len} tokens (prompt and new ones) exceed the {config.n_positions} "
                 "positions of the model"
-            )
-        if budget is not None:
-            raise NotImplementedError(
-                "generate: a device memory budget needs streamed execution "
-                "(ctx.compile_streamed), which this runtime does not have yet"
             )
         self.config = config
         self.max_len = max_len
@@ -100,20 +99,28 @@ class Decoder:
         self.token = ops.term("token", batch_dims=[1, 1], input_dims=[], output_dims=[])
         self.position = ops.term("position", batch_dims=[1, 1], input_dims=[], output_dims=[])
         self.params = {} if params is None else params
-        self.logits = gpt2.logits(
+        states = gpt2.hidden_states(
             self.token, self.position, config, cache=self.cache, params=self.params
         )
-        self.layers = [self.logits]  # streamed execution will cut the step here, per layer
+        self.logits = gpt2.head(states[-1], config, self.params)
+        self.layers = [*states[:-1], self.logits]
         if load is not None:
             load(self.params)
+        # The cache's update stores each layer's new keys and values (computed by the layers'
+        # stages, kept as activations) and advances the position: after the last layer.
+        update = self.cache.update(self.logits)
         with stage("compiling the decoding step", progress):
-            self.step = ctx.compile(
-                self.logits.forward + self.cache.update(self.logits), "decode_step"
-            )
+            if budget is None:
+                self.step = ctx.compile(self.logits.forward + update, "decode_step")
+            else:
+                stages = forward_stages(*self.layers)
+                stages[-1] = stages[-1] + update
+                names = ["embeddings", *(f"layer{i}" for i in range(config.n_layer)), "head"]
+                self.step = ctx.compile_streamed(stages, budget, names=names)
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint, ctx: Context, max_len: int, *, budget: int | None = None,
+        cls, checkpoint, ctx: Context, max_len: int, *, budget: int | str | None = None,
         progress: bool = True,
     ) -> Decoder:  # fmt: skip
         """A decoder of a GPT-2 checkpoint (`models.checkpoint(...)`), its weights loaded."""

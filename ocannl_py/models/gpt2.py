@@ -242,6 +242,34 @@ def position_embedding(
                   config.n_positions)  # fmt: skip
 
 
+def hidden_states(
+    ids: Tensor,
+    positions: Tensor,
+    config: GPT2Config,
+    *,
+    cache: nn.KVCache | None = None,
+    params: nn.init.Params = None,
+) -> list[Tensor]:
+    """GPT2Model's hidden states: the sum of the embeddings, each pre-norm causal block's
+    output (`n_layer`), and `ln_f`'s; each `..b.., seq | embd`."""
+    x = token_embedding(ids, config, params) + position_embedding(positions, config, params)
+    states = [nn.dims.with_rows(x, output=[config.n_embd])]
+    for i in range(config.n_layer):
+        states.append(nn.transformer_block(
+            states[-1], config.n_head, f"layer{i}", True,
+            mlp_ratio=config.n_inner / config.n_embd, eps=config.layer_norm_epsilon,
+            cache=cache, params=params,
+        ))  # fmt: skip
+    states.append(nn.layer_norm(states[-1], "ln_f", config.layer_norm_epsilon, params=params))
+    return states
+
+
+def head(h: Tensor, config: GPT2Config, params: nn.init.Params) -> Tensor:
+    """The logits (`..b.., seq | vocab`) of the final hidden state: the token embedding's table
+    (`params["embed.word.w"]`, created if absent) is the output head (tied)."""
+    return ops.einsum(HEAD, h, _table("embed.word.w", config.vocab_size, config, params))
+
+
 def logits(
     ids: Tensor,
     positions: Tensor,
@@ -255,12 +283,5 @@ def logits(
     `embed.word.w`. With `cache`, the tokens continue the sequence the cache holds; `params`
     shares the parameters with another build (a decoding step and a whole sequence)."""
     params = {} if params is None else params  # the head reads the token embedding's table
-    x = token_embedding(ids, config, params) + position_embedding(positions, config, params)
-    h = nn.dims.with_rows(x, output=[config.n_embd])
-    for i in range(config.n_layer):
-        h = nn.transformer_block(
-            h, config.n_head, f"layer{i}", True, mlp_ratio=config.n_inner / config.n_embd,
-            eps=config.layer_norm_epsilon, cache=cache, params=params,
-        )  # fmt: skip
-    h = nn.layer_norm(h, "ln_f", config.layer_norm_epsilon, params=params)
-    return ops.einsum(HEAD, h, _table("embed.word.w", config.vocab_size, config, params))
+    states = hidden_states(ids, positions, config, cache=cache, params=params)
+    return head(states[-1], config, params)

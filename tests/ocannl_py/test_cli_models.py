@@ -62,6 +62,15 @@ def test_generate_json_ids_equal_transformers(capsys, small_folder):
     assert record["ms_per_token"] > 0 and record["peak_device_bytes"] > 0
 
 
+def test_generate_streamed_with_a_budget(capsys, small_folder):
+    code, out, _ = run(capsys, "generate", "--model", SMALL, "--ids", "3,17,5", "--tokens",
+                       "6", "--json", "--budget", "80KiB", "--backend", "c")  # fmt: skip
+    assert code == 0
+    record = json.loads(out)
+    assert record["ids"] == reference_ids(small_folder, [3, 17, 5], 6)
+    assert 0 < record["peak_device_bytes"] <= 80 * 1024
+
+
 def test_generate_text_prompt_through_the_folders_tokenizer(capsys, small_folder):
     code, out, _ = run(capsys, "generate", "--model", str(small_folder), "--tokens", "5",
                        "--backend", "c", "w3 w17 w5")  # fmt: skip
@@ -139,8 +148,8 @@ def test_generate_bad_checkpoints(capsys, tmp_path, small_folder, change, messag
         (["generate", "--model", SMALL, "--ids", "1,50"], r"id 50 at \(0, 0\) is not in \[0, 50\)"),
         (["generate", "--model", SMALL], "give a prompt, or its token ids with --ids"),
         (["generate", "--model", SMALL, "a prompt"], "has no tokenizer; give token ids instead"),
-        (["generate", "--model", SMALL, "--ids", "1", "--budget", "2GiB"],
-         "budget needs streamed execution"),
+        (["generate", "--model", SMALL, "--ids", "1", "--budget", "1KiB"],
+         r"the budget of 1024 bytes cannot hold stage \d \('(embeddings|layer0)'\): it needs"),
         (["embed", "--model", "gpt3", "hello"], "unknown model 'gpt3'"),
         (["embed", "--model", SMALL, "hello"], "is a gpt2, not a BERT"),
     ],
@@ -163,7 +172,7 @@ def test_argument_errors(capsys):
     for argv, message in [
         (["generate", "--model", SMALL, "--ids", "1,x"], "expected comma-separated token ids"),
         (["generate", "--model", SMALL, "--ids", "1", "--tokens", "0"], "expected a positive"),
-        (["generate", "--model", SMALL, "--ids", "1", "--budget", "2 lots"], "such as 2GiB"),
+        (["generate", "--model", SMALL, "--ids", "1", "--budget", "2 lots"], "e.g. '2GiB'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)

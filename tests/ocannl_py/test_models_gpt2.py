@@ -80,12 +80,35 @@ def test_greedy_generation_equals_transformers(backend, small):
             np.testing.assert_allclose(step, full[position], rtol=1e-4, atol=1e-5)
 
 
+def test_streamed_generation_within_a_budget(small):
+    """With a budget, the step runs as one stage per layer with the weights streamed in; the
+    ids and every step's logits are those of the step compiled whole."""
+    ckpt, _ = small
+    whole = Decoder.from_checkpoint(ckpt, Context("c"), 16, progress=False)
+    streamed = Decoder.from_checkpoint(ckpt, Context("c"), 16, budget="80KiB", progress=False)
+    assert len(streamed.layers) == ckpt.config.n_layer + 2  # embeddings, blocks, ln_f + head
+    expected = whole.generate(PROMPT, 10)
+    result = streamed.generate(PROMPT, 10)
+    assert result.ids == expected.ids
+    stats = streamed.step.stats
+    assert stats.streamed_stages == 4 and stats.bytes_copied > 0
+    assert result.peak_device_bytes == stats.peak_device_bytes <= 80 * 1024
+    whole.cache.reset()
+    streamed.cache.reset()
+    for position, token in enumerate(PROMPT + result.ids[:3]):
+        np.testing.assert_allclose(streamed.next_logits(token, position),
+                                   whole.next_logits(token, position), rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
 def test_decoder_errors(small):
     ckpt, _ = small
     with pytest.raises(ValueError, match="40 tokens .* exceed the 32 positions"):
         Decoder.from_checkpoint(ckpt, Context("c"), 40, progress=False)
-    with pytest.raises(NotImplementedError, match="budget needs streamed execution"):
-        Decoder.from_checkpoint(ckpt, Context("c"), 8, budget=2**20, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"the budget of 1024 bytes cannot hold stage \d \('(embeddings|layer0)'\): it needs",
+    ):
+        Decoder.from_checkpoint(ckpt, Context("c"), 8, budget="1KiB", progress=False)
     decoder = Decoder.from_checkpoint(ckpt, Context("c"), 8, progress=False)
     with pytest.raises(ValueError, match="3 prompt tokens and 6 new ones exceed the 8 positions"):
         decoder.generate(PROMPT, 6)
