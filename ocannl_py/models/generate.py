@@ -1,13 +1,12 @@
 """Greedy GPT-2 generation with a key/value cache: one compiled step routine (one token in, the
 next token's logits out) runs for every position, the position being data, so the prompt is read
-and new tokens are produced by the same routine."""
+and new tokens are produced by the same routine; with a device memory budget, that step is
+streamed, one stage per layer."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ from ocannl_py import operation as ops
 from ocannl_py.context import Context, Routine, StreamedRoutine, forward_stages
 from ocannl_py.models import gpt2
 from ocannl_py.models.lookup import set_ids
+from ocannl_py.models.progress import stage
 
 
 @dataclass(frozen=True)
@@ -28,33 +28,6 @@ class Generation:
     ids: list[int]
     ms_per_token: float
     peak_device_bytes: int
-
-
-@contextlib.contextmanager
-def stage(description: str, progress: bool) -> Iterator[None]:
-    """A progress bar with the elapsed time of one long step (loading, compiling), shown once it
-    has taken a second and refreshed while it runs."""
-    from tqdm.auto import tqdm
-
-    with tqdm(total=1, desc=description, delay=1.0, disable=not progress,
-              bar_format="{desc}: {elapsed}") as bar:  # fmt: skip
-        done = threading.Event()
-
-        def tick() -> None:
-            if not done.wait(1.0):
-                while not done.wait(0.5):
-                    bar.refresh()
-
-        ticker = threading.Thread(target=tick, daemon=True)
-        if progress:
-            ticker.start()
-        try:
-            yield
-        finally:
-            done.set()
-            if progress:
-                ticker.join()
-        bar.update(1)
 
 
 def device_bytes(routine: Routine | StreamedRoutine) -> int:

@@ -11,8 +11,8 @@ import numpy as np
 from ocannl_py import operation as ops
 from ocannl_py.context import Context, Routine
 from ocannl_py.models import bert
-from ocannl_py.models.generate import stage
 from ocannl_py.models.lookup import set_ids
+from ocannl_py.models.progress import stage
 from ocannl_py.tensor import Tensor
 
 #: Texts per batch (sentence-transformers' default) and the multiple that a batch's token count
