@@ -69,6 +69,8 @@ class HostMean:
 
     def all_reduce(self, buffers: Sequence[Sequence[TNode]], streams: Sequence | None = None):
         check_buffers(buffers, self.replicas)
+        if self.replicas == 1:
+            return None  # the mean of one: nothing to do (and no copy from a device)
         for group in zip(*buffers, strict=True):
             total = np.zeros(group[0].dims, np.float64)
             for t in group:

@@ -133,6 +133,7 @@ class DataParallel:
         self.comm_streams = comm_streams
         first = replicas[0]
         self._on_gpus = first.context.name == "cuda"
+        self.activate(first)
         for r, replica in enumerate(replicas[1:], 1):
             if replica.bucket_labels != first.bucket_labels or [p.value_node.dims for p in replica.params] != [p.value_node.dims for p in first.params]:  # fmt: skip
                 raise ValueError(
@@ -144,8 +145,9 @@ class DataParallel:
             for p, p0 in zip(replica.params, first.params, strict=True):
                 p.set_value(p0.value)
 
-    def _current(self, replica: _Replica) -> None:
-        """Make the replica's GPU current for this thread (launches, copies, events)."""
+    def activate(self, replica: _Replica) -> None:
+        """Make `replica`'s GPU current for this thread (before reading or setting its tensors;
+        the step's own methods do it themselves)."""
         if self._on_gpus:
             replica.context.backend.device.set_current()
 
@@ -180,28 +182,46 @@ class DataParallel:
                     f"names {sorted(arrays)} differ"
                 )
             rows = indices[r * self.shard : (r + 1) * self.shard]
-            self._current(replica)
+            self.activate(replica)
             for name, a in arrays.items():
                 replica.inputs[name].set_value(a[rows])
+        self.run()
+        losses = []
+        for replica in self.replicas:
+            self.activate(replica)
+            losses.append(replica.loss.item())
+        return float(np.mean(losses))
+
+    def run(self) -> None:
+        """One step on the inputs as they are set (each replica's own `replicas[r].inputs`,
+        e.g. data kept on its GPU): backward routines bucket by bucket, each bucket's
+        all-reduce queued as soon as its routine is, then the updates. Asynchronous on GPUs."""
         waits = None
         for n in range(len(self.replicas[0].backward)):
             for replica in self.replicas:
-                self._current(replica)
+                self.activate(replica)
                 replica.backward[n].run()
             waits = self.collective.all_reduce(
                 [replica.buckets[n] for replica in self.replicas], self.comm_streams
             )
         # The update waits for the last bucket's all-reduce, hence for all before it.
         for k, replica in enumerate(self.replicas):
-            self._current(replica)
+            self.activate(replica)
             if waits is not None:
                 replica.context.backend.stream.wait(waits[k])
             replica.update.run()
-        losses = []
+
+    def synchronize(self) -> None:
+        """Wait until every replica's queued work is done."""
         for replica in self.replicas:
-            self._current(replica)
-            losses.append(replica.loss.item())
-        return float(np.mean(losses))
+            self.activate(replica)
+            replica.context.synchronize()
+
+    def close(self) -> None:
+        """Release the communicators (NCCL); the step cannot run after."""
+        close = getattr(self.collective, "close", None)
+        if close is not None:
+            close()
 
     def fit_steps(self, arrays: Mapping, batch_size: int) -> _FitSteps:
         """The steps `train.fit` runs (batches of `batch_size`, this step's batch size)."""
@@ -255,7 +275,7 @@ def _replica_count(backend: str | None, replicas: int | None) -> tuple[str, int]
             available,
         )
         replicas = available
-    if replicas == 1:
+    if replicas == 1 and available == 1:
         log.warning("data_parallel: one GPU here: training runs as one replica, no all-reduce")
     return backend, replicas
 

@@ -219,3 +219,36 @@ def test_two_gpus_train_as_one_routine_on_the_whole_batch(bucket_bytes):
         v1 = p1.value
         np.testing.assert_allclose(v0, p_ref.value, rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(v0, v1)
+
+
+def small_gpt2(size: int):
+    """GPT-2's stack in small (nn.transformer_block, final norm, head, cross-entropy) on
+    embedded inputs of 5 tokens, the model of bench/data_parallel.py."""
+    from ocannl_py import nn
+
+    x = oc.term("x", batch_dims=[size, 5], input_dims=[], output_dims=[16])
+    targets = oc.term("targets", batch_dims=[size, 5], input_dims=[], output_dims=[11])
+    h = nn.layer_norm(nn.transformer_block(x, 2, "layer0", True), "ln_f")
+    return nn.cross_entropy(nn.linear(h, [11], "head"), targets), {"x": x, "targets": targets}
+
+
+def test_small_gpt2_replicas_train_as_one_routine():
+    batch, steps = 4, 20
+    rng = np.random.default_rng(2)
+    dp = train.data_parallel(small_gpt2, momentum, batch_size=batch, replicas=2, backend="c",
+                             bucket_bytes=2000)  # fmt: skip
+    assert len(dp.replicas[0].backward) > 2
+    loss, inputs = small_gpt2(batch)
+    step = Context("c").compile(grad_update(loss) + momentum(loss))
+    for p, p0 in zip(loss.param_list(), dp.params, strict=True):
+        p.set_value(p0.value)
+    for _ in range(steps):
+        x = rng.normal(size=(batch, 5, 16)).astype(np.float32)
+        targets = np.eye(11, dtype=np.float32)[rng.integers(0, 11, (batch, 5))]
+        got = dp.step({"x": x, "targets": targets})
+        inputs["x"].set_value(x)
+        inputs["targets"].set_value(targets)
+        step.run()
+        np.testing.assert_allclose(got, loss.item(), rtol=2e-5)
+    for p_ref, p in zip(loss.param_list(), dp.params, strict=True):
+        np.testing.assert_allclose(p.value, p_ref.value, rtol=1e-4, atol=2e-6, err_msg=p.label)
