@@ -32,7 +32,7 @@ log = logging.getLogger("arrayjit")
 BACKENDS = ("c", "cuda")
 
 
-def make_backend(name: str) -> Backend:
+def make_backend(name: str, device: int = 0) -> Backend:
     if name == "c":
         from arrayjit.backends.cc import CBackend
 
@@ -40,7 +40,7 @@ def make_backend(name: str) -> Backend:
     if name == "cuda":
         from arrayjit.backends.cuda import CudaBackend
 
-        return CudaBackend()
+        return CudaBackend(device)
     raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 
@@ -55,14 +55,14 @@ def cuda_usable() -> bool:
 
 class Runtime:
     """`Runtime("c")` compiles with the C backend; `Runtime("cuda")` with CUDA; `Runtime()` picks
-    CUDA when a GPU is usable, else C."""
+    CUDA when a GPU is usable, else C. `device`: the GPU of a CUDA runtime."""
 
-    def __init__(self, backend: str | None = None) -> None:
+    def __init__(self, backend: str | None = None, device: int = 0) -> None:
         if backend is None:
             backend = "cuda" if cuda_usable() else "c"
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a name ({', '.join(BACKENDS)}), got {backend!r}")
-        self.backend = make_backend(backend)
+        self.backend = make_backend(backend, device)
 
     @property
     def name(self) -> str:
