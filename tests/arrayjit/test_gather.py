@@ -144,3 +144,36 @@ def test_cuda_source_compiles_with_nvcc(make, tmp_path):
     source = generate(compile_to_ir(code, True), "ocannl_gather").source
     assert "ocannl_index(" in source and "atomicCAS" in source
     nvcc_cubin(source, tmp_path)
+
+
+def test_cpu_schedule_threads_and_vectorizes_only_across_the_row():
+    """With every threshold at its least, the CPU schedule may thread and vectorize the loop
+    along a row (distinct cells), never the loop over ids of a scatter (two ids, one row)."""
+    from arrayjit.runtime.runtime import Runtime
+    from arrayjit.schedule.cpu_target import CpuTarget
+
+    runtime = Runtime("c")
+    runtime.backend.target = CpuTarget(
+        threads=2, matmul_min_volume=1, parallel_min_work=1, vectorize_min_extent=1
+    )
+    batch, vocab, dim = 300, 50, 64
+    rng = np.random.default_rng(8)
+    id_values = rng.integers(0, vocab, batch).astype(np.int32)
+    code, grad, ids, g = scatter_add(batch, vocab, dim, zero_first=True)
+    ids.set_host(id_values)
+    g_values = rng.normal(size=(batch, dim)).astype(np.float32)
+    g.set_host(g_values)
+    routine = runtime.compile(code)
+    loops = {x.iterator.name: x for x in ir.walk(routine.ir) if isinstance(x, ir.For)}
+    assert loops["b"].threads == 1 and not loops["b"].vectorize
+    assert loops["d"].threads > 1 or loops["d"].vectorize
+    routine.run()
+    expected = np.zeros((vocab, dim), np.float32)
+    for b in range(batch):
+        expected[id_values[b]] += g_values[b]
+    np.testing.assert_array_equal(grad.host(), expected)
+    code, table, ids, out = gather(batch, vocab, dim)
+    table.set_host(rng.normal(size=(vocab, dim)).astype(np.float32))
+    ids.set_host(id_values)
+    runtime.compile(code).run()
+    np.testing.assert_array_equal(out.host(), table.host()[id_values])

@@ -320,18 +320,18 @@ def test_where_in_a_loop_nest(context, dtype):
 HALF_DTYPES = ("float16", "bfloat16")
 #: Where 16-bit code runs: C with `_Float16` (where the compiler has it), C with the bits in a
 #: `uint16_t` and the conversion helpers, the CUDA printer (`__half`, `__nv_bfloat16`) on the
-#: emulator.
-HALF_STORAGE = ("c-native", "c-bits", "emulator")
+#: emulator and on a GPU (where one is usable).
+HALF_STORAGE = ("c-native", "c-bits", "emulator", "gpu")
 
 
 def half_runner(storage: str, c_context):
     """A function running code on `storage`."""
-    if storage == "emulator":
+    if storage in ("emulator", "gpu"):
         from cuda_runners import RUNNERS, runner
 
-        if "emulator" not in RUNNERS:
-            pytest.skip("emulator runs left out by request")
-        run = runner("emulator")
+        if storage not in RUNNERS:
+            pytest.skip(f"{storage} runs left out by request")
+        run = runner(storage)
         return lambda code: run(code)
     from arrayjit.backends.cc import CBackend, has_float16
     from arrayjit.runtime.runtime import Runtime
@@ -494,3 +494,34 @@ def test_half_conversions_of_the_c_helpers_round_to_nearest_even(c_context):
         with np.errstate(over="ignore"):  # huge float32 values round to infinity
             expected = wide.astype(numpy_dtype)
         np.testing.assert_array_equal(dst.host().view(np.uint16), expected.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_ops_cuda_source_compiles_with_nvcc(dtype, tmp_path):
+    """The CUDA printer's 16-bit code (every op, a reduction, a conversion to int32) compiles
+    with nvcc against the real cuda_fp16.h / cuda_bf16.h (the emulator has its own types)."""
+    from cuda_runners import nvcc_cubin
+
+    from arrayjit.codegen.cuda_syntax import generate
+    from arrayjit.lowering import compile_to_ir
+
+    n, code = 1000, None
+    for name in POINTWISE_OPS:
+        arity = ops.OPS[name].arity
+        rhses = tuple(TNode(f"{name}{k}", (n,), dtype) for k in range(arity))
+        accum = Accum(TNode(f"{name}_out", (n,), dtype), None, name, rhses,
+                      identity_projections((n,), arity))  # fmt: skip
+        code = accum if code is None else code + accum
+    x, total, ints = (
+        TNode("x", (64, 300), dtype),
+        TNode("total", (64,), dtype),
+        TNode("i", (n,), "int32"),
+    )
+    i, r = Iterator(name="i"), Iterator(name="r")
+    code += Accum(
+        total, "add", "identity", (x,), Projections((64, 300), (i, r), (i,), ((i, r),)), True
+    )
+    code += Accum(ints, None, "identity", (TNode("h", (n,), dtype),), identity_projections((n,), 1))
+    source = generate(compile_to_ir(code, True), "ocannl_half_ops").source
+    headers = "#include <cuda_fp16.h>\n#include <cuda_bf16.h>"
+    nvcc_cubin(source, tmp_path, headers=headers)

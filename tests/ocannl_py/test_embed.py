@@ -127,3 +127,26 @@ def test_position_embedding_through_an_int32_range():
     e = oc.embed(wpe, positions)
     Context("c").forward(e)
     np.testing.assert_array_equal(e.value, values.T[:4])
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["all_resident", "keep_y"])
+def test_streamed_stages_report_ids_outside_the_table(backend, keep):
+    """Streamed execution binds the error buffers into its plan (resident even where other
+    activations share memory): they are read after the run."""
+    ids = oc.term("ids", batch_dims=[4], output_dims=[], dtype="int32")
+    values = np.arange(12.0).reshape(3, 4)
+    table = oc.param("table", values, output_dims=[3], input_dims=[4])
+    e = oc.embed(table, ids)
+    y = e * 2
+    z = y + 1
+    stages = oc.forward_stages(e, y, z)
+    streamed = Context(backend).compile_streamed(stages, "1MiB", keep=[y] if keep else None)
+    ids.set_value([3, 0, 1, 1])
+    streamed.run()
+    np.testing.assert_array_equal(y.value, 2 * values.T[[3, 0, 1, 1]])
+    ids.set_value([3, 9, 1, 1])
+    with pytest.raises(IndexOutOfRange, match=r"index 9 read from 'ids' \(at ids\[1\]\)"):
+        streamed.run()
+    ids.set_value([2, 0, 1, 1])
+    streamed.run()
+    np.testing.assert_array_equal(y.value, 2 * values.T[[2, 0, 1, 1]])
