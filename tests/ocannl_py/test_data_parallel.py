@@ -252,3 +252,37 @@ def test_small_gpt2_replicas_train_as_one_routine():
         np.testing.assert_allclose(got, loss.item(), rtol=2e-5)
     for p_ref, p in zip(loss.param_list(), dp.params, strict=True):
         np.testing.assert_allclose(p.value, p_ref.value, rtol=1e-4, atol=2e-6, err_msg=p.label)
+
+
+def test_each_bucket_reduced_once_its_routines_ran_and_before_the_next():
+    """The order of work in a step: bucket n's routine on every replica, then its all-reduce
+    (over exactly bucket n's gradients), then bucket n + 1; the updates after the last."""
+    dp = train.data_parallel(mlp, momentum, batch_size=4, replicas=2, backend="c", bucket_bytes=1)
+    events: list[tuple] = []
+
+    class Recording(collectives.HostMean):
+        def all_reduce(self, buffers, streams=None):
+            events.append(("reduce", tuple(tuple(t.label for t in b) for b in buffers)))
+            return super().all_reduce(buffers, streams)
+
+    dp.collective = Recording(2)
+
+    def logged(routine, event: tuple) -> None:
+        run = routine.run
+        routine.run = lambda: (events.append(event), run())
+
+    for r, replica in enumerate(dp.replicas):
+        for n, routine in enumerate(replica.backward):
+            logged(routine, ("backward", n, r))
+        logged(replica.update, ("update", r))
+    dp.step(data(4))
+    buckets = dp.replicas[0].buckets
+    assert len(buckets) == 5  # one parameter a bucket
+    expected: list[tuple] = []
+    for n, bucket in enumerate(buckets):
+        labels = tuple(t.label for t in bucket)
+        assert labels == tuple(t.label for t in dp.replicas[1].buckets[n])
+        expected += [("backward", n, 0), ("backward", n, 1), ("reduce", (labels, labels))]
+    expected += [("update", 0), ("update", 1)]
+    assert events == expected
+    assert buckets[0][0].label == "w3.grad"  # the last layer's gradient is complete first
