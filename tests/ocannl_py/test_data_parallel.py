@@ -164,6 +164,9 @@ def test_fit_takes_the_data_parallel_step():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="multiple of the 2 replicas, got 5"):
         train.data_parallel(mlp, momentum, batch_size=5, replicas=2, backend="c")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"replicas must be a positive int, got {bad!r}"):
+            train.data_parallel(mlp, momentum, batch_size=4, replicas=bad, backend="c")
     dp = train.data_parallel(mlp, momentum, batch_size=4, replicas=2, backend="c")
     with pytest.raises(ValueError, match="input 'x' has 3 examples"):
         dp.step(data(3))
