@@ -1,13 +1,13 @@
 """Data-parallel training (train.data_parallel): samples/s of a GPT-2-124M-shaped training step on
 1 and on 2 GPUs of one host, the batch per GPU fixed, and the ratio (ideal: 2.0).
 
-The model is GPT-2 small's stack with its parameter shapes: 12 nn.transformer_block (768
-features, 12 heads, MLP 3072), the final layer norm and an untied 768 x 50257 head, softmax
-cross-entropy, Adam. The token and position embeddings are left out: the inputs are the embedded
-vectors (a stand-in: the embedding lookup is not on main). The sequence defaults to 256 tokens
-(GPT-2's 1024 with --seq 1024). The data stays on each GPU; each step runs forward, backward
-bucket by bucket with NCCL all-reduces on a communication stream, and the update. `--torch`:
-the same stack in PyTorch DDP (one process per GPU, exact fp32) in the same run, for reference.
+The model is GPT-2 small (models.gpt2.logits, random initial weights): token and position
+embeddings, 12 nn.transformer_block (768 features, 12 heads, MLP 3072), the final layer norm and
+the head tied to the token embedding (124M parameters), softmax cross-entropy on the next
+tokens, Adam. The sequence defaults to 256 tokens (GPT-2's 1024 with --seq 1024). The data stays
+on each GPU; each step runs forward, backward bucket by bucket with NCCL all-reduces on a
+communication stream, and the update. `--torch`:
+the same model in PyTorch DDP (one process per GPU, exact fp32) in the same run, for reference.
 
     python bench/data_parallel.py [--layers 12 --embd 768 --heads 12 --vocab 50257 --seq 256
                                    --batch-per-gpu 8 --steps 10 --bucket-mib 25 --torch]
@@ -29,23 +29,37 @@ os.environ["NVSHMEM_DISABLE_NVLS"] = "1"
 
 
 def gpt2_step(args):
-    """`model(shard) -> (loss, inputs)` for train.data_parallel: GPT-2's stack on embedded inputs."""
+    """`model(shard) -> (loss, inputs)` for train.data_parallel: GPT-2 (models.gpt2.logits: token
+    and position embeddings, the blocks, ln_f, the head tied to the token embedding) and the
+    cross-entropy of the next tokens."""
     import ocannl_py as oc
     from ocannl_py import nn
+    from ocannl_py.models import gpt2
+
+    config = gpt2.GPT2Config(
+        vocab_size=args.vocab, n_positions=max(1024, args.seq), n_embd=args.embd,
+        n_layer=args.layers, n_head=args.heads, n_inner=4 * args.embd,
+    )  # fmt: skip
 
     def model(size: int):
-        x = oc.term("x", batch_dims=[size, args.seq], input_dims=[], output_dims=[args.embd])
-        targets = oc.term(
-            "targets", batch_dims=[size, args.seq], input_dims=[], output_dims=[args.vocab]
-        )
-        h = x
-        for i in range(args.layers):
-            h = nn.transformer_block(h, args.heads, f"layer{i}", True)
-        h = nn.layer_norm(h, "ln_f")
-        logits = nn.linear(h, [args.vocab], "head")
-        return nn.cross_entropy(logits, targets), {"x": x, "targets": targets}
+        rows = {"batch_dims": [size, args.seq], "input_dims": []}
+        ids = oc.term("ids", output_dims=[], **rows)
+        positions = oc.term("positions", output_dims=[], **rows)
+        targets = oc.term("targets", output_dims=[args.vocab], **rows)
+        logits = gpt2.logits(ids, positions, config)
+        inputs = {"ids": ids, "positions": positions, "targets": targets}
+        return nn.cross_entropy(logits, targets), inputs
 
     return model
+
+
+def batch_arrays(args, shard: int, rng) -> dict[str, np.ndarray]:
+    """Random token ids, their positions, and the next tokens one-hot."""
+    tokens = rng.integers(0, args.vocab, (shard, args.seq + 1))
+    targets = np.zeros((shard, args.seq, args.vocab), np.float32)
+    np.put_along_axis(targets, tokens[:, 1:, None], 1.0, axis=-1)
+    positions = np.broadcast_to(np.arange(args.seq, dtype=np.float32), (shard, args.seq))
+    return {"ids": tokens[:, :-1].astype(np.float32), "positions": positions, "targets": targets}
 
 
 def measure(args, gpus: int) -> tuple[float, float, float]:
@@ -63,12 +77,8 @@ def measure(args, gpus: int) -> tuple[float, float, float]:
     shard = args.batch_per_gpu
     for replica in dp.replicas:
         dp.activate(replica)
-        x = rng.normal(scale=0.5, size=(shard, args.seq, args.embd)).astype(np.float32)
-        labels = rng.integers(0, args.vocab, (shard, args.seq))
-        targets = np.zeros((shard, args.seq, args.vocab), np.float32)
-        np.put_along_axis(targets, labels[..., None], 1.0, axis=-1)
-        replica.inputs["x"].set_value(x)
-        replica.inputs["targets"].set_value(targets)
+        for name, array in batch_arrays(args, shard, rng).items():
+            replica.inputs[name].set_value(array)
     for _ in range(args.warmup):
         dp.run()
     dp.synchronize()
@@ -91,8 +101,8 @@ def measure(args, gpus: int) -> tuple[float, float, float]:
 
 
 def _torch_gpt2(args):
-    """The same stack in PyTorch: pre-norm blocks (causal attention, tanh-GELU MLP), final norm,
-    untied head."""
+    """The same model in PyTorch: embeddings, pre-norm blocks (causal attention, tanh-GELU MLP),
+    final norm, tied head."""
     import torch
     from torch import nn as tnn
     from torch.nn import functional as F
@@ -114,11 +124,20 @@ def _torch_gpt2(args):
             x = x + self.proj(a.transpose(1, 2).reshape(b, t, e))
             return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
-    return torch.nn.Sequential(
-        *[Block() for _ in range(args.layers)],
-        tnn.LayerNorm(args.embd),
-        tnn.Linear(args.embd, args.vocab),
-    )
+    class GPT2(tnn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = tnn.Embedding(args.vocab, args.embd)
+            self.wpe = tnn.Embedding(max(1024, args.seq), args.embd)
+            self.blocks = tnn.Sequential(*[Block() for _ in range(args.layers)])
+            self.ln_f = tnn.LayerNorm(args.embd)
+
+        def forward(self, ids):
+            positions = torch.arange(ids.shape[1], device=ids.device)
+            h = self.ln_f(self.blocks(self.wte(ids) + self.wpe(positions)))
+            return h @ self.wte.weight.T  # the head tied to the token embedding
+
+    return GPT2()
 
 
 def _torch_worker(rank: int, world: int, args, port: int, results) -> None:
@@ -137,12 +156,12 @@ def _torch_worker(rank: int, world: int, args, port: int, results) -> None:
     )
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
     b = args.batch_per_gpu
-    x = 0.5 * torch.randn(b, args.seq, args.embd, device="cuda")
-    labels = torch.randint(0, args.vocab, (b * args.seq,), device="cuda")
+    tokens = torch.randint(0, args.vocab, (b, args.seq + 1), device="cuda")
+    ids, labels = tokens[:, :-1], tokens[:, 1:].flatten()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x).flatten(0, 1), labels).backward()
+        F.cross_entropy(model(ids).flatten(0, 1), labels).backward()
         optimizer.step()
 
     for _ in range(args.warmup):

@@ -225,14 +225,28 @@ def test_two_gpus_train_as_one_routine_on_the_whole_batch(bucket_bytes):
 
 
 def small_gpt2(size: int):
-    """GPT-2's stack in small (nn.transformer_block, final norm, head, cross-entropy) on
-    embedded inputs of 5 tokens, the model of bench/data_parallel.py."""
+    """A small GPT-2 (models.gpt2.logits: embeddings, one block, ln_f, the tied head) and the
+    cross-entropy of the next tokens, over sequences of 5 tokens: bench/data_parallel.py's model."""
     from ocannl_py import nn
+    from ocannl_py.models import gpt2
 
-    x = oc.term("x", batch_dims=[size, 5], input_dims=[], output_dims=[16])
-    targets = oc.term("targets", batch_dims=[size, 5], input_dims=[], output_dims=[11])
-    h = nn.layer_norm(nn.transformer_block(x, 2, "layer0", True), "ln_f")
-    return nn.cross_entropy(nn.linear(h, [11], "head"), targets), {"x": x, "targets": targets}
+    config = gpt2.GPT2Config(vocab_size=11, n_positions=5, n_embd=16, n_layer=1, n_head=2,
+                             n_inner=64)  # fmt: skip
+    rows = {"batch_dims": [size, 5], "input_dims": []}
+    ids = oc.term("ids", output_dims=[], **rows)
+    positions = oc.term("positions", output_dims=[], **rows)
+    targets = oc.term("targets", output_dims=[11], **rows)
+    loss = nn.cross_entropy(gpt2.logits(ids, positions, config), targets)
+    return loss, {"ids": ids, "positions": positions, "targets": targets}
+
+
+def token_batch(rng, batch: int) -> dict[str, np.ndarray]:
+    tokens = rng.integers(0, 11, (batch, 6))
+    return {
+        "ids": tokens[:, :-1].astype(np.float32),
+        "positions": np.broadcast_to(np.arange(5, dtype=np.float32), (batch, 5)),
+        "targets": np.eye(11, dtype=np.float32)[tokens[:, 1:]],
+    }
 
 
 def test_small_gpt2_replicas_train_as_one_routine():
@@ -246,11 +260,10 @@ def test_small_gpt2_replicas_train_as_one_routine():
     for p, p0 in zip(loss.param_list(), dp.params, strict=True):
         p.set_value(p0.value)
     for _ in range(steps):
-        x = rng.normal(size=(batch, 5, 16)).astype(np.float32)
-        targets = np.eye(11, dtype=np.float32)[rng.integers(0, 11, (batch, 5))]
-        got = dp.step({"x": x, "targets": targets})
-        inputs["x"].set_value(x)
-        inputs["targets"].set_value(targets)
+        arrays = token_batch(rng, batch)
+        got = dp.step(arrays)
+        for name, array in arrays.items():
+            inputs[name].set_value(array)
         step.run()
         np.testing.assert_allclose(got, loss.item(), rtol=2e-5)
     for p_ref, p in zip(loss.param_list(), dp.params, strict=True):
