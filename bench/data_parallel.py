@@ -43,8 +43,8 @@ def gpt2_step(args):
 
     def model(size: int):
         rows = {"batch_dims": [size, args.seq], "input_dims": []}
-        ids = oc.term("ids", output_dims=[], **rows)
-        positions = oc.term("positions", output_dims=[], **rows)
+        ids = oc.term("ids", output_dims=[], dtype="int32", **rows)
+        positions = oc.term("positions", output_dims=[], dtype="int32", **rows)
         targets = oc.term("targets", output_dims=[args.vocab], **rows)
         logits = gpt2.logits(ids, positions, config)
         inputs = {"ids": ids, "positions": positions, "targets": targets}
@@ -58,8 +58,8 @@ def batch_arrays(args, shard: int, rng) -> dict[str, np.ndarray]:
     tokens = rng.integers(0, args.vocab, (shard, args.seq + 1))
     targets = np.zeros((shard, args.seq, args.vocab), np.float32)
     np.put_along_axis(targets, tokens[:, 1:, None], 1.0, axis=-1)
-    positions = np.broadcast_to(np.arange(args.seq, dtype=np.float32), (shard, args.seq))
-    return {"ids": tokens[:, :-1].astype(np.float32), "positions": positions, "targets": targets}
+    positions = np.broadcast_to(np.arange(args.seq, dtype=np.int32), (shard, args.seq))
+    return {"ids": tokens[:, :-1].astype(np.int32), "positions": positions, "targets": targets}
 
 
 def measure(args, gpus: int) -> tuple[float, float, float]:

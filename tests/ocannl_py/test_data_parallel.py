@@ -233,8 +233,8 @@ def small_gpt2(size: int):
     config = gpt2.GPT2Config(vocab_size=11, n_positions=5, n_embd=16, n_layer=1, n_head=2,
                              n_inner=64)  # fmt: skip
     rows = {"batch_dims": [size, 5], "input_dims": []}
-    ids = oc.term("ids", output_dims=[], **rows)
-    positions = oc.term("positions", output_dims=[], **rows)
+    ids = oc.term("ids", output_dims=[], dtype="int32", **rows)
+    positions = oc.term("positions", output_dims=[], dtype="int32", **rows)
     targets = oc.term("targets", output_dims=[11], **rows)
     loss = nn.cross_entropy(gpt2.logits(ids, positions, config), targets)
     return loss, {"ids": ids, "positions": positions, "targets": targets}
@@ -243,8 +243,8 @@ def small_gpt2(size: int):
 def token_batch(rng, batch: int) -> dict[str, np.ndarray]:
     tokens = rng.integers(0, 11, (batch, 6))
     return {
-        "ids": tokens[:, :-1].astype(np.float32),
-        "positions": np.broadcast_to(np.arange(5, dtype=np.float32), (batch, 5)),
+        "ids": tokens[:, :-1].astype(np.int32),
+        "positions": np.broadcast_to(np.arange(5, dtype=np.int32), (batch, 5)),
         "targets": np.eye(11, dtype=np.float32)[tokens[:, 1:]],
     }
 
