@@ -270,14 +270,18 @@ def param(
     batch_dims=None,
     input_dims=None,
     output_dims=None,
+    init: tuple[str, float | Callable[[], float]] | None = None,
 ) -> Tensor:
     """A trainable parameter. Unspecified dims are inferred from use; parameters have no batch
     axes unless `batch_dims` says so. `value` fills it: a scalar (any dims), or an array in
     batch, output, input axis order (with no dims given, its axes are output axes). Otherwise it
     is drawn uniformly from [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in being the product of its
-    input dims, by the counter-based generator seeded with `oc.set_seed`."""
-    if not label:
+    input dims, by the counter-based generator seeded with `oc.set_seed`; `init=("uniform", b)`
+    draws from [-b, b] instead and `init=("normal", std)` from N(0, std^2), where `b` or `std` is
+    a number or a function of no arguments called once the dims are known."""
+    if not isinstance(label, str) or not label:
         raise TypeError(f"param: the label must be a non-empty string, got {label!r}")
+    _check_init(label, init, value)
     array = None if value is None else _numbers_arg(value, "value", f"param {label!r}")
     if array is not None and array.ndim > 0:
         # Dims not given come from the value's axes: batch, then output, then input.
@@ -294,7 +298,7 @@ def param(
         shapes.settle(shape, array.shape, f"param {label!r}")
     t = Tensor(label, shape, is_param=True)
     if array is None:
-        t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))
+        t.init_code = _random_init(t, random_stream(), init)
     elif array.ndim == 0:
         t.init_code = Code([Fill(Slot(t), asg.Constant(float(array)))])
     else:
@@ -302,30 +306,89 @@ def param(
     return t
 
 
-def _random_init(t: Tensor, seed: int) -> Code:
+def random_stream() -> int:
+    """The key of the next random stream: `(seed << 20) + k` for the k-th parameter (or other
+    user of random numbers, such as a dropout) created since `oc.set_seed(seed)`."""
+    return (_seed << 20) + next(_param_counter)
+
+
+def _check_init(label: str, init, value) -> None:
+    if init is None:
+        return
+    if value is not None:
+        raise ValueError(f"param {label!r}: give either a value or init=, not both")
+    ok = isinstance(init, tuple) and len(init) == 2 and init[0] in ("uniform", "normal")
+    if not ok or not (callable(init[1]) or _is_scale(init[1])):
+        raise ValueError(
+            f"param {label!r}: init must be ('uniform', bound) or ('normal', std) with a "
+            f"non-negative number or a function returning one, got {init!r}"
+        )
+
+
+def _is_scale(x) -> bool:
+    if isinstance(x, bool) or not isinstance(x, int | float | np.floating | np.integer):
+        return False
+    return bool(np.isfinite(x)) and x >= 0
+
+
+def _random_init(t: Tensor, seed: int, init=None) -> Code:
     from arrayjit.tnode import TNode
 
     def build() -> asg.Assignments:
         node = t.value_node
-        fan_in = int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
-        bound = 1.0 / np.sqrt(fan_in)
+        kind, scale = init or ("uniform", lambda: 1.0 / np.sqrt(_fan_in(t)))
+        scale = scale() if callable(scale) else scale
+        if not _is_scale(scale):
+            raise ValueError(
+                f"param {t.label!r}: the {kind} init's scale must be a non-negative number, its "
+                f"function gave {scale!r}"
+            )
         seed_node = TNode(f"{t.label}_seed", (), "float64", MemoryMode.VIRTUAL)
         counter = TNode(f"{t.label}_counter", node.dims, "float64", MemoryMode.VIRTUAL)
+        # Drawn in float64 (a virtual buffer, inlined): seeds and counters stay exact integers
+        # (in float32, seeds of 2^24 and more would round, and parameters would share values).
+        draw = TNode(f"{t.label}_draw", node.dims, "float64", MemoryMode.VIRTUAL)
         cells = identity_projections(node.dims, 0)
         # The seed is a scalar (no axes); the counter walks the parameter's cells.
         proj = Projections(cells.product_space, cells.product_iterators, cells.project_lhs,
                            ((), cells.project_lhs))  # fmt: skip
-        uniform = asg.Call("uniform_at", (asg.Arg(0), asg.Arg(1)))
-        scaled = asg.Call("sub", (asg.Call("mul", (uniform, asg.Lit(2 * bound))), asg.Lit(bound)))
+        expr = _uniform(float(scale)) if kind == "uniform" else _normal(float(scale))
         # The seed is read from a buffer rather than printed as a literal, so that parameters of
         # equal dims share one compiled init function.
         return asg.seq([
             asg.Fetch(seed_node, asg.Values(np.array(float(seed)))),
             asg.Fetch(counter, asg.RangeOfShape()),
-            asg.Accum(node, None, scaled, (seed_node, counter), proj),
+            asg.Accum(draw, None, expr, (seed_node, counter), proj),
+            asg.Accum(node, None, asg.Arg(0), (draw,), identity_projections(node.dims, 1)),
         ])  # fmt: skip
 
     return Code([Raw(build, (t,))])
+
+
+def _fan_in(t: Tensor) -> int:
+    return int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
+
+
+def _call(op: str, *args) -> asg.Call:
+    return asg.Call(op, args)
+
+
+def _uniform(bound: float) -> asg.Call:
+    """U(-bound, bound) from Threefry of (seed, counter) = (Arg 0, Arg 1)."""
+    uniform = _call("uniform_at", asg.Arg(0), asg.Arg(1))
+    return _call("sub", _call("mul", uniform, asg.Lit(2 * bound)), asg.Lit(bound))
+
+
+def _normal(std: float) -> asg.Call:
+    """N(0, std^2) by Box-Muller from the uniforms at counters 2c and 2c + 1."""
+    even = _call("mul", asg.Arg(1), asg.Lit(2.0))
+    u1 = _call("uniform_at", asg.Arg(0), even)
+    u2 = _call("uniform_at", asg.Arg(0), _call("add", even, asg.Lit(1.0)))
+    radius = _call(
+        "sqrt", _call("mul", asg.Lit(-2.0), _call("log", _call("sub", asg.Lit(1.0), u1)))
+    )
+    angle = _call("cos", _call("mul", asg.Lit(2 * np.pi), u2))
+    return _call("mul", asg.Lit(std), _call("mul", radius, angle))
 
 
 @public()
@@ -513,6 +576,12 @@ def recip_sqrt(a: Operand) -> Tensor:
 @public(dsl=True, method=True)
 def tanh(a: Operand) -> Tensor:
     return unary("tanh", a, "v =: tanh(v1)", "g1 =+ g * (1 - v * v)")
+
+
+@public(dsl=True, method=True)
+def erf(a: Operand) -> Tensor:
+    """The error function; d/dx erf(x) = 2 / sqrt(pi) * exp(-x^2)."""
+    return unary("erf", a, "v =: erf(v1)", "g1 =+ g * 1.1283791670955126 * exp(-v1 * v1)")
 
 
 @public(dsl="not")

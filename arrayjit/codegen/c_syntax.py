@@ -41,6 +41,7 @@ SPELLINGS: dict[str, str] = {
     "recip": "(({t})1 / ({0}))",
     "recip_sqrt": "(({t})1 / sqrt{m}({0}))",
     "tanh": "tanh{m}({0})",
+    "erf": "erf{m}({0})",
     "not": "(({t})(({0}) == 0))",
     "add": "({0} + {1})",
     "sub": "({0} - {1})",
@@ -70,10 +71,12 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
             f"{q} ocannl_relu_{t}({t} x) {{ return x > 0 ? x : ({t})0; }}",
             f"{q} ocannl_sat01_{t}({t} x) {{ return x < 0 ? ({t})0 : (x > 1 ? ({t})1 : x); }}",
             f"{q} ocannl_relu_gate_{t}({t} a, {t} b) {{ return a > 0 ? b : ({t})0; }}",
-            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
             # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
             f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
             f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",
+            # A function, so both branches are read: gcc 12.2 at -O3 with AVX2 turns a `?:` that
+            # reads a buffer in one branch into a masked load and miscompiles it in loop nests.
+            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -136,6 +136,10 @@ class CudaCompiled(Compiled):
         ]
         persistent = set(self.persistent)
         self.written_persistent = [t for t in self.written if t in persistent]
+        # The launches captured as a CUDA graph after the first run (None: not yet; False:
+        # graphs off when compiled, or capture failed). Buffers are bound once, so the graph
+        # stays valid.
+        self._graph = None if backend.cuda_graphs else False
 
     @property
     def plans(self) -> list[KernelPlan]:
@@ -145,13 +149,39 @@ class CudaCompiled(Compiled):
         return self._plans
 
     def run(self) -> None:
-        from cuda.core import launch
-
         backend = self.backend
         backend.upload_stale(self.persistent)
-        for kernel, config, arguments in self.launches:
-            launch(backend.stream, config, kernel, *arguments)
+        if self._graph:
+            self._graph.launch(backend.stream)
+        else:
+            self._launch(backend.stream)
+            if self._graph is None:
+                self._graph = self._capture()
         backend.mark_written(self.written_persistent)
+
+    def _launch(self, stream) -> None:
+        from cuda.core import launch
+
+        for kernel, config, arguments in self.launches:
+            launch(stream, config, kernel, *arguments)
+
+    def _capture(self):
+        """The launches as one CUDA graph, replayed by later runs with a single call (a launch
+        from Python costs microseconds per kernel); False, logged, where capture fails."""
+        builder = None
+        try:
+            builder = self.backend.device.create_graph_builder().begin_building()
+            self._launch(builder)
+            builder.end_building()
+            return builder.complete()
+        except Exception as exc:  # an old driver or cuda.core: launch kernel by kernel
+            log.warning(
+                "%s: kernels launched one by one (no CUDA graph: %s)", self.source_path, exc
+            )
+            return False
+        finally:
+            if builder is not None:
+                builder.close()
 
 
 class CudaBackend(Backend):
@@ -179,6 +209,9 @@ class CudaBackend(Backend):
         #: Tile configurations chosen by hand for given matmul nests (`gpu_matmul.config_key`);
         #: they win over the defaults and over autotuning.
         self.matmul_configs: dict[str, object] = {}
+        #: Routines compiled while on capture their kernels as a CUDA graph after their first
+        #: run and replay it as one launch (off: kernels launched one by one every run).
+        self.cuda_graphs = True
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
