@@ -8,17 +8,29 @@ call into a small runner that calls its chunk functions in order with their buff
 The compiler is `cc` unless `ARRAYJIT_CC` names another; `ARRAYJIT_JOBS` caps the parallel
 compiler processes (default: the usable cores). Flags: `-O3 -march=native -fPIC -shared
 -fno-math-errno`. Not `-ffast-math`: results must match numpy's, NaN and infinity included.
+`ARRAYJIT_SANITIZE=address,undefined` adds those sanitizers (a process must then run under the
+matching runtime: docs/reliability.md).
+
+Libraries are loaded from the bytes the cache verified, copied to a private folder under a name
+used once (`Library`), and unloaded (dlclose) when no routine uses them any more.
 """
 
 from __future__ import annotations
 
+import _ctypes
+import atexit
+import collections
 import ctypes
 import functools
+import itertools
 import logging
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +68,37 @@ def compiler() -> str:
     return os.environ.get("ARRAYJIT_CC", "cc")
 
 
+#: Tries at compiling a routine whose libraries keep leaving the cache.
+ATTEMPTS = 5
+
+SANITIZERS = ("address", "undefined")
+
+
+def sanitizer_flags(setting: str) -> tuple[str, ...]:
+    """The compiler flags for `ARRAYJIT_SANITIZE` (e.g. "address,undefined"); any report aborts."""
+    names = [n.strip() for n in setting.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SANITIZERS]
+    if unknown:
+        raise ValueError(
+            f"ARRAYJIT_SANITIZE={setting!r}: unknown sanitizer {unknown[0]!r}; expected a comma-"
+            f"separated list of {', '.join(SANITIZERS)}"
+        )
+    if not names:
+        return ()
+    return (
+        f"-fsanitize={','.join(names)}",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+        "-g",
+    )
+
+
 def flags() -> tuple[str, ...]:
-    return (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
+    return (
+        *FLAGS,
+        *sanitizer_flags(os.environ.get("ARRAYJIT_SANITIZE", "")),
+        *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")),
+    )
 
 
 @functools.cache
@@ -73,30 +114,28 @@ def compiler_version(command: str) -> str:
             command, os.path.realpath(binary), str(stat.st_size), str(stat.st_mtime_ns)
         )
         record = cache.cache_dir() / f"compiler-{fingerprint}.txt"
-        if cache.lookup(record):
-            return record.read_text()
+        known = cache.read_verified(record)
+        if known is not None:
+            return known.decode(errors="replace")
     try:
         out = subprocess.run([*argv, "--version"], capture_output=True, text=True, check=True)
     except (OSError, IndexError, subprocess.CalledProcessError) as exc:
         raise CompileError(f"the C compiler {command!r} cannot be run: {exc}") from None
     version = out.stdout.strip()
     if record is not None:
-        tmp = cache.temp_path(record)
-        tmp.write_text(version)
-        cache.commit(tmp, record)
+        cache.store(record, version.encode())
     return version
 
 
 def build_identity() -> str:
     """Everything besides the source that determines a compiled library."""
-    return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""))
+    return _build_identity(compiler(), flags())
 
 
 @functools.cache
-def _build_identity(command: str, extra_flags: str) -> str:
+def _build_identity(command: str, all_flags: tuple[str, ...]) -> str:
     # Every unit defines the runner: a unit made for another runner must not be used.
-    all_flags = " ".join((*FLAGS, *shlex.split(extra_flags)))
-    return "\n".join((command, all_flags, compiler_version(command), RUNNER))
+    return "\n".join((command, " ".join(all_flags), compiler_version(command), RUNNER))
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,12 +199,15 @@ class CCompiled(Compiled):
             "written": written,
         }
         self.runner = None
+        # Holding the loaded libraries keeps them mapped while this routine can run.
+        self.loaded = {path: load(path) for path in self.libraries}
         if libraries:
-            self.runner = load(libraries[0]).ocannl_run_chunks
+            self.runner = self.loaded[libraries[0]].cdll.ocannl_run_chunks
             self.runner.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
             self.runner.restype = None
         functions = [
-            address(library, symbol) for library, symbol in zip(libraries, symbols, strict=True)
+            self.loaded[library].address(symbol)
+            for library, symbol in zip(libraries, symbols, strict=True)
         ]
         scratch = {t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)}
         # Keep the arrays alive: the tables below refer to their memory.
@@ -235,16 +277,32 @@ class CBackend(Backend):
         return build_identity()
 
     def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
+        # A library removed from the cache between being built or found and being loaded (the
+        # cache being cleared) is built again.
+        for _ in range(ATTEMPTS - 1):
+            try:
+                return self._compile(stmt, name)
+            except Vanished as gone:
+                log.info("%s left the cache while compiling %s: building again", gone, name)
+        return self._compile(stmt, name)
+
+    def _compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
         position = {t: k for k, t in enumerate(tnodes)}
         chunks = split(stmt)
         identity = build_identity()
         functions = [self.chunk_function(c, identity) for c in chunks]
+        held: list[Library] = []  # loaded while checked, kept until the routine holds them
+
+        def defines(library: Path, symbol: str) -> bool:
+            loaded = try_load(library)
+            if loaded is None:
+                return False
+            held.append(loaded)
+            return loaded.address(symbol) is not None
+
         libraries = units.compiled(
-            functions,
-            "fn",
-            lambda group: build_unit(group, identity),
-            lambda library, symbol: address(library, symbol) is not None,
+            functions, "fn", lambda group: build_unit(group, identity), defines
         )
         source_path = write_listing(name, tnodes, chunks, functions, libraries)
         written = sorted(position[t] for t in ir.written_tnodes(stmt))
@@ -263,34 +321,95 @@ class CBackend(Backend):
         paths = {name: folder / name for name in {name for name, _, _ in plan["chunks"]}}
         libraries = [paths[name] for name, _, _ in plan["chunks"]]
         symbols = [symbol for _, symbol, _ in plan["chunks"]]
-        if not source_path.exists() or not all(cache.verified(lib) for lib in paths.values()):
+        if not source_path.exists():
             return None
-        if not all(address(lib, s) for lib, s in zip(libraries, symbols, strict=True)):
+        held = {path: try_load(path) for path in paths.values()}
+        if any(
+            held[lib] is None or not held[lib].address(s)
+            for lib, s in zip(libraries, symbols, strict=True)
+        ):
             return None
         parameters = [params for _, _, params in plan["chunks"]]
-        return CCompiled(libraries, symbols, parameters, tnodes, plan["written"], source_path)
+        try:
+            return CCompiled(libraries, symbols, parameters, tnodes, plan["written"], source_path)
+        except Vanished:
+            return None
+
+
+class Library:
+    """A shared object loaded from bytes the cache verified: written to this process's private
+    folder under a name used once (so the dynamic loader never confuses two libraries), loaded,
+    and the file removed. Unloaded (dlclose) when the last routine holding it is gone."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        private = _private_folder() / f"{next(_load_serial)}-{path.name}"
+        with open(os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700), "wb") as f:
+            f.write(data)
+        try:
+            self.cdll = ctypes.CDLL(str(private))
+        except OSError as exc:
+            raise CompileError(f"cannot load {path}: {exc}", str(path.with_suffix(".c"))) from None
+        finally:
+            private.unlink()
+        self._finalizer = weakref.finalize(self, _ctypes.dlclose, self.cdll._handle)
+
+    def address(self, symbol: str) -> int | None:
+        return _dlsym(self.cdll._handle, symbol.encode())
+
+
+_load_serial = itertools.count()
 
 
 @functools.cache
-def load(library: Path) -> ctypes.CDLL:
-    """A shared object from the cache, loaded once per process."""
-    try:
-        return ctypes.CDLL(str(library))
-    except OSError as exc:
-        raise CompileError(
-            f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
-        ) from None
+def _private_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="arrayjit-load-"))  # 0700, this user's
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+#: Loaded libraries by cache path, while some routine holds them; the few used last stay loaded
+#: a while, so that checking a library and building the routine that uses it load it once.
+_loaded: weakref.WeakValueDictionary[Path, Library] = weakref.WeakValueDictionary()
+_recent: collections.deque[Library] = collections.deque(maxlen=16)
+_load_lock = threading.Lock()
+
+
+def try_load(library: Path) -> Library | None:
+    """The library at `library` in the cache, loaded from its verified bytes (or still loaded
+    from them, while the file is there); None if the cache no longer holds it (the caller
+    rebuilds)."""
+    with _load_lock:
+        loaded = _loaded.get(library)
+        if loaded is not None and not library.exists():
+            return None
+        if loaded is None:
+            data = cache.read_verified(library)
+            if data is None:
+                return None
+            loaded = _loaded[library] = Library(library, data)
+        _recent.append(loaded)
+        return loaded
+
+
+class Vanished(Exception):
+    """A library left the cache (or was garbled) between being found and being loaded."""
+
+
+def load(library: Path) -> Library:
+    """A library this process holds (found or just built), else loaded from the cache."""
+    with _load_lock:
+        loaded = _loaded.get(library)
+    if loaded is None:
+        loaded = try_load(library)
+    if loaded is None:
+        raise Vanished(library)
+    return loaded
 
 
 _dlsym = ctypes.CDLL(None).dlsym
 _dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 _dlsym.restype = ctypes.c_void_p
-
-
-@functools.cache
-def address(library: Path, symbol: str) -> int | None:
-    """The address of `symbol` in a library from the cache; None if it has none."""
-    return _dlsym(load(library)._handle, symbol.encode())
 
 
 def build_unit(functions: Sequence[ChunkFunction], identity: str) -> Path:
