@@ -12,6 +12,7 @@ import numpy as np
 
 from arrayjit import loop_ir as ir
 from arrayjit import ops
+from arrayjit.codegen import c_matmul
 from arrayjit.codegen.inert_text import LETTERS, comment_text, identifier
 from arrayjit.dtypes import DType
 from arrayjit.indexing import Index, as_affine
@@ -60,6 +61,48 @@ SPELLINGS: dict[str, str] = {
 }
 
 
+#: The ops whose C function has vector variants in glibc's libmvec, with their arity: in a loop
+#: under `#pragma omp simd` they compute whole vectors (`_ZGVdN8v_expf`...) when the C backend
+#: defines `OCANNL_VECTOR_MATH` (see `arrayjit.backends.cc_features`).
+VECTOR_MATH: dict[str, int] = {
+    "exp": 1,
+    "log": 1,
+    "exp2": 1,
+    "log2": 1,
+    "sin": 1,
+    "cos": 1,
+    "tanh": 1,
+    "pow": 2,
+}
+
+#: The OpenMP reduction identifier of each accumulate op a vectorized loop can reduce with;
+#: max and min use the NaN-propagating helpers, declared as reductions in the prelude.
+REDUCTION_CLAUSES = {"add": "+", "sub": "-", "mul": "*", "max": "ocannl_max", "min": "ocannl_min"}
+
+
+def vector_math_declarations() -> str:
+    """Declares the vector variants of the `VECTOR_MATH` functions, if `OCANNL_VECTOR_MATH`."""
+    lines = ["#ifdef OCANNL_VECTOR_MATH"]
+    for name, arity in VECTOR_MATH.items():
+        for c_type, suffix in (("float", "f"), ("double", "")):
+            params = ", ".join([c_type] * arity)
+            lines += ["#pragma omp declare simd notinbranch", f"{c_type} {name}{suffix}({params});"]
+    return "\n".join([*lines, "#endif"]) + "\n"
+
+
+def reduction_declarations(dtypes: list[DType]) -> str:
+    """max and min as OpenMP reductions that propagate NaN, as the helpers do."""
+    lines = []
+    for d in dtypes:
+        for op in ("max", "min"):
+            name = f"ocannl_{op}_{d.c_name}"
+            lines.append(
+                f"#pragma omp declare reduction({name} : {d.c_name} : "
+                f"omp_out = {name}(omp_out, omp_in)) initializer(omp_priv = omp_orig)"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def helpers(dtypes: list[DType], qualifier: str) -> str:
     """Helper functions used by the spellings, for each dtype. `qualifier` is `static inline`
     for C and `__device__ __forceinline__` for CUDA."""
@@ -74,9 +117,6 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
             # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
             f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
             f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",
-            # A function, so both branches are read: gcc 12.2 at -O3 with AVX2 turns a `?:` that
-            # reads a buffer in one branch into a masked load and miscompiles it in loop nests.
-            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -88,6 +128,9 @@ class CSyntax:
 
     #: How helper functions are declared (`static inline` in C).
     function_qualifier = "static inline"
+    #: Whether the target reads OpenMP pragmas (the C backend's CPU schedule); the prelude then
+    #: declares the vector math variants and the max/min reductions.
+    openmp = True
 
     def __init__(self) -> None:
         self.begin([])
@@ -103,6 +146,13 @@ class CSyntax:
     def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
         """Helper functions for `dtypes`, and the random generator if an op needs it."""
         text = f"#define OCANNL_FN {self.function_qualifier}\n" + helpers(dtypes, "OCANNL_FN")
+        if self.openmp:
+            # Cleared in a process forked after OpenMP started its threads (see
+            # arrayjit.backends.openmp_fork): parallel regions then run on one thread.
+            text += "__attribute__((weak)) int ocannl_threads_ok = 1;\n"
+            text += reduction_declarations(dtypes)
+            if set(VECTOR_MATH) & ops_used:
+                text += vector_math_declarations()
         if ops.RANDOM_OPS & ops_used:
             from arrayjit import threefry
 
@@ -153,7 +203,7 @@ class CSyntax:
 
     def offset(self, tnode: TNode, index: tuple[Index, ...]) -> str:
         """The row-major offset of `index` in `tnode` as a C expression."""
-        from arrayjit.lowering import row_major_offset
+        from arrayjit.indexing import row_major_offset
 
         return self.index_expr(row_major_offset(tnode.dims, index), wide=tnode.size > INT32_MAX)
 
@@ -187,11 +237,31 @@ class CSyntax:
         i = self.iterator(loop.iterator)
         return [f"for ({index_type(loop.extent)} {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
 
+    def loop_pragmas(self, loop: ir.For) -> list[str]:
+        """The OpenMP pragma of a loop the CPU schedule marked (threads, simd, reductions)."""
+        if loop.threads <= 1 and not loop.vectorize:
+            return []
+        words = ["#pragma omp"]
+        if loop.threads > 1:
+            words.append("parallel for")
+        if loop.vectorize:
+            words.append("simd")
+        if loop.threads > 1:
+            words += [f"num_threads({loop.threads})", "schedule(static)", "if(ocannl_threads_ok)"]
+        for r in loop.reductions:
+            clause = REDUCTION_CLAUSES[r.op]
+            if r.op in ("max", "min"):
+                clause += f"_{r.dtype.c_name}"
+            words.append(f"reduction({clause} : {self.local(r.name)})")
+        return [" ".join(words)]
+
     def stmt(self, s: ir.Stmt, indent: int = 1) -> list[str]:
         pad = "  " * indent
         if isinstance(s, ir.For):
-            head = [pad + line for line in self.for_header(s)]
+            head = [pad + line for line in [*self.loop_pragmas(s), *self.for_header(s)]]
             return [*head, *self.stmt(s.body, indent + 1), pad + "}"]
+        if isinstance(s, ir.Matmul):
+            return [pad + c_matmul.matmul_call(self, s)]
         if isinstance(s, ir.Block):
             return [line for x in s.stmts for line in self.stmt(x, indent)]
         if isinstance(s, ir.Set):

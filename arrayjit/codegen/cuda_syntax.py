@@ -32,6 +32,7 @@ class CudaSyntax(CSyntax):
     names (values already loaded)."""
 
     function_qualifier = "__device__ __forceinline__"
+    openmp = False
 
     def begin(self, tnodes: list[TNode], placeholders: bool = False) -> None:
         super().begin(tnodes, placeholders)

@@ -6,6 +6,7 @@ appear in `t.params`. docs/nn.md describes every block, its specs, parameters an
 
 from ocannl_py.nn.activations import gelu, silu
 from ocannl_py.nn.attention import attention, multi_head_attention
+from ocannl_py.nn.batch_norm import batch_norm, state
 from ocannl_py.nn.dropout import dropout
 from ocannl_py.nn.kv_cache import KVCache
 from ocannl_py.nn.linear import linear, mlp
@@ -14,7 +15,7 @@ from ocannl_py.nn.softmax import cross_entropy, log_softmax, softmax
 from ocannl_py.nn.transformer import transformer_block
 
 __all__ = [
-    "KVCache", "attention", "cross_entropy", "dropout", "gelu", "layer_norm", "linear",
-    "log_softmax", "mlp", "multi_head_attention", "rms_norm", "silu", "softmax",
+    "KVCache", "attention", "batch_norm", "cross_entropy", "dropout", "gelu", "layer_norm", "linear",
+    "log_softmax", "mlp", "multi_head_attention", "rms_norm", "silu", "softmax", "state",
     "transformer_block",
 ]  # fmt: skip
