@@ -454,11 +454,32 @@ class Library:
             raise CompileError(f"cannot load {path}: {exc}", str(path.with_suffix(".c"))) from None
         finally:
             private.unlink()
+        _pin_thread_runtimes()
         openmp_fork.register(self.cdll)
-        self._finalizer = weakref.finalize(self, _ctypes.dlclose, self.cdll._handle)
+        self._finalizer = weakref.finalize(self, _unload, self.cdll)
 
     def address(self, symbol: str) -> int | None:
         return _dlsym(self.cdll._handle, symbol.encode())
+
+
+#: OpenMP runtimes stay loaded for good once a library brought them in: unloading the last
+#: library that uses one would unmap the code its idle worker threads are waiting in.
+_THREAD_RUNTIMES = ("libgomp.so.1", "libomp.so", "libomp.so.5", "libiomp5.so")
+_pinned: dict[str, ctypes.CDLL] = {}
+
+
+def _pin_thread_runtimes() -> None:
+    for name in _THREAD_RUNTIMES:
+        if name not in _pinned:
+            try:  # a handle only if it is loaded already: one more reference, never released
+                _pinned[name] = ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
+            except OSError:
+                pass
+
+
+def _unload(cdll: ctypes.CDLL) -> None:
+    openmp_fork.unregister(cdll)
+    _ctypes.dlclose(cdll._handle)
 
 
 _load_serial = itertools.count()
