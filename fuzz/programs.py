@@ -364,10 +364,7 @@ class Generator:
         operands = [self.operand()]
         if combine is not None:
             operands.append(self.operand())
-        is_open = [o.op not in LEAVES for o in operands]
-        made = random_einsum(
-            rng, [o.type for o in operands], reduce, combine, is_open, self.include_known
-        )
+        made = random_einsum(rng, [o.type for o in operands], reduce, combine)
         if made is None:
             raise Rejected("spec")
         spec, form, result = made

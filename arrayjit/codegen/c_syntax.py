@@ -114,6 +114,7 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
             f"{q} ocannl_relu_{t}({t} x) {{ return x > 0 ? x : ({t})0; }}",
             f"{q} ocannl_sat01_{t}({t} x) {{ return x < 0 ? ({t})0 : (x > 1 ? ({t})1 : x); }}",
             f"{q} ocannl_relu_gate_{t}({t} a, {t} b) {{ return a > 0 ? b : ({t})0; }}",
+            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
             # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
             f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
             f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",
