@@ -95,6 +95,20 @@ def per_run(run, synchronize, runs: int) -> float:
     return (time.perf_counter() - begin) / runs
 
 
+def replay_overhead(runtime: Runtime, layers: int = 48, runs: int = 300) -> None:
+    """Per-run time of `layers` tiny stages (4 x 4 weights) kept resident by the plan against
+    the same code as one routine: what replaying the table costs per stage."""
+    stages, x, weights, y = stack(layers, 4, 1)
+    whole = runtime.compile(sum(stages[1:], stages[0]), "whole_tiny")
+    streamed = runtime.compile_streamed(stages, "1MiB")
+    one = per_run(whole.run, runtime.synchronize, runs)
+    replayed = per_run(streamed.run, streamed.synchronize, runs)
+    print(
+        f"{layers} tiny stages: {replayed * 1e6:.0f} us per run streamed (all resident), "
+        f"{one * 1e6:.0f} us as one routine: {(replayed - one) / layers * 1e6:.1f} us per stage"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="cuda", choices=["cuda", "c"])
@@ -106,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     gpu = args.backend == "cuda"
     runtime = Runtime(args.backend)
+    replay_overhead(runtime)
     budget = parse_bytes(args.budget)
     stages, x, weights, y = stack(args.layers, args.n, args.batch)
     weight_bytes = sum(w.size * 4 for w in weights)
