@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 
 from arrayjit import cache
 from arrayjit.assignments import Constant, Fetch
-from arrayjit.backends import cc
+from arrayjit.backends import loading
 from arrayjit.errors import CacheError
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
@@ -162,8 +163,28 @@ def test_garbage_in_every_cache_file_means_a_rebuild(private_cache, garbage):
     assert any(p.suffix == ".sha256" for p in files) and any(p.suffix == ".routine" for p in files)
     for p in files:
         p.write_bytes(garbage)
-    cc._loaded.clear()  # as a new process would
-    cc._recent.clear()
+    # A new process, which remembers nothing of what this one read.
+    script = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + textwrap.dedent(
+        """
+        import numpy as np
+        from arrayjit.assignments import Constant, Fetch
+        from arrayjit.runtime.runtime import Runtime
+        from arrayjit.tnode import TNode
+
+        x = TNode("x", (5,))
+        Runtime("c").compile(Fetch(x, Constant(1.5)), "fill").run()
+        assert np.array_equal(x.host(), np.full(5, 1.5, np.float32))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ, ARRAYJIT_CACHE_DIR=str(private_cache)),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loading._loaded.clear()  # and this one, as a new process would
+    loading._recent.clear()
     compile_and_check(1.5)
     compile_and_check(2.5)
 
@@ -180,8 +201,8 @@ def test_a_library_swapped_after_its_check_is_not_loaded(private_cache, monkeypa
     evil = tmp_path / "evil.so"
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(evil), str(evil_source)], check=True)
     compile_and_check(3.5)  # the library is in the cache now
-    cc._loaded.clear()
-    cc._recent.clear()
+    loading._loaded.clear()
+    loading._recent.clear()
     checked = cache.read_verified
 
     def check_then_swap(path: Path) -> bytes | None:

@@ -10,7 +10,7 @@ import gc
 import numpy as np
 
 from arrayjit.assignments import Constant, Fetch
-from arrayjit.backends import cc
+from arrayjit.backends import loading
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
@@ -53,8 +53,8 @@ def test_thousands_of_routines_keep_few_libraries_mapped():
             most = max(most, len(mapped_libraries(ours)))
     # The recently used ones, the routine in hand, and a few dropped routines that wait for the
     # garbage collector (an executable and its compiled code refer to each other).
-    assert most <= cc._recent.maxlen + 8, most
-    cc._recent.clear()
+    assert most <= loading._recent.maxlen + 8, most
+    loading._recent.clear()
     gc.collect()
     assert mapped_libraries(ours) == []
 
@@ -63,7 +63,7 @@ def test_a_library_stays_loaded_while_a_routine_holds_it():
     runtime = Runtime("c")
     kept, x = fill(runtime, 100)
     others = set().union(*(libraries_of(fill(runtime, 200 + k)[0]) for k in range(DISTINCT)))
-    cc._recent.clear()
+    loading._recent.clear()
     gc.collect()
     kept.run()
     np.testing.assert_array_equal(x.host(), np.full(7, 100.5, np.float32))
