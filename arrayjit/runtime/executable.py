@@ -9,7 +9,7 @@ from arrayjit import assignments as asg
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Compiled
 from arrayjit.lowering import compile_to_ir
-from arrayjit.runtime import residency
+from arrayjit.runtime import index_checks, residency
 from arrayjit.tnode import TNode
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ class Executable:
         self._unmarked = list(compiled.written)
         self._positions = {t: k for k, t in enumerate(compiled.tnodes)}
         self._lock = threading.Lock()
+        # Where the routine records indices read from data that fall outside their axis.
+        self.checks = index_checks.checks_in(code)
 
     @property
     def ir(self) -> ir.Stmt:
@@ -61,6 +63,8 @@ class Executable:
             self.compiled.bind(position, address)
 
     def run(self) -> None:
+        """Run the routine; an index read from data outside its axis raises `IndexOutOfRange`
+        after the run (on a GPU, reading the check waits for the routine)."""
         # ctypes releases the GIL while the code runs: without the lock, two threads would
         # share the scratch buffers (wrong values, no error).
         with self._lock:
@@ -69,6 +73,8 @@ class Executable:
                 for t in self._unmarked:
                     residency.of(t).computed = True
                 self._unmarked = []
+            if self.checks:
+                index_checks.raise_errors(self.checks)
 
     def __repr__(self) -> str:
         return f"Executable({self.name!r}, {len(self.compiled.tnodes)} buffers, source={self.source_path})"
