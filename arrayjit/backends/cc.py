@@ -144,13 +144,20 @@ def _extra_flags() -> tuple[str, ...]:
     )
 
 
+#: `_Float16` exists, and a vectorized loop storing comparisons of 16-bit values builds: GCC 12
+#: with AVX512-FP16 (-march=native on a Sapphire Rapids host) emits a zero-masked `vmovsh`
+#: store there, which the assembler rejects; such a compiler stores float16 as bits.
 _FLOAT16_PROBE = (
     "float ocannl_probe(_Float16 h, float x) { return (float)h + (float)(_Float16)x; }\n"
+    "void ocannl_probe_lt(_Float16 *restrict y, const _Float16 *restrict a,\n"
+    "                     const _Float16 *restrict b) {\n"
+    "  for (int i = 0; i < 388; ++i) y[i] = (_Float16)(float)((float)a[i] < (float)b[i]);\n"
+    "}\n"
 )
 
 
 def has_float16() -> bool:
-    """Whether the C compiler (with the flags) has `_Float16`."""
+    """Whether the C compiler (with the flags) has `_Float16` and builds loops over it."""
     return _has_float16(compiler(), build_identity())
 
 

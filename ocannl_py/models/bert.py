@@ -12,7 +12,6 @@ import numpy as np
 
 from ocannl_py import nn
 from ocannl_py import operation as ops
-from ocannl_py.models.lookup import lookup
 from ocannl_py.models.weights import Entry, TensorSource, expand, map_weights, our_rows
 from ocannl_py.persistence import CheckpointError
 from ocannl_py.tensor import Tensor
@@ -164,7 +163,7 @@ def _table(label: str, rows: int, config: BertConfig, params: nn.init.Params) ->
 def token_embedding(ids: Tensor, config: BertConfig, params: nn.init.Params = None) -> Tensor:
     """`embed.word.w` at the token ids (`..b.., seq |`): `..b.., seq | hidden`."""
     table = _table("embed.word.w", config.vocab_size, config, params)
-    return lookup(table, ids, config.vocab_size)
+    return ops.embed(table, ids)
 
 
 def position_embedding(
@@ -172,13 +171,13 @@ def position_embedding(
 ) -> Tensor:
     """`embed.pos.w` at the positions (`..b.., seq |`)."""
     table = _table("embed.pos.w", config.max_positions, config, params)
-    return lookup(table, positions, config.max_positions)
+    return ops.embed(table, positions)
 
 
 def type_embedding(type_ids: Tensor, config: BertConfig, params: nn.init.Params = None) -> Tensor:
     """`embed.type.w` at the token type (segment) ids (`..b.., seq |`)."""
     table = _table("embed.type.w", config.type_vocab_size, config, params)
-    return lookup(table, type_ids, config.type_vocab_size)
+    return ops.embed(table, type_ids)
 
 
 def encoder(

@@ -13,11 +13,10 @@ import numpy as np
 
 from arrayjit.tnode import MemoryMode
 from ocannl_py import nn
-from ocannl_py import operation as ops
 from ocannl_py.context import Context, Routine, StreamedRoutine, forward_stages
 from ocannl_py.models import gpt2
-from ocannl_py.models.lookup import set_ids
 from ocannl_py.models.progress import stage
+from ocannl_py.models.token_ids import ids_term, set_ids
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,8 @@ class Decoder:
         self.max_len = max_len
         self.progress = progress
         self.cache = nn.KVCache(max_len)
-        self.token = ops.term("token", batch_dims=[1, 1], input_dims=[], output_dims=[])
-        self.position = ops.term("position", batch_dims=[1, 1], input_dims=[], output_dims=[])
+        self.token = ids_term("token", [1, 1])
+        self.position = ids_term("position", [1, 1])
         self.params = {} if params is None else params
         states = gpt2.hidden_states(
             self.token, self.position, config, cache=self.cache, params=self.params

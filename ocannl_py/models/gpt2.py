@@ -14,7 +14,6 @@ import numpy as np
 
 from ocannl_py import nn
 from ocannl_py import operation as ops
-from ocannl_py.models.lookup import lookup
 from ocannl_py.models.weights import Entry, TensorSource, map_weights, our_rows
 from ocannl_py.persistence import CheckpointError
 from ocannl_py.tensor import Tensor
@@ -230,16 +229,14 @@ def _table(label: str, rows: int, config: GPT2Config, params: nn.init.Params) ->
 
 def token_embedding(ids: Tensor, config: GPT2Config, params: nn.init.Params = None) -> Tensor:
     """`embed.word.w` at the token ids (`..b.., seq |`): `..b.., seq | embd`."""
-    return lookup(_table("embed.word.w", config.vocab_size, config, params), ids,
-                  config.vocab_size)  # fmt: skip
+    return ops.embed(_table("embed.word.w", config.vocab_size, config, params), ids)
 
 
 def position_embedding(
     positions: Tensor, config: GPT2Config, params: nn.init.Params = None
 ) -> Tensor:
     """`embed.pos.w` at the positions (`..b.., seq |`, data: a decoding step's position too)."""
-    return lookup(_table("embed.pos.w", config.n_positions, config, params), positions,
-                  config.n_positions)  # fmt: skip
+    return ops.embed(_table("embed.pos.w", config.n_positions, config, params), positions)
 
 
 def hidden_states(

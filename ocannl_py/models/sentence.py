@@ -11,8 +11,8 @@ import numpy as np
 from ocannl_py import operation as ops
 from ocannl_py.context import Context, Routine
 from ocannl_py.models import bert
-from ocannl_py.models.lookup import set_ids
 from ocannl_py.models.progress import stage
+from ocannl_py.models.token_ids import ids_term, set_ids
 from ocannl_py.tensor import Tensor
 
 #: Texts per batch (sentence-transformers' default) and the multiple that a batch's token count
@@ -72,8 +72,9 @@ class SentenceEncoder:
                 return ops.term(label, batch_dims=batch_dims, input_dims=[],
                                 output_dims=output_dims)  # fmt: skip
 
-            terms = {name: term(name, [batch, length], []) for name in
-                     ("ids", "type_ids", "positions", "token_mask")}  # fmt: skip
+            terms = {name: ids_term(name, [batch, length]) for name in
+                     ("ids", "type_ids", "positions")}  # fmt: skip
+            terms["token_mask"] = term("token_mask", [batch, length], [])
             terms["mask"] = term("mask", [batch, 1, 1], [length])
             hidden = bert.encoder(terms["ids"], terms["type_ids"], terms["positions"],
                                   terms["mask"], self.config, params=self.params)  # fmt: skip

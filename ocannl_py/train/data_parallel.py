@@ -255,6 +255,10 @@ class _FitSteps:
 
 
 def _replica_count(backend: str | None, replicas: int | None) -> tuple[str, int]:
+    if replicas is not None and (
+        isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1
+    ):
+        raise ValueError(f"data_parallel: replicas must be a positive int, got {replicas!r}")
     if backend is None:
         backend = "cuda" if cuda_usable() else "c"
     if backend == "c":
@@ -265,6 +269,8 @@ def _replica_count(backend: str | None, replicas: int | None) -> tuple[str, int]
             return backend, 1
         return backend, replicas
     available = collectives.gpu_count()
+    if available == 0:
+        return backend, replicas or 1  # Context("cuda") says why no GPU can be used
     if replicas is None:
         replicas = available
     if replicas > available:
@@ -296,8 +302,6 @@ def data_parallel(
     `backend="c"` runs the replicas one after the other, averaging on the host.
     `bucket_bytes`: gradient bytes per all-reduce (None: one all-reduce after the backward)."""
     backend, count = _replica_count(backend, replicas)
-    if not isinstance(count, int) or count < 1:
-        raise ValueError(f"data_parallel: replicas must be a positive int, got {replicas!r}")
     if not isinstance(batch_size, int) or batch_size < 1 or batch_size % count:
         raise ValueError(
             f"data_parallel: batch_size must be a positive multiple of the {count} replicas, got "

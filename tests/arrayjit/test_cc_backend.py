@@ -155,3 +155,51 @@ def test_compile_latency(monkeypatch, tmp_path, capsys):
         print(
             f"\ncompile latency: {1e3 * scratch:.1f} ms from scratch, {1e3 * cached:.2f} ms cached"
         )
+
+
+def test_float16_is_stored_as_bits_where_the_compiler_cannot_build_loops_over_it(
+    tmp_path, monkeypatch
+):
+    """GCC 12 targeting AVX512-FP16 emits a store the assembler rejects for a vectorized loop of
+    16-bit comparisons (seen on the H100 host); the probe builds that loop, so such a compiler
+    gets bits storage instead of failing every float16 routine."""
+    import subprocess
+
+    pattern = cc._FLOAT16_PROBE
+    source = tmp_path / "pattern.c"
+    source.write_text(pattern)
+    flags = [
+        "-O3",
+        "-march=sapphirerapids",
+        "-fPIC",
+        "-c",
+        str(source),
+        "-o",
+        str(tmp_path / "p.o"),
+    ]
+    try:
+        built = subprocess.run([cc.compiler(), *flags], capture_output=True).returncode == 0
+    except OSError:
+        pytest.skip("no C compiler")
+    if built:
+        pytest.skip("this compiler builds 16-bit loops for AVX512-FP16 (no bug to guard against)")
+    monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARRAYJIT_CFLAGS", "-march=sapphirerapids")
+    assert not cc.has_float16()
+    monkeypatch.delenv("ARRAYJIT_CFLAGS")
+    assert cc.has_float16() == (
+        subprocess.run(
+            [
+                cc.compiler(),
+                "-O3",
+                "-march=native",
+                "-fPIC",
+                "-c",
+                str(source),
+                "-o",
+                str(tmp_path / "q.o"),
+            ],
+            capture_output=True,
+        ).returncode
+        == 0
+    )

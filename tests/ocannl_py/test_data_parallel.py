@@ -164,6 +164,9 @@ def test_fit_takes_the_data_parallel_step():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="multiple of the 2 replicas, got 5"):
         train.data_parallel(mlp, momentum, batch_size=5, replicas=2, backend="c")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"replicas must be a positive int, got {bad!r}"):
+            train.data_parallel(mlp, momentum, batch_size=4, replicas=bad, backend="c")
     dp = train.data_parallel(mlp, momentum, batch_size=4, replicas=2, backend="c")
     with pytest.raises(ValueError, match="input 'x' has 3 examples"):
         dp.step(data(3))
@@ -222,14 +225,28 @@ def test_two_gpus_train_as_one_routine_on_the_whole_batch(bucket_bytes):
 
 
 def small_gpt2(size: int):
-    """GPT-2's stack in small (nn.transformer_block, final norm, head, cross-entropy) on
-    embedded inputs of 5 tokens, the model of bench/data_parallel.py."""
+    """A small GPT-2 (models.gpt2.logits: embeddings, one block, ln_f, the tied head) and the
+    cross-entropy of the next tokens, over sequences of 5 tokens: bench/data_parallel.py's model."""
     from ocannl_py import nn
+    from ocannl_py.models import gpt2
 
-    x = oc.term("x", batch_dims=[size, 5], input_dims=[], output_dims=[16])
-    targets = oc.term("targets", batch_dims=[size, 5], input_dims=[], output_dims=[11])
-    h = nn.layer_norm(nn.transformer_block(x, 2, "layer0", True), "ln_f")
-    return nn.cross_entropy(nn.linear(h, [11], "head"), targets), {"x": x, "targets": targets}
+    config = gpt2.GPT2Config(vocab_size=11, n_positions=5, n_embd=16, n_layer=1, n_head=2,
+                             n_inner=64)  # fmt: skip
+    rows = {"batch_dims": [size, 5], "input_dims": []}
+    ids = oc.term("ids", output_dims=[], **rows)
+    positions = oc.term("positions", output_dims=[], **rows)
+    targets = oc.term("targets", output_dims=[11], **rows)
+    loss = nn.cross_entropy(gpt2.logits(ids, positions, config), targets)
+    return loss, {"ids": ids, "positions": positions, "targets": targets}
+
+
+def token_batch(rng, batch: int) -> dict[str, np.ndarray]:
+    tokens = rng.integers(0, 11, (batch, 6))
+    return {
+        "ids": tokens[:, :-1].astype(np.float32),
+        "positions": np.broadcast_to(np.arange(5, dtype=np.float32), (batch, 5)),
+        "targets": np.eye(11, dtype=np.float32)[tokens[:, 1:]],
+    }
 
 
 def test_small_gpt2_replicas_train_as_one_routine():
@@ -243,12 +260,45 @@ def test_small_gpt2_replicas_train_as_one_routine():
     for p, p0 in zip(loss.param_list(), dp.params, strict=True):
         p.set_value(p0.value)
     for _ in range(steps):
-        x = rng.normal(size=(batch, 5, 16)).astype(np.float32)
-        targets = np.eye(11, dtype=np.float32)[rng.integers(0, 11, (batch, 5))]
-        got = dp.step({"x": x, "targets": targets})
-        inputs["x"].set_value(x)
-        inputs["targets"].set_value(targets)
+        arrays = token_batch(rng, batch)
+        got = dp.step(arrays)
+        for name, array in arrays.items():
+            inputs[name].set_value(array)
         step.run()
         np.testing.assert_allclose(got, loss.item(), rtol=2e-5)
     for p_ref, p in zip(loss.param_list(), dp.params, strict=True):
         np.testing.assert_allclose(p.value, p_ref.value, rtol=1e-4, atol=2e-6, err_msg=p.label)
+
+
+def test_each_bucket_reduced_once_its_routines_ran_and_before_the_next():
+    """The order of work in a step: bucket n's routine on every replica, then its all-reduce
+    (over exactly bucket n's gradients), then bucket n + 1; the updates after the last."""
+    dp = train.data_parallel(mlp, momentum, batch_size=4, replicas=2, backend="c", bucket_bytes=1)
+    events: list[tuple] = []
+
+    class Recording(collectives.HostMean):
+        def all_reduce(self, buffers, streams=None):
+            events.append(("reduce", tuple(tuple(t.label for t in b) for b in buffers)))
+            return super().all_reduce(buffers, streams)
+
+    dp.collective = Recording(2)
+
+    def logged(routine, event: tuple) -> None:
+        run = routine.run
+        routine.run = lambda: (events.append(event), run())
+
+    for r, replica in enumerate(dp.replicas):
+        for n, routine in enumerate(replica.backward):
+            logged(routine, ("backward", n, r))
+        logged(replica.update, ("update", r))
+    dp.step(data(4))
+    buckets = dp.replicas[0].buckets
+    assert len(buckets) == 5  # one parameter a bucket
+    expected: list[tuple] = []
+    for n, bucket in enumerate(buckets):
+        labels = tuple(t.label for t in bucket)
+        assert labels == tuple(t.label for t in dp.replicas[1].buckets[n])
+        expected += [("backward", n, 0), ("backward", n, 1), ("reduce", (labels, labels))]
+    expected += [("update", 0), ("update", 1)]
+    assert events == expected
+    assert buckets[0][0].label == "w3.grad"  # the last layer's gradient is complete first

@@ -12,8 +12,8 @@ import pytest
 import ocannl_py as oc
 from ocannl_py import Context, models
 from ocannl_py.models import bert, hf
-from ocannl_py.models.lookup import set_ids
 from ocannl_py.models.sentence import SentenceEncoder
+from ocannl_py.models.token_ids import ids_term, set_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch", reason="PyTorch is the reference (test extra)")
@@ -80,7 +80,7 @@ def test_encoder_equals_bert_model_with_token_types_and_padding(gelu, tmp_path):
     def term(label, batch_dims, output_dims=()):
         return oc.term(label, batch_dims=batch_dims, input_dims=[], output_dims=list(output_dims))
 
-    ids, types, positions = (term(n, [batch, length]) for n in ("ids", "types", "positions"))
+    ids, types, positions = (ids_term(n, [batch, length]) for n in ("ids", "types", "positions"))
     set_ids(ids, ids_np, 40, "ids")
     set_ids(types, types_np, 2, "types")
     set_ids(positions, np.broadcast_to(np.arange(length), (batch, length)), 16, "positions")

@@ -13,7 +13,7 @@ import ocannl_py as oc
 from ocannl_py import Context, models
 from ocannl_py.models import gpt2
 from ocannl_py.models.generate import Decoder
-from ocannl_py.models.lookup import set_ids
+from ocannl_py.models.token_ids import ids_term, set_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch", reason="PyTorch is the reference (test extra)")
@@ -33,9 +33,7 @@ def small(tmp_path_factory):
 
 
 def sequence_terms(batch: int, length: int) -> tuple[oc.Tensor, oc.Tensor]:
-    ids = oc.term("ids", batch_dims=[batch, length], input_dims=[], output_dims=[])
-    positions = oc.term("positions", batch_dims=[batch, length], input_dims=[], output_dims=[])
-    return ids, positions
+    return ids_term("ids", [batch, length]), ids_term("positions", [batch, length])
 
 
 def test_logits_equal_transformers(backend, small):
@@ -91,7 +89,8 @@ def test_streamed_generation_within_a_budget(small):
     result = streamed.generate(PROMPT, 10)
     assert result.ids == expected.ids
     stats = streamed.step.stats
-    assert stats.streamed_stages == 4 and stats.bytes_copied > 0
+    assert stats.streamed_stages + stats.resident_stages == 4
+    assert stats.streamed_stages >= 1 and stats.bytes_copied > 0  # weights did stream
     assert result.peak_device_bytes == stats.peak_device_bytes <= 80 * 1024
     whole.cache.reset()
     streamed.cache.reset()
@@ -124,7 +123,7 @@ def test_decoder_errors(small):
 
 
 def test_set_ids_rejects_fractions_and_negatives():
-    term = oc.term("ids", batch_dims=[1, 2], input_dims=[], output_dims=[])
+    term = ids_term("ids", [1, 2])
     with pytest.raises(ValueError, match=r"ids: id -1 at \(0, 1\)"):
         set_ids(term, np.array([[0, -1]]), 5, "ids")
     with pytest.raises(ValueError, match=r"id 1.5 at \(0, 0\)"):
