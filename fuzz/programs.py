@@ -256,6 +256,8 @@ class Generator:
     def with_number(self) -> None:
         """A pointwise operation with a Python number (a constant that broadcasts)."""
         a = self.operand()
+        if not a.type.output and not self.include_known:
+            raise Rejected("known issue: a number's output axis on a tensor without any")
         rng = self.rng
         fns = ["add", "sub", "mul"] + ([] if self.mode == "ties" else ["div", "pow", "max"])
         fn = rng.choice(fns)
@@ -364,10 +366,7 @@ class Generator:
         operands = [self.operand()]
         if combine is not None:
             operands.append(self.operand())
-        is_open = [o.op not in LEAVES for o in operands]
-        made = random_einsum(
-            rng, [o.type for o in operands], reduce, combine, is_open, self.include_known
-        )
+        made = random_einsum(rng, [o.type for o in operands], reduce, combine)
         if made is None:
             raise Rejected("spec")
         spec, form, result = made

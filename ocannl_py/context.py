@@ -3,7 +3,9 @@ with it."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,19 @@ if TYPE_CHECKING:
     from arrayjit.runtime.streamed import StreamedExecutable, StreamStats
 
 log = logging.getLogger("ocannl_py")
+
+#: Compiling closes shapes and lowers code of a tensor graph that all contexts share: one thread
+#: at a time (running compiled routines is not held up by it).
+_compiling = threading.RLock()
+
+
+def _one_at_a_time(method):
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        with _compiling:
+            return method(*args, **kwargs)
+
+    return locked
 
 
 class Routine:
@@ -117,6 +132,7 @@ class Context:
         """Wait until the work submitted so far is done."""
         self.runtime.synchronize()
 
+    @_one_at_a_time
     def compile(
         self, code: Code | asg.Assignments, name: str | None = None
     ) -> Routine | Executable:
@@ -140,6 +156,7 @@ class Context:
         ]  # fmt: skip
         return Routine(self.runtime.compile(lowered, name), inputs)
 
+    @_one_at_a_time
     def compile_streamed(
         self,
         stages: Sequence[Code],
@@ -193,6 +210,7 @@ class Context:
             self._c_runtime = Runtime("c")
         return self._c_runtime
 
+    @_one_at_a_time
     def initialize(self, tensors: Iterable[Tensor]) -> None:
         """Initialise parameters and optimizer state that are not yet: done once, before the
         first routine that uses them is built."""
@@ -215,9 +233,10 @@ class Context:
 
     def forward(self, t: Tensor) -> None:
         """Compile (once) and run the forward code of `t`."""
-        routine = self._forward_routines.get(t.id)
-        if routine is None:
-            routine = self.compile(t.forward, f"forward_{t.label}")
-            self._forward_routines[t.id] = routine
-        self.initialize(t.subgraph())  # a bare parameter has no forward code
+        with _compiling:
+            routine = self._forward_routines.get(t.id)
+            if routine is None:
+                routine = self.compile(t.forward, f"forward_{t.label}")
+                self._forward_routines[t.id] = routine
+            self.initialize(t.subgraph())  # a bare parameter has no forward code
         routine.run()

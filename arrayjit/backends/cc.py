@@ -13,6 +13,11 @@ results must match numpy's, NaN and infinity included. The code is scheduled for
 (threads, thresholds), which is part of the backend's identity. float16 buffers are `_Float16`
 when the compiler has that type (checked once per compiler and flags, remembered in the
 cache), else their bits in a `uint16_t`; bfloat16 buffers are always bits.
+`ARRAYJIT_SANITIZE=address,undefined` adds those sanitizers (a process must then run under the
+matching runtime: docs/reliability.md).
+
+Libraries are loaded from the bytes the cache verified and unloaded when no routine uses them
+(`arrayjit.backends.loading`).
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ import numpy as np
 
 from arrayjit import cache, ops
 from arrayjit import loop_ir as ir
-from arrayjit.backends import cc_features, openmp_fork, units
+from arrayjit.backends import cc_features, units
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.chunks import Chunk, split
+from arrayjit.backends.loading import Library, Vanished, load, try_load
 from arrayjit.codegen import c_matmul
 from arrayjit.codegen.c_syntax import VECTOR_MATH, CSyntax, buffer_name, fill_names
 from arrayjit.codegen.inert_text import comment_text, identifier
@@ -64,8 +70,33 @@ def compiler() -> str:
     return os.environ.get("ARRAYJIT_CC", "cc")
 
 
+#: Tries at compiling a routine whose libraries keep leaving the cache.
+ATTEMPTS = 5
+
+SANITIZERS = ("address", "undefined")
+
+
+def sanitizer_flags(setting: str) -> tuple[str, ...]:
+    """The compiler flags for `ARRAYJIT_SANITIZE` (e.g. "address,undefined"); any report aborts."""
+    names = [n.strip() for n in setting.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SANITIZERS]
+    if unknown:
+        raise ValueError(
+            f"ARRAYJIT_SANITIZE={setting!r}: unknown sanitizer {unknown[0]!r}; expected a comma-"
+            f"separated list of {', '.join(SANITIZERS)}"
+        )
+    if not names:
+        return ()
+    return (
+        f"-fsanitize={','.join(names)}",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+        "-g",
+    )
+
+
 def flags() -> tuple[str, ...]:
-    return (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
+    return (*FLAGS, *_extra_flags())
 
 
 @functools.cache
@@ -81,17 +112,16 @@ def compiler_version(command: str) -> str:
             command, os.path.realpath(binary), str(stat.st_size), str(stat.st_mtime_ns)
         )
         record = cache.cache_dir() / f"compiler-{fingerprint}.txt"
-        if cache.lookup(record):
-            return record.read_text()
+        known = cache.read_verified(record)
+        if known is not None:
+            return known.decode(errors="replace")
     try:
         out = subprocess.run([*argv, "--version"], capture_output=True, text=True, check=True)
     except (OSError, IndexError, subprocess.CalledProcessError) as exc:
         raise CompileError(f"the C compiler {command!r} cannot be run: {exc}") from None
     version = out.stdout.strip()
     if record is not None:
-        tmp = cache.temp_path(record)
-        tmp.write_text(version)
-        cache.commit(tmp, record)
+        cache.store(record, version.encode())
     return version
 
 
@@ -103,7 +133,15 @@ def features() -> cc_features.Features:
 
 def build_identity() -> str:
     """Everything besides the source that determines a compiled library."""
-    return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""), features())
+    return _build_identity(compiler(), _extra_flags(), features())
+
+
+def _extra_flags() -> tuple[str, ...]:
+    """The flags the environment adds: sanitizers, then ARRAYJIT_CFLAGS."""
+    return (
+        *sanitizer_flags(os.environ.get("ARRAYJIT_SANITIZE", "")),
+        *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")),
+    )
 
 
 #: `_Float16` exists, and a vectorized loop storing comparisons of 16-bit values builds: GCC 12
@@ -145,9 +183,9 @@ def _has_float16(command: str, identity: str) -> bool:
 
 
 @functools.cache
-def _build_identity(command: str, extra_flags: str, found: cc_features.Features) -> str:
+def _build_identity(command: str, extra: tuple[str, ...], found: cc_features.Features) -> str:
     # Every unit defines the runner: a unit made for another runner must not be used.
-    all_flags = " ".join((*FLAGS, *found.flags, *shlex.split(extra_flags), *found.libraries))
+    all_flags = " ".join((*FLAGS, *found.flags, *extra, *found.libraries))
     return "\n".join((command, all_flags, compiler_version(command), RUNNER))
 
 
@@ -247,12 +285,15 @@ class CCompiled(Compiled):
             "written": written,
         }
         self.runner = None
+        # Holding the loaded libraries keeps them mapped while this routine can run.
+        self.loaded = {path: load(path) for path in self.libraries}
         if libraries:
-            self.runner = load(libraries[0]).ocannl_run_chunks
+            self.runner = self.loaded[libraries[0]].cdll.ocannl_run_chunks
             self.runner.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
             self.runner.restype = None
         functions = [
-            address(library, symbol) for library, symbol in zip(libraries, symbols, strict=True)
+            self.loaded[library].address(symbol)
+            for library, symbol in zip(libraries, symbols, strict=True)
         ]
         scratch = {t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)}
         if bound:
@@ -366,18 +407,29 @@ class CBackend(Backend):
         return f"{self.identity()}\nfloat16: {storage}"
 
     def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> CCompiled:
+        # A library removed from the cache between being built or found and being loaded (the
+        # cache being cleared) is built again.
+        for _ in range(ATTEMPTS - 1):
+            try:
+                return self._compile(stmt, name, bound)
+            except Vanished as gone:
+                log.info("%s left the cache while compiling %s: building again", gone, name)
+        return self._compile(stmt, name, bound)
+
+    def _compile(self, stmt: ir.Stmt, name: str, bound: bool) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
         position = {t: k for k, t in enumerate(tnodes)}
         chunks = split(stmt)
         try:
-            functions, libraries = self._compile_chunks(chunks)
+            # `held` keeps the libraries found in the cache loaded until the routine holds them.
+            functions, libraries, held = self._compile_chunks(chunks)
         except CompileError:
             # Perhaps a feature assumed present is missing: probe once, retry if it changes.
             command = compiler()
             assumed = features()
             if cc_features.probe(command, compiler_version(command), flags()) == assumed:
                 raise
-            functions, libraries = self._compile_chunks(chunks)
+            functions, libraries, held = self._compile_chunks(chunks)
         source_path = write_listing(self, name, tnodes, chunks, functions, libraries)
         written = sorted(position[t] for t in ir.written_tnodes(stmt))
         return CCompiled(
@@ -390,18 +442,27 @@ class CBackend(Backend):
             bound,
         )
 
-    def _compile_chunks(self, chunks: list[Chunk]) -> tuple[list[ChunkFunction], dict[str, Path]]:
-        """The chunks' functions, and the library that defines each (by key)."""
+    def _compile_chunks(
+        self, chunks: list[Chunk]
+    ) -> tuple[list[ChunkFunction], dict[str, Path], list[Library]]:
+        """The chunks' functions, the library that defines each (by key), and the libraries
+        found in the cache (loaded while checked: hold them until the routine does)."""
         identity = build_identity()
         found = features()
         functions = [self.chunk_function(c, identity) for c in chunks]
+        held: list[Library] = []
+
+        def defines(library: Path, symbol: str) -> bool:
+            loaded = try_load(library)
+            if loaded is None:
+                return False
+            held.append(loaded)
+            return loaded.address(symbol) is not None
+
         libraries = units.compiled(
-            functions,
-            "fn",
-            lambda group: build_unit(group, identity, found),
-            lambda library, symbol: address(library, symbol) is not None,
+            functions, "fn", lambda group: build_unit(group, identity, found), defines
         )
-        return functions, libraries
+        return functions, libraries, held
 
     def load(
         self, plan: dict[str, Any], tnodes: list[TNode], bound: bool = False
@@ -411,38 +472,21 @@ class CBackend(Backend):
         paths = {name: folder / name for name in {name for name, _, _ in plan["chunks"]}}
         libraries = [paths[name] for name, _, _ in plan["chunks"]]
         symbols = [symbol for _, symbol, _ in plan["chunks"]]
-        if not source_path.exists() or not all(cache.verified(lib) for lib in paths.values()):
+        if not source_path.exists():
             return None
-        if not all(address(lib, s) for lib, s in zip(libraries, symbols, strict=True)):
+        held = {path: try_load(path) for path in paths.values()}
+        if any(
+            held[lib] is None or not held[lib].address(s)
+            for lib, s in zip(libraries, symbols, strict=True)
+        ):
             return None
         parameters = [params for _, _, params in plan["chunks"]]
-        return CCompiled(
-            libraries, symbols, parameters, tnodes, plan["written"], source_path, bound
-        )
-
-
-@functools.cache
-def load(library: Path) -> ctypes.CDLL:
-    """A shared object from the cache, loaded once per process."""
-    try:
-        loaded = ctypes.CDLL(str(library))
-    except OSError as exc:
-        raise CompileError(
-            f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
-        ) from None
-    openmp_fork.register(loaded)
-    return loaded
-
-
-_dlsym = ctypes.CDLL(None).dlsym
-_dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-_dlsym.restype = ctypes.c_void_p
-
-
-@functools.cache
-def address(library: Path, symbol: str) -> int | None:
-    """The address of `symbol` in a library from the cache; None if it has none."""
-    return _dlsym(load(library)._handle, symbol.encode())
+        try:
+            return CCompiled(
+                libraries, symbols, parameters, tnodes, plan["written"], source_path, bound
+            )
+        except Vanished:
+            return None
 
 
 def build_unit(
@@ -465,7 +509,7 @@ def build_shared_object(source: str, identity: str, found: cc_features.Features)
             *shlex.split(command),
             *FLAGS,
             *found.flags,
-            *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")),
+            *_extra_flags(),
             "-o",
             str(output),
             str(source_path),

@@ -52,16 +52,23 @@ class Features:
 _assumed: dict[tuple[str, str, tuple[str, ...]], Features] = {}
 
 
+def _read_record(record: Path) -> Features | None:
+    """A recorded probe's answer; None if missing, garbled or of another form (probe again)."""
+    data = cache.read_verified(record)
+    try:
+        return Features(**json.loads(data)) if data is not None else None
+    except (ValueError, TypeError):
+        return None
+
+
 def assumed(command: str, version: str, flags: tuple[str, ...]) -> Features:
     """The features a build of `command` (version `version`) with `flags` uses: a probe's
     answer if one was recorded, else everything that can be present here."""
     remembered = _assumed.get((command, version, flags))
     if remembered is not None:
         return remembered
-    record = _record_path(command, version, flags)
-    if cache.lookup(record):
-        found = Features(**json.loads(record.read_text()))
-    else:
+    found = _read_record(_record_path(command, version, flags))
+    if found is None:
         found = Features(openmp=True, openmp_simd=True, vector_math=_libmvec_complete())
     _assumed[(command, version, flags)] = found
     return found
@@ -85,10 +92,7 @@ def probe(command: str, version: str, flags: tuple[str, ...]) -> Features:
         )
     found = Features(openmp=openmp, openmp_simd=simd, vector_math=vector_math)
     log.info("C compiler %r offers %s", command, found)
-    record = _record_path(command, version, flags)
-    tmp = cache.temp_path(record)
-    tmp.write_text(json.dumps(asdict(found)))
-    cache.commit(tmp, record)
+    cache.store(_record_path(command, version, flags), json.dumps(asdict(found)).encode())
     _assumed[(command, version, flags)] = found
     return found
 

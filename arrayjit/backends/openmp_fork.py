@@ -23,6 +23,11 @@ def register(library: ctypes.CDLL) -> None:
         _clear(library)
 
 
+def unregister(library: ctypes.CDLL) -> None:
+    """Stop tracking a library about to be unloaded."""
+    _libraries.discard(library)
+
+
 def _clear(library: ctypes.CDLL) -> None:
     try:
         ctypes.c_int.in_dll(library, "ocannl_threads_ok").value = 0

@@ -68,7 +68,8 @@ def compiled(
     defines: Callable[[Path, str], bool],
 ) -> dict[str, Path]:
     """Function key -> the artifact that defines it. Functions are looked up in the cache's
-    index (records `<key>.<index>` naming the artifact, checked with `defines(path, symbol)`);
+    index (records `<key>.<index>` naming the artifact, verified and checked by `defines(path,
+    symbol)`);
     the missing ones are grouped by `units` and built by `build_unit(group)`, in parallel."""
     unique = {f.key: f for f in functions}
     found: dict[str, Path] = {}
@@ -76,7 +77,8 @@ def compiled(
     for key, function in unique.items():
         entry = cache.read_record(f"{key}.{index}")
         artifact = cache.cache_dir() / entry.strip() if entry else None
-        if artifact is not None and cache.verified(artifact) and defines(artifact, function.symbol):
+        # `defines` loads what it checks: an artifact gone or garbled since is rebuilt.
+        if artifact is not None and defines(artifact, function.symbol):
             found[key] = artifact
         else:
             missing.append(function)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 
 class Executable:
     """Compiled code bound to its buffers; `run()` executes it. `ir` is the optimized loop IR,
-    lowered again on first use when the routine came from the cache by its structure."""
+    lowered again on first use when the routine came from the cache by its structure. Runs (and
+    binds) from several threads take turns: the compiled code's scratch buffers are its own."""
 
     def __init__(
         self,
@@ -36,6 +38,7 @@ class Executable:
         # Marked computed by the first run (a buffer never becomes uncomputed).
         self._unmarked = list(compiled.written)
         self._positions = {t: k for k, t in enumerate(compiled.tnodes)}
+        self._lock = threading.Lock()
         # Where the routine records indices read from data that fall outside their axis.
         self.checks = index_checks.checks_in(code)
 
@@ -56,18 +59,22 @@ class Executable:
         position = self._positions.get(tnode)
         if position is None:
             raise KeyError(f"routine {self.name!r} has no buffer {tnode!r}")
-        self.compiled.bind(position, address)
+        with self._lock:
+            self.compiled.bind(position, address)
 
     def run(self) -> None:
         """Run the routine; an index read from data outside its axis raises `IndexOutOfRange`
         after the run (on a GPU, reading the check waits for the routine)."""
-        self.compiled.run()
-        if self._unmarked:
-            for t in self._unmarked:
-                residency.of(t).computed = True
-            self._unmarked = []
-        if self.checks:
-            index_checks.raise_errors(self.checks)
+        # ctypes releases the GIL while the code runs: without the lock, two threads would
+        # share the scratch buffers (wrong values, no error).
+        with self._lock:
+            self.compiled.run()
+            if self._unmarked:
+                for t in self._unmarked:
+                    residency.of(t).computed = True
+                self._unmarked = []
+            if self.checks:
+                index_checks.raise_errors(self.checks)
 
     def __repr__(self) -> str:
         return f"Executable({self.name!r}, {len(self.compiled.tnodes)} buffers, source={self.source_path})"

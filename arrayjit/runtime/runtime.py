@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -63,6 +64,8 @@ class Runtime:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a name ({', '.join(BACKENDS)}), got {backend!r}")
         self.backend = make_backend(backend, device)
+        # The backend's printer and records are shared state: one compile at a time.
+        self._compile_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -75,6 +78,10 @@ class Runtime:
         buffers; each is placed with `Executable.bind` before a run (a streaming plan's slots)."""
         if not isinstance(code, asg.Assignments):
             raise TypeError(f"Runtime.compile takes assignment code, got {type(code).__name__}")
+        with self._compile_lock:
+            return self._compile(code, name, bound)
+
+    def _compile(self, code: asg.Assignments, name: str, bound: bool) -> Executable:
         start = time.perf_counter()
         found = structure(code)
         backend = self.backend

@@ -13,6 +13,7 @@ after a run fetches it, and setting its host values sends them before the next r
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -91,6 +92,7 @@ class StreamedExecutable:
         keep: Collection[TNode] | None = None,
     ) -> None:
         self.executables = list(executables)
+        self._run_lock = threading.Lock()
         self.backend = self.executables[0].runtime.backend
         written = {t for e in self.executables for t in e.compiled.written}
         stages = [
@@ -167,6 +169,11 @@ class StreamedExecutable:
         )
 
     def run(self) -> None:
+        # Runs from several threads take turns: the slots and the replay table are shared.
+        with self._run_lock:
+            self._run()
+
+    def _run(self) -> None:
         streams = self.streams
         copied = self._refresh()
         start = streams.record_compute()

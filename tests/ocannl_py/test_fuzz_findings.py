@@ -170,3 +170,18 @@ def test_axes_before_a_row_variable_in_a_result():
     z = oc.einsum1("... | ...->..v0.. => ... | ", y)
     Context("c").forward(z)
     assert y.value.shape == (2,) and z.value.shape == ()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open shape-inference bug (fuzz.specs.KNOWN_ISSUES): a number's output axis of dim 1 "
+    "stays on the result of an operation with a tensor of no output axes",
+)
+def test_a_number_adds_no_axis_to_a_tensor_without_output_axes():
+    """Found by the fuzzer (seed 4242): `p + 3.0` should have p's shape, as in numpy; an einsum
+    giving it an empty output row failed ('output axes: 1 axes (1) vs 0 axes ()')."""
+    values = np.arange(6.0).reshape(2, 3)
+    p = oc.param("p", values, batch_dims=[2], input_dims=[3], output_dims=[])
+    y = oc.einsum1("b|i-> => b|i->", p + 3.0)
+    Context("c").forward(y)
+    np.testing.assert_array_equal(y.value, values + 3.0)

@@ -288,8 +288,15 @@ class CudaBackend(Backend):
 
         module = self.modules.get(cubin)
         if module is None:
+            # Loaded from the bytes whose digest was checked, never from the path again.
+            data = cache.read_verified(cubin)
+            if data is None:
+                raise CompileError(
+                    f"cannot load {cubin}: it vanished from the cache or does not match its digest",
+                    str(cubin.with_suffix(".cu")),
+                )
             try:
-                module = self.modules[cubin] = ObjectCode.from_cubin(cubin.read_bytes())
+                module = self.modules[cubin] = ObjectCode.from_cubin(data)
             except Exception as exc:
                 raise CompileError(
                     f"cannot load {cubin}: {exc}", str(cubin.with_suffix(".cu"))
@@ -369,7 +376,7 @@ class CudaBackend(Backend):
             for cubin, symbol, grid, block, shared, _ in plan["kernels"]
         ]
         if not source_path.exists() or not all(
-            cache.verified(cubin) and self.defines(cubin, symbol) for cubin, symbol, *_ in kernels
+            self.defines(cubin, symbol) for cubin, symbol, *_ in kernels
         ):
             return None
         parameters = [params for *_, params in plan["kernels"]]

@@ -88,7 +88,7 @@ def _time(
     backend, nest: ir.Stmt, key: str, configs: list[MatmulConfig], options: GpuOptions
 ) -> dict[str, float]:
     """Median seconds of each configuration on the nest alone."""
-    from cuda.core import EventOptions, ObjectCode, launch
+    from cuda.core import EventOptions, launch
 
     timing = EventOptions(timing_enabled=True)
     stream = backend.stream
@@ -101,7 +101,7 @@ def _time(
         if buffers is None:
             buffers = _random_buffers(backend, generated.tnodes)
         cubin = build_cubin(generated.source, backend.arch)
-        module = ObjectCode.from_cubin(cubin.read_bytes())
+        module = backend.module(cubin)  # from the bytes the cache verified
         kernels = load_kernels(module, generated.launches, backend.device.device_id)
         arguments = [buffers[t] for t in generated.tnodes]
 
