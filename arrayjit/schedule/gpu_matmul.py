@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from arrayjit import loop_ir as ir
 from arrayjit.indexing import Iterator, as_affine, iterators_of
+from arrayjit.schedule import gpu_wgmma
 from arrayjit.schedule.kernel_plan import GpuOptions, KernelPlan
 
 #: Shared memory a block may have (227 KB on sm_90; kernels over 48 KB opt in at load time).
@@ -33,16 +34,21 @@ MAX_SHARED_BYTES = 227 * 1024
 class MatmulConfig:
     """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x 8 patch per thread), "tf32"
     (fp32 operands rounded to TF32, mma.sync m16n8k8) or "f16" / "bf16" (16-bit operands,
-    mma.sync m16n8k16 fed by ldmatrix), each warp computing 64 x 64 in fp32."""
+    mma.sync m16n8k16 fed by ldmatrix), each warp computing 64 x 64 in fp32. `wgmma`: the
+    sm_90a form of `arrayjit.schedule.gpu_wgmma`, whose `block_rows` is the side of its A
+    operand (64 per consumer warpgroup) and `block_cols` that of its B operand."""
 
     block_rows: int = 128
     block_cols: int = 128
     depth: int = 8
     stages: int = 4
     tensor_cores: str | None = None
+    wgmma: bool = False
 
     @property
     def threads(self) -> int:
+        if self.wgmma:
+            return 128 * (1 + self.block_rows // 64)
         if self.tensor_cores:
             return 32 * (self.block_rows // 64) * (self.block_cols // 64)
         return (self.block_rows // 8) * (self.block_cols // 8)
@@ -62,12 +68,16 @@ class MatmulConfig:
     def shared_bytes(
         self, itemsize_x: int, itemsize_y: int, side_major: tuple[bool, bool] = (False, False)
     ) -> int:
+        if self.wgmma:  # 1 KB to align the tiles, rows of 128 bytes, two mbarriers per stage
+            return 1024 + self.stages * ((self.block_rows + self.block_cols) * 128 + 16)
         x = self.tile_elements(self.block_rows, side_major[0], itemsize_x) * itemsize_x
         y = self.tile_elements(self.block_cols, side_major[1], itemsize_y) * itemsize_y
         return self.stages * (x + y)
 
     def describe(self) -> str:
         kind = self.tensor_cores or "simt"
+        if self.wgmma:
+            kind = f"wgmma-{kind}"
         return f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages"
 
 
@@ -90,6 +100,14 @@ CANDIDATES_TF32 = (
     MatmulConfig(128, 128, 32, 4, "tf32"),
     MatmulConfig(128, 64, 32, 3, "tf32"),
     MatmulConfig(64, 64, 32, 4, "tf32"),
+)
+#: wgmma tiles (A side x B side, stages), largest first; `depth` is set per kind (128 bytes).
+CANDIDATES_WGMMA = (
+    MatmulConfig(128, 256, 0, 4, wgmma=True),
+    MatmulConfig(128, 256, 0, 3, wgmma=True),
+    MatmulConfig(128, 128, 0, 6, wgmma=True),
+    MatmulConfig(128, 128, 0, 4, wgmma=True),
+    MatmulConfig(128, 64, 0, 8, wgmma=True),
 )
 #: 16-bit element types (their dtype names) and the mma kind of each.
 HALF_KINDS = {"float16": "f16", "bfloat16": "bf16"}
@@ -127,6 +145,8 @@ class MatmulShape:
     loads: tuple[OperandLoad, OperandLoad] = field(
         default=(OperandLoad("compute"), OperandLoad("compute"))
     )
+    #: The operands of the wgmma form (`config.wgmma`), else None.
+    wgmma: gpu_wgmma.WgmmaPlan | None = None
 
     @property
     def extents(self) -> tuple[int, int, int, int]:
@@ -287,8 +307,10 @@ def config_key(shape: MatmulShape, kind: str | None) -> str:
     return f"{shape.signature()} {kind or 'simt'}"
 
 
-def candidates(kind: str | None) -> tuple[MatmulConfig, ...]:
+def candidates(kind: str | None, wgmma: bool = False) -> tuple[MatmulConfig, ...]:
     """The configurations tuning times for a nest of this kind."""
+    if wgmma:
+        return gpu_wgmma.with_kind(CANDIDATES_WGMMA, kind)
     if kind is None:
         return CANDIDATES
     return tuple(replace(c, tensor_cores=kind) for c in CANDIDATES_TF32 if c.depth % 16 == 0)
@@ -300,13 +322,37 @@ def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
     if shape is None:
         return None
     kind = tensor_core_kind(shape, options)
+    if kind and options.wgmma and _plan_wgmma(plan, shape, kind, options):
+        return shape
     shape.loads = (
         operand_load(shape.x, shape.row, shape.reduction, kind is not None),
         operand_load(shape.y, shape.col, shape.reduction, kind is not None),
     )
     tuned = options.matmul_configs.get(config_key(shape, kind))
-    if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind:
+    if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind and not tuned.wgmma:
         shape.config = tuned
     else:
         shape.config = replace(DEFAULT_TF32, tensor_cores=kind) if kind else DEFAULT
     return shape
+
+
+def _plan_wgmma(plan: KernelPlan, shape: MatmulShape, kind: str, options: GpuOptions) -> bool:
+    """Give `shape` the wgmma form if its operands allow it; its tensor maps become scratch
+    buffers of `plan`."""
+    layouts = gpu_wgmma.operand_layouts(shape)
+    if layouts is None:
+        return False
+    swap, la, lb = layouts
+    x_kmajor, y_kmajor = (lb[0], la[0]) if swap else (la[0], lb[0])
+    shape.loads = (OperandLoad("tma", 1, x_kmajor), OperandLoad("tma", 1, y_kmajor))
+    tuned = options.matmul_configs.get(config_key(shape, kind))
+    if isinstance(tuned, MatmulConfig) and tuned.wgmma and tuned.tensor_cores == kind:
+        config = tuned
+    else:
+        config = gpu_wgmma.default_config(shape, kind, swap, candidates(kind, True))
+    found = gpu_wgmma.plan_wgmma(shape, config)
+    if found is None:
+        return False
+    shape.config, shape.wgmma = config, found
+    plan.scratch = [*plan.scratch, *found.maps]
+    return True

@@ -29,7 +29,7 @@ import weakref
 
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Backend, Compiled
-from arrayjit.backends.cuda.launch import load_kernels
+from arrayjit.backends.cuda.launch import load_kernels, write_tensor_maps
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.nvrtc import build_cubin
 from arrayjit.codegen.cuda_syntax import generate
@@ -121,6 +121,9 @@ class CudaBackend(Backend):
         self.parallel_reductions = True
         #: fp32 matrix products may use TF32 tensor cores (as PyTorch's allow_tf32; off: exact fp32).
         self.allow_tf32 = False
+        #: Tensor-core matrix products take the wgmma form (TMA-fed warpgroup MMA, sm_90a) on an
+        #: sm_90 device; off: mma.sync.
+        self.wgmma = True
         #: Matrix products get the tile configuration timed fastest on this device (timed once,
         #: remembered in the compile cache); off: a fixed default.
         self.autotune = False
@@ -178,6 +181,7 @@ class CudaBackend(Backend):
             tile_matmul=self.tile_matmul,
             parallel_reductions=self.parallel_reductions,
             allow_tf32=self.allow_tf32,
+            wgmma=self.wgmma and self.arch == "90",
             matmul_configs=dict(self.matmul_configs),
         )
         if self.autotune and self.tile_matmul:
@@ -187,7 +191,7 @@ class CudaBackend(Backend):
         generated = generate(stmt, function, options)
         # The IR's buffers, then scratch buffers of the kernel plans (partial results).
         tnodes, plans = generated.tnodes, generated.plans
-        cubin = build_cubin(generated.source, self.arch)
+        cubin = build_cubin(generated.source, self.arch + generated.arch_suffix)
         try:
             module = ObjectCode.from_cubin(cubin.read_bytes())
             kernels = load_kernels(module, generated.launches, self.device.device_id)
@@ -202,6 +206,7 @@ class CudaBackend(Backend):
         for buffer in scratch.values():
             buffer.fill(0, stream=self.stream)
         arguments = [scratch[t] if t in scratch else self.device_copy(t).buffer for t in tnodes]
+        write_tensor_maps(self, generated.tensor_maps, tnodes, arguments)
         written = [t for t in ir.written_tnodes(stmt) if t in set(persistent)]
         written.sort(key=lambda t: t.id)
         return CudaCompiled(

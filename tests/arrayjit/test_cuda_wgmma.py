@@ -1,0 +1,294 @@
+"""The sm_90a matrix-product kernel (TMA-fed warpgroup MMA): which nests take it and with which
+operands (pure Python), its source compiled for sm_90a (HGMMA and TMA in the SASS, no spills or
+serialized products), values against numpy on the CPU emulator (which models TMA's swizzled
+copies, mbarrier phases and wgmma's descriptor and fragment layouts) and, where one is usable,
+on a GPU. Kernels with a pipeline step removed or a layout detail changed fail on the emulator.
+
+Sums of products of small integers are exact in TF32 and in 16-bit types with fp32 sums, so
+they must match numpy exactly; random fp32 values are checked by the relative error of the whole
+product (under 1e-3: wgmma drops the low 13 mantissa bits of a TF32 operand read from shared
+memory; the register operand is rounded to nearest first).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from cuda_emulator import EmulatedRoutine
+from cuda_runners import RUNNERS, nvcc_cubin, resources, runner, sass
+from test_cuda_matmul import fill, matmul, matmul_plan
+from test_cuda_mma16 import BFLOAT16, FLOAT16, matmul16
+
+from arrayjit.assignments import Accum
+from arrayjit.codegen.cuda_syntax import generate
+from arrayjit.indexing import Iterator, Projections
+from arrayjit.lowering import compile_to_ir
+from arrayjit.schedule import gpu_matmul
+from arrayjit.schedule.gpu_kernels import GpuOptions
+from arrayjit.schedule.gpu_matmul import MatmulConfig, OperandLoad
+from arrayjit.tnode import TNode
+
+WGMMA = GpuOptions(allow_tf32=True, wgmma=True)
+
+
+@pytest.fixture(params=RUNNERS)
+def run(request):
+    return runner(request.param)
+
+
+def with_config(code, config: MatmulConfig) -> GpuOptions:
+    """Options under which the nest of `code` takes `config`."""
+    key = gpu_matmul.config_key(matmul_plan(code, WGMMA), config.tensor_cores)
+    return GpuOptions(allow_tf32=True, wgmma=True, matmul_configs={key: config})
+
+
+def emulator_only():
+    if "emulator" not in RUNNERS:
+        pytest.skip("emulator runs left out by request")
+    if shutil.which("g++") is None:
+        pytest.skip("no C++ compiler (g++)")
+
+
+# ---- planning (pure Python) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transpose_a", "transpose_b", "swap"),
+    [(False, False, True), (False, True, False), (True, True, False)],
+)
+def test_the_k_contiguous_operand_goes_through_the_descriptor(transpose_a, transpose_b, swap):
+    code, *_ = matmul(4096, 4096, 4096, transpose_a=transpose_a, transpose_b=transpose_b)
+    shape = matmul_plan(code, WGMMA)
+    assert shape.config == MatmulConfig(128, 256, 32, 4, "tf32", True)
+    assert shape.config.threads == 384 and shape.wgmma.swap == swap
+    b = shape.wgmma.b
+    assert b.k_major and b.spec.dims == (4096, 4096) and b.spec.box == (32, 256)
+    assert b.spec.strides == (4096,) and b.spec.offset == 0
+    a = shape.wgmma.a
+    assert a.k_major == (transpose_b and not transpose_a) and a.spec.box == (
+        (32, 128) if a.k_major else (32, 32)
+    )
+    assert shape.wgmma.a_boxes == (1 if a.k_major else 4)
+    assert shape.loads == (
+        OperandLoad("tma", 1, not transpose_a),
+        OperandLoad("tma", 1, transpose_b),
+    )
+
+
+def test_no_wgmma_without_a_k_contiguous_operand_or_aligned_strides_or_the_option():
+    code, *_ = matmul(512, 512, 512, transpose_a=True)  # both contiguous along their side
+    assert matmul_plan(code, WGMMA).wgmma is None
+    assert matmul_plan(code, WGMMA).config.tensor_cores == "tf32"  # mma.sync instead
+    code, *_ = matmul(512, 512, 510)  # b's rows are 2040 bytes apart: not 16-byte aligned
+    assert matmul_plan(code, WGMMA).wgmma is None
+    code, *_ = matmul(512, 512, 512)
+    assert matmul_plan(code, GpuOptions(allow_tf32=True)).wgmma is None
+    assert matmul_plan(code, GpuOptions(wgmma=True)).wgmma is None  # fp32 without TF32: SIMT
+
+
+def test_16_bit_products_take_wgmma_with_64_deep_tiles():
+    code, *_ = matmul16(8192, 8192, 8192, BFLOAT16)
+    shape = matmul_plan(code, WGMMA)
+    assert shape.config == MatmulConfig(128, 256, 64, 4, "bf16", True)
+    assert shape.wgmma.swap and shape.wgmma.a_boxes == 2 and shape.wgmma.a.spec.box == (64, 64)
+
+
+def test_small_products_get_tiles_that_fill_the_gpu():
+    code, *_ = matmul(1024, 1024, 1024)
+    assert matmul_plan(code, WGMMA).config.block_cols == 64  # 8 x 16 blocks
+
+
+def test_a_wgmma_configuration_is_never_taken_as_an_mma_sync_one():
+    code, *_ = matmul(200, 300, 150)  # b's stride of 150 floats is not 16-byte aligned
+    key = gpu_matmul.config_key(matmul_plan(code, WGMMA), "tf32")
+    config = MatmulConfig(128, 128, 32, 4, "tf32", True)
+    options = GpuOptions(allow_tf32=True, wgmma=True, matmul_configs={key: config})
+    assert matmul_plan(code, options).config == gpu_matmul.DEFAULT_TF32
+
+
+def test_batch_loops_become_tensor_map_dimensions():
+    code, *_ = batched(3, 64, 40, 96)
+    shape = matmul_plan(code, WGMMA)
+    w = shape.wgmma
+    assert w.b.spec.dims == (40, 64, 3) and w.b.spec.strides == (40, 64 * 40)
+    assert w.b.spec.box == (32, shape.config.block_cols, 1)
+    assert w.a.spec.dims == (96, 40) and w.a.batch == ()  # b is shared by the batch
+
+
+def batched(batch, m, k, n):
+    """`c[h] =:+ a[h] * b`: a batched product with an operand shared by the batch."""
+    a, b = TNode("a", (batch, m, k)), TNode("b", (k, n))
+    c = TNode("c", (batch, m, n))
+    h, i, j, r = (Iterator(name=s) for s in "hijr")
+    projections = Projections((batch, m, n, k), (h, i, j, r), (h, i, j), ((h, i, r), (r, j)))
+    return Accum(c, "add", "mul", (a, b), projections, True), a, b, c
+
+
+# ---- the source, compiled for sm_90a -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tf32", "bf16"])
+@pytest.mark.parametrize(("transpose_a", "transpose_b"), [(False, False), (False, True)])
+def test_kernel_compiles_to_hgmma_and_tma_without_spills(tmp_path, kind, transpose_a, transpose_b):
+    if kind == "tf32":
+        code, *_ = matmul(4096, 4096, 4096, transpose_a=transpose_a, transpose_b=transpose_b)
+    else:
+        code, *_ = matmul16(4096, 4096, 4096, BFLOAT16, transpose_a, transpose_b)
+    source = generate(compile_to_ir(code, True), "ocannl_wg", WGMMA).source
+    headers = ""
+    if kind == "bf16":  # the dtype's header and helpers come with the dtype (see test_cuda_mma16)
+        source = "\n".join(
+            line for line in source.splitlines() if not line.startswith("OCANNL_FN __nv_bfloat16 ")
+        )
+        headers = "#include <cuda_bf16.h>"
+    cubin = nvcc_cubin(source, tmp_path, "sm_90a", headers)
+    usage = resources(cubin)["ocannl_wg_k0"]
+    assert usage["LOCAL"] == 0 and usage["STACK"] == 0
+    log = (tmp_path / "ptxas.log").read_text()
+    assert "serialized" not in log, log  # ptxas serializes wgmma it cannot keep in flight
+    code_of = sass(cubin)["ocannl_wg_k0"]
+    shape = "64x256x8.F32.TF32" if kind == "tf32" else "64x256x16.F32.BF16"
+    assert code_of.count(f"HGMMA.{shape}") == 4  # one 128-byte deep tile: 4 products
+    assert "UTMALDG.2D" in code_of and "SYNCS.PHASECHK" in code_of
+    assert ("LDSM" in code_of) == (kind == "bf16")
+
+
+# ---- values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "transpose_a", "transpose_b"),
+    [
+        (200, 300, 152, False, False),
+        (136, 72, 80, False, True),
+        (72, 40, 260, True, True),
+        (64, 4, 64, False, False),
+    ],
+)
+def test_tf32_wgmma_is_exact_on_integers(run, m, k, n, transpose_a, transpose_b):
+    rng = np.random.default_rng(m + k + n)
+    code, a, b, c = matmul(m, k, n, transpose_a=transpose_a, transpose_b=transpose_b)
+    x, y = fill(rng, a, b, transpose_a, transpose_b)
+    c.set_host(np.full((m, n), np.nan, np.float32))
+    ran = run(code, WGMMA)
+    assert ran.plans[0].matmul.wgmma is not None
+    np.testing.assert_array_equal(c.host(), x @ y)
+
+
+@pytest.mark.parametrize(
+    "config",
+    gpu_matmul.candidates("tf32", wgmma=True),
+    ids=MatmulConfig.describe,
+)
+def test_every_wgmma_candidate_is_exact_on_integers(run, config):
+    rng = np.random.default_rng(3)
+    m, k, n = 136, 100, 264  # partial tiles along every axis
+    code, a, b, c = matmul(m, k, n)
+    x, y = fill(rng, a, b)
+    c.set_host(np.full((m, n), np.nan, np.float32))
+    ran = run(code, with_config(code, config))
+    assert ran.plans[0].matmul.config == config
+    np.testing.assert_array_equal(c.host(), x @ y)
+
+
+def test_tf32_wgmma_random_values_are_within_tf32_rounding(run):
+    rng = np.random.default_rng(4)
+    m, k, n = 256, 320, 264
+    code, a, b, c = matmul(m, k, n, zero_first=False)
+    x, y = fill(rng, a, b, integers=False)
+    start = rng.standard_normal((m, n)).astype(np.float32)
+    c.set_host(start)
+    run(code, WGMMA)
+    expected = start + x @ y
+    assert np.linalg.norm(c.host() - expected) / np.linalg.norm(expected) < 1e-3
+
+
+def test_batched_wgmma_is_exact_on_integers(run):
+    rng = np.random.default_rng(5)
+    code, a, b, c = batched(3, 72, 40, 136)
+    x = rng.integers(-4, 5, a.dims).astype(np.float32)
+    y = rng.integers(-4, 5, b.dims).astype(np.float32)
+    a.set_host(x)
+    b.set_host(y)
+    c.set_host(np.full(c.dims, np.nan, np.float32))
+    ran = run(code, WGMMA)
+    assert ran.plans[0].matmul.wgmma is not None
+    np.testing.assert_array_equal(c.host(), x.astype(np.float64) @ y)
+
+
+@pytest.mark.parametrize("dtype", [BFLOAT16, FLOAT16], ids=["bf16", "f16"])
+@pytest.mark.parametrize(
+    ("m", "k", "n", "transpose_a", "transpose_b"),
+    [(200, 136, 72, False, False), (136, 72, 80, False, True), (64, 48, 200, True, True)],
+)
+def test_16_bit_wgmma_is_exact_on_integers(dtype, m, k, n, transpose_a, transpose_b):
+    emulator_only()  # no 16-bit dtypes in the backend yet
+    run16 = runner("emulator")
+    rng = np.random.default_rng(m + n)
+    code, a, b, c = matmul16(m, k, n, dtype, transpose_a, transpose_b)
+    x = rng.integers(-4, 5, a.dims).astype(np.float32)
+    y = rng.integers(-4, 5, b.dims).astype(np.float32)
+    a.set_host(x)
+    b.set_host(y)
+    c.set_host(np.full((m, n), np.nan, np.float32))
+    ran = run16(code, WGMMA)
+    assert ran.plans[0].matmul.wgmma is not None
+    x = x.T if transpose_a else x
+    y = y.T if transpose_b else y
+    np.testing.assert_array_equal(c.host(), x.astype(np.float64) @ y)
+
+
+# ---- the emulator catches broken kernels ---------------------------------------------------
+
+BROKEN = {
+    "fragments read without the swizzle": ("^ ((k + 0) & 7)", ""),
+    "8-row groups of B at 512 bytes": ("(64ull << 32)", "(32ull << 32)"),
+    "a stage refilled before the consumers release it": (
+        "if (tile >= 4) ocannl_mbarrier_wait(&empty[stage]",
+        "if (false) ocannl_mbarrier_wait(&empty[stage]",
+    ),
+    "a stage released while its products are in flight": (
+        "      ocannl_wgmma_wait<0>();\n      ocannl_fence_operands<64>(acc);\n"
+        "      ocannl_mbarrier_arrive(&empty[stage]);\n",
+        "      ocannl_mbarrier_arrive(&empty[stage]);\n      ocannl_wgmma_wait<0>();\n"
+        "      ocannl_fence_operands<64>(acc);\n",
+    ),
+    "a stage read before it is full": ("ocannl_mbarrier_wait(&full[stage], (tile / 4) & 1);", ""),
+    "no barrier after the mbarrier initialization": (
+        "  __syncthreads();\n  if (threadIdx.x < 128)",
+        "  if (threadIdx.x < 128)",
+    ),
+    "tiles not aligned to 1024 bytes": ("(((raw + 1023u) & ~1023u) - raw)", "0"),
+    "fragment registers reused while their product is in flight": (
+        "if (ks >= 2) ocannl_wgmma_wait<1>();",
+        "",
+    ),
+    "accumulator rows 8 apart swapped with columns": ("((q / 2) % 2) * 8", "(q % 2) * 8"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(BROKEN))
+def test_a_broken_wgmma_kernel_fails_on_the_emulator(mistake):
+    emulator_only()
+    old, new = BROKEN[mistake]
+    m, k, n = 200, 300, 152
+    code, a, b, c = matmul(m, k, n)
+    x, y = fill(np.random.default_rng(6), a, b)
+    options = with_config(code, MatmulConfig(128, 128, 32, 4, "tf32", True))
+    stmt = compile_to_ir(code, True)
+
+    def edit(source: str) -> str:
+        assert old in source, f"{old!r} is not in the kernel"
+        return source.replace(old, new)
+
+    intact = EmulatedRoutine(stmt, options)
+    intact.run(seed=1)
+    np.testing.assert_array_equal(c.host(), x @ y)
+    broken = EmulatedRoutine(stmt, options, edit=edit)
+    c.set_host(np.full((m, n), np.nan, np.float32))
+    with pytest.raises(AssertionError) as failure:
+        broken.run(seed=1)
+        np.testing.assert_array_equal(c.host(), x @ y)
+    assert "ocannl_routine_k0" in str(failure.value) or "Arrays are not equal" in str(failure.value)
