@@ -11,6 +11,7 @@ then the `full` and `empty` mbarriers of each stage. Per k tile:
                           tile; fence; one wgmma per 8 (TF32) or 16 values of k, B through a
                           descriptor advanced 32 bytes a step; commit; wait; arrive on `empty`.
 
+Blocks run in groups of 8 A tiles by all B tiles (their operand strips stay in L2 together).
 Each consumer warpgroup owns 64 A rows and all `block_cols` B columns: accumulators
 `acc[block_cols / 2]`, thread (warp w, lane l) holding rows 16 w + l / 4 (+ 8) and columns
 8 i + 2 (l % 4) (+ 1) (the wgmma D fragment), stored at the end with the nest's initial value
@@ -25,6 +26,8 @@ from arrayjit.schedule.gpu_wgmma import ROW_BYTES, TmaOperand
 from arrayjit.schedule.kernel_plan import KernelPlan
 from arrayjit.tnode import TNode
 
+#: A tiles per group of blocks (see the block order in `wgmma_kernel`).
+GROUP = 8
 #: Registers per thread after reallocation: producers give theirs to the consumers.
 PRODUCER_REGISTERS = 40
 CONSUMER_REGISTERS = 232
@@ -38,6 +41,7 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     a_bytes, b_bytes = brows * ROW_BYTES, bcols * ROW_BYTES
     stage_bytes = a_bytes + b_bytes
     tiles = -(-m.reduction.extent // bk)
+    a_tiles, b_tiles = -(-w.a.side.extent // brows), -(-w.b.side.extent // bcols)
     map_a, map_b = (syntax.buffer(t) for t in w.maps)
     lines = [
         syntax.head(name, tnodes, cfg.threads, 1),
@@ -48,7 +52,12 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         "  unsigned long long *const full = reinterpret_cast<unsigned long long *>"
         f"(shared + {stages * stage_bytes});",
         f"  unsigned long long *const empty = full + {stages};",
-        f"  const int abase = blockIdx.y * {brows}, bbase = blockIdx.x * {bcols};",
+        # Blocks in groups of GROUP A tiles by all B tiles: the blocks running at once share
+        # their operands' strips in L2.
+        f"  const int group = blockIdx.x / {GROUP * b_tiles}, first = group * {GROUP};",
+        f"  const int size = {a_tiles} - first < {GROUP} ? {a_tiles} - first : {GROUP};",
+        f"  const int pid = blockIdx.x % {GROUP * b_tiles};",
+        f"  const int abase = (first + pid % size) * {brows}, bbase = (pid / size) * {bcols};",
     ]
     if m.batch:
         lines += syntax.unflatten(m.batch, "blockIdx.z", 1)
@@ -116,7 +125,7 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         "  }",
         "}",
     ]
-    grid = (-(-w.b.side.extent // bcols), -(-w.a.side.extent // brows), m.extents[0])
+    grid = (a_tiles * b_tiles, 1, m.extents[0])
     launch = Launch(name, grid, cfg.threads, cfg.shared_bytes(0, 0))
     return "\n".join(lines), launch
 

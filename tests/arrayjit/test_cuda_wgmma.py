@@ -165,6 +165,7 @@ def test_kernel_compiles_to_hgmma_and_tma_without_spills(tmp_path, kind, transpo
         (136, 72, 80, False, True),
         (72, 40, 260, True, True),
         (64, 4, 64, False, False),
+        (72, 24, 1160, False, False),  # 10 A tiles: a group of 8 and a partial one
     ],
 )
 def test_tf32_wgmma_is_exact_on_integers(run, m, k, n, transpose_a, transpose_b):
