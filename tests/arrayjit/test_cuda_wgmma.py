@@ -293,3 +293,94 @@ def test_a_broken_wgmma_kernel_fails_on_the_emulator(mistake):
         broken.run(seed=1)
         np.testing.assert_array_equal(c.host(), x @ y)
     assert "ocannl_routine_k0" in str(failure.value) or "Arrays are not equal" in str(failure.value)
+
+
+# ---- the host side: tensor maps, without a driver -----------------------------------------
+
+
+class FakeDriver:
+    """Stands in for libcuda: records cuTensorMapEncodeTiled's arguments, writes a marker."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, name):
+        assert name == "libcuda.so.1"
+        return self
+
+    @property
+    def cuTensorMapEncodeTiled(self):
+        import ctypes
+
+        def encode(out, dtype, rank, address, dims, strides, box, elements, *modes):
+            n = rank.value
+            self.calls.append(
+                {
+                    "aligned": out.value % 64 == 0,
+                    "dtype": dtype.value,
+                    "address": address.value,
+                    "dims": list(dims)[:n],
+                    "strides": list(strides)[: n - 1],
+                    "box": list(box)[:n],
+                    "elements": list(elements)[:n],
+                    "modes": [m.value for m in modes],
+                }
+            )
+            ctypes.memset(out.value, 0xAB, 128)
+            return 0
+
+        encode.restype = None
+        return encode
+
+
+def test_tensor_maps_are_encoded_with_byte_strides_and_written_to_their_buffers(monkeypatch):
+    import ctypes
+
+    from arrayjit.backends.cuda import launch
+
+    code, *_ = batched(3, 72, 40, 136)
+    plan = matmul_plan(code, WGMMA)
+    driver = FakeDriver()
+    monkeypatch.setattr(ctypes, "CDLL", driver)
+
+    class Buffer:
+        def __init__(self, handle):
+            self.handle, self.copied = handle, None
+
+        def copy_from(self, staging, stream):
+            self.copied = ctypes.string_at(staging.handle, 128)
+
+    class Backend:
+        class pinned:
+            keep = []
+
+            @staticmethod
+            def allocate(size):
+                memory = ctypes.create_string_buffer(size)
+                Backend.pinned.keep.append(memory)
+                return Buffer(ctypes.addressof(memory))
+
+        class stream:
+            @staticmethod
+            def sync():
+                pass
+
+    w = plan.wgmma
+    tnodes = [w.a.spec.tnode, w.b.spec.tnode, *w.maps]
+    arguments = [Buffer(0x10000), Buffer(0x20000), Buffer(0), Buffer(0)]
+    launch.write_tensor_maps(
+        Backend, dict(zip(w.maps, (w.a.spec, w.b.spec), strict=True)), tnodes, arguments
+    )
+    a_call, b_call = driver.calls
+    assert all(call["aligned"] and call["dtype"] == 7 for call in driver.calls)  # FLOAT32
+    # b (shared by the batch, 40 x 136, contiguous along the columns) is the register operand.
+    assert a_call["address"] == 0x10000 and a_call["dims"] == [136, 40]
+    assert a_call["strides"] == [136 * 4] and a_call["box"] == [32, 32]
+    # a (3 x 72 x 40, contiguous along k): K-major, its batch a third dimension.
+    assert b_call["address"] == 0x20000 and b_call["dims"] == [40, 72, 3]
+    assert b_call["strides"] == [40 * 4, 72 * 40 * 4]
+    assert b_call["box"] == [32, plan.config.block_cols, 1]
+    # No interleave, 128-byte swizzle, 128-byte L2 promotion, zeros outside.
+    assert all(call["elements"] == [1] * len(call["dims"]) for call in driver.calls)
+    assert all(call["modes"] == [0, 3, 2, 0] for call in driver.calls)
+    assert arguments[2].copied == arguments[3].copied == b"\xab" * 128
