@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+_created: set[Path] = set()
+
 
 def cache_dir() -> Path:
     configured = os.environ.get("ARRAYJIT_CACHE_DIR")
@@ -23,7 +25,9 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
         path = Path(base) / "arrayjit"
-    path.mkdir(parents=True, exist_ok=True)
+    if path not in _created:
+        path.mkdir(parents=True, exist_ok=True)
+        _created.add(path)
     return path
 
 
@@ -75,6 +79,37 @@ def lookup(path: Path) -> bool:
     except OSError:
         return False
     return recorded == _digest(data)
+
+
+_verified: dict[Path, tuple[int, int]] = {}
+
+
+def verified(path: Path) -> bool:
+    """`lookup(path)`, remembered in the process for as long as the file's size and modification
+    time stay the same (a library used by many routines is hashed once)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    signature = (stat.st_size, stat.st_mtime_ns)
+    if _verified.get(path) == signature:
+        return True
+    if not lookup(path):
+        return False
+    _verified[path] = signature
+    return True
+
+
+def write_record(name: str, text: str) -> None:
+    """Store a small text entry (an index from a key to an artifact) in the cache folder."""
+    write_atomic(cache_dir() / name, text.encode())
+
+
+def read_record(name: str) -> str | None:
+    try:
+        return (cache_dir() / name).read_text()
+    except OSError:
+        return None
 
 
 def artifact(key: str, suffix: str, source: str, source_suffix: str, build) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 
 import numpy as np
 
@@ -127,11 +128,24 @@ def lower_fetch(stmt: asg.Fetch) -> ir.Stmt:
             lambda idx: ir.Set(lhs, idx, ir.IndexValue(row_major_offset(lhs.dims, idx), lhs.dtype)),
         )
     if isinstance(source, asg.Values):
-        # The values live in a host buffer of their own, copied in each time the code runs.
-        init = TNode(f"{lhs.label}_values", lhs.dims, lhs.dtype, MemoryMode.HOST)
-        init.set_host(np.asarray(source.array).reshape(lhs.dims))
+        init = values_buffer(stmt)
         return _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, ir.Get(init, idx)))
     raise TypeError(f"unknown fetch source {source!r}")
+
+
+_values_buffers: weakref.WeakKeyDictionary[asg.Fetch, TNode] = weakref.WeakKeyDictionary()
+
+
+def values_buffer(fetch: asg.Fetch) -> TNode:
+    """The host buffer holding the values of `Fetch(_, Values(...))`, copied in each time the
+    code runs: one per fetch, so code compiled again (or found in the cache) reads the same."""
+    init = _values_buffers.get(fetch)
+    if init is None:
+        lhs = fetch.lhs
+        init = TNode(f"{lhs.label}_values", lhs.dims, lhs.dtype, MemoryMode.HOST)
+        init.set_host(np.asarray(fetch.source.array).reshape(lhs.dims))
+        _values_buffers[fetch] = init
+    return init
 
 
 def loop_order(

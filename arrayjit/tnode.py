@@ -1,15 +1,17 @@
-"""TNode: one buffer of the computation, with its dims, dtype, memory mode and host array."""
+"""TNode: one buffer of the computation, with its dims, dtype, memory mode and host array. Where
+its newest values are (host or device copies) is kept by `arrayjit.runtime.residency`."""
 
 from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from arrayjit.dtypes import DType, dtype_of, float32
+from arrayjit.runtime import residency
 
 _tnode_ids = itertools.count(1)
 
@@ -45,12 +47,6 @@ class TNode:
             )
         self.memory_mode = memory_mode
         self._host: np.ndarray | None = None
-        # Set by a context whose copy is newer than `_host`: calling it refreshes `_host`.
-        self.fetch_from_device: Callable[[], None] | None = None
-        # Bumped on every write from the host, so device copies know when they are stale.
-        self.host_version = 0
-        # Whether the buffer holds values: set by a routine that writes it, or by `set_host`.
-        self.computed = False
 
     @property
     def size(self) -> int:
@@ -68,10 +64,9 @@ class TNode:
 
     def host(self) -> np.ndarray:
         """The host array, allocated (zeros) on first use, refreshed from a device if stale."""
-        if self.fetch_from_device is not None:
-            self.fetch_from_device()
         if self._host is None:
             self._host = np.zeros(self.dims, dtype=self.dtype.numpy)
+        residency.refresh_host(self, self._host)
         return self._host
 
     def set_host(self, values: Any) -> None:
@@ -85,12 +80,10 @@ class TNode:
                     f"tnode {self.label!r}: expected an array of shape {self.dims}, got {array.shape}"
                 )
             array = np.broadcast_to(array, self.dims)
-        self.fetch_from_device = None
         host = self._host if self._host is not None else np.empty(self.dims, self.dtype.numpy)
         np.copyto(host, array, casting="unsafe")
         self._host = host
-        self.host_version += 1
-        self.computed = True
+        residency.host_written(self)
 
     def __repr__(self) -> str:
         return f"TNode({self.label!r}#{self.id}, dims={self.dims}, {self.dtype}, {self.memory_mode.value})"

@@ -6,7 +6,7 @@ import statistics
 
 from arrayjit.assignments import Accum
 from arrayjit.indexing import Iterator, Projections
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
 
@@ -18,7 +18,7 @@ def matmul(n: int) -> tuple[Accum, TNode, TNode, TNode]:
     return Accum(c, "add", "mul", (a, b), proj, zero_first=True), a, b, c
 
 
-def gpu_median_seconds(ctx: Context, fn, repeats: int) -> float:
+def gpu_median_seconds(ctx: Runtime, fn, repeats: int) -> float:
     """Median seconds of `fn()` after a warm-up, from events on the CUDA backend's stream."""
     from cuda.core import EventOptions
 

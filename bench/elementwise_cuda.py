@@ -15,13 +15,13 @@ from common import gpu_median_seconds
 
 from arrayjit.assignments import Accum, Arg, Call, Lit
 from arrayjit.indexing import identity_projections
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import MemoryMode, TNode
 
 REPEATS = 20
 
 
-def bench(log2_n: int, ctx: Context) -> tuple[float, float]:
+def bench(log2_n: int, ctx: Runtime) -> tuple[float, float]:
     n = 1 << log2_n
     x, y = TNode("x", (n,)), TNode("y", (n,))
     exp_x, times_x, plus_one = (TNode(s, (n,), memory_mode=MemoryMode.VIRTUAL) for s in "epq")
@@ -52,7 +52,7 @@ def bench(log2_n: int, ctx: Context) -> tuple[float, float]:
 
 def main() -> None:
     sizes = [int(s) for s in sys.argv[1:]] or [26]
-    ctx = Context("cuda")
+    ctx = Runtime("cuda")
     print(f"device: {ctx.backend.device.name}")
     print(f"{'n':>8} {'chain GB/s':>11} {'copy GB/s':>10} {'ratio':>6}")
     for log2_n in sizes:

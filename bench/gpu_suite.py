@@ -24,7 +24,7 @@ from elementwise_cuda import bench as pointwise_chain
 from arrayjit import dtypes
 from arrayjit.assignments import Accum
 from arrayjit.indexing import Fixed, Iterator, Projections
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
 REPEATS = 15
@@ -45,7 +45,7 @@ def report(row: Row) -> Row:
     return row
 
 
-def timed(ctx: Context, run, calls: int) -> float:
+def timed(ctx: Runtime, run, calls: int) -> float:
     """Seconds per call of `run` on the backend's stream, `calls` calls per timed batch."""
 
     def batch() -> None:
@@ -66,7 +66,7 @@ def torch_timed(fn, calls: int) -> float:
 # ---- matrix products ---------------------------------------------------------------------
 
 
-def matmul_item(ctx: Context, n: int, tf32: bool, label: str, wgmma: bool = True) -> Row:
+def matmul_item(ctx: Runtime, n: int, tf32: bool, label: str, wgmma: bool = True) -> Row:
     """fp32 `c = a @ b` (TF32 tensor cores when `tf32`; wgmma on sm_90 unless `wgmma` is off)."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
     ctx.backend.allow_tf32, ctx.backend.wgmma = tf32, wgmma
@@ -103,7 +103,7 @@ def matmul_item(ctx: Context, n: int, tf32: bool, label: str, wgmma: bool = True
     )
 
 
-def bf16_item(ctx: Context, n: int, label: str) -> Row:
+def bf16_item(ctx: Runtime, n: int, label: str) -> Row:
     """`c = a @ b` with bfloat16 a, b and an fp32 c (fp32 sums), against torch's bf16 matmul."""
     a, b, c = TNode("a", (n, n), "bfloat16"), TNode("b", (n, n), "bfloat16"), TNode("c", (n, n))
     i, j, k = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
@@ -136,7 +136,7 @@ def bf16_item(ctx: Context, n: int, label: str) -> Row:
 # ---- reductions --------------------------------------------------------------------------
 
 
-def reduction_item(ctx: Context, label: str, dims: tuple[int, ...], keep: int | None) -> Row:
+def reduction_item(ctx: Runtime, label: str, dims: tuple[int, ...], keep: int | None) -> Row:
     """Sum over every axis (`keep` None), or over all but axis `keep`."""
     its = tuple(Iterator(name=f"r{k}") for k in range(len(dims)))
     x = TNode("x", dims)
@@ -172,7 +172,7 @@ def reduction_item(ctx: Context, label: str, dims: tuple[int, ...], keep: int | 
     )
 
 
-def pointwise_item(ctx: Context) -> Row:
+def pointwise_item(ctx: Runtime) -> Row:
     chain, copy = pointwise_chain(26, ctx)
     return Row(
         "relu(exp(x)*x+1), 2^26 floats",
@@ -201,7 +201,7 @@ TARGETS = {
 }
 
 
-def _items(ctx: Context, groups: set[str]) -> tuple[list, list[str]]:
+def _items(ctx: Runtime, groups: set[str]) -> tuple[list, list[str]]:
     """(label, thunk) of each item of the chosen groups, in order, and the items not available."""
     wgmma = "--no-wgmma" not in sys.argv
     items, missing = [], []
@@ -245,7 +245,7 @@ def main() -> None:
     logging.getLogger("arrayjit").setLevel(logging.INFO)  # shows the tuned configurations
     choice = sys.argv[sys.argv.index("--items") + 1] if "--items" in sys.argv else "all"
     groups = {"matmul", "other"} if choice == "all" else {choice}
-    ctx = Context("cuda")
+    ctx = Runtime("cuda")
     ctx.backend.autotune = "--no-tune" not in sys.argv
     torch.backends.cuda.matmul.allow_tf32 = False
     print(

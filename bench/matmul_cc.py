@@ -12,7 +12,7 @@ import time
 import numpy as np
 from common import matmul
 
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 
 
 def best_time(fn, repeats: int) -> float:
@@ -25,7 +25,7 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench(n: int, ctx: Context) -> tuple[float, float]:
+def bench(n: int, ctx: Runtime) -> tuple[float, float]:
     code, a, b, c = matmul(n)
     routine = ctx.compile(code, f"matmul{n}")
     rng = np.random.default_rng(0)
@@ -43,7 +43,7 @@ def bench(n: int, ctx: Context) -> tuple[float, float]:
 
 def main() -> None:
     sizes = [int(s) for s in sys.argv[1:]] or [512, 1024]
-    ctx = Context("c")
+    ctx = Runtime("c")
     print(f"{'n':>6} {'generated GFLOP/s':>18} {'numpy GFLOP/s':>14} {'ratio':>7}")
     for n in sizes:
         gen, ref = bench(n, ctx)

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from common import gpu_median_seconds, matmul, torch_median_seconds
 
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 
 REPEATS = 10
 
 
-def bench(n: int, ctx: Context) -> dict[str, float]:
+def bench(n: int, ctx: Runtime) -> dict[str, float]:
     code, a, b, c = matmul(n)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, n), dtype=np.float32)
@@ -45,7 +45,7 @@ def bench(n: int, ctx: Context) -> dict[str, float]:
 def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     sizes = [int(s) for s in sys.argv[1:]] or [4096]
-    ctx = Context("cuda")
+    ctx = Runtime("cuda")
     print(f"device: {ctx.backend.device.name}")
     print(
         f"{'n':>6} {'tiled TFLOP/s':>14} {'per-cell TFLOP/s':>17} {'cuBLAS TFLOP/s':>15}"

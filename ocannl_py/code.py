@@ -115,7 +115,7 @@ class Code:
     def lower(self) -> asg.Assignments:
         """Close the shapes involved, then build arrayjit assignments."""
         shape.close([t.shape for t in self.tensors()])
-        cache: dict[int, tuple[Projections, bool]] = {}
+        cache: dict[int, Projections] = {}
         return asg.seq([_lower_statement(s, cache) for s in self.statements])
 
     def __str__(self) -> str:
@@ -159,7 +159,7 @@ def _lower_statement(stmt: Statement, cache: dict) -> asg.Assignments:
     key = id(stmt.step)
     if key not in cache:
         cache[key] = projections.derive(stmt.step)
-    forward, _ = cache[key]
+    forward = cache[key]
     proj = Projections(
         forward.product_space,
         forward.product_iterators,

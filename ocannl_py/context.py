@@ -1,11 +1,16 @@
-"""Compiling and running tensor code: `Context` over an arrayjit context."""
+"""Compiling and running tensor code: `Context` holds an arrayjit `Runtime` and compiles tensor code
+with it."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 
-from arrayjit.runtime import context as aj
+from arrayjit import assignments as asg
+from arrayjit.backends.base import Backend
+from arrayjit.runtime import residency
+from arrayjit.runtime.executable import Executable
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import MemoryMode
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
@@ -17,40 +22,61 @@ log = logging.getLogger("ocannl_py")
 class Routine:
     """A compiled unit of code; `run()` executes it."""
 
-    def __init__(self, routine: aj.Routine, inputs: list[Tensor]) -> None:
-        self.routine = routine
+    def __init__(self, executable: Executable, inputs: list[Tensor]) -> None:
+        self.executable = executable
         # Inputs that no code computes: terms the user must fill with set_value.
         self.inputs = inputs
 
     @property
     def source_path(self) -> str:
-        return self.routine.source_path
+        return self.executable.source_path
 
     def run(self) -> None:
         for t in self.inputs:
-            if not t.value_node.computed:
+            if not residency.computed(t.value_node):
                 raise ValueError(
-                    f"tensor {t.label!r} is read by routine {self.routine.name!r} but has no "
+                    f"tensor {t.label!r} is read by routine {self.executable.name!r} but has no "
                     "value: fill it with set_value(...), or run the code that computes it first"
                 )
-        self.routine.run()
+        self.executable.run()
 
     def __repr__(self) -> str:
-        return f"<routine {self.routine.name!r} source={self.source_path}>"
+        return f"<routine {self.executable.name!r} source={self.source_path}>"
 
 
-class Context(aj.Context):
+class Context:
     """`Context("c")`, `Context("cuda")`, or `Context()` (CUDA when a GPU is usable, else C).
     `compile(code)` takes tensor code (`t.forward`, `train.grad_update(loss)`, `cd(...)`) or
     arrayjit assignments."""
 
     def __init__(self, backend: str | None = None) -> None:
-        super().__init__(backend)
+        self.runtime = Runtime(backend)
         self._forward_routines: dict[int, Routine] = {}
 
-    def compile(self, code, name: str | None = None) -> Routine:  # type: ignore[override]
+    @property
+    def name(self) -> str:
+        """The backend's name: "c" or "cuda"."""
+        return self.runtime.name
+
+    @property
+    def backend(self) -> Backend:
+        return self.runtime.backend
+
+    def synchronize(self) -> None:
+        """Wait until the work submitted so far is done."""
+        self.runtime.synchronize()
+
+    def compile(
+        self, code: Code | asg.Assignments, name: str | None = None
+    ) -> Routine | Executable:
+        """A routine for tensor code; arrayjit assignments compile to an arrayjit executable."""
+        if isinstance(code, asg.Assignments):
+            return self.runtime.compile(code, name or "routine")
         if not isinstance(code, Code):
-            return super().compile(code, name or "routine")
+            raise TypeError(
+                "Context.compile takes tensor code (t.forward, train.grad_update(loss), cd(...)) "
+                f"or arrayjit assignments, got {type(code).__name__}"
+            )
         name = name or code.label or "routine"
         code = code.with_constants()
         lowered = code.lower()
@@ -61,21 +87,24 @@ class Context(aj.Context):
             t for t in code.tensors()
             if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
         ]  # fmt: skip
-        return Routine(super().compile(lowered, name), inputs)
+        return Routine(self.runtime.compile(lowered, name), inputs)
 
     def initialize(self, tensors: Iterable[Tensor]) -> None:
         """Initialise parameters and optimizer state that are not yet: done once, before the
         first routine that uses them is built."""
         tensors = [t for t in tensors if t.init_code]
         shapes.close([t.shape for t in tensors])
-        fresh = [t for t in tensors if not t.value_node.computed]
+        fresh = [t for t in tensors if not residency.computed(t.value_node)]
         if not fresh:
             return
         init = Code()
         for t in fresh:
             init = init + t.init_code
         if init:
-            super().compile(init.lower(), "init_params").run()
+            self.runtime.compile(init.lower(), "init_params").run()
+
+    def __repr__(self) -> str:
+        return f"Context({self.name!r})"
 
     def forward(self, t: Tensor) -> None:
         """Compile (once) and run the forward code of `t`."""

@@ -24,9 +24,11 @@ Kind = Literal["batch", "input", "output"]
 
 @dataclass(frozen=True)
 class Label:
-    """An axis variable: every axis with the same label has the same dim and the same index."""
+    """An axis variable: every axis with the same label has the same dim and the same index.
+    `position`: (line, column) in the spec text, for errors; not part of its identity."""
 
     name: str
+    position: tuple[int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,8 @@ class _Builder:
     def axis(self, tree: lark.Tree) -> AxisSpec:
         kind = tree.data
         if kind == "label":
-            return Label(str(tree.children[0]))
+            token = tree.children[0]
+            return Label(str(token), (token.line or 1, token.column or 1))
         if kind == "fixed":
             return FixedIndex(int(tree.children[0]))
         if kind == "placeholder":

@@ -115,34 +115,42 @@ def set_seed(seed: int) -> None:
     _param_counter = itertools.count()
 
 
-def _dims_arg(dims, what: str, label: str):
+def _dims_arg(dims):
+    """Dims as given to a leaf (an int, or a list of ints and (label, int) pairs) as a list with
+    numpy integers made ints; `shape.Shape` validates them."""
     if dims is None:
         return None
-    if isinstance(dims, int):
+    if isinstance(dims, int | np.integer):
         dims = [dims]
-    dims = list(dims)
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
-            raise ValueError(f"{label!r}: {what} must be positive ints, got {dims}")
-    return [int(d) for d in dims]
+
+    def plain(size):
+        return int(size) if isinstance(size, np.integer) else size
+
+    return [(d[0], plain(d[1])) if isinstance(d, tuple) and len(d) == 2 else plain(d) for d in dims]
+
+
+def _sizes(dims) -> list[int]:
+    return [d[1] if isinstance(d, tuple) else d for d in dims]
 
 
 def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes.Shape:
     return shapes.Shape(
         label,
-        batch_dims=_dims_arg(batch_dims, "batch_dims", label),
-        input_dims=_dims_arg(input_dims, "input_dims", label),
-        output_dims=_dims_arg(output_dims, "output_dims", label),
+        batch_dims=_dims_arg(batch_dims),
+        input_dims=_dims_arg(input_dims),
+        output_dims=_dims_arg(output_dims),
         **kw,
     )
 
 
 @public()
 def number(value: float, label: str | None = None) -> Tensor:
-    """A constant scalar; broadcasts against anything. Computed inline, never stored."""
+    """A constant with one output axis of dim 1 (as in OCANNL), which broadcasts; its input row
+    takes no axes unless compose asks for some (`2 * m` sums m's output axes). Computed inline,
+    never stored."""
     label = label or f"{value:g}"
-    t = Tensor(label, shapes.Shape(label, batch_dims=[], input_dims=[], output_dims=[]),
-               differentiable=False, memory_mode=MemoryMode.VIRTUAL)  # fmt: skip
+    shape = shapes.Shape(label, batch_dims=[], output_dims=[1], fewest_axes=("input",))
+    t = Tensor(label, shape, differentiable=False, memory_mode=MemoryMode.VIRTUAL)
     t.forward_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
     return t
 
@@ -187,6 +195,8 @@ def param(
         label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
         is_param=True, dims_required=array is None or array.ndim > 0,
     )  # fmt: skip
+    if array is not None and array.ndim > 0:
+        shapes.settle(shape, array.shape, f"param {label!r}")
     t = Tensor(label, shape, is_param=True)
     if array is None:
         t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))
@@ -212,8 +222,10 @@ def _random_init(t: Tensor, seed: int) -> Code:
                            ((), cells.project_lhs))  # fmt: skip
         uniform = asg.Call("uniform_at", (asg.Arg(0), asg.Arg(1)))
         scaled = asg.Call("sub", (asg.Call("mul", (uniform, asg.Lit(2 * bound))), asg.Lit(bound)))
+        # The seed is read from a buffer rather than printed as a literal, so that parameters of
+        # equal dims share one compiled init function.
         return asg.seq([
-            asg.Fetch(seed_node, asg.Constant(float(seed))),
+            asg.Fetch(seed_node, asg.Values(np.array(float(seed)))),
             asg.Fetch(counter, asg.RangeOfShape()),
             asg.Accum(node, None, scaled, (seed_node, counter), proj),
         ])  # fmt: skip
@@ -234,7 +246,7 @@ def ndarray(
 ) -> Tensor:
     """A constant literal; the dims must multiply to the number of values."""
     array = np.asarray(values, dtype=np.float64)
-    dims = [*batch_dims, *output_dims, *input_dims]
+    dims = _sizes([*batch_dims, *output_dims, *input_dims])
     if int(np.prod(dims, dtype=np.int64)) != array.size:
         raise ValueError(
             f"ndarray: dims batch {list(batch_dims)}, output {list(output_dims)}, input "

@@ -17,6 +17,7 @@ from arrayjit import cache
 from arrayjit.tnode import MemoryMode
 from ocannl_py import shape as shapes
 from ocannl_py.errors import ShapeError
+from ocannl_py.shape import terms
 from ocannl_py.tensor import Tensor
 
 #: Metadata key of the rows (batch, input, output dims) of each tensor saved by `save`.
@@ -171,6 +172,15 @@ def _known(shape: shapes.Shape, kind: str) -> list[int] | None:
         return None
 
 
+def _fewest(shape: shapes.Shape, kind: str) -> list[int] | None:
+    """The settled axes of an open row (None when it has none, or one is not settled)."""
+    row = shape.row(kind)
+    axes = (*row.beg, *row.end)
+    if not axes or not all(isinstance(d, terms.Dim) for d in axes):
+        return None
+    return [d.size for d in axes]
+
+
 def _show(rows: Mapping[str, list[int]]) -> str:
     return f"batch {rows['batch']} | input {rows['input']} -> output {rows['output']}"
 
@@ -199,7 +209,10 @@ def settle_dims(
                 f"{where}: its saved rows {_show(rows)} do not match its dims {dims}"
             )
     else:
-        rows = _split(known, dims, where, t)
+        # An open row whose axes are all settled closes to them unless a later use adds more:
+        # read the file with those, and let the one row nothing is known of take the rest.
+        fewest = {k: v if v is not None else _fewest(t.shape, k) for k, v in known.items()}
+        rows = _split(fewest, dims, where, t)
     try:
         shapes.propagate(
             shapes.Pointwise(exact=True),

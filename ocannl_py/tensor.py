@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from arrayjit.runtime import residency
 from arrayjit.tnode import MemoryMode, TNode
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
@@ -69,7 +70,7 @@ class Tensor:
     def value(self) -> np.ndarray:
         """The values, axes in batch, output, input order."""
         node = self._value_node
-        if node is None or not node.computed:
+        if node is None or not residency.computed(node):
             raise ValueError(
                 f"tensor {self.label!r} has no value yet: no routine has computed it. Run "
                 "`ctx.forward(t)` on it with a Context (or compile and run code that computes it)"
@@ -86,7 +87,7 @@ class Tensor:
         if not self.requires_grad:
             return None
         node = self._grad_node
-        if node is None or not node.computed:
+        if node is None or not residency.computed(node):
             raise ValueError(
                 f"the gradient of {self.label!r} has not been computed: compile and run "
                 "`train.grad_update(loss)` first"
@@ -100,20 +101,22 @@ class Tensor:
         return float(value.reshape(()))
 
     def set_value(self, values: Any) -> None:
-        """Write values (an array in batch, output, input axis order, or a scalar)."""
+        """Write values (an array in batch, output, input axis order, or a scalar). Rows of a
+        tensor that were not given and are not inferred yet are settled by the array: they take
+        no axes, so the array's shape must be the given dims."""
+        array = np.asarray(values)
+        if not self.shape.is_solved and array.shape != ():
+            shapes.settle(self.shape, array.shape, f"set_value: tensor {self.label!r}")
         try:
             dims = self._dims()
         except ShapeError as exc:
             raise ShapeError(
                 f"set_value: the dims of {self.label!r} are not known yet; specify them when "
-                f"creating it. ({exc})"
+                f"creating it, or give an array. ({exc})"
             ) from None
-        array = np.asarray(values)
         if array.shape not in (dims, ()):
-            raise ValueError(
-                f"set_value: tensor {self.label!r} has shape {self.shape} (array dims {dims}), "
-                f"got an array of shape {array.shape}"
-            )
+            # Raises the ShapeError that names the rows and both shapes: the array does not fit.
+            shapes.settle(self.shape, array.shape, f"set_value: tensor {self.label!r}")
         self.value_node.set_host(array)
 
     # ---- graph -----------------------------------------------------------------------------

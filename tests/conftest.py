@@ -8,7 +8,7 @@ BACKENDS = ["c", "cuda"]
 
 
 def _cuda_skip_reason() -> str | None:
-    from arrayjit.runtime.context import cuda_usable
+    from arrayjit.runtime.runtime import cuda_usable
 
     if cuda_usable():
         return None
@@ -33,16 +33,16 @@ def _contexts() -> dict:
 @pytest.fixture
 def context(backend, _contexts):
     """An arrayjit context of each backend, shared across tests (CUDA skips without a GPU)."""
-    from arrayjit.runtime.context import Context
+    from arrayjit.runtime.runtime import Runtime
 
     if backend not in _contexts:
-        _contexts[backend] = Context(backend)
+        _contexts[backend] = Runtime(backend)
     return _contexts[backend]
 
 
 @pytest.fixture(scope="session")
 def c_context():
     """One C context shared by the tests (a context holds no per-routine state)."""
-    from arrayjit.runtime.context import Context
+    from arrayjit.runtime.runtime import Runtime
 
-    return Context("c")
+    return Runtime("c")

@@ -1,19 +1,26 @@
-"""What a backend provides to a `Context`."""
+"""What a backend provides to a `Runtime`."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from arrayjit import loop_ir as ir
 from arrayjit.tnode import TNode
 
 
 class Compiled(ABC):
-    """A compiled routine: runs over buffers given in the order of `tnodes`."""
+    """A compiled routine: runs over buffers given in the order of `tnodes`. `plan` says where
+    its compiled pieces are (JSON data, buffers by position in `tnodes`), for `Backend.load`."""
 
     tnodes: Sequence[TNode]
+    #: The buffers the routine writes.
+    written: Sequence[TNode]
     source_path: str
+    plan: dict[str, Any]
+    #: The routine's loop IR on demand (set by the executable; for inspection only).
+    ir_source: Callable[[], ir.Stmt] | None = None
 
     @abstractmethod
     def run(self) -> None: ...
@@ -25,8 +32,18 @@ class Backend(ABC):
     reductions_innermost: bool = False
 
     @abstractmethod
+    def identity(self) -> str:
+        """Everything besides the code that determines the compiled result (compiler, flags,
+        versions, options): part of every cache key."""
+
+    @abstractmethod
     def compile(self, stmt: ir.Stmt, name: str) -> Compiled:
         """Generate code for `stmt`, compile it (or take it from the cache) and bind buffers."""
+
+    @abstractmethod
+    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> Compiled | None:
+        """Bind the compiled pieces named by `plan` to `tnodes`; None when one is missing or
+        damaged (then the routine is compiled again)."""
 
     def synchronize(self) -> None:  # noqa: B027 - a no-op where work is synchronous
         """Wait until the work submitted so far is done."""

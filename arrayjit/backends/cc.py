@@ -1,9 +1,13 @@
-"""The C backend: generated C compiled by the system compiler into a shared object, loaded with
-ctypes. The compiler is `cc` unless `ARRAYJIT_CC` names another; artifacts go through
-`arrayjit.cache`.
+"""The C backend: each chunk of a routine (`arrayjit.backends.chunks`) is printed as a C function
+`void ocannl_c<key>(void **buffers)` whose text, and so whose cache key, does not depend on the
+routine it comes from. Functions missing from the cache are grouped into a few translation units
+compiled in parallel by the system compiler into shared objects; every function is indexed by its
+key, so equal layers, in this routine or any other, compile once. A routine runs as one ctypes
+call into a small runner that calls its chunk functions in order with their buffer tables.
 
-Flags: `-O3 -march=native -fPIC -shared -fno-math-errno`. Not `-ffast-math`: results must match
-numpy's, NaN and infinity included.
+The compiler is `cc` unless `ARRAYJIT_CC` names another; `ARRAYJIT_JOBS` caps the parallel
+compiler processes (default: the usable cores). Flags: `-O3 -march=native -fPIC -shared
+-fno-math-errno`. Not `-ffast-math`: results must match numpy's, NaN and infinity included.
 """
 
 from __future__ import annotations
@@ -15,24 +19,44 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from arrayjit import cache
+from arrayjit import cache, ops
 from arrayjit import loop_ir as ir
+from arrayjit.backends import units
 from arrayjit.backends.base import Backend, Compiled
-from arrayjit.codegen.c_syntax import CSyntax
+from arrayjit.backends.chunks import Chunk, split
+from arrayjit.codegen.c_syntax import CSyntax, buffer_name, fill_names
+from arrayjit.dtypes import DType
 from arrayjit.errors import CompileError
+from arrayjit.runtime.residency import HOST, Residency
+from arrayjit.runtime.residency import of as residency_of
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
 
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
 
+#: In every unit: runs `n` chunk functions in order, each on its table of buffers.
+RUNNER = """\
+typedef void (*ocannl_chunk)(void **);
+void ocannl_run_chunks(int n, ocannl_chunk *chunks, void ***tables) {
+  for (int k = 0; k < n; ++k) chunks[k](tables[k]);
+}
+"""
+
 
 def compiler() -> str:
     return os.environ.get("ARRAYJIT_CC", "cc")
+
+
+def flags() -> tuple[str, ...]:
+    return (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
 
 
 @functools.cache
@@ -62,35 +86,127 @@ def compiler_version(command: str) -> str:
     return version
 
 
+def build_identity() -> str:
+    """Everything besides the source that determines a compiled library."""
+    return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""))
+
+
+@functools.cache
+def _build_identity(command: str, extra_flags: str) -> str:
+    # Every unit defines the runner: a unit made for another runner must not be used.
+    all_flags = " ".join((*FLAGS, *shlex.split(extra_flags)))
+    return "\n".join((command, all_flags, compiler_version(command), RUNNER))
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkFunction:
+    """The C function of one chunk: its key (a hash of its text, which names buffers by
+    position only), its symbol, and its body with buffer names left as placeholders."""
+
+    key: str
+    body: str
+    labels: tuple[str, ...]
+    dtypes: tuple[DType, ...]
+    random: bool
+
+    @property
+    def symbol(self) -> str:
+        return f"ocannl_c{self.key}"
+
+    @property
+    def lines(self) -> int:
+        return self.body.count("\n")
+
+    def text(self) -> str:
+        """The function, its buffers named after the labels of the chunk it was printed from."""
+        return (
+            f"void {self.symbol}(void **buffers) {{\n{fill_names(self.body, list(self.labels))}}}\n"
+        )
+
+
+@functools.cache
+def _prelude(dtypes: tuple[DType, ...], random: bool) -> str:
+    syntax = CSyntax()
+    used = set(ops.RANDOM_OPS) if random else set()
+    return "#include <math.h>\n#include <stdint.h>\n" + syntax.prelude(list(dtypes), used)
+
+
+def _union_dtypes(functions: Sequence[ChunkFunction]) -> tuple[DType, ...]:
+    return tuple(sorted({d for f in functions for d in f.dtypes}, key=lambda d: d.name))
+
+
 class CCompiled(Compiled):
+    """The chunk functions of a routine and their buffer tables, run by one call."""
+
     def __init__(
         self,
-        function,
+        libraries: list[Path],
+        symbols: list[str],
+        parameters: list[list[int]],
         tnodes: list[TNode],
-        scratch: dict[TNode, np.ndarray],
-        written: set[TNode],
-        source_path: str,
-    ):
-        self.function = function
+        written: list[int],
+        source_path: Path,
+    ) -> None:
         self.tnodes = tnodes
-        self.source_path = source_path
-        # Keep the arrays alive: the pointer table below refers to their memory.
-        self.arrays = [scratch[t] if t in scratch else t.host() for t in tnodes]
-        self.pointers = (ctypes.c_void_p * max(1, len(tnodes)))(
-            *(a.ctypes.data for a in self.arrays)
+        self.written = [tnodes[k] for k in written]
+        self.source_path = str(source_path)
+        self.libraries = sorted(set(libraries))
+        self.plan = {
+            "source": source_path.name,
+            "chunks": [
+                [lib.name, s, p] for lib, s, p in zip(libraries, symbols, parameters, strict=True)
+            ],
+            "written": written,
+        }
+        self.runner = None
+        if libraries:
+            self.runner = load(libraries[0]).ocannl_run_chunks
+            self.runner.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            self.runner.restype = None
+        functions = [
+            address(library, symbol) for library, symbol in zip(libraries, symbols, strict=True)
+        ]
+        scratch = {t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)}
+        # Keep the arrays alive: the tables below refer to their memory.
+        self.arrays = [
+            np.zeros(t.dims, t.dtype.numpy) if t in scratch else t.host() for t in tnodes
+        ]
+        addresses = [a.ctypes.data for a in self.arrays]
+        self.tables = [
+            (ctypes.c_void_p * max(1, len(p)))(*(addresses[i] for i in p)) for p in parameters
+        ]
+        n = len(functions)
+        self.table_array = (ctypes.c_void_p * max(1, n))(
+            *(ctypes.addressof(t) for t in self.tables)
+        )
+        self.function_array = (ctypes.c_void_p * max(1, n))(*functions)
+        self.arguments = (
+            n,
+            ctypes.addressof(self.function_array),
+            ctypes.addressof(self.table_array),
         )
         # Host arrays are this backend's buffers: a device may hold newer values of those it
-        # reads, and devices must learn about those it writes.
+        # uses, and devices must learn about those it writes.
         self.shared = [t for t in tnodes if t not in scratch]
-        self.shared_written = [t for t in self.shared if t in written]
+        written_set = set(self.written)
+        self.shared_written = [residency_of(t) for t in self.shared if t in written_set]
+        self.seen_device_writes = -1
 
     def run(self) -> None:
-        for t in self.shared:
-            if t.fetch_from_device is not None:
-                t.host()
-        self.function(self.pointers)
-        for t in self.shared_written:
-            t.host_version += 1
+        if Residency.device_places:
+            if self.seen_device_writes != Residency.device_writes:
+                for t in self.shared:
+                    t.host()  # copies newer values from a device, if one has them
+                self.seen_device_writes = Residency.device_writes
+            self.call()
+            for state in self.shared_written:
+                state.write_at(HOST)
+        else:
+            self.call()
+
+    def call(self) -> None:
+        if self.runner is not None:
+            self.runner(*self.arguments)
 
 
 class CBackend(Backend):
@@ -99,54 +215,98 @@ class CBackend(Backend):
     def __init__(self) -> None:
         self.syntax = CSyntax()
 
-    def source(self, stmt: ir.Stmt, tnodes: list[TNode], function: str) -> str:
-        dtypes = sorted({t.dtype for t in tnodes}, key=lambda d: d.name)
-        self.syntax.begin(tnodes)
+    def chunk_function(self, chunk: Chunk, identity: str) -> ChunkFunction:
+        syntax = self.syntax
+        syntax.begin(list(chunk.tnodes), placeholders=True)
         lines = [
-            "#include <math.h>",
-            "#include <stdint.h>",
-            self.syntax.prelude(dtypes, ir.ops_used(stmt)),
-            f"void {function}(void **buffers) {{",
+            f"  {t.dtype.c_name} *restrict {syntax.buffer(t)} = ({t.dtype.c_name} *)buffers[{k}];"
+            for k, t in enumerate(chunk.tnodes)
         ]
-        for k, t in enumerate(tnodes):
-            c_type = t.dtype.c_name
-            name = self.syntax.buffer(t)
-            lines.append(f"  {c_type} *restrict {name} = ({c_type} *)buffers[{k}];")
-        lines += self.syntax.stmt(stmt)
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        lines += syntax.stmt(chunk.stmt)
+        body = "\n".join(lines) + "\n"
+        dtypes = tuple(sorted({t.dtype for t in chunk.tnodes}, key=lambda d: d.name))
+        random = bool(ops.RANDOM_OPS & ir.ops_used(chunk.stmt))
+        key = cache.key(_prelude(dtypes, random), body, identity)
+        labels = tuple(t.label for t in chunk.tnodes)
+        return ChunkFunction(key, body, labels, dtypes, random)
+
+    def identity(self) -> str:
+        return build_identity()
 
     def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
-        function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
-        source = self.source(stmt, tnodes, function)
-        library = build_shared_object(source)
-        try:
-            lib = ctypes.CDLL(str(library))
-        except OSError as exc:
-            raise CompileError(
-                f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
-            ) from None
-        fn = getattr(lib, function)
-        fn.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
-        fn.restype = None
-        scratch = {
-            t: np.zeros(t.dims, t.dtype.numpy)
-            for t in tnodes
-            if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
-        }
-        written = ir.written_tnodes(stmt)
-        return CCompiled(fn, tnodes, scratch, written, str(library.with_suffix(".c")))
+        position = {t: k for k, t in enumerate(tnodes)}
+        chunks = split(stmt)
+        identity = build_identity()
+        functions = [self.chunk_function(c, identity) for c in chunks]
+        libraries = units.compiled(
+            functions,
+            "fn",
+            lambda group: build_unit(group, identity),
+            lambda library, symbol: address(library, symbol) is not None,
+        )
+        source_path = write_listing(name, tnodes, chunks, functions, libraries)
+        written = sorted(position[t] for t in ir.written_tnodes(stmt))
+        return CCompiled(
+            [libraries[f.key] for f in functions],
+            [f.symbol for f in functions],
+            [[position[t] for t in c.tnodes] for c in chunks],
+            tnodes,
+            written,
+            source_path,
+        )
+
+    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CCompiled | None:
+        folder = cache.cache_dir()
+        source_path = folder / plan["source"]
+        paths = {name: folder / name for name in {name for name, _, _ in plan["chunks"]}}
+        libraries = [paths[name] for name, _, _ in plan["chunks"]]
+        symbols = [symbol for _, symbol, _ in plan["chunks"]]
+        if not source_path.exists() or not all(cache.verified(lib) for lib in paths.values()):
+            return None
+        if not all(address(lib, s) for lib, s in zip(libraries, symbols, strict=True)):
+            return None
+        parameters = [params for _, _, params in plan["chunks"]]
+        return CCompiled(libraries, symbols, parameters, tnodes, plan["written"], source_path)
 
 
-def build_shared_object(source: str) -> Path:
+@functools.cache
+def load(library: Path) -> ctypes.CDLL:
+    """A shared object from the cache, loaded once per process."""
+    try:
+        return ctypes.CDLL(str(library))
+    except OSError as exc:
+        raise CompileError(
+            f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
+        ) from None
+
+
+_dlsym = ctypes.CDLL(None).dlsym
+_dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_dlsym.restype = ctypes.c_void_p
+
+
+@functools.cache
+def address(library: Path, symbol: str) -> int | None:
+    """The address of `symbol` in a library from the cache; None if it has none."""
+    return _dlsym(load(library)._handle, symbol.encode())
+
+
+def build_unit(functions: Sequence[ChunkFunction], identity: str) -> Path:
+    """A shared object defining `functions` and the runner, from the cache or compiled now."""
+    dtypes = _union_dtypes(functions)
+    random = any(f.random for f in functions)
+    source = "\n".join([_prelude(dtypes, random), *(f.text() for f in functions), RUNNER])
+    return build_shared_object(source, identity)
+
+
+def build_shared_object(source: str, identity: str) -> Path:
     """The shared object for `source`, from the cache or freshly compiled."""
     command = compiler()
-    flags = (*FLAGS, *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")))
-    key = cache.key(source, " ".join(flags), compiler_version(command))
+    key = cache.key(source, identity)
 
     def build(source_path: Path, output: Path) -> None:
-        args = [*shlex.split(command), *flags, "-o", str(output), str(source_path), "-lm"]
+        args = [*shlex.split(command), *flags(), "-o", str(output), str(source_path), "-lm"]
         log.debug("compiling: %s", shlex.join(args))
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
@@ -155,3 +315,40 @@ def build_shared_object(source: str) -> Path:
             )
 
     return cache.artifact(key, ".so", source, ".c", build)
+
+
+def write_listing(
+    name: str,
+    tnodes: list[TNode],
+    chunks: list[Chunk],
+    functions: list[ChunkFunction],
+    libraries: dict[str, Path],
+) -> Path:
+    """A readable C source of the whole routine: each distinct chunk function once (with the
+    library it is compiled in), then the routine as a function calling them in order."""
+    routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+    distinct = list({f.key: f for f in functions}.values())
+    lines = [
+        f"/* Routine {name!r}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
+        "   Each function is compiled on its own, in the library named above it, and cached by",
+        f"   its text; the runtime calls them in the order of {routine} below. */",
+        _prelude(_union_dtypes(functions), any(f.random for f in functions)),
+    ]
+    for f in distinct:
+        lines += [f"/* in {libraries[f.key]} */", f.text()]
+    names = [buffer_name(t.label, k) for k, t in enumerate(tnodes)]
+    position = {t: k for k, t in enumerate(tnodes)}
+    lines.append(f"void {routine}(void **buffers) {{")
+    lines += [
+        f"  {t.dtype.c_name} *restrict {names[k]} = ({t.dtype.c_name} *)buffers[{k}];"
+        for k, t in enumerate(tnodes)
+    ]
+    for chunk, f in zip(chunks, functions, strict=True):
+        arguments = ", ".join(names[position[t]] for t in chunk.tnodes)
+        lines.append(f"  {f.symbol}((void *[]){{{arguments}}});")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    path = cache.cache_dir() / f"{cache.key(text)}.listing.c"
+    if not path.exists():
+        cache.write_atomic(path, text.encode())
+    return path

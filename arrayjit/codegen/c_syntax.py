@@ -7,6 +7,7 @@ is mapped to threads, the qualifier of helper functions, kernel signatures).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -84,9 +85,12 @@ class CSyntax:
     def __init__(self) -> None:
         self.begin([])
 
-    def begin(self, tnodes: list[TNode]) -> None:
-        """Start a routine over `tnodes` (buffer k is named after its label and k)."""
-        self._buffers = {t: f"{_identifier(t.label)}_{k}" for k, t in enumerate(tnodes)}
+    def begin(self, tnodes: list[TNode], placeholders: bool = False) -> None:
+        """Start a routine over `tnodes`: buffer k is named after its label and k, or `@k@` with
+        `placeholders` (for text that must not depend on labels; `fill_names` names them)."""
+        self._buffers = {
+            t: f"@{k}@" if placeholders else buffer_name(t.label, k) for k, t in enumerate(tnodes)
+        }
         self._names: dict[object, str] = {}
 
     def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
@@ -195,3 +199,16 @@ class CSyntax:
 def _identifier(label: str) -> str:
     safe = "".join(ch if ch.isalnum() else "_" for ch in label)[:32]
     return safe if safe and not safe[0].isdigit() else f"b{safe}"
+
+
+def buffer_name(label: str, k: int) -> str:
+    """The name of buffer `k` (labelled `label`) in generated code."""
+    return f"{_identifier(label)}_{k}"
+
+
+_PLACEHOLDER = re.compile(r"@(\d+)@")
+
+
+def fill_names(text: str, labels: list[str]) -> str:
+    """Text printed with `placeholders`, with buffer k named after `labels[k]`."""
+    return _PLACEHOLDER.sub(lambda m: buffer_name(labels[int(m[1])], int(m[1])), text)

@@ -36,8 +36,8 @@ class CudaSyntax(CSyntax):
 
     function_qualifier = "__device__ __forceinline__"
 
-    def begin(self, tnodes: list[TNode]) -> None:
-        super().begin(tnodes)
+    def begin(self, tnodes: list[TNode], placeholders: bool = False) -> None:
+        super().begin(tnodes, placeholders)
         self.renamed: dict[Iterator, str] = {}
         self.substituted: dict[ir.Expr, str] = {}
 

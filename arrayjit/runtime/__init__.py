@@ -1,1 +1,2 @@
-"""The runtime: contexts that own a backend, its buffers and the routines compiled for it."""
+"""The runtime: a backend, its buffers and where their newest values are, and the executables
+compiled for it."""

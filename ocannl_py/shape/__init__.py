@@ -13,13 +13,15 @@ from ocannl_py.shape.logic import (
     UpdateStep,
     close,
     propagate,
+    settle,
 )
-from ocannl_py.shape.rows import KINDS, MEMORY_ORDER, Shape
+from ocannl_py.shape.rows import KINDS, MEMORY_ORDER, DimSpec, Shape, given_dim
 
 __all__ = [
     "KINDS",
     "MEMORY_ORDER",
     "AxisRef",
+    "DimSpec",
     "Compose",
     "Einsum",
     "Logic",
@@ -29,5 +31,7 @@ __all__ = [
     "Transpose",
     "UpdateStep",
     "close",
+    "given_dim",
     "propagate",
+    "settle",
 ]

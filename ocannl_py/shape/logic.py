@@ -2,18 +2,21 @@
 
 `propagate(logic, result, operands)` adds an operation's constraints and solves what it can at
 once (a conflict is a ShapeError right there); `close(shapes)` settles the rest before compiling.
-The solver itself is `solver.py`; projections are derived in `projections.py`.
+The solver itself is `solver.py` (and `closing.py`); projections are derived in `projections.py`.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ocannl_py import einsum as es
-from ocannl_py.errors import ShapeError
+from ocannl_py.errors import ShapeError, SpecSyntaxError
 from ocannl_py.shape import solver as sv
-from ocannl_py.shape.rows import KINDS, Shape
+from ocannl_py.shape import terms as t
+from ocannl_py.shape.closing import Closing
+from ocannl_py.shape.rows import KINDS, MEMORY_ORDER, Shape
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,8 @@ class Pointwise:
 
 @dataclass(frozen=True)
 class Compose:
-    """`a * b`: a's input axes contract with b's output axes; the result is
-    `batch | b.input -> a.output`."""
+    """`a * b`: a's input axes contract with b's output axes, which broadcast into them; the
+    result is `batch | b.input -> a.output`."""
 
     def describe(self) -> str:
         return "compose (`*`, matrix-multiply-like)"
@@ -66,7 +69,7 @@ class AxisRef:
     """One axis of a spec after propagation: `kind` is label, placeholder or fixed."""
 
     kind: str
-    dim: sv.DimLike
+    dim: t.DimLike
     name: str = ""
     index: int = 0
 
@@ -76,10 +79,13 @@ class RowLayout:
     """How a spec row maps onto a tensor's row: axes, then the row variable's part, then axes."""
 
     beg: tuple[AxisRef, ...]
-    var: sv.RowVar | None  # the tensor's own part of the row variable
-    shared: sv.RowVar | None  # the spec's row variable (the result's part)
+    var: t.RowVar | None  # the tensor's own part of the row variable
+    shared: t.RowVar | None  # the spec's row variable (the result's part)
     var_name: str | None
     end: tuple[AxisRef, ...]
+
+
+_step_serials = itertools.count(1)
 
 
 @dataclass
@@ -92,7 +98,12 @@ class UpdateStep:
     op_label: str = ""
     # Einsum only: per tensor (operands, then the result), per kind, its layout (None: no axes).
     layouts: list[dict[str, RowLayout | None]] = field(default_factory=list)
-    row_vars: dict[str, sv.RowVar] = field(default_factory=dict)
+    row_vars: dict[str, t.RowVar] = field(default_factory=dict)
+    # Einsum only: the labels of the result that are in no operand, with their dims.
+    result_only_labels: dict[str, tuple[es.Label, t.DimVar]] = field(default_factory=dict)
+    # Its constraints still pending, and rows of variables no tensor holds, until it is closed.
+    scope: sv.Scope = field(default_factory=sv.Scope, repr=False)
+    serial: int = field(default_factory=lambda: next(_step_serials), repr=False)
 
     def describe(self) -> str:
         op = f" {self.op_label!r}" if self.op_label else ""
@@ -112,50 +123,93 @@ _COMPOSE_HINT = (
 def propagate(
     logic: Logic, result: Shape, operands: list[Shape], *, op_label: str = ""
 ) -> UpdateStep:
-    """Add the constraints of `result = logic(operands)`, solve what can be, return the step."""
+    """Add the constraints of `result = logic(operands)`, solve what can be, return the step.
+    On a conflict (a ShapeError) the shapes are left as they were."""
     operands = list(operands)
     _check_arity(logic, operands)
     step = UpdateStep(logic, result, operands, op_label)
-    group = sv.merge([result._group, *(s._group for s in operands)])
-    for s in (result, *operands):
-        s._group = group
-    new: list[sv.Pending] = []
+    # A new result has nothing but this operation to give its dims.
+    result_is_new = result.is_fresh()
+    tx = sv.Transaction()
+    try:
+        _constrain(step, tx, result_is_new)
+        tx.run()
+        if result_is_new:
+            if step.result_only_labels:
+                _check_result_labels(step, closed=False)
+            _settle_own_variables(result, operands, tx)
+    except sv.Mismatch as e:
+        error = _shape_error(e, sv.Where(step.describe))  # described before the rollback
+        tx.rollback()
+        raise error from None
+    except BaseException:
+        tx.rollback()
+        raise
+    result.open_steps.append(step)
+    return step
+
+
+def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> None:
+    logic, result, operands = step.logic, step.result, step.operands
 
     def where(kind: str, hint: str = "") -> sv.Where:
         return sv.Where(step.describe, kind, hint)
 
-    def broadcast(cur: sv.Row, subr: sv.Row, kind: str) -> None:
-        w = where(kind)
-        _reporting(w, lambda: new.extend(sv.broadcast_rows(cur, subr, w)))
+    def broadcast(cur: t.Row, subr: t.Row, kind: str, hint: str = "", **kw) -> None:
+        w = sv.Where(step.describe, kind, hint, **kw)
+        for constraint in _reporting(w, lambda: tx.broadcast_rows(cur, subr, w)):
+            tx.add(constraint, step.scope)
 
-    def equal(r1: sv.Row, r2: sv.Row, kind: str, hint: str = "") -> None:
-        _reporting(where(kind, hint), lambda: sv.unify_rows(r1, r2))
+    def equal(r1: t.Row, r2: t.Row, kind: str, hint: str = "") -> None:
+        _reporting(where(kind, hint), lambda: tx.unify_rows(r1, r2))
 
     if isinstance(logic, Pointwise):
         for kind in KINDS:
             for operand in operands:
                 if logic.exact:
-                    equal(result._rows[kind], operand._rows[kind], kind)
+                    equal(result.original_row(kind), operand.original_row(kind), kind)
                 else:
-                    broadcast(result._rows[kind], operand._rows[kind], kind)
+                    broadcast(result.original_row(kind), operand.original_row(kind), kind)
     elif isinstance(logic, Compose):
         a, b = operands
-        equal(a._rows["input"], b._rows["output"], "input (of the left) vs output", _COMPOSE_HINT)
+        # The right operand's output broadcasts into the left's input (OCANNL): `m * 2` sums
+        # m's input axes, the number's one axis of dim 1 broadcasting over them.
+        broadcast(
+            a.original_row("input"),
+            b.original_row("output"),
+            "input (of the left) vs output",
+            _COMPOSE_HINT,
+            contraction=True,
+        )
         for operand in operands:
-            broadcast(result._rows["batch"], operand._rows["batch"], "batch")
-        broadcast(result._rows["input"], b._rows["input"], "input")
-        broadcast(result._rows["output"], a._rows["output"], "output")
+            broadcast(result.original_row("batch"), operand.original_row("batch"), "batch")
+        broadcast(result.original_row("input"), b.original_row("input"), "input")
+        broadcast(result.original_row("output"), a.original_row("output"), "output")
     elif isinstance(logic, Transpose):
         (a,) = operands
-        broadcast(result._rows["batch"], a._rows["batch"], "batch")
-        broadcast(result._rows["input"], a._rows["output"], "input (from output)")
-        broadcast(result._rows["output"], a._rows["input"], "output (from input)")
+        broadcast(result.original_row("batch"), a.original_row("batch"), "batch")
+        broadcast(result.original_row("input"), a.original_row("output"), "input (from output)")
+        broadcast(result.original_row("output"), a.original_row("input"), "output (from input)")
     else:
-        _propagate_einsum(step, logic, new, where)
-        group.extra_rows.extend(sv.Row((), var, ()) for var in step.row_vars.values())
-    w = where("")
-    group.pending = _reporting(w, lambda: sv.solve(group.pending + new))
-    return step
+        _propagate_einsum(step, logic, tx, where, result_is_new)
+        step.scope.extra_rows.extend(t.Row((), var, ()) for var in step.row_vars.values())
+
+
+def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transaction) -> None:
+    """A new result is what its operands make it, as in numpy: its variables that no operand
+    holds and no constraint waits on take their least value now (a row no more axes, a dim 1 or
+    just above a fixed index) rather than growing later to fit a use."""
+    held = {id(v) for s in operands for k in KINDS for v in t.row_unknowns(s.row(k))}
+    for kind in KINDS:
+        for var in t.row_unknowns(result.row(kind)):
+            waited_on = any(c.alive for c in var.watchers)
+            if id(var) in held or waited_on or var.solution is not None:
+                continue
+            if isinstance(var, t.RowVar):
+                tx.bind_row(var, t.Row())
+            else:
+                tx.default_dim(var)
+    tx.run()
 
 
 def _check_arity(logic: Logic, operands: list[Shape]) -> None:
@@ -172,10 +226,13 @@ def _check_arity(logic: Logic, operands: list[Shape]) -> None:
 
 
 def _reporting(where: sv.Where, action):
+    """Run `action`, blaming `where` for a mismatch that does not say where it is."""
     try:
         return action()
     except sv.Mismatch as e:
-        raise _shape_error(e, where) from None
+        if e.where is None:
+            e.where = where
+        raise
 
 
 def _shape_error(e: sv.Mismatch, fallback: sv.Where) -> ShapeError:
@@ -187,9 +244,11 @@ def _shape_error(e: sv.Mismatch, fallback: sv.Where) -> ShapeError:
     return ShapeError(message)
 
 
-def _propagate_einsum(step: UpdateStep, logic: Einsum, new: list, where) -> None:
+def _propagate_einsum(
+    step: UpdateStep, logic: Einsum, tx: sv.Transaction, where, result_is_new: bool
+) -> None:
     spec = logic.parsed
-    labels: dict[str, sv.DimVar] = {}
+    labels: dict[str, t.DimVar] = {}
     tensors = [*step.operands, step.result]
     shape_specs = [*spec.operands, spec.result]
     for position, (shape, shape_spec) in enumerate(zip(tensors, shape_specs, strict=True)):
@@ -200,31 +259,64 @@ def _propagate_einsum(step: UpdateStep, logic: Einsum, new: list, where) -> None
             w = where(kind)
             if row_spec is None:
                 # A kind the spec leaves out has no axes (OCANNL: it is not broadcast or reduced).
-                _reporting(w, lambda s=shape, k=kind: sv.unify_rows(s._rows[k], sv.Row()))
+                _reporting(w, lambda s=shape, k=kind: tx.unify_rows(s.original_row(k), t.Row()))
                 layout[kind] = None
                 continue
-            beg = tuple(_axis_ref(a, labels, logic) for a in row_spec.beg)
-            end = tuple(_axis_ref(a, labels, logic) for a in row_spec.end)
+            # A fixed index makes a new result's axis exactly `index + 1`: it broadcasts like any
+            # other axis of dim 1; an operand's axis, or an existing result's, needs a dim above it.
+            exact = is_result and result_is_new
+            beg = tuple(_axis_ref(a, labels, logic, exact) for a in row_spec.beg)
+            end = tuple(_axis_ref(a, labels, logic, exact) for a in row_spec.end)
             name = row_spec.variable_name(kind)
             shared = own = None
             if name is not None:
-                shared = step.row_vars.setdefault(name, sv.RowVar(name))
-                own = shared if is_result else sv.RowVar(f"{name}{position + 1}")
+                shared = step.row_vars.setdefault(name, t.RowVar(name))
+                own = shared if is_result else t.RowVar(f"{name}{position + 1}")
                 if not is_result:
-                    new.append(sv.RowBroadcast(sv.Row((), shared, ()), sv.Row((), own, ()), w))
-            spec_row = sv.Row(tuple(r.dim for r in beg), own, tuple(r.dim for r in end))
-            _reporting(w, lambda s=shape, k=kind, r=spec_row: sv.unify_rows(s._rows[k], r))
+                    broadcast = sv.RowBroadcast(t.Row((), shared, ()), t.Row((), own, ()), w)
+                    tx.add(broadcast, step.scope)
+            spec_row = t.Row(tuple(r.dim for r in beg), own, tuple(r.dim for r in end))
+            _reporting(w, lambda s=shape, k=kind, r=spec_row: tx.unify_rows(s.original_row(k), r))
             layout[kind] = RowLayout(beg, own, shared, name, end)
         step.layouts.append(layout)
+    in_operands = {a.name for o in spec.operands for a in _axes(o) if isinstance(a, es.Label)}
+    for axis in _axes(spec.result):
+        if isinstance(axis, es.Label) and axis.name not in in_operands:
+            step.result_only_labels[axis.name] = (axis, labels[axis.name])
 
 
-def _axis_ref(axis: es.AxisSpec, labels: dict[str, sv.DimVar], logic: Einsum) -> AxisRef:
+def _axes(shape_spec: es.ShapeSpec) -> list[es.AxisSpec]:
+    rows = (shape_spec.row(kind) for kind in KINDS)
+    return [axis for row in rows if row is not None for axis in row.axes]
+
+
+def _check_result_labels(step: UpdateStep, *, closed: bool) -> None:
+    """A result axis whose label is in no operand takes its dim from elsewhere (the result's
+    given dims): once the step is solved (`closed`: once its shapes are closed), it must have
+    one that no default made up."""
+    assert isinstance(step.logic, Einsum)
+    for label, dim in step.result_only_labels.values():
+        if t.was_defaulted_dim(dim) if closed else not isinstance(t.resolve_dim(dim), t.Dim):
+            line, column = label.position or (1, 1)
+            raise SpecSyntaxError(
+                f"the result axis {label.name!r} is in no operand and nothing gives its dim: "
+                "name it in an operand, use a fixed index, or give the result's dims",
+                step.logic.spec,
+                line,
+                column,
+            )
+
+
+def _axis_ref(
+    axis: es.AxisSpec, labels: dict[str, t.DimVar], logic: Einsum, exact_fixed: bool
+) -> AxisRef:
     if isinstance(axis, es.Label):
-        return AxisRef("label", labels.setdefault(axis.name, sv.DimVar(axis.name)), axis.name)
+        return AxisRef("label", labels.setdefault(axis.name, t.DimVar(axis.name)), axis.name)
     if isinstance(axis, es.Placeholder):
-        return AxisRef("placeholder", sv.DimVar("_"))
+        return AxisRef("placeholder", t.DimVar("_"))
     if isinstance(axis, es.FixedIndex):
-        return AxisRef("fixed", sv.DimVar(min_size=axis.value + 1), index=axis.value)
+        dim = t.Dim(axis.value + 1) if exact_fixed else t.DimVar(min_size=axis.value + 1)
+        return AxisRef("fixed", dim, index=axis.value)
     what = "affine (convolution) axes" if isinstance(axis, es.AffineAxis) else "concatenation `^`"
     raise ShapeError(
         f"einsum {logic.spec!r}: {what} are parsed but not supported by shape inference yet"
@@ -232,28 +324,111 @@ def _axis_ref(axis: es.AxisSpec, labels: dict[str, sv.DimVar], logic: Einsum) ->
 
 
 def close(shapes: Iterable[Shape]) -> None:
-    """Settle every variable reachable from `shapes`; a parameter left undetermined is an error."""
-    groups = {id(g): g for g in (s._group.root() for s in shapes)}
-    for group in groups.values():
-        members = list(group.shapes)
-        try:
-            sv.close_group(group)
-        except sv.Mismatch as e:
-            raise _shape_error(e, sv.Where(lambda: "closing shapes")) from None
-        for shape in members:
+    """Settle every variable of `shapes` and of the operations that produce them, transitively;
+    a parameter left undetermined is an error. Operations that none of them reaches (an
+    abandoned expression) are left alone. On an error, the shapes are left as they were."""
+    reached, steps = _reach(shapes)
+    rows = [s.original_row(k) for s in reached for k in KINDS]
+    rows.extend(r for step in steps for r in step.scope.extra_rows)
+    fewest_axes = set()
+    for shape in reached:
+        for kind in shape.fewest_axes:
+            var = shape.row(kind).var
+            if var is not None:
+                fewest_axes.add(var.id)
+    tx = Closing([step.scope for step in steps], fewest_axes)
+    try:
+        tx.close(rows)
+        for shape in reached:
             if shape.dims_required:
                 _check_param(shape)
+        for step in steps:
+            if step.result_only_labels:
+                _check_result_labels(step, closed=True)
+    except sv.Mismatch as e:
+        error = _shape_error(e, sv.Where(lambda: "closing shapes"))
+        tx.rollback()
+        raise error from None
+    except BaseException:
+        tx.rollback()
+        raise
+    for step in steps:
+        step.scope.extra_rows = []
+    for shape in reached:
+        shape.open_steps = []
+
+
+def settle(shape: Shape, dims: tuple[int, ...], what: str) -> None:
+    """Give `shape` the dims of an array whose axes are in memory order (batch, output, input):
+    the rows it does not know yet take no axes, its unknown dims take the array's. An array that
+    does not fit is a ShapeError naming `what`, the rows and both shapes; the shape is then left
+    as it was."""
+    rows = {kind: shape.row(kind) for kind in KINDS}
+    expected = [d for kind in MEMORY_ORDER for d in (*rows[kind].beg, *rows[kind].end)]
+    fits = len(expected) == len(dims) and all(
+        not isinstance(d, t.Dim) or d.size == n for d, n in zip(expected, dims, strict=False)
+    )
+    tx = sv.Transaction()
+    try:
+        if not fits:
+            raise sv.Mismatch("")
+        for row in rows.values():
+            if row.var is not None:
+                tx.bind_row(row.var, t.Row())
+        for d, n in zip(expected, dims, strict=True):
+            tx.unify_dims(d, t.Dim(n))
+        tx.run()
+    except sv.Mismatch as e:
+        given = ", ".join(f"{kind} {_row_text(rows[kind])}" for kind in MEMORY_ORDER)
+        open_rows = " (rows not given take no axes)" if any(r.var for r in rows.values()) else ""
+        cause = f": {_shape_error(e, sv.Where(lambda: 'settling'))}" if e.detail else ""
+        tx.rollback()
+        raise ShapeError(
+            f"{what} has {given} (shape {shape}), so its array must have shape "
+            f"{_expected_text(expected)}{open_rows}; got an array of shape {tuple(dims)}{cause}"
+        ) from None
+
+
+def _row_text(row: t.Row) -> str:
+    if row.var is not None and not row.beg and not row.end:
+        return "not given"
+    dims = [t.dim_str(d) for d in (*row.beg, *row.end)]
+    return f"[{', '.join(dims)}{', and more' if row.var is not None else ''}]"
+
+
+def _expected_text(dims: list[t.DimLike]) -> str:
+    inner = ", ".join(t.dim_str(d) for d in dims)
+    return f"({inner},)" if len(dims) == 1 else f"({inner})"
+
+
+def _reach(shapes: Iterable[Shape]) -> tuple[list[Shape], list[UpdateStep]]:
+    """The shapes and the open update steps reachable from `shapes` through the steps that
+    produce them, each in creation order."""
+    seen: dict[int, Shape] = {}
+    steps: dict[int, UpdateStep] = {}
+    stack = list(shapes)
+    while stack:
+        shape = stack.pop()
+        if id(shape) in seen:
+            continue
+        seen[id(shape)] = shape
+        for step in shape.open_steps:
+            if id(step) not in steps:
+                steps[id(step)] = step
+                stack.extend(step.operands)
+    return (
+        sorted(seen.values(), key=lambda s: s.serial),
+        sorted(steps.values(), key=lambda s: s.serial),
+    )
 
 
 def _check_param(shape: Shape) -> None:
     for kind in KINDS:
-        original = shape._rows[kind]
-        undetermined = kind != "batch" and sv._was_defaulted_row(original)
-        undetermined = undetermined or any(
-            sv._was_defaulted_dim(d) for d in (*original.beg, *original.end)
-        )
-        row = sv.resolve_row(original)
-        undetermined = undetermined or any(sv._was_defaulted_dim(d) for d in (*row.beg, *row.end))
+        original = shape.original_row(kind)
+        undetermined = kind != "batch" and t.was_defaulted_row(original)
+        undetermined = undetermined or any(t.was_defaulted_dim(d) for d in t.dim_vars(original))
+        row = t.resolve_row(original)
+        undetermined = undetermined or any(t.was_defaulted_dim(d) for d in (*row.beg, *row.end))
         if undetermined:
             raise ShapeError(
                 f"cannot infer the {kind} dims of parameter {shape.label!r} (got {shape}): "
@@ -272,4 +447,5 @@ __all__ = [
     "UpdateStep",
     "close",
     "propagate",
+    "settle",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from arrayjit.indexing import Fixed, Index, Iterator, Projections
 from ocannl_py.errors import ShapeError
-from ocannl_py.shape import solver as sv
+from ocannl_py.shape import terms as sv
 from ocannl_py.shape.logic import (
     AxisRef,
     Compose,
@@ -35,9 +35,9 @@ class _Space:
         return it
 
 
-def derive(step: UpdateStep) -> tuple[Projections, bool]:
-    """Forward projections of `step` (lhs = result, rhs[k] = operands[k]) and whether the lhs
-    must be zeroed first (a reduction, a diagonal or a fixed index leaves cells unwritten)."""
+def derive(step: UpdateStep) -> Projections:
+    """Forward projections of `step`: lhs = result, rhs[k] = operands[k]. (Whether the lhs is
+    zeroed first is the operation's cd code's business: `=:+`.)"""
     for shape in (step.result, *step.operands):
         if not shape.is_solved:
             raise ShapeError(
@@ -62,19 +62,7 @@ def derive(step: UpdateStep) -> tuple[Projections, bool]:
         )
     except ValueError as e:
         raise ShapeError(str(e)) from None
-    return projections, _needs_zero_first(projections, step.result.dims())
-
-
-def _needs_zero_first(projections: Projections, lhs_dims: tuple[int, ...]) -> bool:
-    if projections.reduction_iterators:
-        return True
-    iterators = [i for i in projections.project_lhs if isinstance(i, Iterator)]
-    if len(set(iterators)) != len(iterators):
-        return True
-    return any(
-        not isinstance(index, Iterator) and dim > 1
-        for index, dim in zip(projections.project_lhs, lhs_dims, strict=True)
-    )
+    return projections
 
 
 def _rows(shape: Shape) -> dict[str, list[int]]:
@@ -116,7 +104,7 @@ def _by_rows(step: UpdateStep, space: _Space) -> tuple[list[Index], list[list[In
             + _aligned(a["output"], result["output"], its["output"])
             + contracted,
             _aligned(b["batch"], result["batch"], its["batch"])
-            + contracted
+            + _aligned(b["output"], a["input"], contracted)
             + _aligned(b["input"], result["input"], its["input"]),
         ]
     else:

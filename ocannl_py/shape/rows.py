@@ -3,54 +3,92 @@ with dims and an optional row variable."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from ocannl_py.errors import ShapeError
-from ocannl_py.shape import solver as sv
+from ocannl_py.shape import terms
+
+_serials = itertools.count(1)
 
 KINDS = ("batch", "input", "output")
 MEMORY_ORDER = ("batch", "output", "input")
 
 
+# A given dim: its size, or a label and its size (`("d", 64)`); axes of equal size whose labels
+# differ do not match.
+DimSpec = int | tuple[str, int]
+
+
+def given_dim(item: object) -> terms.Dim | None:
+    """The dim an item of a `*_dims` list gives, or None if it is not a valid one."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0]:
+        label, size = item
+    else:
+        label, size = None, item
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    return terms.Dim(int(size), label)
+
+
 class Shape:
-    """The axes of one tensor. A row given as a list of ints is known; None means inferred."""
+    """The axes of one tensor. A row given as a list of dims is known; None means inferred."""
 
     def __init__(
         self,
         label: str,
         *,
-        batch_dims: Sequence[int] | None = None,
-        input_dims: Sequence[int] | None = None,
-        output_dims: Sequence[int] | None = None,
+        batch_dims: Sequence[DimSpec] | None = None,
+        input_dims: Sequence[DimSpec] | None = None,
+        output_dims: Sequence[DimSpec] | None = None,
         is_param: bool = False,
         dims_required: bool = True,
+        fewest_axes: Sequence[str] = (),
     ) -> None:
         self.label = label
+        self.serial = next(_serials)  # creation order: closing takes shapes in this order
         self.is_param = is_param
         # A parameter whose values fit any dims (a scalar initial value) may close to defaults.
         self.dims_required = is_param and dims_required
-        self._rows: dict[str, sv.Row] = {}
+        # Rows not given that close to no axes rather than to what a use offers (a parameter's
+        # batch row, a number's input row); an equation can still give them axes.
+        self.fewest_axes = ("batch", *fewest_axes) if is_param else tuple(fewest_axes)
+        self._rows: dict[str, terms.Row] = {}
         for kind, dims in (("batch", batch_dims), ("input", input_dims), ("output", output_dims)):
             if dims is None:
-                var = sv.RowVar(f"{label}.{kind}", sv.Origin(self, kind))
-                self._rows[kind] = sv.Row((), var, ())
+                self._rows[kind] = terms.Row((), terms.RowVar(f"{label}.{kind}"), ())
             else:
-                dims = list(dims)
-                if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+                given = [given_dim(d) for d in dims]
+                if None in given:
                     raise ShapeError(
-                        f"tensor {label!r}: {kind} dims must be positive ints, got {dims!r}"
+                        f"tensor {label!r}: {kind} dims must be positive ints or (label, int) "
+                        f"pairs, got {list(dims)!r}"
                     )
-                self._rows[kind] = sv.closed_row(dims)
-        self._group = sv.Group(shapes=[self])
+                self._rows[kind] = terms.Row((), None, tuple(given))  # type: ignore[arg-type]
+        # The update steps that produce this shape and are not closed yet (shape/logic.py).
+        self.open_steps: list = []
 
-    def row(self, kind: str) -> sv.Row:
-        return sv.resolve_row(self._rows[kind])
+    def row(self, kind: str) -> terms.Row:
+        """The row of `kind` as solved so far."""
+        return terms.resolve_row(self._rows[kind])
 
-    def rows(self) -> list[sv.Row]:
+    def original_row(self, kind: str) -> terms.Row:
+        """The row of `kind` as created, before any binding (to see how it was solved)."""
+        return self._rows[kind]
+
+    def is_fresh(self) -> bool:
+        """Whether no operation has touched it yet: all its rows unknown, nothing waiting on
+        them, and nothing producing it."""
+        return not self.open_steps and all(
+            row.var is not None and row.var.solution is None and not row.var.watchers
+            for row in self._rows.values()
+        )
+
+    def rows(self) -> list[terms.Row]:
         return [self.row(k) for k in KINDS]
 
     def _sizes(self, kind: str) -> list[int]:
-        sizes = sv.row_sizes(self._rows[kind])
+        sizes = terms.row_sizes(self._rows[kind])
         if sizes is None:
             raise ShapeError(
                 f"the {kind} dims of tensor {self.label!r} are not known yet ({self}); they are "
@@ -72,7 +110,7 @@ class Shape:
 
     @property
     def is_solved(self) -> bool:
-        return all(sv.is_solved(r) for r in self.rows())
+        return all(terms.is_solved(r) for r in self.rows())
 
     def dims(self) -> tuple[int, ...]:
         """Memory order: batch dims, then output dims, then input dims."""
@@ -84,11 +122,11 @@ class Shape:
 
         def show(kind: str, first: int) -> str:
             row = rows[kind]
-            items = [f"{first + i}:{sv._dim_str(d)}" for i, d in enumerate(row.beg)]
+            items = [f"{first + i}:{terms.dim_str(d)}" for i, d in enumerate(row.beg)]
             if row.var is not None:
                 items.append("...")
             start = first + len(row.beg)
-            items.extend(f"{start + i}:{sv._dim_str(d)}" for i, d in enumerate(row.end))
+            items.extend(f"{start + i}:{terms.dim_str(d)}" for i, d in enumerate(row.end))
             return ",".join(items)
 
         n_output = len(rows["output"].beg) + len(rows["output"].end)

@@ -1,177 +1,48 @@
-"""The shape constraint solver: dim and row variables, equations, broadcasts, and closing.
+"""The shape constraint solver: equations, broadcasts, and a worklist of pending constraints.
 
-A row is `beg + row_var + end` (or just `end` when it has no row variable). Variables are solved by
-binding them (`var.solution`); equations are solved at once, broadcasts (`cur >= subr`: the subr
-row/dim broadcasts into cur) as soon as they are decided and otherwise kept pending. Closing picks
-the greatest solution for a pending subr (a parameter takes the shape its use demands), then
-defaults what nothing constrains: a dim to 1, a row to no axes.
+Equations are solved at once. A broadcast (`cur >= subr`: the subr row or dim broadcasts into
+cur) is solved as soon as it is decided; otherwise it waits on the variables it mentions (each
+variable lists its `watchers`) and is looked at again only when one of them is bound. So an
+operation re-examines only the constraints that touch what it bound; `closing.py` settles the
+rest. Every change goes through a `Transaction`, which records it so that an operation that fails
+leaves the shapes as they were (`rollback`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-_ids = itertools.count(1)
+from ocannl_py.shape.terms import (
+    Dim,
+    DimLike,
+    DimVar,
+    Row,
+    RowVar,
+    Var,
+    resolve_dim,
+    resolve_row,
+    row_unknowns,
+    was_defaulted_dim,
+    was_defaulted_row,
+)
+
+_keys = itertools.count()
+
+# numpy's limit on the number of axes of an array. A row that grows past it can only come from
+# broadcasts that feed each other more axes without end (`..v.. >= ..v.., a`).
+MAX_AXES = 64
 
 
 class Mismatch(Exception):
-    """Raised by the solver with what disagrees; shape.py adds which tensors and which operation."""
+    """Raised by the solver with what disagrees; the shape logic adds which tensors and where."""
 
     def __init__(self, detail: str, where: Where | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.where = where
-
-
-@dataclass(frozen=True)
-class Dim:
-    """A solved axis."""
-
-    size: int
-    label: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.label}={self.size}" if self.label else str(self.size)
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Which tensor's row a variable was created for: for errors and the parameter check."""
-
-    shape: object  # ocannl_py.shape.Shape; kept untyped to avoid a cycle
-    kind: str
-
-
-class DimVar:
-    """An unknown dim. `min_size`: a fixed index `i` on this axis needs a dim above `i`."""
-
-    def __init__(self, name: str = "", min_size: int = 1) -> None:
-        self.id = next(_ids)
-        self.name = name
-        self.min_size = min_size
-        self.solution: DimVar | Dim | None = None
-        self.origins: list[Origin] = []
-        self.defaulted = False  # closed by default, not by a constraint
-        self.bounded = False  # a known dim broadcasts into it: closing it to 1 is not a guess
-
-    def __repr__(self) -> str:
-        return f"${self.name or self.id}"
-
-
-class RowVar:
-    """An unknown sequence of axes."""
-
-    def __init__(self, name: str = "", origin: Origin | None = None) -> None:
-        self.id = next(_ids)
-        self.name = name
-        self.solution: Row | None = None
-        self.origins: list[Origin] = [origin] if origin else []
-        self.defaulted = False
-        self.bounded = False  # a row of known length broadcasts into it
-
-    def __repr__(self) -> str:
-        return f"..{self.name or self.id}.."
-
-
-DimLike = Dim | DimVar
-
-
-@dataclass(frozen=True)
-class Row:
-    beg: tuple[DimLike, ...] = ()
-    var: RowVar | None = None
-    end: tuple[DimLike, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.var is None and self.beg:
-            object.__setattr__(self, "end", self.beg + self.end)
-            object.__setattr__(self, "beg", ())
-
-    @property
-    def closed(self) -> bool:
-        return self.var is None
-
-    def __str__(self) -> str:
-        items = [_dim_str(d) for d in self.beg]
-        if self.var is not None:
-            items.append("...")
-        items.extend(_dim_str(d) for d in self.end)
-        return ",".join(items)
-
-
-def _dim_str(d: DimLike) -> str:
-    return str(d) if isinstance(d, Dim) else "?"
-
-
-def closed_row(dims: Iterable[int]) -> Row:
-    return Row((), None, tuple(Dim(int(d)) for d in dims))
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolution
-
-
-def resolve_dim(d: DimLike) -> DimLike:
-    while isinstance(d, DimVar) and d.solution is not None:
-        d = d.solution
-    return d
-
-
-def resolve_row(row: Row) -> Row:
-    if row.var is None or row.var.solution is None:
-        # Common case: nothing to substitute but solved dim variables, often none at all.
-        for d in row.beg + row.end:
-            if isinstance(d, DimVar) and d.solution is not None:
-                break
-        else:
-            return row
-    beg, var, end = list(row.beg), row.var, list(row.end)
-    while var is not None and var.solution is not None:
-        sol = var.solution
-        beg.extend(sol.beg)
-        end[:0] = sol.end
-        var = sol.var
-    return Row(tuple(resolve_dim(d) for d in beg), var, tuple(resolve_dim(d) for d in end))
-
-
-def is_solved(row: Row) -> bool:
-    row = resolve_row(row)
-    return row.closed and all(isinstance(d, Dim) for d in row.end)
-
-
-def row_sizes(row: Row) -> list[int] | None:
-    row = resolve_row(row)
-    if not row.closed or not all(isinstance(d, Dim) for d in row.end):
-        return None
-    return [d.size for d in row.end]  # type: ignore[union-attr]
-
-
-def _bind_dim(var: DimVar, value: DimLike) -> None:
-    if isinstance(value, Dim) and value.size < var.min_size:
-        raise Mismatch(f"dim {value.size} is too small for fixed index {var.min_size - 1}")
-    if isinstance(value, DimVar):
-        value.min_size = max(value.min_size, var.min_size)
-        value.origins.extend(var.origins)
-        value.bounded = value.bounded or var.bounded
-    var.solution = value
-
-
-def _bind_row(var: RowVar, value: Row) -> None:
-    if value.var is var:
-        raise Mismatch("a row variable would contain itself")
-    if value.var is not None:
-        value.var.origins.extend(var.origins)
-        value.var.bounded = value.var.bounded or var.bounded
-    for d in (*value.beg, *value.end):
-        if isinstance(d, DimVar):
-            d.origins.extend(var.origins)
-    var.solution = value
-
-
-# ---------------------------------------------------------------------------------------------
-# Constraints
 
 
 @dataclass
@@ -181,174 +52,395 @@ class Where:
     describe: Callable[[], str]
     kind: str = ""
     hint: str = ""
+    # The contraction of a compose: cur is the left operand's input, subr the right's output.
+    contraction: bool = False
 
 
-@dataclass
+class Scope:
+    """The pending constraints and the extra rows (variables no tensor holds, such as an einsum's
+    row variables) of one operation, kept until its shapes are closed."""
+
+    def __init__(self) -> None:
+        self.pending: dict[Constraint, None] = {}  # insertion-ordered set
+        self.extra_rows: list[Row] = []
+
+
+@dataclass(eq=False)
 class DimBroadcast:
     """`subr` equals `cur`, or is 1."""
 
     cur: DimLike
     subr: DimLike
     where: Where
+    scope: Scope | None = None
+    key: tuple[int, ...] = ()  # the order of creation; derived constraints take their parent's
+    alive: bool = True
+    watching: tuple[Var, ...] = field(default=(), repr=False)
 
 
-@dataclass
+@dataclass(eq=False)
 class RowBroadcast:
     """`subr` is aligned on the right with `cur`; each of its dims broadcasts into cur's."""
 
     cur: Row
     subr: Row
     where: Where
+    scope: Scope | None = None
+    key: tuple[int, ...] = ()
+    alive: bool = True
+    watching: tuple[Var, ...] = field(default=(), repr=False)
 
 
-Pending = DimBroadcast | RowBroadcast
+Constraint = DimBroadcast | RowBroadcast
 
 
-def unify_dims(a: DimLike, b: DimLike) -> None:
-    a, b = resolve_dim(a), resolve_dim(b)
-    if a is b:
-        return
-    if isinstance(a, DimVar):
-        _bind_dim(a, b)
-    elif isinstance(b, DimVar):
-        _bind_dim(b, a)
-    elif a.size != b.size:
-        raise Mismatch(f"dims {a.size} vs {b.size}")
-    elif a.label and b.label and a.label != b.label:
-        raise Mismatch(f"axis labels {a.label!r} vs {b.label!r}")
-
-
-def unify_rows(r1: Row, r2: Row) -> None:
-    r1, r2 = resolve_row(r1), resolve_row(r2)
-    if r1.closed and r2.closed:
-        if len(r1.end) != len(r2.end):
-            raise Mismatch(f"{len(r1.end)} axes ({r1}) vs {len(r2.end)} axes ({r2})")
-        for a, b in zip(r1.end, r2.end, strict=True):
-            unify_dims(a, b)
-        return
-    if r1.closed:
-        r1, r2 = r2, r1
-    assert r1.var is not None
-    if r2.closed:
-        dims = r2.end
-        if len(dims) < len(r1.beg) + len(r1.end):
-            raise Mismatch(
-                f"{len(dims)} axes ({r2}) vs at least {len(r1.beg) + len(r1.end)} ({r1})"
-            )
-        for a, b in zip(r1.beg, dims, strict=False):
-            unify_dims(a, b)
-        for a, b in zip(reversed(r1.end), reversed(dims), strict=False):
-            unify_dims(a, b)
-        middle = dims[len(r1.beg) : len(dims) - len(r1.end)]
-        _bind_row(r1.var, Row((), None, tuple(middle)))
-        return
-    assert r2.var is not None
-    k = min(len(r1.beg), len(r2.beg))
-    for a, b in zip(r1.beg[:k], r2.beg[:k], strict=True):
-        unify_dims(a, b)
-    m = min(len(r1.end), len(r2.end))
-    for a, b in zip(r1.end[len(r1.end) - m :], r2.end[len(r2.end) - m :], strict=True):
-        unify_dims(a, b)
-    b1, b2 = r1.beg[k:], r2.beg[k:]
-    e1, e2 = r1.end[: len(r1.end) - m], r2.end[: len(r2.end) - m]
-    if r1.var is r2.var:
-        if b1 or b2 or e1 or e2:
-            raise Mismatch(f"the same row variable with different axes around it: {r1} vs {r2}")
-        return
-    if not b1 and not e1:
-        _bind_row(r1.var, Row(b2, r2.var, e2))
-    elif not b2 and not e2:
-        _bind_row(r2.var, Row(b1, r1.var, e1))
-    else:
-        fresh = RowVar()
-        if not b1:  # r1.var + e1 == b2 + r2.var
-            _bind_row(r1.var, Row(b2, fresh, ()))
-            _bind_row(r2.var, Row((), fresh, e1))
-        else:  # b1 + r1.var == r2.var + e2
-            _bind_row(r2.var, Row(b1, fresh, ()))
-            _bind_row(r1.var, Row((), fresh, e2))
-
-
-def broadcast_dims(cur: DimLike, subr: DimLike, where: Where) -> list[Pending]:
-    tainted = _was_defaulted_dim(cur)
-    cur, subr = resolve_dim(cur), resolve_dim(subr)
-    if isinstance(subr, Dim) and isinstance(cur, DimVar):
-        cur.bounded = True
-    if cur is subr or (isinstance(subr, Dim) and subr.size == 1):
-        return []
-    if isinstance(cur, Dim) and isinstance(subr, Dim):
-        if cur.size != subr.size:
-            raise Mismatch(f"dims {subr.size} vs {cur.size} (an operand's dim must match or be 1)")
-        return []
-    if isinstance(cur, DimVar) and isinstance(subr, Dim):
-        _bind_dim(cur, subr)
-        return []
-    if isinstance(cur, Dim) and cur.size == 1:
-        assert isinstance(subr, DimVar)
-        _bind_dim(subr, cur)
-        subr.defaulted = tainted
-        return []
-    return [DimBroadcast(cur, subr, where)]
-
-
-def broadcast_rows(cur: Row, subr: Row, where: Where) -> list[Pending]:
-    """Solve `cur >= subr` as far as it is decided; returns what is left pending."""
-    tainted = _was_defaulted_row(cur)
-    cur, subr = resolve_row(cur), resolve_row(subr)
-    if cur == subr:
-        # A tensor updated from itself (`p =- lr * p.grad`): no constraint.
-        return []
-    if len(subr.end) > len(cur.end):
-        if cur.closed:
-            raise Mismatch(
-                f"an operand has at least {len(subr.end)} axes ({subr}) where the result has "
-                f"{len(cur.end)} ({cur})"
-            )
-        if cur.beg:
-            return [RowBroadcast(cur, subr, where)]
-        assert cur.var is not None
-        extra = tuple(DimVar() for _ in range(len(subr.end) - len(cur.end)))
-        rest = RowVar()
-        rest.bounded = subr.closed
-        _bind_row(cur.var, Row((), rest, extra))
-        cur = resolve_row(cur)
-    pending: list[Pending] = []
-    m = len(subr.end)
-    for c, s in zip(cur.end[len(cur.end) - m :], subr.end, strict=True):
-        pending.extend(broadcast_dims(c, s, where))
-    cur_rest = Row(cur.beg, cur.var, cur.end[: len(cur.end) - m])
-    subr_rest = Row(subr.beg, subr.var, ())
-    if subr_rest.closed and cur_rest.var is not None:
-        cur_rest.var.bounded = True
-    if subr_rest.closed or (not cur_rest.beg and not cur_rest.end and cur_rest.var is None):
-        if not subr_rest.closed:  # the result has no more axes: neither has the operand
-            var = subr_rest.var
-            unify_rows(Row((), None, ()), Row(subr_rest.beg, var, ()))
-            var.defaulted = tainted
-        return pending
-    pending.append(RowBroadcast(cur_rest, subr_rest, where))
-    return pending
-
-
-def step(constraint: Pending) -> list[Pending] | None:
-    """Try to solve a pending constraint; None when nothing changed."""
+def unknowns(constraint: Constraint) -> tuple[list[Var], list[Var]]:
+    """The unknown variables of the cur side and of the subr side, as they are now."""
     if isinstance(constraint, DimBroadcast):
-        result = broadcast_dims(constraint.cur, constraint.subr, constraint.where)
-        if len(result) == 1 and _same_dim_constraint(result[0], constraint):
+        cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
+        return ([cur] if isinstance(cur, DimVar) else []), (
+            [subr] if isinstance(subr, DimVar) else []
+        )
+    return row_unknowns(resolve_row(constraint.cur)), row_unknowns(resolve_row(constraint.subr))
+
+
+class Transaction:
+    """One unit of solving: the bindings it makes (undone together by `rollback`) and the queue of
+    constraints woken by them. `reached`: when given, only the constraints of those scopes are
+    looked at (closing one routine's shapes leaves other graphs' constraints alone)."""
+
+    def __init__(self, reached: set[Scope] | None = None) -> None:
+        # Undo records: a function and its arguments (tuples, not closures: fewer objects).
+        self._trail: list[tuple] = []
+        self._queue: deque[Constraint] = deque()
+        self._queued: set[int] = set()
+        self._reached = reached
+
+    # ---- recording -----------------------------------------------------------------------
+
+    def _set(self, obj: object, name: str, value: object) -> None:
+        old = getattr(obj, name)
+        self._trail.append((setattr, obj, name, old))
+        setattr(obj, name, value)
+
+    def rollback(self) -> None:
+        """Undo everything this transaction did, latest first."""
+        while self._trail:
+            undo, *args = self._trail.pop()
+            undo(*args)
+        self._queue.clear()
+        self._queued.clear()
+
+    def mark_bounded(self, var: Var) -> None:
+        if not var.bounded:
+            self._set(var, "bounded", True)
+            self.on_bounded(var)
+
+    def mark_defaulted(self, var: Var, defaulted: bool) -> None:
+        if var.defaulted != defaulted:
+            self._set(var, "defaulted", defaulted)
+
+    # Hooks for closing, which keeps its own indexes of what is pending.
+    def on_bounded(self, var: Var) -> None:
+        pass
+
+    def on_bound(self, var: Var) -> None:
+        pass
+
+    def on_registered(self, constraint: Constraint) -> None:
+        pass
+
+    def on_retired(self, constraint: Constraint) -> None:
+        pass
+
+    # ---- binding -------------------------------------------------------------------------
+
+    def _wake(self, var: Var) -> None:
+        if var.watchers:
+            for constraint in var.watchers:
+                self._enqueue(constraint)
+            self._set(var, "watchers", [])
+
+    def bind_dim(self, var: DimVar, value: DimLike) -> None:
+        if isinstance(value, Dim) and value.size < var.min_size:
+            raise Mismatch(f"dim {value.size} is too small for fixed index {var.min_size - 1}")
+        if isinstance(value, DimVar):
+            if var.min_size > value.min_size:
+                self._set(value, "min_size", var.min_size)
+            if var.bounded:
+                self.mark_bounded(value)
+        self._set(var, "solution", value)
+        self._wake(var)
+        self.on_bound(var)
+
+    def default_dim(self, var: DimVar) -> None:
+        """Close an unconstrained dim to the least it can be."""
+        self._set(var, "solution", Dim(var.min_size))
+        self._wake(var)
+        self.on_bound(var)
+
+    def bind_row(self, var: RowVar, value: Row) -> None:
+        if value.var is var:
+            raise Mismatch("a row variable would contain itself")
+        if value.var is not None:
+            if var.bounded:
+                self.mark_bounded(value.var)
+            around = var.axes_around + _length(value)
+            if around > MAX_AXES:
+                raise Mismatch(
+                    f"a row would have more than {MAX_AXES} axes: the operations make it grow "
+                    "without end (rows broadcast into each other in a cycle that adds axes)"
+                )
+            if around > value.var.axes_around:
+                self._set(value.var, "axes_around", around)
+        self._set(var, "solution", value)
+        self._wake(var)
+        self.on_bound(var)
+
+    # ---- equations -----------------------------------------------------------------------
+
+    def unify_dims(self, a: DimLike, b: DimLike) -> None:
+        a, b = resolve_dim(a), resolve_dim(b)
+        if a is b:
+            return
+        if isinstance(a, DimVar):
+            self.bind_dim(a, b)
+        elif isinstance(b, DimVar):
+            self.bind_dim(b, a)
+        elif a.size != b.size:
+            raise Mismatch(f"dims {a.size} vs {b.size}")
+        elif a.label and b.label and a.label != b.label:
+            raise Mismatch(f"axis labels {a.label!r} vs {b.label!r}")
+
+    def unify_rows(self, r1: Row, r2: Row) -> None:
+        r1, r2 = resolve_row(r1), resolve_row(r2)
+        if r1.closed and r2.closed:
+            if len(r1.end) != len(r2.end):
+                raise Mismatch(f"{len(r1.end)} axes ({r1}) vs {len(r2.end)} axes ({r2})")
+            for a, b in zip(r1.end, r2.end, strict=True):
+                self.unify_dims(a, b)
+            return
+        if r1.closed:
+            r1, r2 = r2, r1
+        assert r1.var is not None
+        if r2.closed:
+            dims = r2.end
+            if len(dims) < len(r1.beg) + len(r1.end):
+                raise Mismatch(
+                    f"{len(dims)} axes ({r2}) vs at least {len(r1.beg) + len(r1.end)} ({r1})"
+                )
+            for a, b in zip(r1.beg, dims, strict=False):
+                self.unify_dims(a, b)
+            for a, b in zip(reversed(r1.end), reversed(dims), strict=False):
+                self.unify_dims(a, b)
+            middle = dims[len(r1.beg) : len(dims) - len(r1.end)]
+            self.bind_row(r1.var, Row((), None, tuple(middle)))
+            return
+        assert r2.var is not None
+        k = min(len(r1.beg), len(r2.beg))
+        for a, b in zip(r1.beg[:k], r2.beg[:k], strict=True):
+            self.unify_dims(a, b)
+        m = min(len(r1.end), len(r2.end))
+        for a, b in zip(r1.end[len(r1.end) - m :], r2.end[len(r2.end) - m :], strict=True):
+            self.unify_dims(a, b)
+        b1, b2 = r1.beg[k:], r2.beg[k:]
+        e1, e2 = r1.end[: len(r1.end) - m], r2.end[: len(r2.end) - m]
+        if r1.var is r2.var:
+            if b1 or b2 or e1 or e2:
+                raise Mismatch(f"the same row variable with different axes around it: {r1} vs {r2}")
+            return
+        if not b1 and not e1:
+            self.bind_row(r1.var, Row(b2, r2.var, e2))
+        elif not b2 and not e2:
+            self.bind_row(r2.var, Row(b1, r1.var, e1))
+        else:
+            fresh = RowVar()
+            if not b1:  # r1.var + e1 == b2 + r2.var
+                self.bind_row(r1.var, Row(b2, fresh, ()))
+                self.bind_row(r2.var, Row((), fresh, e1))
+            else:  # b1 + r1.var == r2.var + e2
+                self.bind_row(r2.var, Row(b1, fresh, ()))
+                self.bind_row(r1.var, Row((), fresh, e2))
+
+    # ---- broadcasts ----------------------------------------------------------------------
+
+    def broadcast_dims(self, cur: DimLike, subr: DimLike, where: Where) -> list[Constraint]:
+        """Solve `cur >= subr` if it is decided; returns what is left pending (unregistered)."""
+        tainted = was_defaulted_dim(cur)
+        cur, subr = resolve_dim(cur), resolve_dim(subr)
+        if isinstance(subr, Dim) and isinstance(cur, DimVar):
+            self.mark_bounded(cur)
+        if cur is subr or (isinstance(subr, Dim) and subr.size == 1):
+            return []
+        if isinstance(cur, Dim) and isinstance(subr, Dim):
+            if cur.size != subr.size:
+                if where.contraction:
+                    raise Mismatch(
+                        f"dims {cur.size} vs {subr.size} (the right operand's dim must match "
+                        "the left's or be 1)"
+                    )
+                raise Mismatch(
+                    f"dims {subr.size} vs {cur.size} (an operand's dim must match or be 1)"
+                )
+            if cur.label and subr.label and cur.label != subr.label:
+                first, second = (cur, subr) if where.contraction else (subr, cur)
+                raise Mismatch(
+                    f"axis labels {first.label!r} vs {second.label!r} ({first} vs {second})"
+                )
+            return []
+        if isinstance(cur, DimVar) and isinstance(subr, Dim):
+            self.bind_dim(cur, subr)
+            return []
+        if isinstance(cur, Dim) and cur.size == 1:
+            assert isinstance(subr, DimVar)
+            self.bind_dim(subr, cur)
+            self.mark_defaulted(subr, tainted)
+            return []
+        return [DimBroadcast(cur, subr, where)]
+
+    def broadcast_rows(self, cur: Row, subr: Row, where: Where) -> list[Constraint]:
+        """Solve `cur >= subr` as far as it is decided; returns what is left pending."""
+        tainted = was_defaulted_row(cur)
+        cur, subr = resolve_row(cur), resolve_row(subr)
+        if cur == subr:
+            # A tensor updated from itself (`p =- lr * p.grad`): no constraint.
+            return []
+        if len(subr.end) > len(cur.end):
+            if cur.closed:
+                extra = len(subr.end) - len(cur.end)
+                if where.contraction:
+                    detail = (
+                        f"{len(cur.end)} axes ({cur}) vs at least {len(subr.end)} axes ({subr}): "
+                        "the right operand's output has more axes than the left operand's input"
+                    )
+                else:
+                    detail = (
+                        f"an operand has at least {len(subr.end)} axes ({subr}) where the result "
+                        f"has {len(cur.end)} ({cur})"
+                    )
+                self._squeeze((*subr.beg, *subr.end[:extra]), subr.var, detail)
+                subr = Row((), None, subr.end[extra:])
+            elif cur.beg:
+                return [RowBroadcast(cur, subr, where)]
+            else:
+                assert cur.var is not None
+                extra_dims = tuple(DimVar() for _ in range(len(subr.end) - len(cur.end)))
+                rest = RowVar()
+                rest.bounded = subr.closed
+                self.bind_row(cur.var, Row((), rest, extra_dims))
+                cur = resolve_row(cur)
+        pending: list[Constraint] = []
+        m = len(subr.end)
+        for c, s in zip(cur.end[len(cur.end) - m :], subr.end, strict=True):
+            pending.extend(self.broadcast_dims(c, s, where))
+        cur_rest = Row(cur.beg, cur.var, cur.end[: len(cur.end) - m])
+        subr_rest = Row(subr.beg, subr.var, ())
+        if subr_rest.closed and cur_rest.var is not None:
+            self.mark_bounded(cur_rest.var)
+        if subr_rest.closed or (not cur_rest.beg and not cur_rest.end and cur_rest.var is None):
+            if not subr_rest.closed:  # the result has no more axes: neither has the operand
+                var = subr_rest.var
+                detail = f"0 axes () vs at least {len(subr_rest.beg)} ({subr_rest})"
+                self._squeeze(subr_rest.beg, var, detail)
+                self.mark_defaulted(var, tainted)
+            return pending
+        pending.append(RowBroadcast(cur_rest, subr_rest, where))
+        return pending
+
+    def _squeeze(self, dims: tuple[DimLike, ...], var: RowVar | None, detail: str) -> None:
+        """Axes of an operand that the result does not have: each must be of dim 1, which
+        broadcasts into no axis at all (a number's one axis into a scalar); a row variable among
+        them stands for no axes."""
+        if any(isinstance(d, Dim) and d.size != 1 for d in dims):
+            raise Mismatch(detail)
+        for d in dims:
+            d = resolve_dim(d)
+            if isinstance(d, DimVar):
+                self.bind_dim(d, Dim(1))
+        if var is not None:
+            self.bind_row(var, Row())
+
+    def step(self, constraint: Constraint) -> list[Constraint] | None:
+        """Try to solve a pending constraint; None when nothing changed."""
+        if isinstance(constraint, DimBroadcast):
+            result = self.broadcast_dims(constraint.cur, constraint.subr, constraint.where)
+            if len(result) == 1 and _same_dims(result[0], constraint):
+                return None
+            return result
+        before = (resolve_row(constraint.cur), resolve_row(constraint.subr))
+        result = self.broadcast_rows(constraint.cur, constraint.subr, constraint.where)
+        if (
+            len(result) == 1
+            and isinstance(result[0], RowBroadcast)
+            and (resolve_row(result[0].cur), resolve_row(result[0].subr)) == before
+        ):
             return None
         return result
-    before = (resolve_row(constraint.cur), resolve_row(constraint.subr))
-    result = broadcast_rows(constraint.cur, constraint.subr, constraint.where)
-    if (
-        len(result) == 1
-        and isinstance(result[0], RowBroadcast)
-        and (resolve_row(result[0].cur), resolve_row(result[0].subr)) == before
-    ):
-        return None
-    return result
+
+    # ---- the worklist --------------------------------------------------------------------
+
+    def _enqueue(self, constraint: Constraint) -> None:
+        if id(constraint) not in self._queued:
+            self._queued.add(id(constraint))
+            self._queue.append(constraint)
+
+    def add(self, constraint: Constraint, scope: Scope, key: tuple[int, ...] | None = None) -> None:
+        """Keep `constraint` pending in `scope`; it is looked at again by `run`."""
+        constraint.scope = scope
+        constraint.key = (next(_keys),) if key is None else key
+        scope.pending[constraint] = None
+        self._trail.append((dict.pop, scope.pending, constraint, None))
+        self._trail.append((setattr, constraint, "alive", False))
+        self._enqueue(constraint)
+
+    def retire(self, constraint: Constraint) -> None:
+        self._set(constraint, "alive", False)
+        scope = constraint.scope
+        assert scope is not None
+        del scope.pending[constraint]
+        self._trail.append((dict.__setitem__, scope.pending, constraint, None))
+        self.on_retired(constraint)
+
+    def _register(self, constraint: Constraint) -> None:
+        """Make `constraint` wait on the variables it mentions now."""
+        cur, subr = unknowns(constraint)
+        now = (*cur, *subr)
+        for var in now:
+            if var not in constraint.watching:
+                var.watchers.append(constraint)
+                self._trail.append((list.pop, var.watchers))
+        self._set(constraint, "watching", now)
+        self.on_registered(constraint)
+
+    def accepts(self, constraint: Constraint) -> bool:
+        return constraint.alive and (self._reached is None or constraint.scope in self._reached)
+
+    def run(self) -> None:
+        """Look at the queued constraints until none is left: a fixpoint."""
+        while self._queue:
+            constraint = self._queue.popleft()
+            self._queued.discard(id(constraint))
+            if not self.accepts(constraint):
+                continue
+            try:
+                result = self.step(constraint)
+            except Mismatch as e:
+                if e.where is None:
+                    e.where = constraint.where
+                raise
+            if result is None:
+                self._register(constraint)
+                continue
+            self.retire(constraint)
+            for i, derived in enumerate(result):
+                self.add(derived, constraint.scope, (*constraint.key, i))  # type: ignore[arg-type]
 
 
-def _same_dim_constraint(a: Pending, b: DimBroadcast) -> bool:
+def _length(row: Row) -> int:
+    return len(row.beg) + len(row.end)
+
+
+def _same_dims(a: Constraint, b: DimBroadcast) -> bool:
     return (
         isinstance(a, DimBroadcast)
         and resolve_dim(a.cur) is resolve_dim(b.cur)
@@ -356,226 +448,13 @@ def _same_dim_constraint(a: Pending, b: DimBroadcast) -> bool:
     )
 
 
-def _with_where(where: Where, action: Callable[[], list[Pending] | None]) -> list[Pending] | None:
-    try:
-        return action()
-    except Mismatch as e:
-        if e.where is None:
-            e.where = where
-        raise
-
-
-def solve(pending: list[Pending]) -> list[Pending]:
-    """Run the pending constraints to a fixpoint; returns those still undecided."""
-    changed = True
-    while changed:
-        changed = False
-        remaining: list[Pending] = []
-        for constraint in pending:
-            result = _with_where(constraint.where, lambda c=constraint: step(c))
-            if result is None:
-                remaining.append(constraint)
-            else:
-                changed = True
-                remaining.extend(result)
-        pending = remaining
-    return pending
-
-
-# ---------------------------------------------------------------------------------------------
-# Constraint groups: shapes that share constraints, merged as operations connect them
-
-
-@dataclass(eq=False)
-class Group:
-    shapes: list = field(default_factory=list)
-    pending: list[Pending] = field(default_factory=list)
-    # Rows of variables that no shape holds (an einsum's row variables), closed with the group.
-    extra_rows: list[Row] = field(default_factory=list)
-    parent: Group | None = None
-
-    def root(self) -> Group:
-        group = self
-        while group.parent is not None:
-            group = group.parent
-        return group
-
-
-def merge(groups: Iterable[Group]) -> Group:
-    roots: list[Group] = []
-    for g in groups:
-        r = g.root()
-        if all(r is not x for x in roots):
-            roots.append(r)
-    roots.sort(key=lambda g: len(g.shapes) + len(g.pending), reverse=True)
-    main = roots[0]
-    for other in roots[1:]:
-        main.shapes.extend(other.shapes)
-        main.pending.extend(other.pending)
-        main.extra_rows.extend(other.extra_rows)
-        other.shapes, other.pending, other.extra_rows, other.parent = [], [], [], main
-    return main
-
-
-# ---------------------------------------------------------------------------------------------
-# Closing
-
-
-def _dim_vars(row: Row) -> Iterator[DimVar]:
-    for d in (*row.beg, *row.end):
-        if isinstance(d, DimVar):
-            yield d
-
-
-def _was_defaulted_dim(d: DimLike) -> bool:
-    while isinstance(d, DimVar):
-        if d.defaulted:
-            return True
-        if d.solution is None:
-            return False
-        d = d.solution
-    return False
-
-
-def _was_defaulted_row(row: Row) -> bool:
-    var = row.var
-    while var is not None:
-        if var.defaulted:
-            return True
-        if var.solution is None:
-            return False
-        var = var.solution.var
-    return False
-
-
-def _take_greatest(constraint: Pending, rows_of_params_batch: set[int]) -> bool:
-    """Solve a pending broadcast whose cur is known by giving the subr all of cur."""
-    if isinstance(constraint, DimBroadcast):
-        cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
-        if isinstance(cur, Dim) and isinstance(subr, DimVar):
-            _bind_dim(subr, cur)
-            subr.defaulted = _was_defaulted_dim(constraint.cur)
-            return True
-        return False
-    cur, subr = resolve_row(constraint.cur), resolve_row(constraint.subr)
-    if not is_solved(cur) or subr.var is None:
-        return False
-    var = subr.var
-    if var.id in rows_of_params_batch:
-        _bind_row(var, Row())
-    else:
-        rest = cur.end[len(subr.beg) :]
-        _bind_row(var, Row((), None, rest))
-        var.defaulted = not rest and _was_defaulted_row(constraint.cur)
-    return True
-
-
-def close_group(group: Group) -> None:
-    """Close every variable of the group: greatest solutions for pending broadcasts first, then
-    defaults (dim 1, no axes) for what nothing constrains."""
-    group = group.root()
-    rows = [r for shape in group.shapes for r in shape.rows()] + group.extra_rows
-    params_batch = set()
-    for shape in group.shapes:
-        if shape.is_param:
-            var = resolve_row(shape.row("batch")).var
-            if var is not None:
-                params_batch.add(var.id)
-    pending = group.pending
-    while True:
-        pending = solve(pending)
-        progress = False
-        for constraint in list(pending):
-            if _with_where(constraint.where, lambda c=constraint: _take_greatest(c, params_batch)):
-                progress = True
-                break
-        if progress:
-            continue
-        subr_vars = set()
-        for c in pending:
-            if isinstance(c, DimBroadcast):
-                subr_vars.add(id(resolve_dim(c.subr)))
-            else:
-                sub = resolve_row(c.subr)
-                if sub.var is not None:
-                    subr_vars.add(id(sub.var))
-                subr_vars.update(id(d) for d in _dim_vars(sub))
-        _propagate_bounds(pending)
-        candidates = _unresolved(rows, pending)
-        if not candidates:
-            break
-        # Close first what has a known lower bound and bounds nothing unknown, last the guesses.
-        free = [v for v in candidates if id(v) not in subr_vars]
-        chosen = [v for v in free if v.bounded] or free or candidates
-        for v in chosen[:1] if pending else chosen:
-            if isinstance(v, RowVar):
-                _bind_row(v, Row())
-            else:
-                v.solution = Dim(v.min_size)
-            v.defaulted = not v.bounded
-    group.pending = []
-    group.extra_rows = []
-
-
-def _propagate_bounds(pending: list[Pending]) -> None:
-    """A cur is bounded below when one of its subrs is."""
-    changed = True
-    while changed:
-        changed = False
-        for c in pending:
-            if isinstance(c, DimBroadcast):
-                cur, subr = resolve_dim(c.cur), resolve_dim(c.subr)
-                known = isinstance(subr, Dim) or subr.bounded
-            else:
-                cur_row, subr_row = resolve_row(c.cur), resolve_row(c.subr)
-                cur, sub_var = cur_row.var, subr_row.var
-                known = sub_var is None or sub_var.bounded
-            if isinstance(cur, DimVar | RowVar) and known and not cur.bounded:
-                cur.bounded = changed = True
-
-
-def _unresolved(rows: list[Row], pending: list[Pending]) -> list[DimVar | RowVar]:
-    found: dict[int, DimVar | RowVar] = {}
-    all_rows = list(rows)
-    for c in pending:
-        if isinstance(c, RowBroadcast):
-            all_rows.extend((c.cur, c.subr))
-        else:
-            for d in (c.cur, c.subr):
-                d = resolve_dim(d)
-                if isinstance(d, DimVar):
-                    found.setdefault(id(d), d)
-    for row in all_rows:
-        row = resolve_row(row)
-        if row.var is not None:
-            found.setdefault(id(row.var), row.var)
-        for d in _dim_vars(row):
-            found.setdefault(id(d), d)
-    return list(found.values())
-
-
 __all__ = [
-    "Dim",
+    "Constraint",
     "DimBroadcast",
-    "DimLike",
-    "DimVar",
-    "Group",
     "Mismatch",
-    "Origin",
-    "Row",
     "RowBroadcast",
-    "RowVar",
+    "Scope",
+    "Transaction",
     "Where",
-    "broadcast_dims",
-    "broadcast_rows",
-    "close_group",
-    "closed_row",
-    "is_solved",
-    "merge",
-    "resolve_dim",
-    "resolve_row",
-    "row_sizes",
-    "solve",
-    "unify_dims",
-    "unify_rows",
+    "unknowns",
 ]

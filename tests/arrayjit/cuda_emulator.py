@@ -24,6 +24,7 @@ from arrayjit import loop_ir as ir
 from arrayjit.assignments import Assignments
 from arrayjit.codegen import cuda_device, cuda_syntax
 from arrayjit.lowering import compile_to_ir
+from arrayjit.runtime import residency
 from arrayjit.schedule.gpu_kernels import GpuOptions
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -217,7 +218,7 @@ class EmulatedRoutine:
             if error:
                 raise AssertionError(f"{launch.name}: {error.decode()}")
         for t in ir.written_tnodes(self.generated.stmt):
-            t.computed = True
+            residency.host_written(t)
 
 
 def tensor_map_bytes(spec, address: int) -> bytes:

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from arrayjit.assignments import Assignments
-from arrayjit.runtime.context import Context, cuda_usable
+from arrayjit.runtime.runtime import Runtime, cuda_usable
 from arrayjit.schedule.gpu_kernels import GpuOptions
 
 #: Where kernel tests run; `ARRAYJIT_CUDA_TEST_RUNNERS=gpu` leaves the emulator out (on a GPU
@@ -19,8 +19,8 @@ RUNNERS = os.environ.get("ARRAYJIT_CUDA_TEST_RUNNERS", "emulator,gpu").split(","
 
 
 @functools.cache
-def gpu_context() -> Context:
-    return Context("cuda")
+def gpu_context() -> Runtime:
+    return Runtime("cuda")
 
 
 class Ran:

@@ -8,7 +8,7 @@ import pytest
 from arrayjit.assignments import Accum, Fetch, Values
 from arrayjit.dtypes import dtype_of
 from arrayjit.indexing import Affine, Fixed, Iterator, Projections, identity_projections
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import MemoryMode, TNode
 
 
@@ -174,11 +174,11 @@ def test_fetch_values_of_the_wrong_size():
 
 def test_unknown_backend():
     with pytest.raises(ValueError, match=r"unknown backend 'nope'; expected one of c, cuda"):
-        Context("nope")
+        Runtime("nope")
     with pytest.raises(TypeError, match=r"backend must be a name"):
-        Context(3)
+        Runtime(3)
 
 
 def test_compile_takes_assignment_code(c_context):
-    with pytest.raises(TypeError, match=r"Context.compile takes assignment code, got str"):
+    with pytest.raises(TypeError, match=r"Runtime.compile takes assignment code, got str"):
         c_context.compile("y =: exp(x)")

@@ -22,7 +22,7 @@ ROUTINE_SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     from arrayjit.assignments import Accum
-    from arrayjit.runtime.context import Context
+    from arrayjit.runtime.runtime import Runtime
     from arrayjit.indexing import Iterator, Projections
     from arrayjit.tnode import TNode
 
@@ -31,11 +31,12 @@ ROUTINE_SCRIPT = textwrap.dedent(
     i, j, k = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
     projections = Projections((3, 2, 4), (i, j, k), (i, j), ((i, k), (k, j)))
     code = Accum(c, "add", "mul", (a, b), projections, True)
-    routine = Context("c").compile(code)
+    routine = Runtime("c").compile(code)
     a.set_host(np.arange(12.0).reshape(3, 4))
     b.set_host(np.arange(8.0).reshape(4, 2))
     routine.run()
     print(routine.source_path)
+    print(*routine.compiled.libraries)
     print(repr(c.host().ravel().tolist()))
     """
 )
@@ -76,12 +77,13 @@ def run_routine_process(cache_dir: Path, compiler: Path | None = None) -> subpro
     )
 
 
-def finish(process: subprocess.Popen) -> Path:
+def finish(process: subprocess.Popen) -> tuple[Path, Path]:
+    """The routine's source and the library its one chunk function is compiled in."""
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    source_path, values = out.strip().splitlines()
+    source_path, library, values = out.strip().splitlines()
     assert eval(values) == EXPECTED  # noqa: S307 - our own script's repr of a list of floats
-    return Path(source_path)
+    return Path(source_path), Path(library)
 
 
 def builds(calls: Path) -> int:
@@ -90,11 +92,11 @@ def builds(calls: Path) -> int:
 
 def test_second_process_takes_the_routine_from_the_cache(fresh_cache, recording_compiler):
     wrapper, calls = recording_compiler
-    source = finish(run_routine_process(fresh_cache, wrapper))
+    source, library = finish(run_routine_process(fresh_cache, wrapper))
     assert builds(calls) == 1
-    assert source.exists() and source.with_suffix(".so").exists()
-    assert cache.lookup(source.with_suffix(".so"))
-    assert finish(run_routine_process(fresh_cache, wrapper)) == source
+    assert source.exists() and library.exists()
+    assert cache.lookup(library)
+    assert finish(run_routine_process(fresh_cache, wrapper)) == (source, library)
     assert builds(calls) == 1, "the compiler ran again on a cache hit"
 
 
@@ -102,7 +104,7 @@ def test_concurrent_compiles_of_one_routine_all_succeed(fresh_cache):
     processes = [run_routine_process(fresh_cache) for _ in range(4)]
     sources = {finish(p) for p in processes}
     assert len(sources) == 1
-    library = sources.pop().with_suffix(".so")
+    library = sources.pop()[1]
     assert cache.lookup(library)
     # No temporary files are left behind.
     assert not [p for p in fresh_cache.iterdir() if p.name.endswith(".tmp")]
@@ -111,7 +113,7 @@ def test_concurrent_compiles_of_one_routine_all_succeed(fresh_cache):
 @pytest.mark.parametrize("damage", ["truncated", "overwritten", "digest_missing"])
 def test_corrupted_entry_is_rebuilt(fresh_cache, recording_compiler, damage):
     wrapper, calls = recording_compiler
-    library = finish(run_routine_process(fresh_cache, wrapper)).with_suffix(".so")
+    library = finish(run_routine_process(fresh_cache, wrapper))[1]
     data = library.read_bytes()
     if damage == "truncated":
         library.write_bytes(data[: len(data) // 2])

@@ -14,7 +14,8 @@ from arrayjit.codegen.c_syntax import CSyntax
 from arrayjit.dtypes import float32, float64, int32
 from arrayjit.errors import CompileError
 from arrayjit.indexing import identity_projections
-from arrayjit.runtime.context import Context
+from arrayjit.runtime import residency
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
 
@@ -58,7 +59,7 @@ def test_routine_reads_host_values_written_after_compiling(c_context):
         np.testing.assert_allclose(
             y.host(), np.exp(np.linspace(0, scale, 16, dtype=np.float32)), rtol=4e-7
         )
-        assert y.computed
+        assert residency.computed(y)
 
 
 def test_same_code_compiled_twice_hits_the_in_process_cache(c_context):
@@ -108,7 +109,7 @@ def test_compile_error_shows_the_compiler_message_and_the_source(monkeypatch, tm
     monkeypatch.setenv("ARRAYJIT_CFLAGS", "-include ocannl_no_such_header.h")
     code, _, _ = pointwise_exp()
     with pytest.raises(CompileError, match="the C compiler failed") as info:
-        Context("c").compile(code)
+        Runtime("c").compile(code)
     error = info.value
     assert "ocannl_no_such_header.h" in str(error) and "ocannl_no_such_header.h" in error.log
     assert error.source_path and error.source_path in str(error)
@@ -128,20 +129,20 @@ def test_failing_compiler_wrapper(monkeypatch, tmp_path):
     monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ARRAYJIT_CC", str(wrapper))
     with pytest.raises(CompileError, match=r"exit 3[\s\S]*failing-cc: refusing to build"):
-        Context("c").compile(pointwise_exp()[0])
+        Runtime("c").compile(pointwise_exp()[0])
 
 
 def test_missing_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("ARRAYJIT_CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(CompileError, match="no-such-cc.*cannot be run"):
-        Context("c").compile(pointwise_exp()[0])
+        Runtime("c").compile(pointwise_exp()[0])
 
 
 def test_compile_latency(monkeypatch, tmp_path, capsys):
     """Reported, not asserted: from scratch (gcc runs) and from the cache (a hash and a dlopen)."""
     monkeypatch.setenv("ARRAYJIT_CACHE_DIR", str(tmp_path))
-    context = Context("c")
+    context = Runtime("c")
     code, _, _ = pointwise_exp()
     start = time.perf_counter()
     first = context.compile(code)

@@ -20,7 +20,7 @@ from arrayjit import loop_ir as ir
 from arrayjit.assignments import Accum
 from arrayjit.indexing import Affine, Fixed, Iterator, Projections, affine
 from arrayjit.lowering import loop_order
-from arrayjit.runtime.context import Context
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import TNode
 
 # Every example compiles a routine (~50 ms of gcc): keep the counts small.
@@ -30,9 +30,9 @@ SETTINGS = settings(
 
 
 @functools.cache
-def context(backend: str) -> Context:
+def context(backend: str) -> Runtime:
     """One context per backend, shared by the tests (hypothesis examples call it directly)."""
-    return Context(backend)
+    return Runtime(backend)
 
 
 def compile_and_run(code, backend: str = "c") -> ir.Stmt:

@@ -17,7 +17,8 @@ from arrayjit.codegen import cuda_syntax
 from arrayjit.errors import CompileError
 from arrayjit.indexing import Fixed, Iterator, Projections, identity_projections
 from arrayjit.lowering import compile_to_ir
-from arrayjit.runtime.context import Context, cuda_usable
+from arrayjit.runtime import residency
+from arrayjit.runtime.runtime import Runtime, cuda_usable
 from arrayjit.schedule import gpu_kernels
 from arrayjit.threefry import uniform_reference
 from arrayjit.tnode import MemoryMode, TNode
@@ -50,17 +51,17 @@ def test_context_cuda_without_gpu_is_a_clear_error(monkeypatch):
     """Whatever the machine, a missing GPU reads as one sentence, not a traceback."""
     monkeypatch.setattr(cuda, "unavailable_reason", lambda: "the NVIDIA driver sees no device")
     with pytest.raises(RuntimeError, match=r'Context\("cuda"\) cannot run here: the NVIDIA driver'):
-        Context("cuda")
+        Runtime("cuda")
     assert not cuda_usable()
-    assert Context().name == "c"
+    assert Runtime().name == "c"
 
 
 @pytest.mark.skipif(cuda_usable(), reason="this machine has a usable GPU")
 def test_context_cuda_on_this_machine_says_why():
     with pytest.raises(RuntimeError, match=r'cannot run here: .*Use Context\("c"\)') as info:
-        Context("cuda")
+        Runtime("cuda")
     assert info.value.__cause__ is None and info.value.__context__ is None
-    assert Context().name == "c"
+    assert Runtime().name == "c"
 
 
 def test_unavailable_reason_never_raises():
@@ -156,10 +157,10 @@ def test_source_has_one_kernel_per_nest_and_no_libc_headers():
 
 
 @pytest.fixture(scope="module")
-def gpu() -> Context:
+def gpu() -> Runtime:
     if not cuda_usable():
         pytest.skip("CUDA backend: no usable NVIDIA GPU, driver or cuda-python here")
-    return Context("cuda")
+    return Runtime("cuda")
 
 
 @needs_gpu
@@ -274,9 +275,9 @@ def test_values_come_back_only_when_read(gpu, monkeypatch):
     fetches = []
     original = memory.DeviceCopy.fetch
 
-    def counting_fetch(self):
+    def counting_fetch(self, host):
         fetches.append(self)
-        original(self)
+        original(self, host)
 
     monkeypatch.setattr(memory.DeviceCopy, "fetch", counting_fetch)
     x, y = TNode("x", (1000,)), TNode("y", (1000,))
@@ -285,10 +286,10 @@ def test_values_come_back_only_when_read(gpu, monkeypatch):
     routine = gpu.compile(pointwise(y, "neg", x))
     routine.run()
     routine.run()
-    assert fetches == [] and y.fetch_from_device is not None
+    assert fetches == [] and not residency.of(y).is_current(residency.HOST)
     assert y._host[999] == 0  # the host array is stale until read
     assert y.host()[999] == -999 and len(fetches) == 1
-    assert y.fetch_from_device is None
+    assert residency.of(y).is_current(residency.HOST)
     y.host()
     assert len(fetches) == 1  # fresh: no second copy
     routine.run()
@@ -329,7 +330,7 @@ def test_device_buffers_persist_between_routines_and_contexts(gpu):
     np.testing.assert_allclose(y.host(), -np.sqrt(np.arange(100.0) / 10), rtol=1e-6)
     # Another context reads y after this one wrote it: it gets the new values.
     z = TNode("z", (100,))
-    other = Context("cuda")
+    other = Runtime("cuda")
     other.compile(pointwise(z, "neg", y)).run()
     gpu.compile(pointwise(y, "exp", x)).run()
     other.compile(pointwise(z, "neg", y)).run()
@@ -376,7 +377,7 @@ def test_c_and_cuda_routines_share_buffers_coherently(gpu):
     two = TNode("two", (n,))
     two.set_host(np.full(n, 2.0, np.float32))
     on_gpu = gpu.compile(pointwise(y, "mul", x, two))
-    on_cpu = Context("c").compile(pointwise(z, "add", y, two))
+    on_cpu = Runtime("c").compile(pointwise(z, "add", y, two))
     back_on_gpu = gpu.compile(pointwise(x, "mul", z, two))
     values = np.linspace(-1, 1, n, dtype=np.float32)
     x.set_host(values)

@@ -13,7 +13,7 @@ from test_cuda_matmul import fill, matmul
 from arrayjit import cache
 from arrayjit.backends.cuda import tuning as device_tuning
 from arrayjit.lowering import compile_to_ir
-from arrayjit.runtime.context import cuda_usable
+from arrayjit.runtime.runtime import cuda_usable
 from arrayjit.schedule import gpu_matmul, tuning
 from arrayjit.schedule.gpu_kernels import GpuOptions, plan_kernels
 from arrayjit.schedule.gpu_matmul import CANDIDATES, CANDIDATES_TF32, MatmulConfig

@@ -106,10 +106,10 @@ def test_micrograd_readme_example_op_dsl(backend):
     g = op("g + (10. /. f)", g=g, f=f)
     Context(backend).compile(train.grad_update(g)).run()
     assert g.item() == pytest.approx(24.7041, abs=1e-4)
-    assert float(a.grad) == pytest.approx(138.8338, abs=1e-3)
-    assert float(b.grad) == pytest.approx(645.5773, abs=1e-3)
-    assert_printed([g.item(), float(a.grad), float(b.grad)], [24.7, 139.0, 646.0])
-    assert float(a.value) == -4.0 and float(b.value) == 2.0
+    assert a.grad.item() == pytest.approx(138.8338, abs=1e-3)
+    assert b.grad.item() == pytest.approx(645.5773, abs=1e-3)
+    assert_printed([g.item(), a.grad.item(), b.grad.item()], [24.7, 139.0, 646.0])
+    assert a.value.item() == -4.0 and b.value.item() == 2.0
 
 
 def test_micrograd_readme_example_python_operators(backend):
@@ -127,8 +127,8 @@ def test_micrograd_readme_example_python_operators(backend):
     g = g + 10.0 / f
     Context(backend).compile(train.grad_update(g)).run()
     assert g.item() == pytest.approx(24.7041, abs=1e-4)
-    assert float(a.grad) == pytest.approx(138.8338, abs=1e-3)
-    assert float(b.grad) == pytest.approx(645.5773, abs=1e-3)
+    assert a.grad.item() == pytest.approx(138.8338, abs=1e-3)
+    assert b.grad.item() == pytest.approx(645.5773, abs=1e-3)
 
 
 # ---- test/zero2hero_1of7.ml ---------------------------------------------------------------------
@@ -148,10 +148,10 @@ def test_zero2hero_graph_values_and_gradients(backend):
     Context(backend).compile(train.grad_update(f)).run()
     assert f.item() == 60.0 and difference.item() == 55.0
     assert cubic_term.item() == 75.0 and square.item() == 25.0 and linear_term.item() == 20.0
-    assert float(f.grad) == 1.0 and float(difference.grad) == 1.0
-    assert float(cubic_term.grad) == 1.0 and float(square.grad) == 3.0
-    assert float(linear_term.grad) == -1.0
-    assert float(x.grad) == 26.0
+    assert f.grad.item() == 1.0 and difference.grad.item() == 1.0
+    assert cubic_term.grad.item() == 1.0 and square.grad.item() == 3.0
+    assert linear_term.grad.item() == -1.0
+    assert x.grad.item() == 26.0
 
 
 def test_zero2hero_plot_points(backend):
@@ -201,13 +201,13 @@ def test_zero2hero_simple_gradients_and_sgd_step(backend):
     # l -8.00e+0; d 4.00e+0 (grad -2.00e+0); f -2.00e+0 (grad 4.00e+0); e -6.00e+0 (grad -2);
     # c 1.00e+1 (grad -2); a 2.00e+0 (grad 6.00e+0); b -3.00e+0 (grad -4.00e+0).
     assert (l_.item(), d.item(), e.item()) == (-8.0, 4.0, -6.0)
-    assert float(l_.grad) == 1.0 and float(d.grad) == -2.0 and float(e.grad) == -2.0
-    grads = {name: float(t.grad) for name, t in p.items()}
+    assert l_.grad.item() == 1.0 and d.grad.item() == -2.0 and e.grad.item() == -2.0
+    grads = {name: t.grad.item() for name, t in p.items()}
     assert grads == {"a": 6.0, "b": -4.0, "c": -2.0, "f": 4.0}
 
     sgd_routine.run()
     # Only the parameters change: a 1.40e+0, b -2.60e+0, c 1.02e+1, f -2.40e+0.
-    values = {name: float(t.value) for name, t in p.items()}
+    values = {name: t.value.item() for name, t in p.items()}
     assert values == pytest.approx({"a": 1.4, "b": -2.6, "c": 10.2, "f": -2.4}, abs=1e-6)
     assert l_.item() == -8.0 and d.item() == 4.0
 
@@ -218,7 +218,7 @@ def test_zero2hero_simple_gradients_and_sgd_step(backend):
     assert_printed(l_.item(), -15.7)
     assert d.item() == pytest.approx(6.56, abs=1e-5)
     assert e.item() == pytest.approx(-3.64, abs=1e-5)
-    grads = {name: float(t.grad) for name, t in p.items()}
+    grads = {name: t.grad.item() for name, t in p.items()}
     assert grads == pytest.approx({"a": 6.24, "b": -3.36, "c": -2.4, "f": 6.56}, abs=1e-5)
 
 

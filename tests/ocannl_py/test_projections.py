@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arrayjit.indexing import Fixed, Iterator, Projections, as_affine
+from arrayjit.indexing import Fixed, Projections, as_affine
 from ocannl_py.errors import ShapeError
 from ocannl_py.shape import Compose, Einsum, Pointwise, Shape, Transpose, close, propagate
 from ocannl_py.shape.projections import derive
@@ -39,90 +39,81 @@ def solved(logic, operands: list[Shape], result: Shape | None = None):
     result = result or Shape("r")
     step = propagate(logic, result, operands)
     close([result])
-    projections, zero_first = derive(step)
+    projections = derive(step)
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=s.dims()) for s in operands]
-    return result, projections, zero_first, arrays, run(projections, result.dims(), arrays)
+    return result, projections, arrays, run(projections, result.dims(), arrays)
 
 
 def test_matrix_multiplication_equals_numpy():
-    result, p, zero_first, (a, b), got = solved(
+    result, p, (a, b), got = solved(
         Einsum("ab;bc=>ac"), [known("a", output=[2, 3]), known("b", output=[3, 4])]
     )
     np.testing.assert_allclose(got, np.einsum("ab,bc->ac", a, b))
-    assert zero_first and len(p.reduction_iterators) == 1
+    assert len(p.reduction_iterators) == 1
 
 
 def test_compose_contracts_a_input_with_b_output():
     a = known("w", inputs=[3, 2], output=[4])
     b = known("x", batch=[5], output=[3, 2])
-    result, p, zero_first, (w, x), got = solved(Compose(), [a, b])
+    result, p, (w, x), got = solved(Compose(), [a, b])
     assert result.dims() == (5, 4)
     # memory order: w is (output 4, input 3, 2); x is (batch 5, output 3, 2)
     np.testing.assert_allclose(got, np.einsum("ojk,bjk->bo", w, x))
-    assert zero_first
 
 
 def test_pointwise_broadcast_uses_fixed_zero():
-    _, p, zero_first, (a, b), got = solved(
+    _, p, (a, b), got = solved(
         Pointwise(), [known("a", [2], [], [1, 3]), known("b", [], [], [4, 1])]
     )
     np.testing.assert_allclose(got, a * b)
     assert Fixed(0) in p.project_rhs[0] and Fixed(0) in p.project_rhs[1]
-    assert not zero_first
 
 
 def test_transpose():
-    _, _, zero_first, (a,), got = solved(Transpose(), [known("a", [2], [3], [4, 5])])
+    _, _, (a,), got = solved(Transpose(), [known("a", [2], [3], [4, 5])])
     # a is (batch 2, output 4, 5, input 3); the result is (batch 2, output 3, input 4, 5)
     np.testing.assert_allclose(got, np.einsum("bxyi->bixy", a))
-    assert not zero_first
 
 
 def test_diagonal_from_a_repeated_label():
-    _, p, zero_first, (a,), got = solved(Einsum("ii=>i"), [known("a", output=[3, 3])])
+    _, p, (a,), got = solved(Einsum("ii=>i"), [known("a", output=[3, 3])])
     np.testing.assert_allclose(got, np.diagonal(a))
     (it,) = p.product_iterators
-    assert p.project_rhs == ((it, it),) and not zero_first
+    assert p.project_rhs == ((it, it),)
 
 
-def test_diagonal_in_the_result_needs_zero_first():
-    result, _, zero_first, (a,), got = solved(Einsum("i=>ii"), [known("a", output=[3])])
+def test_diagonal_in_the_result():
+    result, _, (a,), got = solved(Einsum("i=>ii"), [known("a", output=[3])])
     np.testing.assert_allclose(got, np.diag(a))
-    assert zero_first
 
 
 def test_reduce_everything_to_one_number():
-    _, p, zero_first, (a,), got = solved(Einsum("...|...->... => 0"), [known("a", [2], [3], [4])])
+    _, p, (a,), got = solved(Einsum("...|...->... => 0"), [known("a", [2], [3], [4])])
     np.testing.assert_allclose(got, [a.sum()])
-    assert p.project_lhs == (Fixed(0),) and zero_first
+    assert p.project_lhs == (Fixed(0),)
 
 
 def test_fixed_index_reads_a_slice():
-    _, _, _, (a,), got = solved(Einsum("2..v..|... => ..v.."), [known("a", [3, 4], [], [5])])
+    _, _, (a,), got = solved(Einsum("2..v..|... => ..v.."), [known("a", [3, 4], [], [5])])
     np.testing.assert_allclose(got, a[2].sum(axis=-1))
 
 
 def test_fixed_index_in_the_result_writes_one_slot():
-    result, _, zero_first, (a,), got = solved(
-        Einsum("...|... => ...|...2"), [known("a", [2], [], [3])]
-    )
+    result, _, (a,), got = solved(Einsum("...|... => ...|...2"), [known("a", [2], [], [3])])
     expected = np.zeros((2, 3, 3))
     expected[:, :, 2] = a
     np.testing.assert_allclose(got, expected)
-    assert zero_first
 
 
 def test_batch_output_swap():
-    _, _, _, (a,), got = solved(
-        Einsum("ab|cd->ef => cf|ae->db"), [known("a", [2, 3], [4, 5], [6, 7])]
-    )
+    _, _, (a,), got = solved(Einsum("ab|cd->ef => cf|ae->db"), [known("a", [2, 3], [4, 5], [6, 7])])
     # memory order: a is (a b e f c d); the result is (c f d b a e)
     np.testing.assert_allclose(got, np.einsum("abefcd->cfdbae", a))
 
 
 def test_ellipsis_broadcasts_like_numpy():
-    _, _, _, (a, b), got = solved(
+    _, _, (a, b), got = solved(
         Einsum("...ab;...bc=>...ac"), [known("a", output=[5, 2, 3]), known("b", output=[1, 3, 4])]
     )
     np.testing.assert_allclose(got, np.einsum("...ab,...bc->...ac", a, b))
@@ -131,7 +122,7 @@ def test_ellipsis_broadcasts_like_numpy():
 def test_einsum_over_all_kinds_of_rows():
     a = known("a", batch=[2], inputs=[3], output=[4])
     b = known("b", batch=[2], inputs=[4], output=[5])
-    _, _, _, (x, y), got = solved(Einsum("b|i->o; b|o->p => b|i->p"), [a, b])
+    _, _, (x, y), got = solved(Einsum("b|i->o; b|o->p => b|i->p"), [a, b])
     # a: (b o i), b: (b p o); result (b p i)
     np.testing.assert_allclose(got, np.einsum("boi,bpo->bpi", x, y))
 
@@ -184,16 +175,12 @@ def test_random_einsums_equal_numpy(case):
         known(f"t{k}", [dims[c] for c in b], [dims[c] for c in i], [dims[c] for c in o])
         for k, (b, i, o) in enumerate(operand_rows)
     ]
-    result, projections, zero_first, arrays, got = solved(Einsum(spec), shapes)
+    result, projections, arrays, got = solved(Einsum(spec), shapes)
     memory = ["".join(b + o + i) for b, i, o in operand_rows]
     rb, ri, ro = result_rows
     expected = np.einsum(",".join(memory) + "->" + "".join(rb + ro + ri), *arrays)
     assert result.dims() == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
-    lhs_iterators = [i for i in projections.project_lhs if isinstance(i, Iterator)]
-    assert zero_first == bool(projections.reduction_iterators) or len(set(lhs_iterators)) != len(
-        lhs_iterators
-    )
 
 
 @settings(max_examples=80, deadline=None)
@@ -203,5 +190,5 @@ def test_random_einsums_equal_numpy(case):
 )
 def test_random_pointwise_broadcasts_equal_numpy(dims, ones):
     other = [1 if flag else d for d, flag in zip(dims, ones, strict=False)]
-    _, _, _, (a, b), got = solved(Pointwise(), [known("a", output=dims), known("b", output=other)])
+    _, _, (a, b), got = solved(Pointwise(), [known("a", output=dims), known("b", output=other)])
     np.testing.assert_allclose(got, a * b)

@@ -8,14 +8,15 @@ cells); the loops inside it (reductions, with their register accumulator) stay i
 A nest shaped like a matrix product (`acc = acc op f(x[.., i, k], y[.., k, j])` over an innermost
 reduction `k`, under parallel `i, j`) gets a shared-memory tiled kernel instead. Statements that
 are not parallel loops run in a kernel of one thread. Hoisted locals that several kernels read are
-recomputed at the start of each.
+recomputed at the start of each. Each kernel takes only its own buffers and is compiled and cached
+on its own (`modules.py`), so equal layers share one kernel.
 
 Memory. Buffers of HOST and DEVICE tnodes live on the device between routines, allocated from the
-device's memory pool; scratch buffers of LOCAL and VIRTUAL tnodes belong to one routine. Host
-values go up on a copy stream through pinned staging buffers whenever `tnode.host_version` moved;
-compute waits on an event for them. A routine that writes a buffer leaves a callback in
-`tnode.fetch_from_device`, so `tnode.host()` copies the values back only when read, only when
-stale.
+device's memory pool; scratch buffers of LOCAL and VIRTUAL tnodes belong to one routine. Each
+device buffer is a place of its tnode's residency (`arrayjit.runtime.residency`): before a run,
+buffers whose device copy is stale go up on a copy stream through pinned staging buffers, and
+compute waits on an event for them; a routine that writes a buffer makes its device copy the
+newest, so `tnode.host()` copies the values back only when read, only when stale.
 
 cuda-python is imported inside functions only: without it (or without a GPU or driver),
 `cuda_available()` is False and `CudaBackend()` raises a RuntimeError that says why.
@@ -26,15 +27,22 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
+from pathlib import Path
+from typing import Any
 
+from arrayjit import cache
 from arrayjit import loop_ir as ir
+from arrayjit.backends import units
 from arrayjit.backends.base import Backend, Compiled
-from arrayjit.backends.cuda.launch import load_kernels, write_tensor_maps
+from arrayjit.backends.cuda import nvrtc
+from arrayjit.backends.cuda.launch import kernel_config, write_tensor_maps
 from arrayjit.backends.cuda.memory import DeviceCopy
-from arrayjit.backends.cuda.nvrtc import build_cubin
-from arrayjit.codegen.cuda_syntax import generate
+from arrayjit.backends.cuda.modules import kernel_function, kernel_tnodes, module_source
+from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
 from arrayjit.errors import CompileError
-from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan
+from arrayjit.runtime import residency
+from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan, plan_kernels
+from arrayjit.schedule.gpu_wgmma import TensorMapSpec
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -72,34 +80,84 @@ def cuda_available() -> bool:
 
 
 class CudaCompiled(Compiled):
+    """The kernels of a routine, each launched on its own buffers."""
+
     def __init__(
         self,
         backend: CudaBackend,
-        plans: list[KernelPlan],
-        kernels: list,
+        kernels: list[tuple[Path, str, int | tuple[int, ...], int, int]],
+        parameters: list[list[int]],
         tnodes: list[TNode],
-        arguments: list,
-        persistent: list[TNode],
-        written: list[TNode],
-        source_path: str,
+        written: list[int],
+        source_path: Path,
+        plans: list[KernelPlan] | None = None,
+        tensor_maps: list[list] | None = None,
     ) -> None:
         self.backend = backend
-        self.plans = plans
-        self.kernels = kernels  # (kernel, launch config)
         self.tnodes = tnodes
-        self.arguments = arguments  # device buffers, in the order of `tnodes`
-        self.persistent = persistent
-        self.written = written
-        self.source_path = source_path
+        self.written = [tnodes[k] for k in written]
+        self.source_path = str(source_path)
+        self.plan = {
+            "source": source_path.name,
+            "kernels": [
+                [cubin.name, symbol, grid, block, shared, params]
+                for (cubin, symbol, grid, block, shared), params in zip(
+                    kernels, parameters, strict=True
+                )
+            ],
+            "written": written,
+            # [map buffer, operand, offset, dims, strides, box] of each TMA tensor map.
+            "tensor_maps": tensor_maps or [],
+        }
+        self._plans = plans
+        # (kernel, launch config), in launch order.
+        device = backend.device.device_id
+        self.kernels = [
+            kernel_config(
+                backend.module(cubin).get_kernel(symbol), symbol, grid, block, shared, device
+            )
+            for cubin, symbol, grid, block, shared in kernels
+        ]
+        self.persistent = [
+            t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)
+        ]
+        scratch = {
+            t: backend.allocate(t.size * t.dtype.itemsize)
+            for t in tnodes
+            if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
+        }
+        for buffer in scratch.values():
+            buffer.fill(0, stream=backend.stream)
+        # Device buffers, in the order of `tnodes`.
+        self.arguments = [
+            scratch[t] if t in scratch else backend.device_copy(t).buffer for t in tnodes
+        ]
+        # Each kernel's own buffers, in the order of its parameters.
+        self.launches = [
+            (kernel, config, tuple(self.arguments[i] for i in params))
+            for (kernel, config), params in zip(self.kernels, parameters, strict=True)
+        ]
+        for map_at, operand, offset, dims, strides, box in tensor_maps or []:
+            spec = TensorMapSpec(tnodes[operand], offset, tuple(dims), tuple(strides), tuple(box))
+            write_tensor_maps(backend, {tnodes[map_at]: spec}, tnodes, self.arguments)
+        persistent = set(self.persistent)
+        self.written_persistent = [t for t in self.written if t in persistent]
+
+    @property
+    def plans(self) -> list[KernelPlan]:
+        """The kernel plans (planned again from the IR when the routine came from the cache)."""
+        if self._plans is None:
+            self._plans = self.backend.kernel_plans(self.ir_source())
+        return self._plans
 
     def run(self) -> None:
         from cuda.core import launch
 
         backend = self.backend
         backend.upload_stale(self.persistent)
-        for kernel, config in self.kernels:
-            launch(backend.stream, config, kernel, *self.arguments)
-        backend.mark_written(self.written)
+        for kernel, config, arguments in self.launches:
+            launch(backend.stream, config, kernel, *arguments)
+        backend.mark_written(self.written_persistent)
 
 
 class CudaBackend(Backend):
@@ -135,6 +193,8 @@ class CudaBackend(Backend):
         self.pool = self.device.memory_resource
         self.pinned = LegacyPinnedMemoryResource()
         self.copies: weakref.WeakKeyDictionary[TNode, DeviceCopy] = weakref.WeakKeyDictionary()
+        self.modules: dict[Path, object] = {}
+        self.syntax = CudaSyntax()
 
     def allocate(self, nbytes: int):
         return self.pool.allocate(nbytes, stream=self.stream)
@@ -146,16 +206,9 @@ class CudaBackend(Backend):
         return copy
 
     def upload_stale(self, tnodes: list[TNode]) -> None:
-        """Upload the tnodes whose host values the device does not hold; compute waits for them."""
-        stale = []
-        for t in tnodes:
-            copy = self.copies[t]
-            fetch = t.fetch_from_device
-            if fetch is not None and getattr(fetch, "__self__", None) is not copy:
-                t.host()  # another device holds the newest values: bring them here through the host
-                stale.append(t)
-            elif copy.uploaded_version != t.host_version:
-                stale.append(t)
+        """Upload the tnodes whose newest values the device does not hold; compute waits for
+        them."""
+        stale = [t for t in tnodes if not residency.of(t).is_current(self.copies[t])]
         if not stale:
             return
         # Uploads overwrite buffers that earlier work on the compute stream may still read.
@@ -171,12 +224,40 @@ class CudaBackend(Backend):
         for t in tnodes:
             copy = self.copies[t]
             copy.written = done
-            t.fetch_from_device = copy.fetch
+            residency.of(t).write_at(copy)
 
-    def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
+    def module(self, cubin: Path):
+        """A compiled module from the cache, loaded once per backend."""
         from cuda.core import ObjectCode
 
-        function = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        module = self.modules.get(cubin)
+        if module is None:
+            try:
+                module = self.modules[cubin] = ObjectCode.from_cubin(cubin.read_bytes())
+            except Exception as exc:
+                raise CompileError(
+                    f"cannot load {cubin}: {exc}", str(cubin.with_suffix(".cu"))
+                ) from None
+        return module
+
+    def defines(self, cubin: Path, symbol: str) -> bool:
+        try:
+            self.module(cubin).get_kernel(symbol)
+        except Exception:
+            return False
+        return True
+
+    def identity(self) -> str:
+        """What besides the code decides the kernels: the compiler, the device and the switches."""
+        configs = sorted((k, repr(v)) for k, v in self.matmul_configs.items())
+        return (
+            f"{nvrtc.identity(self.arch)}\ntiled matmul: {self.tile_matmul}\nparallel reductions: "
+            f"{self.parallel_reductions}\ntf32: {self.allow_tf32}\nwgmma: {self.wgmma}\nautotune: {self.autotune}\n"
+            f"matmul configs: {configs}"
+        )
+
+    def options(self, stmt: ir.Stmt) -> GpuOptions:
+        """The switches as planning options; with `autotune`, tuned tile configurations."""
         options = GpuOptions(
             tile_matmul=self.tile_matmul,
             parallel_reductions=self.parallel_reductions,
@@ -188,37 +269,93 @@ class CudaBackend(Backend):
             from arrayjit.backends.cuda.tuning import tune_matmuls
 
             options.matmul_configs = {**tune_matmuls(self, stmt, options), **self.matmul_configs}
-        generated = generate(stmt, function, options)
-        # The IR's buffers, then scratch buffers of the kernel plans (partial results).
-        tnodes, plans = generated.tnodes, generated.plans
-        cubin = build_cubin(generated.source, self.arch + generated.arch_suffix)
-        try:
-            module = ObjectCode.from_cubin(cubin.read_bytes())
-            kernels = load_kernels(module, generated.launches, self.device.device_id)
-        except Exception as exc:
-            raise CompileError(
-                f"cannot load {cubin}: {exc}", str(cubin.with_suffix(".cu"))
-            ) from None
-        persistent = [t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)]
-        scratch = {
-            t: self.allocate(t.size * t.dtype.itemsize) for t in tnodes if t not in persistent
-        }
-        for buffer in scratch.values():
-            buffer.fill(0, stream=self.stream)
-        arguments = [scratch[t] if t in scratch else self.device_copy(t).buffer for t in tnodes]
-        write_tensor_maps(self, generated.tensor_maps, tnodes, arguments)
-        written = [t for t in ir.written_tnodes(stmt) if t in set(persistent)]
-        written.sort(key=lambda t: t.id)
+        return options
+
+    def kernel_plans(self, stmt: ir.Stmt) -> list[KernelPlan]:
+        return plan_kernels(stmt, self.options(stmt))
+
+    def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
+        plans = self.kernel_plans(stmt)
+        # The IR's buffers, then scratch buffers the plans added (partial results).
+        scratch = list(dict.fromkeys(t for plan in plans for t in plan.scratch))
+        tnodes = [*ir.tnodes_in(stmt), *scratch]
+        position = {t: k for k, t in enumerate(tnodes)}
+        build_identity = nvrtc.identity(self.arch)
+        parameters = [kernel_tnodes(plan) for plan in plans]
+        functions = [
+            kernel_function(self.syntax, plan, params, build_identity)
+            for plan, params in zip(plans, parameters, strict=True)
+        ]
+        cubins = units.compiled(
+            functions,
+            "kernel",
+            # A module holding a wgmma kernel is built for sm_90a (it runs on the sm_90 device).
+            lambda group: nvrtc.build_cubin(
+                module_source(group), self.arch + max(f.arch_suffix for f in group)
+            ),
+            self.defines,
+        )
+        source_path = self.write_listing(name, plans, tnodes, stmt, functions, cubins)
+        tensor_maps = [
+            [position[map_at], position[spec.tnode], spec.offset, spec.dims, spec.strides, spec.box]
+            for plan in plans
+            if plan.matmul is not None and plan.matmul.wgmma is not None
+            for map_at, spec in zip(
+                plan.matmul.wgmma.maps,
+                (plan.matmul.wgmma.a.spec, plan.matmul.wgmma.b.spec),
+                strict=True,
+            )
+        ]
         return CudaCompiled(
             self,
-            plans,
-            kernels,
+            [(cubins[f.key], f.symbol, f.grid, f.block, f.shared_bytes) for f in functions],
+            [[position[t] for t in params] for params in parameters],
             tnodes,
-            arguments,
-            persistent,
-            written,
-            str(cubin.with_suffix(".cu")),
+            sorted(position[t] for t in ir.written_tnodes(stmt)),
+            source_path,
+            plans,
+            tensor_maps,
         )
+
+    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CudaCompiled | None:
+        folder = cache.cache_dir()
+        source_path = folder / plan["source"]
+        kernels = [
+            (folder / cubin, symbol, tuple(grid) if isinstance(grid, list) else grid, block, shared)
+            for cubin, symbol, grid, block, shared, _ in plan["kernels"]
+        ]
+        if not source_path.exists() or not all(
+            cache.verified(cubin) and self.defines(cubin, symbol) for cubin, symbol, *_ in kernels
+        ):
+            return None
+        parameters = [params for *_, params in plan["kernels"]]
+        return CudaCompiled(
+            self,
+            kernels,
+            parameters,
+            tnodes,
+            plan["written"],
+            source_path,
+            tensor_maps=plan.get("tensor_maps"),
+        )
+
+    def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> Path:
+        """The routine as one readable module (kernels named after it, every buffer a parameter),
+        headed by the kernels actually launched: their module, launch shape and buffers."""
+        routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        text, _ = kernel_source(self.syntax, plans, tnodes, routine, stmt)
+        header = [f"/* Routine {name!r}: each kernel below runs as a kernel compiled on its own:"]
+        for n, f in enumerate(functions):
+            buffers = ", ".join(f.labels)
+            header.append(
+                f"   {routine}_k{n}: {f.symbol} in {cubins[f.key]}, grid {f.grid}, block "
+                f"{f.block}, on {buffers}"
+            )
+        text = "\n".join(header) + " */\n" + text
+        path = cache.cache_dir() / f"{cache.key(text)}.listing.cu"
+        if not path.exists():
+            cache.write_atomic(path, text.encode())
+        return path
 
     def synchronize(self) -> None:
         self.stream.sync()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from arrayjit.runtime import residency
 from arrayjit.tnode import TNode
 
 if TYPE_CHECKING:
@@ -16,18 +16,18 @@ if TYPE_CHECKING:
 
 class DeviceCopy:
     """The device buffer of one HOST or DEVICE tnode in one backend, with a pinned staging buffer
-    for its transfers (allocated on first use)."""
+    for its transfers (allocated on first use). It is a place of the tnode's residency."""
 
     def __init__(self, backend: CudaBackend, tnode: TNode) -> None:
         self.backend = backend
-        self.tnode = weakref.ref(tnode)
         self.dims, self.dtype = tnode.dims, tnode.dtype.numpy
         self.nbytes = tnode.size * tnode.dtype.itemsize
         self.buffer = backend.allocate(self.nbytes)
         # Matches C, where a buffer nobody wrote reads as zeros.
         self.buffer.fill(0, stream=backend.stream)
-        # The host version the device holds; None: not uploaded yet.
-        self.uploaded_version: int | None = None if tnode.has_host else tnode.host_version
+        # Fresh zeros are the newest values of a buffer that nothing ever wrote.
+        state = residency.of(tnode)
+        state.add_place(self, holds_newest=state.latest == 0 and not tnode.has_host)
         self.written = None  # event after the last routine that wrote the buffer
         self.staging = None
         self.staging_array: np.ndarray | None = None
@@ -43,20 +43,15 @@ class DeviceCopy:
         return self.staging_array
 
     def upload(self, tnode: TNode) -> None:
-        """Copy the host values up, asynchronously on the copy stream."""
+        """Copy the newest values up (through the host), asynchronously on the copy stream."""
         copy_stream = self.backend.copy_stream
         np.copyto(self._staging(), tnode.host())
         self.buffer.copy_from(self.staging, stream=copy_stream)
         self.staging_free = copy_stream.record()
-        self.uploaded_version = tnode.host_version
+        residency.of(tnode).copied_to(self)
 
-    def fetch(self) -> None:
-        """`tnode.fetch_from_device`: copy the device values into the host array."""
-        tnode = self.tnode()
-        if tnode is None:
-            return
-        if tnode.fetch_from_device == self.fetch:
-            tnode.fetch_from_device = None  # before host(), which would call it again
+    def fetch(self, host: np.ndarray) -> None:
+        """Copy the device values into the host array `host` (once the last writer is done)."""
         staging = self._staging()
         copy_stream = self.backend.copy_stream
         if self.written is not None:
@@ -64,7 +59,4 @@ class DeviceCopy:
         self.buffer.copy_to(self.staging, stream=copy_stream)
         self.staging_free = copy_stream.record()
         self.staging_free.sync()
-        np.copyto(tnode.host(), staging)
-        # New host values: other devices holding an older copy must upload again.
-        tnode.host_version += 1
-        self.uploaded_version = tnode.host_version
+        np.copyto(host, staging)

@@ -45,9 +45,14 @@ def _nvrtc_compile(source: str, arch: str, source_path: Path) -> bytes:
     return bytes(code.code)
 
 
+def identity(arch: str) -> str:
+    """Everything besides the source that determines a cubin."""
+    return "\n".join((repr(sorted(NVRTC_OPTIONS.items())), nvrtc_version(), arch))
+
+
 def build_cubin(source: str, arch: str) -> Path:
     """The cubin for `source`, from the cache or freshly compiled by NVRTC."""
-    key = cache.key(source, repr(sorted(NVRTC_OPTIONS.items())), nvrtc_version(), arch)
+    key = cache.key(source, identity(arch))
 
     def build(source_path: Path, output: Path) -> None:
         start = time.perf_counter()

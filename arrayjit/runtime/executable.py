@@ -1,0 +1,56 @@
+"""Executable: compiled code bound to its buffers; `run()` executes it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from arrayjit import assignments as asg
+from arrayjit import loop_ir as ir
+from arrayjit.backends.base import Compiled
+from arrayjit.lowering import compile_to_ir
+from arrayjit.runtime import residency
+
+if TYPE_CHECKING:
+    from arrayjit.runtime.runtime import Runtime
+
+
+class Executable:
+    """Compiled code bound to its buffers; `run()` executes it. `ir` is the optimized loop IR,
+    lowered again on first use when the routine came from the cache by its structure."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        code: asg.Assignments,
+        compiled: Compiled,
+        name: str,
+        stmt: ir.Stmt | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.compiled = compiled
+        self.name = name
+        self._code = code
+        self._ir = stmt
+        compiled.ir_source = lambda: self.ir
+        # Marked computed by the first run (a buffer never becomes uncomputed).
+        self._unmarked = list(compiled.written)
+
+    @property
+    def ir(self) -> ir.Stmt:
+        if self._ir is None:
+            self._ir = compile_to_ir(self._code, self.runtime.backend.reductions_innermost)
+        return self._ir
+
+    @property
+    def source_path(self) -> str:
+        return self.compiled.source_path
+
+    def run(self) -> None:
+        self.compiled.run()
+        if self._unmarked:
+            for t in self._unmarked:
+                residency.of(t).computed = True
+            self._unmarked = []
+
+    def __repr__(self) -> str:
+        return f"Executable({self.name!r}, {len(self.compiled.tnodes)} buffers, source={self.source_path})"

@@ -1,0 +1,127 @@
+"""Runtime: a backend, the buffers it holds and the executables compiled for it.
+
+`compile` first looks the code up by its structure (`code_key`): a hit binds the compiled pieces
+named by the cache record to the code's buffers, skipping lowering, printing and compiling; a miss
+lowers, compiles (chunk functions are themselves cached) and records where the pieces are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from arrayjit import assignments as asg
+from arrayjit import cache
+from arrayjit.backends.base import Backend, Compiled
+from arrayjit.lowering import compile_to_ir, values_buffer
+from arrayjit.runtime.code_key import Structure, generator_version, structure
+from arrayjit.runtime.executable import Executable
+from arrayjit.tnode import MemoryMode, TNode
+
+log = logging.getLogger("arrayjit")
+
+BACKENDS = ("c", "cuda")
+
+
+def make_backend(name: str) -> Backend:
+    if name == "c":
+        from arrayjit.backends.cc import CBackend
+
+        return CBackend()
+    if name == "cuda":
+        from arrayjit.backends.cuda import CudaBackend
+
+        return CudaBackend()
+    raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def cuda_usable() -> bool:
+    """Whether a CUDA device can be used here (driver, device and cuda-python present)."""
+    try:
+        from arrayjit.backends.cuda import cuda_available
+    except ImportError:
+        return False
+    return cuda_available()
+
+
+class Runtime:
+    """`Runtime("c")` compiles with the C backend; `Runtime("cuda")` with CUDA; `Runtime()` picks
+    CUDA when a GPU is usable, else C."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        if backend is None:
+            backend = "cuda" if cuda_usable() else "c"
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a name ({', '.join(BACKENDS)}), got {backend!r}")
+        self.backend = make_backend(backend)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def compile(self, code: asg.Assignments, name: str = "routine") -> Executable:
+        if not isinstance(code, asg.Assignments):
+            raise TypeError(f"Runtime.compile takes assignment code, got {type(code).__name__}")
+        start = time.perf_counter()
+        found = structure(code)
+        backend = self.backend
+        key = cache.key(
+            found.digest,
+            name,
+            backend.name,
+            str(backend.reductions_innermost),
+            backend.identity(),
+            generator_version(),
+        )
+        record = f"{key}.routine"
+        compiled = self._from_record(record, found)
+        if compiled is not None:
+            log.debug(
+                "%s: found by structure in %.1f ms", name, 1e3 * (time.perf_counter() - start)
+            )
+            return Executable(self, code, compiled, name)
+        stmt = compile_to_ir(code, backend.reductions_innermost)
+        compiled = backend.compile(stmt, name)
+        self._record(record, found, compiled)
+        log.debug("compiled %s in %.1f ms", name, 1e3 * (time.perf_counter() - start))
+        return Executable(self, code, compiled, name, stmt)
+
+    def _from_record(self, record: str, found: Structure) -> Compiled | None:
+        text = cache.read_record(record)
+        if text is None:
+            return None
+        try:
+            entry = json.loads(text)
+            tnodes = [_buffer(ref, found) for ref in entry["buffers"]]
+            return self.backend.load(entry["plan"], tnodes)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            log.debug("cache record %s unusable (%s): compiling", record, exc)
+            return None
+
+    def _record(self, record: str, found: Structure, compiled: Compiled) -> None:
+        slots: dict[TNode, int | str | dict] = {t: k for k, t in enumerate(found.tnodes)}
+        slots.update({values_buffer(f): f"values{m}" for m, f in enumerate(found.values)})
+        for t in compiled.tnodes:
+            if t not in slots and t.memory_mode is MemoryMode.LOCAL:
+                # Scratch space the backend made (e.g. partial results): made again on a hit.
+                slots[t] = {"scratch": [t.label, list(t.dims), t.dtype.name]}
+        refs = [slots.get(t) for t in compiled.tnodes]
+        if None in refs:
+            return  # a buffer made by lowering that the structure cannot name: not recorded
+        cache.write_record(record, json.dumps({"buffers": refs, "plan": compiled.plan}))
+
+    def synchronize(self) -> None:
+        self.backend.synchronize()
+
+    def __repr__(self) -> str:
+        return f"Runtime({self.name!r})"
+
+
+def _buffer(ref: int | str | dict, found: Structure) -> TNode:
+    if isinstance(ref, int):
+        return found.tnodes[ref]
+    if isinstance(ref, dict):
+        label, dims, dtype = ref["scratch"]
+        return TNode(label, dims, dtype, MemoryMode.LOCAL)
+    return values_buffer(found.values[int(ref.removeprefix("values"))])
