@@ -5,7 +5,7 @@ a warm-up; a batch of small calls amortizes the gap between launches). Prints on
 it goes and a table of ratios (reference time / ours: above 1 is faster) last.
 
     python bench/gpu_suite.py            (matmul tiles autotuned; --no-tune for the defaults)
-        [--items matmul|other|all] [--no-wgmma]   (a part of the suite; TF32 on mma.sync)
+        [--items matmul|tf32|other|all] [--no-wgmma]   (a part of the suite; TF32 on mma.sync)
 Items that need work outside this suite's kernels print "not yet available"; an item that fails
 is reported and the others still run.
 """
@@ -214,8 +214,12 @@ def _items(ctx: Runtime, groups: set[str]) -> tuple[list, list[str]]:
                 "tf32 matmul 4096 mma.sync",
                 lambda: matmul_item(ctx, 4096, True, "tf32 matmul 4096 mma.sync", False),
             ),
-            ("tf32 matmul 4096", lambda: matmul_item(ctx, 4096, True, "tf32 matmul 4096", wgmma)),
         ]
+    if groups & {"matmul", "tf32"}:
+        items.append(
+            ("tf32 matmul 4096", lambda: matmul_item(ctx, 4096, True, "tf32 matmul 4096", wgmma))
+        )
+    if "matmul" in groups:
         for n in (4096, 8192):
             label = f"bf16 matmul {n}"
             if "bfloat16" in dtypes.ALL:
@@ -240,7 +244,7 @@ def _items(ctx: Runtime, groups: set[str]) -> tuple[list, list[str]]:
 
 
 def main() -> None:
-    """`--items matmul|other|all` (all), `--no-tune`, `--no-wgmma` (TF32 on mma.sync)."""
+    """`--items matmul|tf32|other|all` (all), `--no-tune`, `--no-wgmma` (TF32 on mma.sync)."""
     logging.basicConfig(format="%(name)s: %(message)s")
     logging.getLogger("arrayjit").setLevel(logging.INFO)  # shows the tuned configurations
     choice = sys.argv[sys.argv.index("--items") + 1] if "--items" in sys.argv else "all"
