@@ -56,10 +56,10 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     # 16-bit operands stay bits in shared memory: the tensor cores read them as pairs.
     type_x = "unsigned short" if _half(cfg) else tx.c_name
     type_y = "unsigned short" if _half(cfg) else ty.c_name
-    # SIMT: two blocks per multiprocessor (at most 128 registers a thread; left alone, 4 stages
-    # take 151 and one block).
+    # SIMT 8 x 8: two blocks per multiprocessor (at most 128 registers a thread; left alone, 4
+    # stages take 151 and one block).
     lines = [
-        syntax.head(name, tnodes, cfg.threads, 0 if cfg.tensor_cores else 2),
+        syntax.head(name, tnodes, cfg.threads, cfg.blocks_per_multiprocessor),
         f"  {SHARED_DECLARATION}",
         f"  {type_x} (*tilex){dims_x} = reinterpret_cast<{type_x} (*){dims_x}>(ocannl_smem);",
         "  unsigned char *const shared = reinterpret_cast<unsigned char *>(ocannl_smem);",
@@ -192,16 +192,19 @@ def _simt_setup(syntax, m: MatmulShape, cfg) -> list[str]:
     syntax.renamed = {m.row.iterator: "row", m.col.iterator: "col"}
     init = syntax.expr(m.acc.init)
     syntax.renamed = {}
+    tc = cfg.thread_cols
+    warp_cols = 4 * tc
     return [
-        # Warps of 64 x 32: lanes 8 x 4 of two 4 x 4 quarters, 32 rows and 16 columns apart.
+        # Warps of 64 x 4 tc: lanes 8 x 4 of 4 x 4 patches, 32 rows and 16 columns apart.
         "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;",
-        f"  const int trow = (warp / {cfg.block_cols // 32}) * 64 + (lane / 4) * 4;",
-        f"  const int tcol = (warp % {cfg.block_cols // 32}) * 32 + (lane % 4) * 4;",
-        f"  {t} {acc}[8][8];",
+        f"  const int trow = (warp / {cfg.block_cols // warp_cols}) * 64 + (lane / 4) * 4;",
+        f"  const int tcol = (warp % {cfg.block_cols // warp_cols}) * {warp_cols}"
+        " + (lane % 4) * 4;",
+        f"  {t} {acc}[8][{tc}];",
         "  #pragma unroll",
         "  for (int r = 0; r < 8; ++r) {",
         "    #pragma unroll",
-        "    for (int c = 0; c < 8; ++c) {",
+        f"    for (int c = 0; c < {tc}; ++c) {{",
         f"      const int row = rowbase + {_simt_rows()};",
         f"      const int col = colbase + {_simt_cols()};",
         f"      {acc}[r][c] = (row < {m.row.extent} && col < {m.col.extent}) ? {init} : ({t})0;",
@@ -218,7 +221,7 @@ def _load_four(target: str, first: int, dtype, address: str) -> list[str]:
     vt = vector_type(dtype.c_name, width)
     lines = []
     for half in range(4 // width):
-        name = f"{target}v{'abcd'[first // width + half]}"
+        name = f"{target}v{'abcdefgh'[first // width + half]}"
         lines.append(
             f"const {vt} {name} = *reinterpret_cast<const {vt} *>({address} + {half * width});"
         )
@@ -235,17 +238,21 @@ def _simt_step(syntax, m: MatmulShape, cfg, tiles: int) -> list[str]:
     product = syntax.apply(combine.op, combine.dtype, *operands)
     step = syntax.apply(m.update.op, m.update.dtype, f"{acc}[r][c]", product)
     tx, ty = _dtype(m.x), _dtype(m.y)
+    tc = cfg.thread_cols
     body = [
         f"{tx.c_name} xs[8];",
-        f"{ty.c_name} ys[8];",
+        f"{ty.c_name} ys[{tc}];",
         *_load_four("xs", 0, tx, "&tilex[stage][kk][trow]"),
         *_load_four("xs", 4, tx, "&tilex[stage][kk][trow + 32]"),
-        *_load_four("ys", 0, ty, "&tiley[stage][kk][tcol]"),
-        *_load_four("ys", 4, ty, "&tiley[stage][kk][tcol + 16]"),
+        *(
+            line
+            for q in range(tc // 4)
+            for line in _load_four("ys", 4 * q, ty, f"&tiley[stage][kk][tcol + {16 * q}]")
+        ),
         "#pragma unroll",
         "for (int r = 0; r < 8; ++r)",
         "  #pragma unroll",
-        f"  for (int c = 0; c < 8; ++c) {acc}[r][c] = {step};",
+        f"  for (int c = 0; c < {tc}; ++c) {acc}[r][c] = {step};",
     ]
     body = ["        " + line for line in body]
     bk, depth = cfg.depth, m.reduction.extent
@@ -278,7 +285,7 @@ def _simt_store(syntax, m: MatmulShape, cfg) -> list[str]:
         "  #pragma unroll",
         "  for (int r = 0; r < 8; ++r) {",
         "    #pragma unroll",
-        "    for (int c = 0; c < 8; ++c) {",
+        f"    for (int c = 0; c < {cfg.thread_cols}; ++c) {{",
         f"      const int row = rowbase + {_simt_rows()};",
         f"      const int col = colbase + {_simt_cols()};",
         f"      if (row < {m.row.extent} && col < {m.col.extent}) {target} = {acc}[r][c];",

@@ -32,7 +32,8 @@ MAX_SHARED_BYTES = 227 * 1024
 
 @dataclass(frozen=True)
 class MatmulConfig:
-    """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x 8 patch per thread), "tf32"
+    """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x `thread_cols` patch per
+    thread, warps of 64 x 4 `thread_cols`), "tf32"
     (fp32 operands rounded to TF32, mma.sync m16n8k8) or "f16" / "bf16" (16-bit operands,
     mma.sync m16n8k16 fed by ldmatrix), each warp computing 64 x 64 in fp32. `wgmma`: the
     sm_90a form of `arrayjit.schedule.gpu_wgmma`, whose `block_rows` is the side of its A
@@ -44,6 +45,9 @@ class MatmulConfig:
     stages: int = 4
     tensor_cores: str | None = None
     wgmma: bool = False
+    #: Columns of a SIMT thread's patch (8 or 16): 16 reads a quarter fewer shared values per
+    #: product, with 128 accumulators a thread (one block a multiprocessor).
+    thread_cols: int = 8
 
     @property
     def threads(self) -> int:
@@ -51,7 +55,14 @@ class MatmulConfig:
             return 128 * (1 + self.block_rows // 64)
         if self.tensor_cores:
             return 32 * (self.block_rows // 64) * (self.block_cols // 64)
-        return (self.block_rows // 8) * (self.block_cols // 8)
+        return (self.block_rows // 8) * (self.block_cols // self.thread_cols)
+
+    @property
+    def blocks_per_multiprocessor(self) -> int:
+        """The blocks a multiprocessor should hold (`__launch_bounds__`; registers follow)."""
+        if self.tensor_cores:
+            return 0
+        return 2 if self.thread_cols == 8 and self.threads <= 256 else 1
 
     @property
     def padding(self) -> int:
@@ -78,7 +89,10 @@ class MatmulConfig:
         kind = self.tensor_cores or "simt"
         if self.wgmma:
             kind = f"wgmma-{kind}"
-        return f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages"
+        patch = f" 8x{self.thread_cols}/thread" if self.thread_cols != 8 else ""
+        return (
+            f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages{patch}"
+        )
 
 
 #: The configuration used when no tuned one is known, per kind of kernel: the tile shapes of
@@ -88,7 +102,9 @@ DEFAULT_TF32 = MatmulConfig(128, 128, 32, 3, "tf32")
 #: What tuning times (see `arrayjit.backends.cuda.tuning`): for large products 128 x 128 tiles,
 #: deeper ones spending fewer of the issue slots on copies and barriers (a 32-deep tile's main
 #: loop is 88% FFMA on sm_90, an 8-deep one's 85%); 128 x 64 and 64 x 64 give a 1024 x 1024
-#: product 128 and 256 blocks for the H100's 132 multiprocessors.
+#: product 128 and 256 blocks for the H100's 132 multiprocessors; 128 x 256 tiles read a quarter
+#: fewer operand values from L2 per product, of 8 x 16 per thread a quarter fewer shared values (the 8 x 8 kernel's shared loads take
+#: as many issue cycles of the shared-memory pipe as its FFMAs of the FMA pipes).
 CANDIDATES = (
     MatmulConfig(128, 128, 8, 2),
     MatmulConfig(128, 128, 8, 4),
@@ -97,6 +113,10 @@ CANDIDATES = (
     MatmulConfig(128, 128, 32, 3),
     MatmulConfig(128, 64, 32, 3),
     MatmulConfig(64, 64, 16, 3),
+    MatmulConfig(128, 256, 8, 2),
+    MatmulConfig(128, 256, 8, 2, thread_cols=16),
+    MatmulConfig(128, 256, 8, 3, thread_cols=16),
+    MatmulConfig(128, 256, 16, 2, thread_cols=16),
 )
 CANDIDATES_TF32 = (
     MatmulConfig(128, 128, 16, 3, "tf32"),
