@@ -3,14 +3,19 @@
 # emulator's runs are left to machines without one) and the GPU suite (bench/gpu_suite.py).
 # Order: the wgmma tests, the suite's matmul items (TF32 on wgmma; again with TF32 on mma.sync
 # only if some failed), the other matmul tests, then the suite's other items (left out with
-# `--matmul-only`). Installs nothing; each step has a time limit (under 8 minutes in all, under
-# 4.5 with --matmul-only). Full logs go to $OUT (or /tmp); the test summaries, the tuning
+# `--matmul-only`); with `--sanitize`, compute-sanitizer's memcheck and racecheck over a few
+# wgmma and SIMT tests. Installs nothing; each step has a time limit (under 8 minutes in all,
+# under 4.5 with --matmul-only, under 6 with both). Full logs go to $OUT (or /tmp); the test summaries, the tuning
 # timings and the suite's tables are printed last.
 set -u
 cd "$(dirname "$0")/.."
 logs=${OUT:-/tmp}
 matmul_only=0
-[ "${1:-}" = "--matmul-only" ] && matmul_only=1
+sanitize=0
+for option in "$@"; do
+  [ "$option" = "--matmul-only" ] && matmul_only=1
+  [ "$option" = "--sanitize" ] && sanitize=1
+done
 export ARRAYJIT_CUDA_TEST_RUNNERS=gpu PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true
@@ -37,6 +42,16 @@ if [ $matmul_only -eq 0 ]; then
   other=$?
 fi
 
+if [ $sanitize -eq 1 ]; then
+  subset="test_tf32_wgmma_is_exact_on_integers or test_matmul_is_exact_on_integers"
+  for tool in memcheck racecheck; do
+    timeout 40 compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q \
+      -p no:cacheprovider tests/arrayjit/test_cuda_wgmma.py tests/arrayjit/test_cuda_matmul.py \
+      -k "$subset" > "$logs/gpu_sanitizer_$tool.log" 2>&1
+    echo "$tool: exit $?" >> "$logs/gpu_sanitizer_exits.log"
+  done
+fi
+
 echo "== wgmma tests on the GPU: exit $wgmma_tests"
 grep -E "^(FAILED|ERROR)|passed|failed|Timeout|Error" "$logs/gpu_wgmma_tests.log" | cut -c1-300 | tail -n 20
 echo "== other matmul tests on the GPU: exit $tests"
@@ -50,6 +65,12 @@ if [ -f "$logs/gpu_suite_matmul_mma.log" ]; then
   echo "== suite, TF32 on mma.sync (the first run had failures)"
   grep -h "FAILED" "$logs/gpu_suite_matmul_mma.log" | cut -c1-400 | tail -n 8
   sed -n '/^item /,$p' "$logs/gpu_suite_matmul_mma.log"
+fi
+if [ $sanitize -eq 1 ]; then
+  echo "== compute-sanitizer over a few wgmma and SIMT tests"
+  cat "$logs/gpu_sanitizer_exits.log"
+  grep -h -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|Error|error" \
+    "$logs"/gpu_sanitizer_*check.log | cut -c1-300 | head -n 20
 fi
 if [ $matmul_only -eq 0 ]; then
   echo "== suite, other items: exit $other"

@@ -41,6 +41,9 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     a_bytes, b_bytes = brows * ROW_BYTES, bcols * ROW_BYTES
     stage_bytes = a_bytes + b_bytes
     tiles = -(-m.reduction.extent // bk)
+    steps = _steps(cfg)
+    if cfg.overlap and steps < 2:
+        raise ValueError(f"{cfg.describe()}: overlapping tiles need 2 products a tile at least")
     a_tiles, b_tiles = -(-w.a.side.extent // brows), -(-w.b.side.extent // bcols)
     map_a, map_b = (syntax.buffer(t) for t in w.maps)
     lines = [
@@ -52,6 +55,9 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         "  unsigned long long *const full = reinterpret_cast<unsigned long long *>"
         f"(shared + {stages * stage_bytes});",
         f"  unsigned long long *const empty = full + {stages};",
+        # Overlapped: what the consumers' first tile releases (no stage), so that the release
+        # is no branch among the products (around one, ptxas serializes every wgmma).
+        f"  unsigned long long *const spare = empty + {stages};",
         # Blocks in groups of GROUP A tiles by all B tiles: the blocks running at once share
         # their operands' strips in L2.
         f"  const int group = blockIdx.x / {GROUP * b_tiles}, first = group * {GROUP};",
@@ -67,6 +73,7 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         "      ocannl_mbarrier_init(&full[s], 1);",
         f"      ocannl_mbarrier_init(&empty[s], {consumers * 128});",
         "    }",
+        f"    ocannl_mbarrier_init(spare, {consumers * 128});",
         "    ocannl_fence_barrier_init();",
         "  }",
         "  __syncthreads();",
@@ -95,8 +102,12 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         "    const int lane = threadIdx.x % 32;",
         "    const int arow = (threadIdx.x / 128 - 1) * 64 + ((threadIdx.x / 32) % 4) * 16;",
         f"    float acc[{bcols // 2}];",
+        # Two fragment buffers: step ks loads one once the product of step ks - 2 (which read
+        # it) is done, so at most two products are in flight and 8 registers hold fragments.
+        "    unsigned frag[2][4];",
         "    #pragma unroll",
         f"    for (int q = 0; q < {bcols // 2}; ++q) acc[q] = 0.0f;",
+        *([f"    ocannl_fence_operands<{bcols // 2}>(acc);"] if cfg.overlap else []),
         f"    for (int tile = 0; tile < {tiles}; ++tile) {{",
         f"      const int stage = tile % {stages};",
         f"      ocannl_mbarrier_wait(&full[stage], (tile / {stages}) & 1);",
@@ -105,22 +116,40 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         # The B descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
         "      const unsigned long long desc = (1ull << 62) | (64ull << 32) | (1ull << 16)"
         " | ((btile >> 4) & 0x3FFF);",
-        f"      ocannl_fence_operands<{bcols // 2}>(acc);",
-        # Two fragment buffers: step ks loads one once the product of step ks - 2 (which read
-        # it) is done, so at most two products are in flight and 8 registers hold fragments.
-        "      unsigned frag[2][4];",
+        # (Overlapped, products are in flight here: touching the accumulators would make ptxas
+        # serialize every wgmma.)
+        *(
+            [
+                # (Chosen here: a choice among the products also makes ptxas serialize them.)
+                "      unsigned long long *const release = tile > 0 ? "
+                f"&empty[(tile - 1) % {stages}] : spare;"
+            ]
+            if cfg.overlap
+            else [f"      ocannl_fence_operands<{bcols // 2}>(acc);"]
+        ),
         "      #pragma unroll",
-        f"      for (int ks = 0; ks < {_steps(cfg)}; ++ks) {{",
-        "        if (ks >= 2) ocannl_wgmma_wait<1>();",
+        f"      for (int ks = 0; ks < {steps}; ++ks) {{",
+        *("        " + line for line in _retire(cfg, stages)),
         *("        " + line for line in _fragment(cfg, w.a, "frag[ks % 2]")),
         "        ocannl_wgmma_fence();",
         f"        ocannl_wgmma_{cfg.tensor_cores}_n{bcols}(acc, frag[ks % 2], desc + 2 * ks);",
         "        ocannl_wgmma_commit();",
         "      }",
-        "      ocannl_wgmma_wait<0>();",
-        f"      ocannl_fence_operands<{bcols // 2}>(acc);",
-        "      ocannl_mbarrier_arrive(&empty[stage]);",
+        *(
+            []
+            if cfg.overlap
+            else [
+                "      ocannl_wgmma_wait<0>();",
+                f"      ocannl_fence_operands<{bcols // 2}>(acc);",
+                "      ocannl_mbarrier_arrive(&empty[stage]);",
+            ]
+        ),
         "    }",
+        *(
+            ["    ocannl_wgmma_wait<0>();", f"    ocannl_fence_operands<{bcols // 2}>(acc);"]
+            if cfg.overlap
+            else []
+        ),
         *("    " + line for line in _store(syntax, m)),
         "  }",
         "}",
@@ -128,6 +157,19 @@ def wgmma_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     grid = (a_tiles * b_tiles, 1, m.extents[0])
     launch = Launch(name, grid, cfg.threads, cfg.shared_bytes(0, 0))
     return "\n".join(lines), launch
+
+
+def _retire(cfg, stages: int) -> list[str]:
+    """Before step ks: wait until at most one product is in flight. Overlapped, the wait spans
+    tiles (the previous tile's last product runs on while this tile's first is issued) and the
+    previous tile's stage is released once none of its products is left (at step 1; the first
+    tile releases the spare mbarrier)."""
+    if not cfg.overlap:
+        return ["if (ks >= 2) ocannl_wgmma_wait<1>();"]
+    return [
+        "ocannl_wgmma_wait<1>();",
+        "if (ks == 1) ocannl_mbarrier_arrive(release);",
+    ]
 
 
 def _steps(cfg) -> int:

@@ -45,9 +45,13 @@ class MatmulConfig:
     stages: int = 4
     tensor_cores: str | None = None
     wgmma: bool = False
-    #: Columns of a SIMT thread's patch (8 or 16): 16 reads a quarter fewer shared values per
-    #: product, with 128 accumulators a thread (one block a multiprocessor).
+    #: Columns of a SIMT thread's patch (4, 8 or 16): 16 reads a quarter fewer shared values per
+    #: product, with 128 accumulators a thread (one block a multiprocessor); 4 gives a small
+    #: product twice the threads.
     thread_cols: int = 8
+    #: wgmma: a tile's last product stays in flight while the next tile's are issued (its stage
+    #: released one tile later) rather than all retired at the end of each tile.
+    overlap: bool = False
 
     @property
     def threads(self) -> int:
@@ -80,7 +84,8 @@ class MatmulConfig:
         self, itemsize_x: int, itemsize_y: int, side_major: tuple[bool, bool] = (False, False)
     ) -> int:
         if self.wgmma:  # 1 KB to align the tiles, rows of 128 bytes, two mbarriers per stage
-            return 1024 + self.stages * ((self.block_rows + self.block_cols) * 128 + 16)
+            # and a spare one
+            return 1024 + self.stages * ((self.block_rows + self.block_cols) * 128 + 16) + 16
         x = self.tile_elements(self.block_rows, side_major[0], itemsize_x) * itemsize_x
         y = self.tile_elements(self.block_cols, side_major[1], itemsize_y) * itemsize_y
         return self.stages * (x + y)
@@ -89,9 +94,10 @@ class MatmulConfig:
         kind = self.tensor_cores or "simt"
         if self.wgmma:
             kind = f"wgmma-{kind}"
-        patch = f" 8x{self.thread_cols}/thread" if self.thread_cols != 8 else ""
+        extra = f" 8x{self.thread_cols}/thread" if self.thread_cols != 8 else ""
+        extra += " overlapped" if self.overlap else ""
         return (
-            f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages{patch}"
+            f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages{extra}"
         )
 
 
@@ -102,7 +108,8 @@ DEFAULT_TF32 = MatmulConfig(128, 128, 32, 3, "tf32")
 #: What tuning times (see `arrayjit.backends.cuda.tuning`): for large products 128 x 128 tiles,
 #: deeper ones spending fewer of the issue slots on copies and barriers (a 32-deep tile's main
 #: loop is 88% FFMA on sm_90, an 8-deep one's 85%); 128 x 64 and 64 x 64 give a 1024 x 1024
-#: product 128 and 256 blocks for the H100's 132 multiprocessors; 128 x 256 tiles read a quarter
+#: product 128 and 256 blocks for the H100's 132 multiprocessors (with 8 x 4 patches, 256 blocks of
+#: 4 warps); 128 x 256 tiles read a quarter
 #: fewer operand values from L2 per product, of 8 x 16 per thread a quarter fewer shared values (the 8 x 8 kernel's shared loads take
 #: as many issue cycles of the shared-memory pipe as its FFMAs of the FMA pipes).
 CANDIDATES = (
@@ -113,6 +120,8 @@ CANDIDATES = (
     MatmulConfig(128, 128, 32, 3),
     MatmulConfig(128, 64, 32, 3),
     MatmulConfig(64, 64, 16, 3),
+    MatmulConfig(64, 64, 16, 3, thread_cols=4),
+    MatmulConfig(64, 64, 32, 3, thread_cols=4),
     MatmulConfig(128, 256, 8, 2),
     MatmulConfig(128, 256, 8, 2, thread_cols=16),
     MatmulConfig(128, 256, 8, 3, thread_cols=16),
@@ -132,6 +141,12 @@ CANDIDATES_WGMMA = (
     MatmulConfig(128, 128, 0, 6, wgmma=True),
     MatmulConfig(128, 128, 0, 4, wgmma=True),
     MatmulConfig(128, 64, 0, 8, wgmma=True),
+)
+#: Overlapped wgmma tiles: timed by tuning, never a default (not yet measured everywhere).
+CANDIDATES_WGMMA_OVERLAP = (
+    MatmulConfig(128, 256, 0, 4, wgmma=True, overlap=True),
+    MatmulConfig(128, 256, 0, 3, wgmma=True, overlap=True),
+    MatmulConfig(128, 128, 0, 6, wgmma=True, overlap=True),
 )
 #: 16-bit element types (their dtype names) and the mma kind of each.
 HALF_KINDS = {"float16": "f16", "bfloat16": "bf16"}
@@ -334,7 +349,7 @@ def config_key(shape: MatmulShape, kind: str | None) -> str:
 def candidates(kind: str | None, wgmma: bool = False) -> tuple[MatmulConfig, ...]:
     """The configurations tuning times for a nest of this kind."""
     if wgmma:
-        return gpu_wgmma.with_kind(CANDIDATES_WGMMA, kind)
+        return gpu_wgmma.with_kind(CANDIDATES_WGMMA + CANDIDATES_WGMMA_OVERLAP, kind)
     if kind is None:
         return CANDIDATES
     return tuple(replace(c, tensor_cores=kind) for c in CANDIDATES_TF32 if c.depth % 16 == 0)
@@ -373,7 +388,8 @@ def _plan_wgmma(plan: KernelPlan, shape: MatmulShape, kind: str, options: GpuOpt
     if isinstance(tuned, MatmulConfig) and tuned.wgmma and tuned.tensor_cores == kind:
         config = tuned
     else:
-        config = gpu_wgmma.default_config(shape, kind, swap, candidates(kind, True))
+        defaults = gpu_wgmma.with_kind(CANDIDATES_WGMMA, kind)
+        config = gpu_wgmma.default_config(shape, kind, swap, defaults)
     found = gpu_wgmma.plan_wgmma(shape, config)
     if found is None:
         return False

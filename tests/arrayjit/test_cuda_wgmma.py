@@ -25,7 +25,7 @@ from arrayjit.assignments import Accum
 from arrayjit.codegen.cuda_syntax import generate
 from arrayjit.indexing import Iterator, Projections
 from arrayjit.lowering import compile_to_ir
-from arrayjit.schedule import gpu_matmul
+from arrayjit.schedule import gpu_matmul, gpu_wgmma
 from arrayjit.schedule.gpu_kernels import GpuOptions
 from arrayjit.schedule.gpu_matmul import MatmulConfig, OperandLoad
 from arrayjit.tnode import TNode
@@ -155,6 +155,21 @@ def test_kernel_compiles_to_hgmma_and_tma_without_spills(tmp_path, kind, transpo
     assert ("LDSM" in code_of) == (kind == "bf16")
 
 
+def test_overlapped_kernel_keeps_products_in_flight_across_tiles(tmp_path):
+    code, *_ = matmul(4096, 4096, 4096)
+    config = MatmulConfig(128, 256, 32, 4, "tf32", True, overlap=True)
+    source = generate(compile_to_ir(code, True), "ocannl_wg", with_config(code, config)).source
+    cubin = nvcc_cubin(source, tmp_path, "sm_90a")
+    assert resources(cubin)["ocannl_wg_k0"]["LOCAL"] == 0
+    log = (tmp_path / "ptxas.log").read_text()
+    assert "serialized" not in log, log
+    code_of = sass(cubin)["ocannl_wg_k0"]
+    assert code_of.count("HGMMA.64x256x8.F32.TF32") == 4
+    # Each tile waits for all but the newest product (4 waits); one full wait after the loop.
+    assert code_of.count("WARPGROUP.DEPBAR.LE gsb0, 0x1") == 4
+    assert code_of.count("WARPGROUP.DEPBAR.LE gsb0, 0x0") == 1
+
+
 # ---- values ------------------------------------------------------------------------------
 
 
@@ -186,6 +201,26 @@ def test_tf32_wgmma_is_exact_on_integers(run, m, k, n, transpose_a, transpose_b)
 def test_every_wgmma_candidate_is_exact_on_integers(run, config):
     rng = np.random.default_rng(3)
     m, k, n = 136, 100, 264  # partial tiles along every axis
+    code, a, b, c = matmul(m, k, n)
+    x, y = fill(rng, a, b)
+    c.set_host(np.full((m, n), np.nan, np.float32))
+    ran = run(code, with_config(code, config))
+    assert ran.plans[0].matmul.config == config
+    np.testing.assert_array_equal(c.host(), x @ y)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        *gpu_wgmma.with_kind(gpu_matmul.CANDIDATES_WGMMA_OVERLAP, "tf32"),
+        MatmulConfig(128, 64, 32, 2, "tf32", True, overlap=True),  # refilled right after release
+    ],
+    ids=MatmulConfig.describe,
+)
+def test_overlapped_wgmma_is_exact_over_many_tiles(run, config):
+    """Stages refilled many times over while a tile's last product is still in flight."""
+    rng = np.random.default_rng(5)
+    m, k, n = 136, 600, 264  # 19 tiles of k, the last partial
     code, a, b, c = matmul(m, k, n)
     x, y = fill(rng, a, b)
     c.set_host(np.full((m, n), np.nan, np.float32))
@@ -278,6 +313,43 @@ def test_a_broken_wgmma_kernel_fails_on_the_emulator(mistake):
     code, a, b, c = matmul(m, k, n)
     x, y = fill(np.random.default_rng(6), a, b)
     options = with_config(code, MatmulConfig(128, 128, 32, 4, "tf32", True))
+    stmt = compile_to_ir(code, True)
+
+    def edit(source: str) -> str:
+        assert old in source, f"{old!r} is not in the kernel"
+        return source.replace(old, new)
+
+    intact = EmulatedRoutine(stmt, options)
+    intact.run(seed=1)
+    np.testing.assert_array_equal(c.host(), x @ y)
+    broken = EmulatedRoutine(stmt, options, edit=edit)
+    c.set_host(np.full((m, n), np.nan, np.float32))
+    with pytest.raises(AssertionError) as failure:
+        broken.run(seed=1)
+        np.testing.assert_array_equal(c.host(), x @ y)
+    assert "ocannl_routine_k0" in str(failure.value) or "Arrays are not equal" in str(failure.value)
+
+
+OVERLAP_BROKEN = {
+    "a stage released while its last product is in flight": (
+        "if (ks == 1) ocannl_mbarrier_arrive(release);",
+        "if (ks == 0) ocannl_mbarrier_arrive(release);",
+    ),
+    "fragment registers reused across tiles while their product is in flight": (
+        "ocannl_wgmma_wait<1>();\n        if (ks == 1) ocannl_mbarrier_arrive",
+        "if (tile == 0 || ks >= 2) ocannl_wgmma_wait<1>();\n        if (ks == 1) ocannl_mbarrier_arrive",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(OVERLAP_BROKEN))
+def test_a_broken_overlapped_wgmma_kernel_fails_on_the_emulator(mistake):
+    emulator_only()
+    old, new = OVERLAP_BROKEN[mistake]
+    m, k, n = 136, 600, 152
+    code, a, b, c = matmul(m, k, n)
+    x, y = fill(np.random.default_rng(7), a, b)
+    options = with_config(code, MatmulConfig(128, 128, 32, 2, "tf32", True, overlap=True))
     stmt = compile_to_ir(code, True)
 
     def edit(source: str) -> str:
