@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU, from anywhere: the CUDA matmul tests on the GPU (the kernel
 # emulator's runs are left to machines without one) and the GPU suite (bench/gpu_suite.py).
-# Order: the wgmma tests, the suite's matmul items (TF32 on wgmma; again with TF32 on mma.sync
-# only if some failed), the other matmul tests, then the suite's other items (left out with
+# Order: the wgmma tests, the suite's matmul items (TF32 on wgmma; TF32 again with the default
+# tile, untuned, only if some failed), the other matmul tests, then the suite's other items (left out with
 # `--matmul-only`); with `--sanitize`, compute-sanitizer's memcheck and racecheck over a few
 # wgmma and SIMT tests. Installs nothing; each step has a time limit (under 8 minutes in all,
 # under 4.5 with --matmul-only, under 6 with both). Full logs go to $OUT (or /tmp); the test summaries, the tuning
@@ -28,8 +28,8 @@ wgmma_tests=$?
 timeout 120 python3 bench/gpu_suite.py --items matmul > "$logs/gpu_suite_matmul.log" 2>&1
 matmul=$?
 if [ $matmul -ne 0 ] || grep -q "FAILED" "$logs/gpu_suite_matmul.log"; then
-  timeout 50 python3 bench/gpu_suite.py --items tf32 --no-wgmma \
-    > "$logs/gpu_suite_matmul_mma.log" 2>&1
+  timeout 50 python3 bench/gpu_suite.py --items tf32 --no-tune \
+    > "$logs/gpu_suite_matmul_default.log" 2>&1
 fi
 
 timeout 70 python3 -m pytest -q -p no:cacheprovider -rfE \
@@ -45,7 +45,7 @@ fi
 if [ $sanitize -eq 1 ]; then
   subset="test_tf32_wgmma_is_exact_on_integers or test_matmul_is_exact_on_integers"
   for tool in memcheck racecheck; do
-    timeout 40 compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q \
+    timeout 35 compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q \
       -p no:cacheprovider tests/arrayjit/test_cuda_wgmma.py tests/arrayjit/test_cuda_matmul.py \
       -k "$subset" > "$logs/gpu_sanitizer_$tool.log" 2>&1
     echo "$tool: exit $?" >> "$logs/gpu_sanitizer_exits.log"
@@ -61,10 +61,10 @@ grep -h "tuned" "$logs"/gpu_suite_matmul*.log | cut -c1-700
 echo "== suite, matmul items: exit $matmul"
 grep -h "FAILED\|Error" "$logs/gpu_suite_matmul.log" | cut -c1-400 | tail -n 12
 sed -n '/^item /,$p' "$logs/gpu_suite_matmul.log"
-if [ -f "$logs/gpu_suite_matmul_mma.log" ]; then
-  echo "== suite, TF32 on mma.sync (the first run had failures)"
-  grep -h "FAILED" "$logs/gpu_suite_matmul_mma.log" | cut -c1-400 | tail -n 8
-  sed -n '/^item /,$p' "$logs/gpu_suite_matmul_mma.log"
+if [ -f "$logs/gpu_suite_matmul_default.log" ]; then
+  echo "== suite, TF32 with the default tile, untuned (the first run had failures)"
+  grep -h "FAILED" "$logs/gpu_suite_matmul_default.log" | cut -c1-400 | tail -n 8
+  sed -n '/^item /,$p' "$logs/gpu_suite_matmul_default.log"
 fi
 if [ $sanitize -eq 1 ]; then
   echo "== compute-sanitizer over a few wgmma and SIMT tests"
