@@ -256,8 +256,9 @@ def _simt_step(syntax, m: MatmulShape, cfg, tiles: int) -> list[str]:
     ]
     body = ["        " + line for line in body]
     bk, depth = cfg.depth, m.reduction.extent
+    unroll = f" {cfg.k_unroll}" if cfg.k_unroll else ""
     lines = [
-        "    #pragma unroll",
+        f"    #pragma unroll{unroll}",
         f"    for (int kk = 0; kk < {bk}; ++kk) {{",
         *body,
         "    }",

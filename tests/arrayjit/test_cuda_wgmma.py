@@ -25,7 +25,7 @@ from arrayjit.assignments import Accum
 from arrayjit.codegen.cuda_syntax import generate
 from arrayjit.indexing import Iterator, Projections
 from arrayjit.lowering import compile_to_ir
-from arrayjit.schedule import gpu_matmul, gpu_wgmma
+from arrayjit.schedule import gpu_matmul
 from arrayjit.schedule.gpu_kernels import GpuOptions
 from arrayjit.schedule.gpu_matmul import MatmulConfig, OperandLoad
 from arrayjit.tnode import TNode
@@ -61,7 +61,7 @@ def emulator_only():
 def test_the_k_contiguous_operand_goes_through_the_descriptor(transpose_a, transpose_b, swap):
     code, *_ = matmul(4096, 4096, 4096, transpose_a=transpose_a, transpose_b=transpose_b)
     shape = matmul_plan(code, WGMMA)
-    assert shape.config == MatmulConfig(128, 256, 32, 4, "tf32", True)
+    assert shape.config == MatmulConfig(128, 256, 32, 4, "tf32", True, overlap=True)
     assert shape.config.threads == 384 and shape.wgmma.swap == swap
     b = shape.wgmma.b
     assert b.k_major and b.spec.dims == (4096, 4096) and b.spec.box == (32, 256)
@@ -91,7 +91,7 @@ def test_no_wgmma_without_a_k_contiguous_operand_or_aligned_strides_or_the_optio
 def test_16_bit_products_take_wgmma_with_64_deep_tiles():
     code, *_ = matmul16(8192, 8192, 8192, BFLOAT16)
     shape = matmul_plan(code, WGMMA)
-    assert shape.config == MatmulConfig(128, 256, 64, 4, "bf16", True)
+    assert shape.config == MatmulConfig(128, 256, 64, 4, "bf16", True, overlap=True)
     assert shape.wgmma.swap and shape.wgmma.a_boxes == 2 and shape.wgmma.a.spec.box == (64, 64)
 
 
@@ -212,7 +212,7 @@ def test_every_wgmma_candidate_is_exact_on_integers(run, config):
 @pytest.mark.parametrize(
     "config",
     [
-        *gpu_wgmma.with_kind(gpu_matmul.CANDIDATES_WGMMA_OVERLAP, "tf32"),
+        *(c for c in gpu_matmul.candidates("tf32", wgmma=True) if c.overlap),
         MatmulConfig(128, 64, 32, 2, "tf32", True, overlap=True),  # refilled right after release
     ],
     ids=MatmulConfig.describe,
