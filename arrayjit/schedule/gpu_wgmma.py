@@ -111,7 +111,8 @@ def _layout(e: ir.Expr, side: ir.For, k: ir.For, batch: list[ir.For]):
     # The driver takes each dimension's stride to span the previous one (no overlaps).
     if any(s < p.extent * ps for (p, ps), (_, s) in zip(axes, axes[1:], strict=False)):
         return None
-    if any(loop.extent >= 1 << 31 for loop, _ in axes):
+    # TMA coordinates and the kernel's tile positions (up to a tile past the extent) are int.
+    if any(loop.extent >= (1 << 31) - 256 for loop, _ in axes):
         return None
     return k_major, offset, [(loop.iterator, loop.extent, stride) for loop, stride in axes]
 

@@ -13,6 +13,8 @@ memory; the register operand is rounded to nearest first).
 from __future__ import annotations
 
 import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from cuda_emulator import EmulatedRoutine
 from cuda_runners import RUNNERS, nvcc_cubin, resources, runner, sass
 from test_cuda_matmul import fill, matmul, matmul_plan
 from test_cuda_mma16 import BFLOAT16, FLOAT16, matmul16
+from test_cuda_simulated import launches  # noqa: F401 (a fixture)
 
 from arrayjit.assignments import Accum
 from arrayjit.codegen.cuda_syntax import generate
@@ -456,3 +459,88 @@ def test_tensor_maps_are_encoded_with_byte_strides_and_written_to_their_buffers(
     assert all(call["elements"] == [1] * len(call["dims"]) for call in driver.calls)
     assert all(call["modes"] == [0, 3, 2, 0] for call in driver.calls)
     assert arguments[2].copied == arguments[3].copied == b"\xab" * 128
+
+
+# ---- the backend's side, on a simulated GPU (see test_cuda_simulated) ----------------------
+
+
+@pytest.fixture
+def simulated(launches, monkeypatch):  # noqa: F811 (the imported fixture)
+    """The simulated GPU (device buffers' addresses: their ids; any shared memory), its NVRTC
+    compiles' architectures and the driver's tensor maps."""
+    import ctypes
+
+    import test_cuda_simulated
+
+    from arrayjit.backends import cuda as backend
+    from arrayjit.backends.cuda import nvrtc
+
+    monkeypatch.setattr(test_cuda_simulated.DeviceBuffer, "handle", property(id), raising=False)
+    config = sys.modules["cuda.core"].LaunchConfig
+    monkeypatch.setattr(
+        backend,
+        "kernel_config",
+        lambda kernel, name, grid, block, shared, device: (kernel, config(grid, block, shared)),
+    )
+    arches = []
+    compile_module = nvrtc._nvrtc_compile
+    monkeypatch.setattr(
+        nvrtc,
+        "_nvrtc_compile",
+        lambda source, arch, path: arches.append(arch) or compile_module(source, arch, path),
+    )
+    driver = FakeDriver()
+    monkeypatch.setattr(ctypes, "CDLL", driver)
+    return arches, driver
+
+
+def test_a_wgmma_routine_is_built_for_sm_90a_with_its_tensor_maps_written(simulated):
+    from arrayjit.runtime.runtime import Runtime
+
+    arches, driver = simulated
+    gpu = Runtime("cuda")
+    gpu.backend.allow_tf32 = True
+    code, a, b, c = matmul(256, 96, 264)
+    fill(np.random.default_rng(8), a, b)
+    compiled = gpu.compile(code, "tf32").compiled
+    (plan,) = compiled.plans
+    assert plan.matmul.wgmma is not None and arches == ["90a"]
+    maps = [compiled.tnodes.index(t) for t in plan.matmul.wgmma.maps]
+    assert all(bytes(compiled.arguments[k].data) == b"\xab" * 128 for k in maps)
+    operands = [id(compiled.arguments[compiled.tnodes.index(t)]) for t in (a, b)]
+    assert sorted(call["address"] for call in driver.calls) == sorted(operands)
+
+
+def test_a_bound_wgmma_routine_writes_a_tensor_map_once_both_its_buffers_are_bound(
+    simulated, monkeypatch
+):
+    import ctypes
+
+    from arrayjit.runtime.runtime import Runtime
+
+    arches, driver = simulated
+    written = {}
+
+    class Target:
+        def __init__(self, address: int, nbytes: int) -> None:
+            self.address, self.nbytes = address, nbytes
+
+        def copy_from(self, staging, stream) -> None:
+            written[self.address] = ctypes.string_at(staging.handle, self.nbytes)
+
+    core = sys.modules["cuda.core"]
+    monkeypatch.setattr(core, "Buffer", types.SimpleNamespace(from_handle=Target), raising=False)
+    gpu = Runtime("cuda")
+    gpu.backend.allow_tf32 = True
+    code, a, b, c = matmul(256, 96, 264)
+    compiled = gpu.compile(code, "tf32_bound", bound=True).compiled
+    (plan,) = compiled.plans
+    w = plan.matmul.wgmma
+    map_a, operand_a = (compiled.tnodes.index(t) for t in (w.maps[0], w.a.spec.tnode))
+    compiled.bind(map_a, 0x1000)
+    assert not written and not driver.calls  # the operand's address is not known yet
+    compiled.bind(operand_a, 0x40000)
+    assert written == {0x1000: b"\xab" * 128}
+    assert driver.calls[-1]["address"] == 0x40000 + w.a.spec.offset * 4
+    compiled.bind(operand_a, 0x80000)  # bound elsewhere: its map follows
+    assert driver.calls[-1]["address"] == 0x80000 + w.a.spec.offset * 4

@@ -89,13 +89,21 @@ def encode_tensor_map(spec, address: int) -> bytes:
 
 def write_tensor_maps(backend, tensor_maps: dict, tnodes: list, arguments: list) -> None:
     """Fill each tensor-map buffer of `arguments` (by tnode) with its map over the operand's
-    buffer in `arguments`; compute on the backend's stream comes after."""
+    buffer in `arguments` (device buffers, or a bound routine's device addresses); compute on
+    the backend's stream comes after."""
     import ctypes
 
+    def address(argument) -> int:
+        return argument if isinstance(argument, int) else int(argument.handle)
+
     for tnode, spec in tensor_maps.items():
-        source = arguments[tnodes.index(spec.tnode)]
-        data = encode_tensor_map(spec, int(source.handle))
+        data = encode_tensor_map(spec, address(arguments[tnodes.index(spec.tnode)]))
         staging = backend.pinned.allocate(len(data))
         ctypes.memmove(int(staging.handle), data, len(data))
-        arguments[tnodes.index(tnode)].copy_from(staging, stream=backend.stream)
+        target = arguments[tnodes.index(tnode)]
+        if isinstance(target, int):  # a bound routine's buffer, by its device address
+            from cuda.core import Buffer
+
+            target = Buffer.from_handle(target, len(data))
+        target.copy_from(staging, stream=backend.stream)
         backend.stream.sync()  # the staging buffer is freed on return
