@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from arrayjit import loop_ir as ir
-from arrayjit.indexing import Iterator, as_affine, iterators_of
+from arrayjit.indexing import Iterator, iterators_of
 from arrayjit.schedule import gpu_wgmma
 from arrayjit.schedule.kernel_plan import GpuOptions, KernelPlan
 
@@ -284,19 +284,6 @@ def _operand_dtype(e: ir.Expr):
     return e.tnode.dtype if isinstance(e, ir.Get) else e.dtype
 
 
-def _strides(e: ir.Expr) -> tuple[dict[Iterator, int], int] | None:
-    """The strides of each iterator in a plain read's row-major offset, and its constant."""
-    from arrayjit.lowering import row_major_offset
-
-    if not isinstance(e, ir.Get):
-        return None
-    terms, offset = as_affine(row_major_offset(e.tnode.dims, e.index))
-    strides: dict[Iterator, int] = {}
-    for c, it in terms:
-        strides[it] = strides.get(it, 0) + c
-    return strides, offset
-
-
 def _aligned_along(strides: dict, offset: int, axis: ir.For, vector: int) -> bool:
     """Whether `vector` consecutive values along `axis` (from a multiple of `vector`) are one
     aligned 16-byte chunk, wherever the other iterators are."""
@@ -312,7 +299,7 @@ def _aligned_along(strides: dict, offset: int, axis: ir.For, vector: int) -> boo
 def operand_load(e: ir.Expr, side: ir.For, k: ir.For, tensor_cores: bool = False) -> OperandLoad:
     """How to fill tiles of operand `e`, whose output axis is `side` (rows of x, columns of y).
     Tensor-core tiles may also be `[side][k]`, for 16-byte copies along a contiguous k."""
-    found = _strides(e)
+    found = gpu_wgmma.read_strides(e)
     if found is not None and e.tnode.dtype.itemsize == 2:
         strides, offset = found
         if _aligned_along(strides, offset, side, 8):
@@ -323,7 +310,7 @@ def operand_load(e: ir.Expr, side: ir.For, k: ir.For, tensor_cores: bool = False
         return OperandLoad("raw", 1, k_fast)
     if found is None:
         first = next((x for x in ir.walk_expr(e) if isinstance(x, ir.Get)), None)
-        layout = _strides(first) if first is not None else None
+        layout = gpu_wgmma.read_strides(first) if first is not None else None
         k_fast = layout is not None and abs(layout[0].get(k.iterator, 0)) == 1
         return OperandLoad("compute", 1, k_fast)
     strides, offset = found

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, replace
 
 from arrayjit import loop_ir as ir
-from arrayjit.indexing import Iterator
+from arrayjit.indexing import Iterator, as_affine
 from arrayjit.tnode import MemoryMode, TNode
 
 #: Multiprocessors of the H100 the default tile is chosen for (enough blocks to fill it).
@@ -82,12 +82,23 @@ class WgmmaPlan:
     maps: tuple[TNode, TNode]
 
 
+def read_strides(e: ir.Expr) -> tuple[dict[Iterator, int], int] | None:
+    """The strides of each iterator in a plain read's row-major offset, and its constant."""
+    from arrayjit.lowering import row_major_offset
+
+    if not isinstance(e, ir.Get):
+        return None
+    terms, offset = as_affine(row_major_offset(e.tnode.dims, e.index))
+    strides: dict[Iterator, int] = {}
+    for c, it in terms:
+        strides[it] = strides.get(it, 0) + c
+    return strides, offset
+
+
 def _layout(e: ir.Expr, side: ir.For, k: ir.For, batch: list[ir.For]):
     """(k_major, offset, [(iterator, extent, stride)] contiguous axis first, then the other of
     side/k, then batch loops the operand moves with), or None if TMA cannot copy its tiles."""
-    from arrayjit.schedule.gpu_matmul import _strides
-
-    found = _strides(e)
+    found = read_strides(e)
     if found is None:
         return None
     strides, offset = found
