@@ -21,6 +21,7 @@ applied. With `swap`, A rows are output columns. Partial tiles are zeros (TMA fi
 from __future__ import annotations
 
 from arrayjit.codegen.cuda_device import SHARED_DECLARATION, Launch
+from arrayjit.codegen.cuda_matmul import _rounded
 from arrayjit.schedule.gpu_matmul import MatmulShape
 from arrayjit.schedule.gpu_wgmma import ROW_BYTES, TmaOperand
 from arrayjit.schedule.kernel_plan import KernelPlan
@@ -240,7 +241,9 @@ def _store(syntax, m: MatmulShape) -> list[str]:
     target = f"{syntax.buffer(m.store.tnode)}[{syntax.offset(m.store.tnode, m.store.index)}]"
     acc_type = m.acc.dtype
     if acc_type.name == "float32":
-        total = syntax.apply(m.update.op, acc_type, syntax.expr(m.acc.init), "acc[q]")
+        total = _rounded(
+            syntax, m, syntax.apply(m.update.op, acc_type, syntax.expr(m.acc.init), "acc[q]")
+        )
     else:  # a 16-bit result: the sum in fp32, rounded once
         total = f"({acc_type.c_name})((float)({syntax.expr(m.acc.init)}) + acc[q])"
     syntax.renamed = {}

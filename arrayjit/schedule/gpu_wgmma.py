@@ -86,7 +86,7 @@ def read_strides(e: ir.Expr) -> tuple[dict[Iterator, int], int] | None:
     """The strides of each iterator in a plain read's row-major offset, and its constant."""
     from arrayjit.lowering import row_major_offset
 
-    if not isinstance(e, ir.Get):
+    if not isinstance(e, ir.Get) or ir.is_dynamic(e.index):
         return None
     terms, offset = as_affine(row_major_offset(e.tnode.dims, e.index))
     strides: dict[Iterator, int] = {}

@@ -50,6 +50,7 @@ class KernelFunction:
     grid: int | tuple[int, ...]
     block: int
     shared_bytes: int
+    checks: bool = False
     wgmma: tuple[tuple[str, int], ...] = ()
 
     @property
@@ -82,10 +83,11 @@ def prelude(
     random: bool,
     async_copies: bool = False,
     tensor_cores: bool = False,
+    checks: bool = False,
     wgmma: tuple[tuple[str, int], ...] = (),
 ) -> str:
     used = set(ops.RANDOM_OPS) if random else set()
-    parts = [PRELUDE, VECTOR_TYPES, CudaSyntax().prelude(list(dtypes), used)]
+    parts = [PRELUDE, VECTOR_TYPES, CudaSyntax().prelude(list(dtypes), used, checks)]
     if async_copies:
         parts.append(ASYNC_COPY_HELPERS)
     if tensor_cores:
@@ -108,15 +110,16 @@ def kernel_function(
     random = bool(ops.RANDOM_OPS & ir.ops_used(stmts))
     async_copies = plan.matmul is not None
     tensor_cores = plan.matmul is not None and bool(plan.matmul.config.tensor_cores)
+    checks = bool(ir.index_checks(stmts))
     wgmma = ()
     if plan.matmul is not None and plan.matmul.wgmma is not None:
         wgmma = ((plan.matmul.config.tensor_cores, plan.matmul.config.block_cols),)
-    helpers = prelude(dtypes, random, async_copies, tensor_cores, wgmma)
+    helpers = prelude(dtypes, random, async_copies, tensor_cores, checks, wgmma)
     key = cache.key(helpers, body, identity + "a" * bool(wgmma))
     labels = tuple(t.label for t in tnodes)
     return KernelFunction(
         key, body, labels, dtypes, random, async_copies, tensor_cores, launch.grid,
-        launch.block, launch.shared_bytes, wgmma,
+        launch.block, launch.shared_bytes, checks, wgmma,
     )  # fmt: skip
 
 
@@ -128,6 +131,7 @@ def module_source(kernels: Sequence[KernelFunction]) -> str:
         any(k.random for k in kernels),
         any(k.async_copies for k in kernels),
         any(k.tensor_cores for k in kernels),
+        any(k.checks for k in kernels),
         tuple(sorted({w for k in kernels for w in k.wgmma})),
     )
     return "\n".join([helpers, *(k.text() for k in kernels)]) + "\n"
