@@ -5,7 +5,9 @@ a warm-up; a batch of small calls amortizes the gap between launches). Prints on
 it goes and a table of ratios (reference time / ours: above 1 is faster) last.
 
     python bench/gpu_suite.py            (matmul tiles autotuned; --no-tune for the defaults)
-Items that need work outside this suite's kernels print "not yet available".
+        [--items matmul|tf32|other|all] [--no-wgmma]   (a part of the suite; TF32 on mma.sync)
+Items that need work outside this suite's kernels print "not yet available"; an item that fails
+is reported and the others still run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from common import gpu_median_seconds, matmul, torch_median_seconds
 from elementwise_cuda import bench as pointwise_chain
 
+from arrayjit import dtypes
 from arrayjit.assignments import Accum
 from arrayjit.indexing import Fixed, Iterator, Projections
 from arrayjit.runtime.runtime import Runtime
@@ -63,35 +66,68 @@ def torch_timed(fn, calls: int) -> float:
 # ---- matrix products ---------------------------------------------------------------------
 
 
-def matmul_item(ctx: Runtime, n: int, tf32: bool, label: str) -> Row:
+def matmul_item(ctx: Runtime, n: int, tf32: bool, label: str, wgmma: bool = True) -> Row:
+    """fp32 `c = a @ b` (TF32 tensor cores when `tf32`; wgmma on sm_90 unless `wgmma` is off)."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    ctx.backend.allow_tf32 = tf32
-    code, a, b, c = matmul(n)
-    rng = np.random.default_rng(n)
-    x = rng.standard_normal((n, n), dtype=np.float32)
-    y = rng.standard_normal((n, n), dtype=np.float32)
-    a.set_host(x)
-    b.set_host(y)
-    c.set_host(np.full((n, n), np.nan, np.float32))  # poison: every cell must be written
-    routine = ctx.compile(code, f"suite_matmul{n}_{'tf32' if tf32 else 'fp32'}")
-    (plan,) = routine.compiled.plans
-    routine.run()
-    tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
-    expected = (tx.double() @ ty.double()).cpu().numpy()
-    error = np.linalg.norm(c.host() - expected) / np.linalg.norm(expected)
-    limit = 1e-3 if tf32 else 1e-5
-    assert error < limit, f"{label}: relative error {error:.2e} over {limit:.0e}"
-    calls = 1 if n >= 2048 else 10
-    ours = timed(ctx, routine.run, calls)
-    reference = torch_timed(lambda: tx @ ty, calls)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    ctx.backend.allow_tf32 = False
+    ctx.backend.allow_tf32, ctx.backend.wgmma = tf32, wgmma
+    try:
+        code, a, b, c = matmul(n)
+        rng = np.random.default_rng(n)
+        x = rng.standard_normal((n, n), dtype=np.float32)
+        y = rng.standard_normal((n, n), dtype=np.float32)
+        a.set_host(x)
+        b.set_host(y)
+        c.set_host(np.full((n, n), np.nan, np.float32))  # poison: every cell must be written
+        routine = ctx.compile(code, f"suite_matmul{n}_{'tf32' if tf32 else 'fp32'}")
+        (plan,) = routine.compiled.plans
+        routine.run()
+        tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+        expected = (tx.double() @ ty.double()).cpu().numpy()
+        error = np.linalg.norm(c.host() - expected) / np.linalg.norm(expected)
+        limit = 1e-3 if tf32 else 1e-5
+        assert error < limit, f"{label}: relative error {error:.2e} over {limit:.0e}"
+        calls = 1 if n >= 2048 else 10
+        ours = timed(ctx, routine.run, calls)
+        reference = torch_timed(lambda: tx @ ty, calls)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ctx.backend.allow_tf32, ctx.backend.wgmma = False, True
     flops = 2 * n**3
     config = plan.matmul.config.describe()
     return Row(
         label,
         f"{flops / ours / 1e12:.1f} TFLOP/s ({config}, error {error:.1e})",
         f"{flops / reference / 1e12:.1f} TFLOP/s (cuBLAS)",
+        reference / ours,
+        None,
+    )
+
+
+def bf16_item(ctx: Runtime, n: int, label: str) -> Row:
+    """`c = a @ b` with bfloat16 a, b and an fp32 c (fp32 sums), against torch's bf16 matmul."""
+    a, b, c = TNode("a", (n, n), "bfloat16"), TNode("b", (n, n), "bfloat16"), TNode("c", (n, n))
+    i, j, k = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
+    projections = Projections((n, n, n), (i, j, k), (i, j), ((i, k), (k, j)))
+    code = Accum(c, "add", "mul", (a, b), projections, zero_first=True)
+    generator = torch.Generator(device="cuda").manual_seed(n)
+    ta = torch.randn((n, n), device="cuda", generator=generator).to(torch.bfloat16)
+    tb = torch.randn((n, n), device="cuda", generator=generator).to(torch.bfloat16)
+    a.set_host(ta.float().cpu().numpy())  # exactly the bf16 values torch multiplies
+    b.set_host(tb.float().cpu().numpy())
+    c.set_host(np.full((n, n), np.nan, np.float32))
+    routine = ctx.compile(code, f"suite_matmul{n}_bf16")
+    (plan,) = routine.compiled.plans
+    routine.run()
+    expected = (ta.double() @ tb.double()).cpu().numpy()
+    error = np.linalg.norm(c.host() - expected) / np.linalg.norm(expected)
+    assert error < 1e-4, f"{label}: relative error {error:.2e} over 1e-4 (fp32 sums of bf16)"
+    ours = timed(ctx, routine.run, 1)
+    reference = torch_timed(lambda: ta @ tb, 1)
+    flops = 2 * n**3
+    return Row(
+        label,
+        f"{flops / ours / 1e12:.1f} TFLOP/s ({plan.matmul.config.describe()}, error {error:.1e})",
+        f"{flops / reference / 1e12:.1f} TFLOP/s (cuBLAS bf16)",
         reference / ours,
         None,
     )
@@ -148,7 +184,6 @@ def pointwise_item(ctx: Runtime) -> Row:
 
 
 NOT_YET = [
-    "bf16 matmul 4096 and 8192 (needs 16-bit dtypes)",
     "row softmax 8192x4096 (needs reduction + pointwise fusion)",
     "layer norm (needs reduction + pointwise fusion)",
     "causal attention b8 h12 t1024 d64 bf16 (needs flash-style fusion)",
@@ -158,39 +193,88 @@ NOT_YET = [
 TARGETS = {
     "fp32 matmul 4096": 0.9,
     "tf32 matmul 4096": 0.7,
+    "bf16 matmul 4096": 0.7,
+    "bf16 matmul 8192": 0.7,
     "sum of 2^24": 0.9,
     "row sums 8192x4096": 0.9,
     "relu(exp(x)*x+1), 2^26 floats": 0.9,
 }
 
 
+def _items(ctx: Runtime, groups: set[str]) -> tuple[list, list[str]]:
+    """(label, thunk) of each item of the chosen groups, in order, and the items not available."""
+    wgmma = "--no-wgmma" not in sys.argv
+    items, missing = [], []
+    if "matmul" in groups:
+        # Riskier kernels last: a kernel that faults spoils the CUDA context for what follows.
+        items += [
+            ("fp32 matmul 4096", lambda: matmul_item(ctx, 4096, False, "fp32 matmul 4096")),
+            ("fp32 matmul 1024", lambda: matmul_item(ctx, 1024, False, "fp32 matmul 1024")),
+            (
+                "tf32 matmul 4096 mma.sync",
+                lambda: matmul_item(ctx, 4096, True, "tf32 matmul 4096 mma.sync", False),
+            ),
+        ]
+    if groups & {"matmul", "tf32"}:
+        items.append(
+            ("tf32 matmul 4096", lambda: matmul_item(ctx, 4096, True, "tf32 matmul 4096", wgmma))
+        )
+    if "matmul" in groups:
+        for n in (4096, 8192):
+            label = f"bf16 matmul {n}"
+            if "bfloat16" in dtypes.ALL:
+                items.append((label, lambda n=n, label=label: bf16_item(ctx, n, label)))
+            else:
+                missing.append(f"{label} (arrayjit has no bfloat16 dtype yet)")
+    if "other" in groups:
+        items += [
+            ("sum of 2^24", lambda: reduction_item(ctx, "sum of 2^24", (1 << 24,), None)),
+            (
+                "row sums 8192x4096",
+                lambda: reduction_item(ctx, "row sums 8192x4096", (8192, 4096), 0),
+            ),
+            (
+                "column sums 8192x4096",
+                lambda: reduction_item(ctx, "column sums 8192x4096", (8192, 4096), 1),
+            ),
+            ("relu(exp(x)*x+1), 2^26 floats", lambda: pointwise_item(ctx)),
+        ]
+        missing += NOT_YET
+    return items, missing
+
+
 def main() -> None:
+    """`--items matmul|tf32|other|all` (all), `--no-tune`, `--no-wgmma` (TF32 on mma.sync)."""
     logging.basicConfig(format="%(name)s: %(message)s")
     logging.getLogger("arrayjit").setLevel(logging.INFO)  # shows the tuned configurations
+    choice = sys.argv[sys.argv.index("--items") + 1] if "--items" in sys.argv else "all"
+    groups = {"matmul", "other"} if choice == "all" else {choice}
     ctx = Runtime("cuda")
     ctx.backend.autotune = "--no-tune" not in sys.argv
     torch.backends.cuda.matmul.allow_tf32 = False
     print(
         f"device: {ctx.backend.device.name}; torch {torch.__version__}; autotune {ctx.backend.autotune}"
     )
-    rows = [
-        report(matmul_item(ctx, 4096, False, "fp32 matmul 4096")),
-        report(matmul_item(ctx, 4096, True, "tf32 matmul 4096")),
-        report(matmul_item(ctx, 1024, False, "fp32 matmul 1024")),
-        report(reduction_item(ctx, "sum of 2^24", (1 << 24,), None)),
-        report(reduction_item(ctx, "row sums 8192x4096", (8192, 4096), 0)),
-        report(reduction_item(ctx, "column sums 8192x4096", (8192, 4096), 1)),
-        report(pointwise_item(ctx)),
-    ]
+    rows = []
+    items, missing = _items(ctx, groups)
+    for label, item in items:
+        try:
+            rows.append(report(item()))
+        except Exception as exc:  # report and go on: the table shows what failed
+            print(f"{label}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+            rows.append(Row(label, "", "", None, None))
     for row in rows:
         row.target = TARGETS.get(row.item)
     print()
     print(f"{'item':<32} {'ratio':>6} {'target':>7}  status")
     for row in rows:
         target = "" if row.target is None else f">={row.target}"
+        if row.ratio is None:
+            print(f"{row.item:<32} {'':>6} {target:>7}  FAILED")
+            continue
         status = "" if row.target is None else ("met" if row.ratio >= row.target else "BELOW")
         print(f"{row.item:<32} {row.ratio:>6.3f} {target:>7}  {status}")
-    for item in NOT_YET:
+    for item in missing:
         print(f"{item:<32} not yet available")
 
 

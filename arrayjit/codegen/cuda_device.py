@@ -125,3 +125,123 @@ class Launch:
     grid: int | tuple[int, int, int]
     block: int
     shared_bytes: int = 0
+
+
+#: The sm_90a pieces of the wgmma kernel (`arrayjit.codegen.cuda_wgmma`): mbarriers (init, arrive,
+#: arrive with expected bytes, a wait on a phase's parity that traps after 4 s rather than hang on
+#: a deadlock), TMA tile copies into shared memory completing on an mbarrier (the tensor map in
+#: global memory, fenced once per thread before its first use, as the CUDA programming guide asks
+#: of maps written by a host copy), warpgroup register reallocation, and wgmma's fence, commit
+#: and wait. `ocannl_fence_operands` keeps the compiler from moving accumulator registers across
+#: the asynchronous products (as CUTLASS's warpgroup_fence_operand).
+WGMMA_HELPERS = r"""
+__device__ __forceinline__ void ocannl_mbarrier_init(unsigned long long *bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n"
+               :: "r"(ocannl_shared_address(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void ocannl_fence_barrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void ocannl_mbarrier_arrive(unsigned long long *bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n"
+               :: "r"(ocannl_shared_address(bar)) : "memory");
+}
+__device__ __forceinline__ void ocannl_mbarrier_expect_bytes(unsigned long long *bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+               :: "r"(ocannl_shared_address(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ bool ocannl_mbarrier_try_wait(unsigned bar, unsigned parity) {
+  unsigned done;
+  asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+               "selp.u32 %0, 1, 0, p;\n}\n"
+               : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ unsigned long long ocannl_globaltimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void ocannl_mbarrier_wait(unsigned long long *bar, unsigned parity) {
+  const unsigned address = ocannl_shared_address(bar);
+  if (ocannl_mbarrier_try_wait(address, parity)) return;
+  const unsigned long long start = ocannl_globaltimer();
+  while (!ocannl_mbarrier_try_wait(address, parity))
+    if (ocannl_globaltimer() - start > 4000000000ull) __trap();
+}
+__device__ __forceinline__ void ocannl_tensormap_acquire(const void *map) {
+  asm volatile("fence.proxy.tensormap::generic.acquire.sys [%0], 128;\n" :: "l"(map) : "memory");
+}
+__device__ __forceinline__ void ocannl_tma_load_2d(void *dst, const void *map, int c0, int c1,
+                                                   unsigned long long *bar) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+               " [%0], [%1, {%3, %4}], [%2];\n"
+               :: "r"(ocannl_shared_address(dst)), "l"(map), "r"(ocannl_shared_address(bar)),
+                  "r"(c0), "r"(c1) : "memory");
+}
+__device__ __forceinline__ void ocannl_tma_load_3d(void *dst, const void *map, int c0, int c1,
+                                                   int c2, unsigned long long *bar) {
+  asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+               " [%0], [%1, {%3, %4, %5}], [%2];\n"
+               :: "r"(ocannl_shared_address(dst)), "l"(map), "r"(ocannl_shared_address(bar)),
+                  "r"(c0), "r"(c1), "r"(c2) : "memory");
+}
+__device__ __forceinline__ void ocannl_tma_load_4d(void *dst, const void *map, int c0, int c1,
+                                                   int c2, int c3, unsigned long long *bar) {
+  asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+               " [%0], [%1, {%3, %4, %5, %6}], [%2];\n"
+               :: "r"(ocannl_shared_address(dst)), "l"(map), "r"(ocannl_shared_address(bar)),
+                  "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+}
+__device__ __forceinline__ void ocannl_tma_load_5d(void *dst, const void *map, int c0, int c1,
+                                                   int c2, int c3, int c4,
+                                                   unsigned long long *bar) {
+  asm volatile("cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes"
+               " [%0], [%1, {%3, %4, %5, %6, %7}], [%2];\n"
+               :: "r"(ocannl_shared_address(dst)), "l"(map), "r"(ocannl_shared_address(bar)),
+                  "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4) : "memory");
+}
+template <int REGISTERS> __device__ __forceinline__ void ocannl_setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(REGISTERS));
+}
+template <int REGISTERS> __device__ __forceinline__ void ocannl_setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(REGISTERS));
+}
+__device__ __forceinline__ void ocannl_wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void ocannl_wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void ocannl_wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+template <int COUNT> __device__ __forceinline__ void ocannl_fence_operands(float *d) {
+  #pragma unroll
+  for (int i = 0; i < COUNT; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+"""
+
+#: wgmma's element type names and the k of one instruction, per tensor-core kind.
+WGMMA_KINDS = {"tf32": ("tf32", 8), "f16": ("f16", 16), "bf16": ("bf16", 16)}
+
+
+def wgmma_function(kind: str, n: int) -> str:
+    """`ocannl_wgmma_<kind>_n<n>(d, a, desc)`: d (n / 2 floats) += A (4 registers, the warpgroup's
+    64 x k fragment) * B (n x k, K-major, described by `desc`), one `wgmma.mma_async`."""
+    ptx_type, k = WGMMA_KINDS[kind]
+    count = n // 2
+    d_list = ", ".join(f"%{i}" for i in range(count))
+    a_list = ", ".join(f"%{count + i}" for i in range(4))
+    desc = f"%{count + 4}"
+    immediates = "1, 1, 1" if kind == "tf32" else "1, 1, 1, 0"
+    outputs = ", ".join(f'"+f"(d[{i}])' for i in range(count))
+    return (
+        f"__device__ __forceinline__ void ocannl_wgmma_{kind}_n{n}(float *d, const unsigned *a,"
+        " unsigned long long desc) {\n"
+        f'  asm volatile("wgmma.mma_async.sync.aligned.m64n{n}k{k}.f32.{ptx_type}.{ptx_type} '
+        f'{{{d_list}}}, {{{a_list}}}, {desc}, {immediates};\\n"\n'
+        f"               : {outputs}\n"
+        '               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));\n'
+        "}\n"
+    )

@@ -7,8 +7,9 @@ them: while the threads multiply one stage, the copies of the next ones are in f
     wait for the oldest copies; barrier (everyone is done with the stage about to be refilled);
     issue the copies of the tile `stages - 1` ahead; multiply the current stage.
 
-SIMT: a thread holds rows `trow * 4 + {0..3}` and `block_rows / 2 + trow * 4 + {0..3}` (and the
-same for columns), read from shared memory 16 bytes at a time; each accumulator starts from the
+SIMT: warps own 64 x 32 patches; a warp's lanes, 8 x 4, hold rows `trow + {0..3}` and `trow + 32
++ {0..3}` and columns `tcol + {0..3}` and `tcol + 16 + {0..3}`, read from shared memory 16 bytes
+at a time (a warp reads 96 values a step); each accumulator starts from the
 nest's initial value and folds k in order, as the one-thread-per-cell kernel does. TF32: each
 warp owns a 64 x 64 patch of 4 x 8 mma tiles of 16 x 8, fed one 8-deep slice at a time; partial
 tiles along k are zero-filled, and the initial value is added at the store.
@@ -64,10 +65,10 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     # 16-bit operands stay bits in shared memory: the tensor cores read them as pairs.
     type_x = "unsigned short" if _half(cfg) else tx.c_name
     type_y = "unsigned short" if _half(cfg) else ty.c_name
-    # SIMT: two blocks per multiprocessor (at most 128 registers a thread; left alone, 4 stages
-    # take 151 and one block).
+    # SIMT 8 x 8: two blocks per multiprocessor (at most 128 registers a thread; left alone, 4
+    # stages take 151 and one block).
     lines = [
-        syntax.head(name, tnodes, cfg.threads, 0 if cfg.tensor_cores else 2),
+        syntax.head(name, tnodes, cfg.threads, cfg.blocks_per_multiprocessor),
         f"  {SHARED_DECLARATION}",
         f"  {type_x} (*tilex){dims_x} = reinterpret_cast<{type_x} (*){dims_x}>(ocannl_smem);",
         "  unsigned char *const shared = reinterpret_cast<unsigned char *>(ocannl_smem);",
@@ -131,28 +132,34 @@ def _loader(
     vector = load.vector if load.mode == "async16" else 1
     count = span * bk // vector
     if load.side_major:
-        split = [f"const int s = e / {bk // vector}, kk = (e % {bk // vector}) * {vector};"]
+        split = [f"const int s = e / {bk // vector}u, kk = (e % {bk // vector}u) * {vector};"]
     elif load.mode == "async16":
-        split = [f"const int kk = e / {span // vector}, s = (e % {span // vector}) * {vector};"]
+        split = [f"const int kk = e / {span // vector}u, s = (e % {span // vector}u) * {vector};"]
     elif load.k_fast:
-        split = [f"const int kk = e % {bk}, s = e / {bk};"]
+        # Lanes take 8 neighbouring k (32 bytes of a row) of 4 rows: whole sectors, and
+        # transposed stores in 32 different banks (rows padded by 4 or 8).
+        split = [f"const int kk = e % 8u + (e / {8 * span}u) * 8, s = (e / 8u) % {span}u;"]
     else:
-        split = [f"const int kk = e / {span}, s = e % {span};"]
+        split = [f"const int kk = e / {span}u, s = e % {span}u;"]
     # A fixed trip count (every configuration divides evenly) lets the loop unroll; by 4 at
     # most, which keeps the TF32 kernel under 255 registers (fully unrolled, it spills).
+    # Unsigned: divisions by the (power-of-two) tile sizes are shifts and masks.
     if count % threads:
-        head = [f"    for (int e = threadIdx.x; e < {count}; e += {threads}) {{"]
+        head = [f"    for (unsigned e = threadIdx.x; e < {count}u; e += {threads}u) {{"]
     else:
         head = [
             "    #pragma unroll 4",
             f"    for (int q = 0; q < {count // threads}; ++q) {{",
-            f"      const int e = threadIdx.x + q * {threads};",
+            f"      const unsigned e = threadIdx.x + q * {threads}u;",
         ]
     lines = [
         *head,
         *("      " + line for line in split),
         f"      const {_position(m, cfg)} gs = {origin} + s, gk = tile * {bk} + kk;",
-        f"      const bool ok = gs < {extent} && gk < {depth};",
+        # Tiles that divide the extents are never partial: no bounds to test.
+        f"      const bool ok = gs < {extent} && gk < {depth};"
+        if extent % span or depth % bk
+        else "      const bool ok = true;",
     ]
     t = _dtype(value)
     cell = "[s][kk]" if load.side_major else "[kk][s]"
@@ -180,12 +187,12 @@ def _loader(
 # ---- SIMT: an 8 x 8 patch per thread ------------------------------------------------------
 
 
-def _simt_rows(brows: int) -> str:
-    return f"trow * 4 + (r / 4) * {brows // 2} + r % 4"
+def _simt_rows() -> str:
+    return "trow + (r / 4) * 32 + r % 4"
 
 
-def _simt_cols(bcols: int) -> str:
-    return f"tcol * 4 + (c / 4) * {bcols // 2} + c % 4"
+def _simt_cols() -> str:
+    return "tcol + (c / 4) * 16 + c % 4"
 
 
 def _simt_setup(syntax, m: MatmulShape, cfg) -> list[str]:
@@ -194,15 +201,21 @@ def _simt_setup(syntax, m: MatmulShape, cfg) -> list[str]:
     syntax.renamed = {m.row.iterator: "row", m.col.iterator: "col"}
     init = syntax.expr(m.acc.init)
     syntax.renamed = {}
+    tc = cfg.thread_cols
+    warp_cols = 4 * tc
     return [
-        f"  const int tcol = threadIdx.x % {cfg.block_cols // 8}, trow = threadIdx.x / {cfg.block_cols // 8};",
-        f"  {t} {acc}[8][8];",
+        # Warps of 64 x 4 tc: lanes 8 x 4 of 4 x 4 patches, 32 rows and 16 columns apart.
+        "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;",
+        f"  const int trow = (warp / {cfg.block_cols // warp_cols}) * 64 + (lane / 4) * 4;",
+        f"  const int tcol = (warp % {cfg.block_cols // warp_cols}) * {warp_cols}"
+        " + (lane % 4) * 4;",
+        f"  {t} {acc}[8][{tc}];",
         "  #pragma unroll",
         "  for (int r = 0; r < 8; ++r) {",
         "    #pragma unroll",
-        "    for (int c = 0; c < 8; ++c) {",
-        f"      const {_position(m, cfg)} row = rowbase + {_simt_rows(cfg.block_rows)};",
-        f"      const {_position(m, cfg)} col = colbase + {_simt_cols(cfg.block_cols)};",
+        f"    for (int c = 0; c < {tc}; ++c) {{",
+        f"      const {_position(m, cfg)} row = rowbase + {_simt_rows()};",
+        f"      const {_position(m, cfg)} col = colbase + {_simt_cols()};",
         f"      {acc}[r][c] = (row < {m.row.extent} && col < {m.col.extent}) ? {init} : ({t})0;",
         "    }",
         "  }",
@@ -217,7 +230,7 @@ def _load_four(target: str, first: int, dtype, address: str) -> list[str]:
     vt = vector_type(dtype.c_name, width)
     lines = []
     for half in range(4 // width):
-        name = f"{target}v{'abcd'[first // width + half]}"
+        name = f"{target}v{'abcdefgh'[first // width + half]}"
         lines.append(
             f"const {vt} {name} = *reinterpret_cast<const {vt} *>({address} + {half * width});"
         )
@@ -234,23 +247,27 @@ def _simt_step(syntax, m: MatmulShape, cfg, tiles: int) -> list[str]:
     product = syntax.apply(combine.op, combine.dtype, *operands)
     step = syntax.apply(m.update.op, m.update.dtype, f"{acc}[r][c]", product)
     tx, ty = _dtype(m.x), _dtype(m.y)
-    half_rows, half_cols = cfg.block_rows // 2, cfg.block_cols // 2
+    tc = cfg.thread_cols
     body = [
         f"{tx.c_name} xs[8];",
-        f"{ty.c_name} ys[8];",
-        *_load_four("xs", 0, tx, "&tilex[stage][kk][trow * 4]"),
-        *_load_four("xs", 4, tx, f"&tilex[stage][kk][{half_rows} + trow * 4]"),
-        *_load_four("ys", 0, ty, "&tiley[stage][kk][tcol * 4]"),
-        *_load_four("ys", 4, ty, f"&tiley[stage][kk][{half_cols} + tcol * 4]"),
+        f"{ty.c_name} ys[{tc}];",
+        *_load_four("xs", 0, tx, "&tilex[stage][kk][trow]"),
+        *_load_four("xs", 4, tx, "&tilex[stage][kk][trow + 32]"),
+        *(
+            line
+            for q in range(tc // 4)
+            for line in _load_four("ys", 4 * q, ty, f"&tiley[stage][kk][tcol + {16 * q}]")
+        ),
         "#pragma unroll",
         "for (int r = 0; r < 8; ++r)",
         "  #pragma unroll",
-        f"  for (int c = 0; c < 8; ++c) {acc}[r][c] = {step};",
+        f"  for (int c = 0; c < {tc}; ++c) {acc}[r][c] = {step};",
     ]
     body = ["        " + line for line in body]
     bk, depth = cfg.depth, m.reduction.extent
+    unroll = f" {cfg.k_unroll}" if cfg.k_unroll else ""
     lines = [
-        "    #pragma unroll",
+        f"    #pragma unroll{unroll}",
         f"    for (int kk = 0; kk < {bk}; ++kk) {{",
         *body,
         "    }",
@@ -284,9 +301,9 @@ def _simt_store(syntax, m: MatmulShape, cfg) -> list[str]:
         "  #pragma unroll",
         "  for (int r = 0; r < 8; ++r) {",
         "    #pragma unroll",
-        "    for (int c = 0; c < 8; ++c) {",
-        f"      const {_position(m, cfg)} row = rowbase + {_simt_rows(cfg.block_rows)};",
-        f"      const {_position(m, cfg)} col = colbase + {_simt_cols(cfg.block_cols)};",
+        f"    for (int c = 0; c < {cfg.thread_cols}; ++c) {{",
+        f"      const {_position(m, cfg)} row = rowbase + {_simt_rows()};",
+        f"      const {_position(m, cfg)} col = colbase + {_simt_cols()};",
         f"      if (row < {m.row.extent} && col < {m.col.extent}) {target} = {_rounded(syntax, m, f'{acc}[r][c]')};",
         "    }",
         "  }",

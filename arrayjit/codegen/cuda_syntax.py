@@ -5,10 +5,10 @@ thread, or one of the forms printed by `cuda_reductions` and `cuda_matmul`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arrayjit import loop_ir as ir
-from arrayjit.codegen import cuda_matmul, cuda_reductions
+from arrayjit.codegen import cuda_matmul, cuda_reductions, cuda_wgmma
 from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax, index_type
 from arrayjit.codegen.cuda_device import (
     ASYNC_COPY_HELPERS,
@@ -16,13 +16,16 @@ from arrayjit.codegen.cuda_device import (
     MMA_HELPERS,
     PRELUDE,
     VECTOR_TYPES,
+    WGMMA_HELPERS,
     Launch,
     letters,
     vector_type,
+    wgmma_function,
 )
 from arrayjit.indexing import Iterator
 from arrayjit.schedule import gpu_pointwise
 from arrayjit.schedule.gpu_kernels import MAX_BLOCKS, THREADS, GpuOptions, KernelPlan, plan_kernels
+from arrayjit.schedule.gpu_wgmma import TensorMapSpec
 from arrayjit.tnode import TNode
 
 
@@ -86,6 +89,8 @@ OCANNL_FN int64_t ocannl_index(int64_t i, int64_t bound, int32_t *errors, int32_
 
     def kernel(self, plan: KernelPlan, name: str, tnodes: list[TNode]) -> tuple[str, Launch]:
         """The source of one kernel and its launch."""
+        if plan.matmul is not None and plan.matmul.wgmma is not None:
+            return cuda_wgmma.wgmma_kernel(self, plan, name, tnodes)
         if plan.matmul is not None:
             return cuda_matmul.matmul_kernel(self, plan, name, tnodes)
         if plan.reduction is not None:
@@ -194,6 +199,10 @@ def _print(
         parts.append(ASYNC_COPY_HELPERS)
     if any(m.config.tensor_cores for m in matmuls):
         parts.append(MMA_HELPERS)
+    wgmmas = sorted({(m.config.tensor_cores, m.config.block_cols) for m in matmuls if m.wgmma})
+    if wgmmas:
+        parts.append(WGMMA_HELPERS)
+        parts += [wgmma_function(kind, n) for kind, n in wgmmas]
     texts, launches = [], []
     for n, plan in enumerate(plans):
         text, launch = syntax.kernel(plan, f"{function}_k{n}", tnodes)
@@ -205,7 +214,9 @@ def _print(
 @dataclass
 class Generated:
     """A routine's kernels: the plans, the buffers they take (the IR's, then scratch buffers the
-    plans added), the source and the launches, one per plan."""
+    plans added), the source and the launches, one per plan. `tensor_maps`: the scratch buffers
+    that must hold a TMA tensor map (written by the backend, which knows the addresses);
+    `arch_suffix`: "a" when the source needs the architecture-specific target (sm_90a)."""
 
     stmt: ir.Stmt
     plans: list[KernelPlan]
@@ -213,6 +224,8 @@ class Generated:
     scratch: list[TNode]
     source: str
     launches: list[Launch]
+    tensor_maps: dict[TNode, TensorMapSpec] = field(default_factory=dict)
+    arch_suffix: str = ""
 
 
 def generate(stmt: ir.Stmt, function: str, options: GpuOptions | None = None) -> Generated:
@@ -221,4 +234,10 @@ def generate(stmt: ir.Stmt, function: str, options: GpuOptions | None = None) ->
     scratch = list(dict.fromkeys(t for plan in plans for t in plan.scratch))
     tnodes = [*ir.tnodes_in(stmt), *scratch]
     source, launches = _print(CudaSyntax(), plans, tnodes, function, stmt)
-    return Generated(stmt, plans, tnodes, scratch, source, launches)
+    tensor_maps = {}
+    for plan in plans:
+        if plan.matmul is not None and plan.matmul.wgmma is not None:
+            w = plan.matmul.wgmma
+            tensor_maps.update(zip(w.maps, (w.a.spec, w.b.spec), strict=True))
+    suffix = "a" if tensor_maps else ""
+    return Generated(stmt, plans, tnodes, scratch, source, launches, tensor_maps, suffix)

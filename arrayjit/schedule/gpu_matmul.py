@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 from arrayjit import loop_ir as ir
-from arrayjit.indexing import Iterator, as_affine, iterators_of
+from arrayjit.indexing import Iterator, iterators_of
+from arrayjit.schedule import gpu_wgmma
 from arrayjit.schedule.kernel_plan import GpuOptions, KernelPlan
 
 #: Shared memory a block may have (227 KB on sm_90; kernels over 48 KB opt in at load time).
@@ -31,21 +32,44 @@ MAX_SHARED_BYTES = 227 * 1024
 
 @dataclass(frozen=True)
 class MatmulConfig:
-    """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x 8 patch per thread), "tf32"
+    """Tile sizes of the tiled kernel. `tensor_cores`: None (an 8 x `thread_cols` patch per
+    thread, warps of 64 x 4 `thread_cols`), "tf32"
     (fp32 operands rounded to TF32, mma.sync m16n8k8) or "f16" / "bf16" (16-bit operands,
-    mma.sync m16n8k16 fed by ldmatrix), each warp computing 64 x 64 in fp32."""
+    mma.sync m16n8k16 fed by ldmatrix), each warp computing 64 x 64 in fp32. `wgmma`: the
+    sm_90a form of `arrayjit.schedule.gpu_wgmma`, whose `block_rows` is the side of its A
+    operand (64 per consumer warpgroup) and `block_cols` that of its B operand."""
 
     block_rows: int = 128
     block_cols: int = 128
     depth: int = 8
     stages: int = 4
     tensor_cores: str | None = None
+    wgmma: bool = False
+    #: Columns of a SIMT thread's patch (4, 8 or 16): 16 reads a quarter fewer shared values per
+    #: product, with 128 accumulators a thread (one block a multiprocessor); 4 gives a small
+    #: product twice the threads.
+    thread_cols: int = 8
+    #: wgmma: a tile's last product stays in flight while the next tile's are issued (its stage
+    #: released one tile later) rather than all retired at the end of each tile.
+    overlap: bool = False
+    #: SIMT: k steps of a tile unrolled (0: all). Fewer keep the main loop of a deep tile or a
+    #: wide patch small (a 16-deep 128 x 128 tile's unrolled loop is 1200 instructions, 19 KB).
+    k_unroll: int = 0
 
     @property
     def threads(self) -> int:
+        if self.wgmma:
+            return 128 * (1 + self.block_rows // 64)
         if self.tensor_cores:
             return 32 * (self.block_rows // 64) * (self.block_cols // 64)
-        return (self.block_rows // 8) * (self.block_cols // 8)
+        return (self.block_rows // 8) * (self.block_cols // self.thread_cols)
+
+    @property
+    def blocks_per_multiprocessor(self) -> int:
+        """The blocks a multiprocessor should hold (`__launch_bounds__`; registers follow)."""
+        if self.tensor_cores:
+            return 0
+        return 2 if self.thread_cols == 8 and self.threads <= 256 else 1
 
     @property
     def padding(self) -> int:
@@ -62,27 +86,55 @@ class MatmulConfig:
     def shared_bytes(
         self, itemsize_x: int, itemsize_y: int, side_major: tuple[bool, bool] = (False, False)
     ) -> int:
+        if self.wgmma:  # 1 KB to align the tiles, rows of 128 bytes, two mbarriers per stage
+            # and a spare one
+            return 1024 + self.stages * ((self.block_rows + self.block_cols) * 128 + 16) + 16
         x = self.tile_elements(self.block_rows, side_major[0], itemsize_x) * itemsize_x
         y = self.tile_elements(self.block_cols, side_major[1], itemsize_y) * itemsize_y
         return self.stages * (x + y)
 
     def describe(self) -> str:
         kind = self.tensor_cores or "simt"
-        return f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages"
+        if self.wgmma:
+            kind = f"wgmma-{kind}"
+        extra = f" 8x{self.thread_cols}/thread" if self.thread_cols != 8 else ""
+        extra += " overlapped" if self.overlap else ""
+        extra += f" unroll {self.k_unroll}" if self.k_unroll else ""
+        return (
+            f"{kind} {self.block_rows}x{self.block_cols}x{self.depth} {self.stages} stages{extra}"
+        )
 
 
 #: The configuration used when no tuned one is known, per kind of kernel: the tile shapes of
 #: CUTLASS's SM80 SIMT (128x128x8, 4 stages) and TF32 (128x128x32, 3 stages) GEMMs.
 DEFAULT = MatmulConfig(128, 128, 8, 4)
 DEFAULT_TF32 = MatmulConfig(128, 128, 32, 3, "tf32")
-#: What tuning times (see `arrayjit.backends.cuda.tuning`).
+#: What tuning times (see `arrayjit.backends.cuda.tuning`): for large products 128 x 128 tiles,
+#: deeper ones spending fewer of the issue slots on copies and barriers (a 32-deep tile's main
+#: loop is 88% FFMA on sm_90, an 8-deep one's 85%), 128 x 256 ones reading a quarter fewer
+#: operand values from L2 per product, with 8 x 16 patches a quarter fewer shared values; 128 x
+#: 64 and 64 x 64 give a 1024 x 1024 product 128 and 256 blocks for the H100's 132
+#: multiprocessors (with 8 x 4 patches, 256 blocks of 4 warps). On the H100 the deeper and wider
+#: tiles, whose unrolled main loops are over 1100 instructions, were slower than the 600 of a
+#: 128 x 128 x 8 tile: hence the same with their k steps partly unrolled (not yet timed there).
 CANDIDATES = (
     MatmulConfig(128, 128, 8, 2),
-    MatmulConfig(128, 128, 8, 3),
     MatmulConfig(128, 128, 8, 4),
     MatmulConfig(128, 128, 16, 3),
-    MatmulConfig(128, 64, 16, 3),
+    MatmulConfig(128, 128, 32, 2),
+    MatmulConfig(128, 128, 32, 3),
+    MatmulConfig(128, 64, 32, 3),
     MatmulConfig(64, 64, 16, 3),
+    MatmulConfig(64, 64, 16, 3, thread_cols=4),
+    MatmulConfig(64, 64, 32, 3, thread_cols=4),
+    MatmulConfig(128, 256, 8, 2),
+    MatmulConfig(128, 256, 8, 2, thread_cols=16),
+    MatmulConfig(128, 256, 8, 3, thread_cols=16),
+    MatmulConfig(128, 256, 16, 2, thread_cols=16),
+    MatmulConfig(128, 256, 8, 2, thread_cols=16, k_unroll=4),
+    MatmulConfig(128, 256, 16, 2, thread_cols=16, k_unroll=4),
+    MatmulConfig(128, 128, 16, 3, k_unroll=8),
+    MatmulConfig(128, 128, 32, 2, k_unroll=8),
 )
 CANDIDATES_TF32 = (
     MatmulConfig(128, 128, 16, 3, "tf32"),
@@ -90,6 +142,24 @@ CANDIDATES_TF32 = (
     MatmulConfig(128, 128, 32, 4, "tf32"),
     MatmulConfig(128, 64, 32, 3, "tf32"),
     MatmulConfig(64, 64, 32, 4, "tf32"),
+)
+#: wgmma tiles (A side x B side, stages), largest first; `depth` is set per kind (128 bytes). The
+#: default is the first that gives every multiprocessor a block. Overlapped (a tile's last product
+#: in flight while the next tile's are issued): 4% faster than retiring each k tile's products at
+#: its end for TF32 4096 on the H100 (0.376 against 0.394 ms).
+CANDIDATES_WGMMA = (
+    MatmulConfig(128, 256, 0, 4, wgmma=True, overlap=True),
+    MatmulConfig(128, 128, 0, 6, wgmma=True, overlap=True),
+    MatmulConfig(128, 64, 0, 8, wgmma=True, overlap=True),
+)
+#: Timed by tuning besides the defaults: other depths, and products retired at each tile's end.
+CANDIDATES_WGMMA_MORE = (
+    MatmulConfig(128, 256, 0, 3, wgmma=True, overlap=True),
+    MatmulConfig(128, 256, 0, 4, wgmma=True),
+    MatmulConfig(128, 256, 0, 3, wgmma=True),
+    MatmulConfig(128, 128, 0, 6, wgmma=True),
+    MatmulConfig(128, 128, 0, 4, wgmma=True),
+    MatmulConfig(128, 64, 0, 8, wgmma=True),
 )
 #: 16-bit element types (their dtype names) and the mma kind of each.
 HALF_KINDS = {"float16": "f16", "bfloat16": "bf16"}
@@ -127,6 +197,8 @@ class MatmulShape:
     loads: tuple[OperandLoad, OperandLoad] = field(
         default=(OperandLoad("compute"), OperandLoad("compute"))
     )
+    #: The operands of the wgmma form (`config.wgmma`), else None.
+    wgmma: gpu_wgmma.WgmmaPlan | None = None
 
     @property
     def extents(self) -> tuple[int, int, int, int]:
@@ -227,19 +299,6 @@ def _plain_read(e: ir.Expr) -> ir.Get | None:
     return e if isinstance(e, ir.Get) and not ir.is_dynamic(e.index) else None
 
 
-def _strides(e: ir.Expr) -> tuple[dict[Iterator, int], int] | None:
-    """The strides of each iterator in a plain read's row-major offset, and its constant."""
-    from arrayjit.lowering import row_major_offset
-
-    if not isinstance(e, ir.Get) or ir.is_dynamic(e.index):
-        return None
-    terms, offset = as_affine(row_major_offset(e.tnode.dims, e.index))
-    strides: dict[Iterator, int] = {}
-    for c, it in terms:
-        strides[it] = strides.get(it, 0) + c
-    return strides, offset
-
-
 def _aligned_along(strides: dict, offset: int, axis: ir.For, vector: int) -> bool:
     """Whether `vector` consecutive values along `axis` (from a multiple of `vector`) are one
     aligned 16-byte chunk, wherever the other iterators are."""
@@ -255,7 +314,7 @@ def _aligned_along(strides: dict, offset: int, axis: ir.For, vector: int) -> boo
 def operand_load(e: ir.Expr, side: ir.For, k: ir.For, tensor_cores: bool = False) -> OperandLoad:
     """How to fill tiles of operand `e`, whose output axis is `side` (rows of x, columns of y).
     Tensor-core tiles may also be `[side][k]`, for 16-byte copies along a contiguous k."""
-    found = _strides(e)
+    found = gpu_wgmma.read_strides(e)
     if found is not None and e.tnode.dtype.itemsize == 2:
         strides, offset = found
         if _aligned_along(strides, offset, side, 8):
@@ -266,7 +325,7 @@ def operand_load(e: ir.Expr, side: ir.For, k: ir.For, tensor_cores: bool = False
         return OperandLoad("raw", 1, k_fast)
     if found is None:
         first = next((x for x in ir.walk_expr(e) if isinstance(x, ir.Get)), None)
-        layout = _strides(first) if first is not None else None
+        layout = gpu_wgmma.read_strides(first) if first is not None else None
         k_fast = layout is not None and abs(layout[0].get(k.iterator, 0)) == 1
         return OperandLoad("compute", 1, k_fast)
     strides, offset = found
@@ -304,8 +363,10 @@ def config_key(shape: MatmulShape, kind: str | None) -> str:
     return f"{shape.signature()} {kind or 'simt'}"
 
 
-def candidates(kind: str | None) -> tuple[MatmulConfig, ...]:
+def candidates(kind: str | None, wgmma: bool = False) -> tuple[MatmulConfig, ...]:
     """The configurations tuning times for a nest of this kind."""
+    if wgmma:
+        return gpu_wgmma.with_kind(CANDIDATES_WGMMA + CANDIDATES_WGMMA_MORE, kind)
     if kind is None:
         return CANDIDATES
     return tuple(replace(c, tensor_cores=kind) for c in CANDIDATES_TF32 if c.depth % 16 == 0)
@@ -320,13 +381,38 @@ def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
     if kind in HALF_KINDS.values():
         # The tiles hold the 16-bit values themselves; the tensor cores widen them.
         shape.x, shape.y = _plain_read(shape.x), _plain_read(shape.y)
+    if kind and options.wgmma and _plan_wgmma(plan, shape, kind, options):
+        return shape
     shape.loads = (
         operand_load(shape.x, shape.row, shape.reduction, kind is not None),
         operand_load(shape.y, shape.col, shape.reduction, kind is not None),
     )
     tuned = options.matmul_configs.get(config_key(shape, kind))
-    if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind:
+    if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind and not tuned.wgmma:
         shape.config = tuned
     else:
         shape.config = replace(DEFAULT_TF32, tensor_cores=kind) if kind else DEFAULT
     return shape
+
+
+def _plan_wgmma(plan: KernelPlan, shape: MatmulShape, kind: str, options: GpuOptions) -> bool:
+    """Give `shape` the wgmma form if its operands allow it; its tensor maps become scratch
+    buffers of `plan`."""
+    layouts = gpu_wgmma.operand_layouts(shape)
+    if layouts is None:
+        return False
+    swap, la, lb = layouts
+    x_kmajor, y_kmajor = (lb[0], la[0]) if swap else (la[0], lb[0])
+    shape.loads = (OperandLoad("tma", 1, x_kmajor), OperandLoad("tma", 1, y_kmajor))
+    tuned = options.matmul_configs.get(config_key(shape, kind))
+    if isinstance(tuned, MatmulConfig) and tuned.wgmma and tuned.tensor_cores == kind:
+        config = tuned
+    else:
+        defaults = gpu_wgmma.with_kind(CANDIDATES_WGMMA, kind)
+        config = gpu_wgmma.default_config(shape, kind, swap, defaults)
+    found = gpu_wgmma.plan_wgmma(shape, config)
+    if found is None:
+        return False
+    shape.config, shape.wgmma = config, found
+    plan.scratch = [*plan.scratch, *found.maps]
+    return True

@@ -29,6 +29,8 @@ class GpuOptions:
     parallel_reductions: bool = True
     #: fp32 matrix products may round their operands to TF32 for the tensor cores.
     allow_tf32: bool = False
+    #: Tensor-core matrix products may take the sm_90a wgmma form (set for sm_90 devices).
+    wgmma: bool = False
     #: The matmul configuration to use per nest, by `MatmulShape.signature()` (from tuning).
     matmul_configs: dict[str, object] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan, plan_kernels
 from arrayjit.schedule.gpu_matmul import MatmulConfig, candidates, config_key
 
 #: Bumped when the generated kernels change in a way that invalidates earlier timings.
-VERSION = "matmul-tuning 1"
+VERSION = "matmul-tuning 3"
 
 
 def tunable_nests(stmt: ir.Stmt, options: GpuOptions) -> dict[str, KernelPlan]:
@@ -31,12 +31,14 @@ def tunable_nests(stmt: ir.Stmt, options: GpuOptions) -> dict[str, KernelPlan]:
     return found
 
 
-def fitting(kind: str | None, itemsizes: tuple[int, int], max_shared: int) -> list[MatmulConfig]:
+def fitting(
+    kind: str | None, itemsizes: tuple[int, int], max_shared: int, wgmma: bool = False
+) -> list[MatmulConfig]:
     """The candidates of `kind` whose tiles fit in `max_shared` bytes of shared memory."""
     layouts = [(False, False), (True, True)]
     return [
         c
-        for c in candidates(kind)
+        for c in candidates(kind, wgmma)
         if max(c.shared_bytes(*itemsizes, layout) for layout in layouts) <= max_shared
     ]
 

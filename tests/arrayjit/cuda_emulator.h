@@ -4,7 +4,8 @@
 // (shuffle, mma, ldmatrix), then the next runnable fiber runs, in an order drawn from a seed so
 // that a missing barrier shows up as a wrong result. A barrier releases once every thread that has
 // not exited reached it (as the hardware counts exited threads as arrived); a warp collective
-// needs all 32 lanes. Asynchronous copies (cp.async) land in shared memory only at the matching
+// needs all 32 lanes; a thread waiting on an mbarrier phase runs again once the phase completed
+// (cuda_emulator_sm90.h: mbarriers, TMA copies and wgmma). Asynchronous copies (cp.async) land in shared memory only at the matching
 // wait, so reading a tile before waiting for it reads stale data, as it may on the device.
 //
 // The kernel source is compiled inside `namespace dev`, so its own typedefs (int64_t...) do not
@@ -40,7 +41,7 @@ emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace emu {
 
-enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
+enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, AT_MBARRIER, DONE };
 
 struct Copy {
   void *dst;
@@ -54,6 +55,8 @@ struct Fiber {
   State state = RUNNABLE;
   std::vector<Copy> pending;               // issued, not yet committed
   std::vector<std::vector<Copy>> groups;  // committed groups, oldest first
+  void *wait_bar = nullptr;               // AT_MBARRIER: the mbarrier and the phase parity
+  unsigned wait_parity = 0;
 };
 
 constexpr size_t STACK_BYTES = 256 * 1024;
@@ -93,6 +96,11 @@ inline unsigned char *warp_slot(int thread) { return &exchange[size_t(thread) * 
 
 inline void warp_barrier() { yield(AT_WARP_BARRIER); }
 
+// Defined in cuda_emulator_sm90.h: the block's mbarriers, TMA and wgmma state start afresh; whether
+// a thread waiting for the phase of `bar` with parity `parity` may go on.
+inline void sm90_reset(unsigned threads);
+inline bool mbarrier_ready(void *bar, unsigned parity);
+
 // Runs one block; returns false (with `error` set) on a deadlock or a failure.
 // A small generator for the order in which runnable threads run (xorshift).
 struct Order {
@@ -105,7 +113,12 @@ struct Order {
   }
 };
 
+// The order generator of the block being run (intrinsics draw from it too).
+inline Order *order = nullptr;
+
 inline bool run_block(unsigned threads, Order &rng) {
+  order = &rng;
+  sm90_reset(threads);
   fibers.resize(threads);
   exchange.assign(size_t(threads) * SLOT_BYTES, 0);
   for (unsigned t = 0; t < threads; ++t) {
@@ -138,6 +151,12 @@ inline bool run_block(unsigned threads, Order &rng) {
     }
     if (live == 0) return true;
     bool released = false;
+    for (auto &f : fibers)
+      if (f.state == AT_MBARRIER && mbarrier_ready(f.wait_bar, f.wait_parity)) {
+        f.state = RUNNABLE;
+        released = true;
+      }
+    if (error[0]) return false;
     if (at_block == live) {
       for (auto &f : fibers)
         if (f.state == AT_BLOCK_BARRIER) f.state = RUNNABLE;
@@ -162,7 +181,8 @@ inline bool run_block(unsigned threads, Order &rng) {
     for (auto &f : fibers) runnable |= f.state == RUNNABLE;
     if (!runnable && !released) {
       std::snprintf(error, sizeof error,
-                    "deadlock: %u threads live, %u at __syncthreads, the rest at warp collectives",
+                    "deadlock: %u threads live, %u at __syncthreads, the rest at warp collectives"
+                    " or mbarrier waits",
                     live, at_block);
       return false;
     }
@@ -408,3 +428,5 @@ const char *emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsig
       }
   return nullptr;
 }
+
+#include "cuda_emulator_sm90.h"

@@ -13,6 +13,7 @@ import atexit
 import ctypes
 import hashlib
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,10 +29,13 @@ from arrayjit.schedule.gpu_kernels import GpuOptions
 from arrayjit.tnode import MemoryMode, TNode
 
 HEADER = Path(__file__).with_name("cuda_emulator.h")
+#: Headers it includes (copied beside it).
+HEADERS = (HEADER, Path(__file__).with_name("cuda_emulator_sm90.h"))
 
 #: The emulated definitions of the PTX helper functions, by the name of the source constant.
 EMULATED = {
     "ASYNC_COPY_HELPERS": """
+inline unsigned ocannl_shared_address(const void *p) { return emu::shared_offset(p); }
 template <int BYTES> inline void ocannl_cp_async(void *dst, const void *src, bool full) {
   emu_cp_async(dst, src, BYTES, full ? BYTES : 0);
 }
@@ -54,7 +58,49 @@ inline void ocannl_ldmatrix_x4_trans(unsigned *out, const void *row) {
   emu_ldmatrix_x4(out, row, true);
 }
 """,
+    "WGMMA_HELPERS": """
+inline void ocannl_mbarrier_init(unsigned long long *bar, unsigned count) {
+  emu_mbarrier_init(bar, count);
 }
+inline void ocannl_fence_barrier_init() {}
+inline void ocannl_mbarrier_arrive(unsigned long long *bar) { emu_mbarrier_arrive(bar, 0); }
+inline void ocannl_mbarrier_expect_bytes(unsigned long long *bar, unsigned bytes) {
+  emu_mbarrier_arrive(bar, bytes);
+}
+inline void ocannl_mbarrier_wait(unsigned long long *bar, unsigned parity) {
+  emu_mbarrier_wait(bar, parity);
+}
+inline void ocannl_tensormap_acquire(const void *) {}
+inline void ocannl_tma_load_2d(void *dst, const void *map, int c0, int c1, unsigned long long *bar) {
+  int c[] = {c0, c1};
+  emu_tma_load(dst, map, c, 2, bar);
+}
+inline void ocannl_tma_load_3d(void *dst, const void *map, int c0, int c1, int c2,
+                               unsigned long long *bar) {
+  int c[] = {c0, c1, c2};
+  emu_tma_load(dst, map, c, 3, bar);
+}
+inline void ocannl_tma_load_4d(void *dst, const void *map, int c0, int c1, int c2, int c3,
+                               unsigned long long *bar) {
+  int c[] = {c0, c1, c2, c3};
+  emu_tma_load(dst, map, c, 4, bar);
+}
+inline void ocannl_tma_load_5d(void *dst, const void *map, int c0, int c1, int c2, int c3, int c4,
+                               unsigned long long *bar) {
+  int c[] = {c0, c1, c2, c3, c4};
+  emu_tma_load(dst, map, c, 5, bar);
+}
+template <int REGISTERS> inline void ocannl_setmaxnreg_inc() {}
+template <int REGISTERS> inline void ocannl_setmaxnreg_dec() {}
+inline void ocannl_wgmma_fence() {}
+inline void ocannl_wgmma_commit() { emu_wgmma_commit(); }
+template <int N> inline void ocannl_wgmma_wait() { emu_wgmma_wait(N); }
+template <int COUNT> inline void ocannl_fence_operands(float *) {}
+""",
+}
+
+#: The emulated wgmma instructions, by tensor-core kind (see `cuda_device.wgmma_function`).
+_WGMMA_KIND_CODES = {"tf32": 0, "f16": 1, "bf16": 2}
 
 _build_dir = Path(tempfile.mkdtemp(prefix="arrayjit-cuda-emulator-"))
 atexit.register(shutil.rmtree, _build_dir, True)
@@ -69,7 +115,8 @@ def _header() -> Path:
     """The emulator header in the build folder, precompiled once (a third of each build)."""
     header = _build_dir / HEADER.name
     if not header.exists():
-        shutil.copy(HEADER, header)
+        for path in HEADERS:
+            shutil.copy(path, _build_dir / path.name)
         command = [_compiler(), *_FLAGS, "-x", "c++-header", str(header), "-o", f"{header}.gch"]
         subprocess.run(command, capture_output=True)  # without it, builds are only slower
     return header
@@ -81,11 +128,22 @@ def emulated_source(source: str) -> str:
         helpers = getattr(cuda_device, name)
         if helpers in source:
             source = source.replace(helpers, replacement)
+    for kind, code in _WGMMA_KIND_CODES.items():
+        for n in range(8, 257, 8):
+            device = cuda_device.wgmma_function(kind, n)
+            if device in source:
+                emulated = (
+                    f"inline void ocannl_wgmma_{kind}_n{n}(float *d, const unsigned *a,"
+                    f" unsigned long long desc) {{ emu_wgmma(d, a, desc, {n}, {code}); }}\n"
+                )
+                source = source.replace(device, emulated)
     # The 16-bit types and their conversions are the header's.
     source = source.replace("#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n", "")
-    # Dynamic shared memory: a static buffer of the largest size a block may have.
+    # Dynamic shared memory: in the emulated shared window, at a start that is not 1024-aligned.
     source = source.replace(
-        cuda_device.SHARED_DECLARATION, "static ocannl_float4 ocannl_smem[232448 / 16];"
+        cuda_device.SHARED_DECLARATION,
+        "ocannl_float4 *const ocannl_smem ="
+        " reinterpret_cast<ocannl_float4 *>(emu_shared_window + EMU_DYNAMIC_OFFSET);",
     )
     if "asm" in source:
         raise AssertionError("inline PTX left in the source: the emulator cannot run it")
@@ -107,7 +165,8 @@ def _build(source: str, launches: list[cuda_device.Launch], tnodes: list[TNode])
         + "\n".join(wrappers)
         + "\n"
     )
-    digest = hashlib.sha256(text.encode() + HEADER.read_bytes()).hexdigest()[:24]
+    digest = hashlib.sha256(text.encode() + b"".join(h.read_bytes() for h in HEADERS))
+    digest = digest.hexdigest()[:24]
     library = _build_dir / f"{digest}.so"
     if not library.exists():
         cpp = _build_dir / f"{digest}.cpp"
@@ -148,6 +207,10 @@ class EmulatedRoutine:
         arrays = [self.scratch[t] if t in self.scratch else t.host() for t in self.tnodes]
         for array in arrays:
             assert array.flags.c_contiguous
+        for tnode, spec in self.generated.tensor_maps.items():
+            operand = arrays[self.tnodes.index(spec.tnode)]
+            packed = tensor_map_bytes(spec, operand.ctypes.data)
+            arrays[self.tnodes.index(tnode)][:] = np.frombuffer(packed, np.int32)
         args = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
         for launch in self.launches:
             grid = launch.grid if isinstance(launch.grid, tuple) else (launch.grid, 1, 1)
@@ -159,6 +222,18 @@ class EmulatedRoutine:
                 raise AssertionError(f"{launch.name}: {error.decode()}")
         for t in ir.written_tnodes(self.generated.stmt):
             residency.host_written(t)
+
+
+def tensor_map_bytes(spec, address: int) -> bytes:
+    """The emulator's tensor map (`emu::TensorMap` of cuda_emulator_sm90.h) for `spec` over the
+    array at `address`: what cuTensorMapEncodeTiled encodes on the device."""
+    rank, size = len(spec.dims), spec.itemsize
+    dims = [*spec.dims, *[0] * (5 - rank)]
+    strides = [s * size for s in spec.strides] + [0] * (4 - len(spec.strides))
+    box = [*spec.box, *[0] * (5 - rank)]
+    start = address + spec.offset * size
+    packed = struct.pack("<QIIII5Q4Q5I", start, rank, size, 1, 0, *dims, *strides, *box)
+    return packed.ljust(128, b"\0")
 
 
 def emulate(

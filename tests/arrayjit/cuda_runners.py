@@ -40,7 +40,7 @@ def runner(kind: str):
         def run_gpu(code: Assignments, options: GpuOptions | None = None, seed: int = 0) -> Ran:
             backend = gpu_context().backend
             options = options or GpuOptions()
-            names = ("tile_matmul", "parallel_reductions", "allow_tf32", "matmul_configs")
+            names = ("tile_matmul", "parallel_reductions", "allow_tf32", "wgmma", "matmul_configs")
             saved = {name: getattr(backend, name) for name in names}
             for name in names:
                 setattr(backend, name, getattr(options, name))
@@ -91,7 +91,9 @@ def nvcc_cubin(source: str, folder, arch: str = "sm_90", headers: str = ""):
     """Compile generated source with nvcc into a cubin (skips without nvcc). nvcc includes the
     CUDA runtime headers that NVRTC does not, so the source goes into a namespace, where its
     own typedefs (int64_t...) do not clash with theirs; the device code is the same. `headers`
-    come first, outside the namespace."""
+    come first, outside the namespace. An architecture-specific `arch` ("sm_90a") is built with
+    `-gencode` (the `-arch` shorthand also runs a plain pass that rejects its instructions);
+    ptxas's report (`-v`: registers, spills, warnings) is left in `folder / "ptxas.log"`."""
     import subprocess
     from pathlib import Path
 
@@ -104,9 +106,13 @@ def nvcc_cubin(source: str, folder, arch: str = "sm_90", headers: str = ""):
         f'{headers}\nnamespace ocannl_check {{\n#include "kernels.cu"\n}}\n'
     )
     cubin = folder / "check.cubin"
-    command = [nvcc, f"-arch={arch}", "-cubin", "-o", str(cubin), str(folder / "check.cu")]
+    target = (
+        f"-gencode=arch=compute_{arch[3:]},code={arch}" if arch.endswith("a") else f"-arch={arch}"
+    )
+    command = [nvcc, target, "-cubin", "-Xptxas", "-v", "-o", str(cubin), str(folder / "check.cu")]
     result = subprocess.run(command, capture_output=True, text=True, cwd=folder)
     assert result.returncode == 0, f"nvcc failed on {folder / 'kernels.cu'}:\n{result.stderr}"
+    (folder / "ptxas.log").write_text(result.stderr)
     return cubin
 
 

@@ -164,6 +164,23 @@ def test_kernels_compile_for_sm90_without_spills_and_use_the_intended_instructio
     assert sass(tf32)["ocannl_tf32_k0"].count("HMMA.1688.F32.TF32") == 4 * 32
 
 
+def test_8_by_16_thread_patches_compile_without_spills_to_fewer_shared_loads(tmp_path):
+    code, *_ = matmul(4096, 4096, 4096)
+    stmt = compile_to_ir(code, True)
+    config = MatmulConfig(128, 256, 8, 2, thread_cols=16)
+    key = gpu_matmul.config_key(matmul_plan(code), None)
+    generated = generate(stmt, "ocannl_wide", GpuOptions(matmul_configs={key: config}))
+    assert generated.plans[0].matmul.config == config
+    assert generated.launches[0].block == 256
+    cubin = nvcc_cubin(generated.source, tmp_path)
+    usage = resources(cubin)["ocannl_wide_k0"]
+    assert usage["LOCAL"] == 0 and usage["STACK"] == 0
+    code_of = sass(cubin)["ocannl_wide_k0"]
+    # One 8-deep tile: 8 x 128 fused multiply-adds on 8 x 6 16-byte shared loads (8 x 4 feed
+    # the 8 x 8 patch's 8 x 64).
+    assert code_of.count("FFMA") >= 1024 and code_of.count("LDS.128") == 48
+
+
 # ---- values ------------------------------------------------------------------------------
 
 

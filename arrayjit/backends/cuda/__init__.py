@@ -35,7 +35,7 @@ from arrayjit import loop_ir as ir
 from arrayjit.backends import units
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.cuda import nvrtc
-from arrayjit.backends.cuda.launch import kernel_config
+from arrayjit.backends.cuda.launch import kernel_config, write_tensor_maps
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.modules import kernel_function, kernel_tnodes, module_source
 from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
@@ -43,6 +43,7 @@ from arrayjit.codegen.inert_text import comment_text, identifier
 from arrayjit.errors import CompileError
 from arrayjit.runtime import residency
 from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan, plan_kernels
+from arrayjit.schedule.gpu_wgmma import TensorMapSpec
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -92,6 +93,7 @@ class CudaCompiled(Compiled):
         written: list[int],
         source_path: Path,
         plans: list[KernelPlan] | None = None,
+        tensor_maps: list[list] | None = None,
         bound: bool = False,
     ) -> None:
         self.backend = backend
@@ -108,6 +110,8 @@ class CudaCompiled(Compiled):
                 )
             ],
             "written": written,
+            # [map buffer, operand, offset, dims, strides, box] of each TMA tensor map.
+            "tensor_maps": tensor_maps or [],
         }
         self._plans = plans
         # (kernel, launch config), in launch order.
@@ -143,6 +147,15 @@ class CudaCompiled(Compiled):
             (kernel, config, tuple(self.arguments[i] for i in params))
             for (kernel, config), params in zip(self.kernels, parameters, strict=True)
         ]
+        # (map buffer, operand, spec) of each TMA tensor map, written once both buffers are known
+        # (here; for a bound routine, when `bind` has given both).
+        self.tensor_maps = [
+            (map_at, operand, TensorMapSpec(tnodes[operand], offset, *map(tuple, shape)))
+            for map_at, operand, offset, *shape in tensor_maps or []
+        ]
+        if not bound:
+            for map_at, _, spec in self.tensor_maps:
+                write_tensor_maps(backend, {tnodes[map_at]: spec}, tnodes, self.arguments)
         # The launches that take each buffer, for `bind`.
         self.uses: list[list[int]] = [[] for _ in tnodes]
         for n, params in enumerate(parameters):
@@ -174,6 +187,11 @@ class CudaCompiled(Compiled):
             arguments = tuple(self.arguments[i] for i in self.parameters[n])
             self.launches[n] = (kernel, config, arguments)
         self.unbound.discard(position)
+        for map_at, operand, spec in self.tensor_maps:
+            if position in (map_at, operand) and not {map_at, operand} & self.unbound:
+                write_tensor_maps(
+                    self.backend, {self.tnodes[map_at]: spec}, self.tnodes, self.arguments
+                )
         if self._graph:
             self._graph = None
 
@@ -235,6 +253,9 @@ class CudaBackend(Backend):
         self.parallel_reductions = True
         #: fp32 matrix products may use TF32 tensor cores (as PyTorch's allow_tf32; off: exact fp32).
         self.allow_tf32 = False
+        #: Tensor-core matrix products take the wgmma form (TMA-fed warpgroup MMA, sm_90a) on an
+        #: sm_90 device; off: mma.sync.
+        self.wgmma = True
         #: Matrix products get the tile configuration timed fastest on this device (timed once,
         #: remembered in the compile cache); off: a fixed default.
         self.autotune = False
@@ -315,7 +336,7 @@ class CudaBackend(Backend):
         configs = sorted((k, repr(v)) for k, v in self.matmul_configs.items())
         return (
             f"{nvrtc.identity(self.arch)}\ntiled matmul: {self.tile_matmul}\nparallel reductions: "
-            f"{self.parallel_reductions}\ntf32: {self.allow_tf32}\nautotune: {self.autotune}\n"
+            f"{self.parallel_reductions}\ntf32: {self.allow_tf32}\nwgmma: {self.wgmma}\nautotune: {self.autotune}\n"
             f"matmul configs: {configs}"
         )
 
@@ -325,6 +346,7 @@ class CudaBackend(Backend):
             tile_matmul=self.tile_matmul,
             parallel_reductions=self.parallel_reductions,
             allow_tf32=self.allow_tf32,
+            wgmma=self.wgmma and self.arch == "90",
             matmul_configs=dict(self.matmul_configs),
         )
         if self.autotune and self.tile_matmul:
@@ -351,10 +373,23 @@ class CudaBackend(Backend):
         cubins = units.compiled(
             functions,
             "kernel",
-            lambda group: nvrtc.build_cubin(module_source(group), self.arch),
+            # A module holding a wgmma kernel is built for sm_90a (it runs on the sm_90 device).
+            lambda group: nvrtc.build_cubin(
+                module_source(group), self.arch + max(f.arch_suffix for f in group)
+            ),
             self.defines,
         )
         source_path = self.write_listing(name, plans, tnodes, stmt, functions, cubins)
+        tensor_maps = [
+            [position[map_at], position[spec.tnode], spec.offset, spec.dims, spec.strides, spec.box]
+            for plan in plans
+            if plan.matmul is not None and plan.matmul.wgmma is not None
+            for map_at, spec in zip(
+                plan.matmul.wgmma.maps,
+                (plan.matmul.wgmma.a.spec, plan.matmul.wgmma.b.spec),
+                strict=True,
+            )
+        ]
         return CudaCompiled(
             self,
             [(cubins[f.key], f.symbol, f.grid, f.block, f.shared_bytes) for f in functions],
@@ -363,6 +398,7 @@ class CudaBackend(Backend):
             sorted(position[t] for t in ir.written_tnodes(stmt)),
             source_path,
             plans,
+            tensor_maps,
             bound,
         )
 
@@ -381,7 +417,14 @@ class CudaBackend(Backend):
             return None
         parameters = [params for *_, params in plan["kernels"]]
         return CudaCompiled(
-            self, kernels, parameters, tnodes, plan["written"], source_path, bound=bound
+            self,
+            kernels,
+            parameters,
+            tnodes,
+            plan["written"],
+            source_path,
+            bound=bound,
+            tensor_maps=plan.get("tensor_maps"),
         )
 
     def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> Path:

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from arrayjit import cache, ops
 from arrayjit import loop_ir as ir
 from arrayjit.codegen.c_syntax import fill_names
-from arrayjit.codegen.cuda_device import ASYNC_COPY_HELPERS, MMA_HELPERS, PRELUDE, VECTOR_TYPES
+from arrayjit.codegen.cuda_device import (
+    ASYNC_COPY_HELPERS,
+    MMA_HELPERS,
+    PRELUDE,
+    VECTOR_TYPES,
+    WGMMA_HELPERS,
+    wgmma_function,
+)
 from arrayjit.codegen.cuda_syntax import CudaSyntax
 from arrayjit.dtypes import DType
 from arrayjit.schedule.gpu_kernels import KernelPlan
@@ -30,8 +37,8 @@ _NAME = "@kernel@"
 @dataclass(frozen=True, eq=False)
 class KernelFunction:
     """One kernel: its key, its text with buffer names and its own name left as placeholders,
-    what its helpers need (dtypes, random bits, asynchronous copies, tensor-core fragments) and
-    its launch shape."""
+    what its helpers need (dtypes, random bits, asynchronous copies, tensor-core fragments, the
+    warpgroup MMAs it issues as (kind, n)) and its launch shape."""
 
     key: str
     body: str
@@ -44,6 +51,12 @@ class KernelFunction:
     block: int
     shared_bytes: int
     checks: bool = False
+    wgmma: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def arch_suffix(self) -> str:
+        """The target suffix the kernel needs: "a" (sm_90a) for wgmma, else none."""
+        return "a" if self.wgmma else ""
 
     @property
     def symbol(self) -> str:
@@ -71,6 +84,7 @@ def prelude(
     async_copies: bool = False,
     tensor_cores: bool = False,
     checks: bool = False,
+    wgmma: tuple[tuple[str, int], ...] = (),
 ) -> str:
     used = set(ops.RANDOM_OPS) if random else set()
     parts = [PRELUDE, VECTOR_TYPES, CudaSyntax().prelude(list(dtypes), used, checks)]
@@ -78,6 +92,9 @@ def prelude(
         parts.append(ASYNC_COPY_HELPERS)
     if tensor_cores:
         parts.append(MMA_HELPERS)
+    if wgmma:
+        parts.append(WGMMA_HELPERS)
+        parts += [wgmma_function(kind, n) for kind, n in wgmma]
     return "\n".join(parts)
 
 
@@ -94,11 +111,15 @@ def kernel_function(
     async_copies = plan.matmul is not None
     tensor_cores = plan.matmul is not None and bool(plan.matmul.config.tensor_cores)
     checks = bool(ir.index_checks(stmts))
-    key = cache.key(prelude(dtypes, random, async_copies, tensor_cores, checks), body, identity)
+    wgmma = ()
+    if plan.matmul is not None and plan.matmul.wgmma is not None:
+        wgmma = ((plan.matmul.config.tensor_cores, plan.matmul.config.block_cols),)
+    helpers = prelude(dtypes, random, async_copies, tensor_cores, checks, wgmma)
+    key = cache.key(helpers, body, identity + "a" * bool(wgmma))
     labels = tuple(t.label for t in tnodes)
     return KernelFunction(
         key, body, labels, dtypes, random, async_copies, tensor_cores, launch.grid,
-        launch.block, launch.shared_bytes, checks,
+        launch.block, launch.shared_bytes, checks, wgmma,
     )  # fmt: skip
 
 
@@ -111,5 +132,6 @@ def module_source(kernels: Sequence[KernelFunction]) -> str:
         any(k.async_copies for k in kernels),
         any(k.tensor_cores for k in kernels),
         any(k.checks for k in kernels),
+        tuple(sorted({w for k in kernels for w in k.wgmma})),
     )
     return "\n".join([helpers, *(k.text() for k in kernels)]) + "\n"

@@ -15,7 +15,7 @@ import numpy as np
 
 from arrayjit import cache
 from arrayjit import loop_ir as ir
-from arrayjit.backends.cuda.launch import load_kernels
+from arrayjit.backends.cuda.launch import load_kernels, write_tensor_maps
 from arrayjit.backends.cuda.nvrtc import build_cubin, nvrtc_version
 from arrayjit.codegen.cuda_syntax import generate
 from arrayjit.schedule import tuning
@@ -36,7 +36,7 @@ def tune_matmuls(backend, stmt: ir.Stmt, options: GpuOptions) -> dict[str, Matmu
     for key, plan in tuning.tunable_nests(stmt, options).items():
         shape = plan.matmul
         itemsizes = tuple(_dtype(e).itemsize for e in (shape.x, shape.y))
-        configs = tuning.fitting(shape.config.tensor_cores, itemsizes, limit)
+        configs = tuning.fitting(shape.config.tensor_cores, itemsizes, limit, shape.config.wgmma)
         if len(configs) < 2:
             continue
         record_key = cache.key(
@@ -92,18 +92,19 @@ def _time(
 
     timing = EventOptions(timing_enabled=True)
     stream = backend.stream
-    buffers = None
+    buffers: dict[TNode, object] = {}
     seconds: dict[str, float] = {}
     for config in configs:
         generated = generate(nest, "ocannl_tune", replace(options, matmul_configs={key: config}))
         if [p.matmul.config for p in generated.plans if p.matmul] != [config]:
             raise AssertionError(f"tuning {key}: the nest did not take {config.describe()}")
-        if buffers is None:
-            buffers = _random_buffers(backend, generated.tnodes)
-        cubin = build_cubin(generated.source, backend.arch)
+        # The nest's buffers once; each candidate's tensor-map buffers are its own.
+        buffers.update(_random_buffers(backend, [t for t in generated.tnodes if t not in buffers]))
+        cubin = build_cubin(generated.source, backend.arch + generated.arch_suffix)
         module = backend.module(cubin)  # from the bytes the cache verified
         kernels = load_kernels(module, generated.launches, backend.device.device_id)
         arguments = [buffers[t] for t in generated.tnodes]
+        write_tensor_maps(backend, generated.tensor_maps, generated.tnodes, arguments)
 
         def run(kernels=kernels, arguments=arguments) -> None:
             for kernel, launch_config in kernels:
