@@ -24,6 +24,7 @@ from arrayjit.indexing import (
     affine,
     as_affine,
     iterators_of,
+    out_of_range,
 )
 from arrayjit.passes import hoisting, simplify, virtual_inlining
 from arrayjit.tnode import MemoryMode, TNode
@@ -206,6 +207,20 @@ def _parallel_safe(p: Projections) -> set[Iterator]:
     return {it for it in plain if uses.count(it) == 1}
 
 
+def _guards(stmt: asg.Accum) -> tuple[list[ir.InRange], list[ir.InRange]]:
+    """The bounds conditions of a guarded accumulation: of the lhs index, of the rhs indices."""
+    p = stmt.projections
+    if not p.guarded:
+        return [], []
+    lhs = [ir.InRange(i, d) for i, d in out_of_range(p, stmt.lhs.dims, p.project_lhs)]
+    rhs = [
+        ir.InRange(i, d)
+        for r, proj in zip(stmt.rhses, p.project_rhs, strict=True)
+        for i, d in out_of_range(p, r.dims, proj)
+    ]
+    return list(dict.fromkeys(lhs)), [c for c in dict.fromkeys(rhs) if c not in lhs]
+
+
 def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
     p, lhs = stmt.projections, stmt.lhs
     bounds = p.bounds
@@ -214,27 +229,44 @@ def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
     order = loop_order(p, lhs, stmt.rhses, reductions_innermost)
     reductions = set(p.reduction_iterators)
     safe = _parallel_safe(p)
+    lhs_guards, rhs_guards = _guards(stmt)
 
-    def wrap(its: list[Iterator], body: ir.Stmt) -> ir.Stmt:
-        for it in reversed(its):
-            body = ir.For(it, bounds[it], body, parallel=it in safe)
+    def wrap(its: list[Iterator], body: ir.Stmt, guards: list[ir.InRange] = ()) -> ir.Stmt:
+        """Loops over `its` around `body`; each guard goes just inside the loop of its last
+        iterator (around everything when it has none among `its`)."""
+        depth = {it: k for k, it in enumerate(its)}
+        at = [
+            [g for g in guards if max((depth.get(i, -1) for i in iterators_of(g.index)), default=-1) == k]
+            for k in range(-1, len(its))
+        ]  # fmt: skip
+        body = ir.guarded(at[-1], body)
+        for k in reversed(range(len(its))):
+            body = ir.guarded(at[k], ir.For(its[k], bounds[its[k]], body, parallel=its[k] in safe))
         return body
 
     if stmt.accum is None:
-        return wrap(order, ir.Set(lhs, p.project_lhs, rhs))
+        store = wrap(order, ir.Set(lhs, p.project_lhs, rhs), lhs_guards + rhs_guards)
+        if not rhs_guards:
+            return store
+        # A cell whose operand is read outside its buffer is 0, as if the buffer were padded.
+        zero = ir.Const(0.0, lhs.dtype)
+        return ir.block([_nest(lhs.dims, lambda idx: ir.Set(lhs, idx, zero)), store])
 
     neutral = ir.Const(ops.neutral(stmt.accum, lhs.dtype), lhs.dtype)
     n_outer = next((k for k, it in enumerate(order) if it in reductions), len(order))
     reductions_innermost = all(it in reductions for it in order[n_outer:])
     covered = _covers_injectively(p, lhs)
     if reductions and reductions_innermost and (covered or not stmt.zero_first):
-        # Accumulate in a register over the innermost reduction loops, store once.
+        # Accumulate in a register over the innermost reduction loops, store once. The lhs's
+        # guards skip the whole cell; the operands' skip one term of the reduction (they never
+        # skip the store, which zero-first needs).
         acc = f"acc{next(_local_ids)}"
         init = neutral if stmt.zero_first else ir.Get(lhs, p.project_lhs)
-        inner = wrap(
-            order[n_outer:],
-            ir.SetLocal(acc, ir.Apply(stmt.accum, (ir.Local(acc, lhs.dtype), rhs), lhs.dtype)),
-        )
+        update = ir.SetLocal(acc, ir.Apply(stmt.accum, (ir.Local(acc, lhs.dtype), rhs), lhs.dtype))
+        outer = set(order[:n_outer])
+        inner_guards = [g for g in rhs_guards if not set(iterators_of(g.index)) <= outer]
+        inner = wrap(order[n_outer:], ir.guarded(
+            [g for g in rhs_guards if g not in inner_guards], update), inner_guards)  # fmt: skip
         body = ir.block(
             [
                 ir.DeclLocal(acc, lhs.dtype, init),
@@ -242,16 +274,17 @@ def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
                 ir.Set(lhs, p.project_lhs, ir.Local(acc, lhs.dtype)),
             ]
         )
-        return wrap(order[:n_outer], body)
+        return wrap(order[:n_outer], body, lhs_guards)
 
     update = ir.Set(
         lhs, p.project_lhs, ir.Apply(stmt.accum, (ir.Get(lhs, p.project_lhs), rhs), lhs.dtype)
     )
+    guards = lhs_guards + rhs_guards
     if not stmt.zero_first:
-        return wrap(order, update)
-    if covered and not reductions:
+        return wrap(order, update, guards)
+    if covered and not reductions and not guards:
         # Each cell is written once: neutral `op` rhs, no separate fill.
         first = ir.Set(lhs, p.project_lhs, ir.Apply(stmt.accum, (neutral, rhs), lhs.dtype))
         return wrap(order, first)
     fill = _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, neutral))
-    return ir.block([fill, wrap(order, update)])
+    return ir.block([fill, wrap(order, update, guards)])
