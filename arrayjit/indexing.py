@@ -85,6 +85,23 @@ def iterators_of(index: Index) -> tuple[Iterator, ...]:
     return tuple(it for _, it in as_affine(index)[0])
 
 
+def row_major_offset(dims: tuple[int, ...], index: tuple[Index, ...]) -> Index:
+    """The offset of `index` in a row-major buffer of `dims`, as one affine index."""
+    strides = [1] * len(dims)
+    for axis in range(len(dims) - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * dims[axis + 1]
+    terms = []
+    offset = 0
+    for stride, idx in zip(strides, index, strict=True):
+        if isinstance(idx, Fixed):
+            offset += int(stride) * idx.value
+        else:
+            its, off = as_affine(idx)
+            terms.extend((int(stride) * c, it) for c, it in its)
+            offset += int(stride) * off
+    return affine(*terms, offset=offset)
+
+
 def index_range(index: Index, bounds: Mapping[Iterator, int]) -> tuple[int, int]:
     """The smallest and largest value `index` takes over the iteration space `bounds`."""
     terms, offset = as_affine(index)

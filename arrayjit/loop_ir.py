@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Iterator as PyIterator
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from arrayjit import ops
 from arrayjit.dtypes import DType
-from arrayjit.indexing import Index, Iterator
+from arrayjit.indexing import Index, Iterator, substitute
 from arrayjit.tnode import TNode
+
+if TYPE_CHECKING:
+    from arrayjit.schedule.cpu_matmul import Blocking
 
 # ---- expressions -------------------------------------------------------------------------
 
@@ -62,12 +66,28 @@ Expr = Const | Get | Local | IndexValue | Apply
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """A scalar local that a vectorized loop combines across lanes: `name := name op ...`."""
+
+    op: str
+    name: str
+    dtype: DType
+
+
+@dataclass(frozen=True)
 class For:
     iterator: Iterator
     extent: int
     body: Stmt
     # Scheduling marks; backends may ignore them.
+    # Iterations write distinct cells (set by lowering; a GPU maps such loops to threads).
     parallel: bool = False
+    # The CPU schedule's marks (the passes of `lowering.CPU_SCHEDULE`, for the C backend only):
+    # iterations split into `threads` static chunks, one per thread; the loop vectorized
+    # (`#pragma omp simd`), with `reductions` combined across lanes.
+    threads: int = 1
+    vectorize: bool = False
+    reductions: tuple[Reduction, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,7 +140,29 @@ class If:
     body: Stmt
 
 
-Stmt = For | Set | DeclLocal | SetLocal | Block | Comment | If
+@dataclass(frozen=True)
+class Matmul:
+    """`tnode[index] := (tnode[index] +) sum over k < K of a * b`, for m < M and n < N: a matrix
+    product that the CPU schedule packs and register-blocks (`arrayjit.schedule.cpu_matmul`).
+    `a` reads `m` and `k`, `b` reads `k` and `n`, `index` uses `m` and `n` each as the index of
+    one axis; other iterators are bound by loops around it. Without `accumulate` the product
+    overwrites. `a_pack` and `b_pack` are the scratch buffers the operands are packed into."""
+
+    tnode: TNode
+    index: tuple[Index, ...]
+    a: Expr
+    b: Expr
+    m: Iterator
+    n: Iterator
+    k: Iterator
+    extents: tuple[int, int, int]
+    accumulate: bool
+    blocking: Blocking
+    a_pack: TNode
+    b_pack: TNode
+
+
+Stmt = For | Set | DeclLocal | SetLocal | Block | Comment | Matmul | If
 
 
 def guarded(conditions: tuple[InRange, ...] | list[InRange], body: Stmt) -> Stmt:
@@ -167,6 +209,26 @@ def root_exprs(s: Stmt) -> tuple[Expr, ...]:
         return (s.value,)
     if isinstance(s, DeclLocal):
         return (s.init,)
+    if isinstance(s, Matmul):
+        return (s.a, s.b, Get(s.tnode, s.index)) if s.accumulate else (s.a, s.b)
+    return ()
+
+
+def stores(s: Stmt) -> tuple[TNode, ...]:
+    """The buffers `s` itself writes (not those of statements inside it)."""
+    if isinstance(s, Set):
+        return (s.tnode,)
+    if isinstance(s, Matmul):
+        return (s.tnode, s.a_pack, s.b_pack)
+    return ()
+
+
+def binds(s: Stmt) -> tuple[Iterator, ...]:
+    """The iterators `s` itself binds."""
+    if isinstance(s, For):
+        return (s.iterator,)
+    if isinstance(s, Matmul):
+        return (s.m, s.n, s.k)
     return ()
 
 
@@ -192,13 +254,16 @@ def map_stmt(s: Stmt, f: Callable[[Stmt], Stmt]) -> Stmt:
 
 
 def map_root_exprs(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
-    """Apply `f` to the root expression of every statement (`f` recurses if it needs to)."""
+    """Apply `f` to the root expression of every statement (`f` recurses if it needs to); a
+    matmul's operands `a` and `b` (its read of its own buffer stays as it is)."""
 
     def rebuild(x: Stmt) -> Stmt:
         if isinstance(x, Set | SetLocal):
             return replace(x, value=f(x.value))
         if isinstance(x, DeclLocal):
             return replace(x, init=f(x.init))
+        if isinstance(x, Matmul):
+            return replace(x, a=f(x.a), b=f(x.b))
         return x
 
     return map_stmt(s, rebuild)
@@ -222,7 +287,7 @@ def stmt_exprs(s: Stmt) -> list[Expr]:
 
 
 def written_tnodes(s: Stmt) -> set[TNode]:
-    return {x.tnode for x in walk(s) if isinstance(x, Set)}
+    return {t for x in walk(s) for t in stores(x)}
 
 
 def read_tnodes(s: Stmt) -> set[TNode]:
@@ -237,8 +302,8 @@ def tnodes_in(s: Stmt) -> list[TNode]:
             for e in walk_expr(root):
                 if isinstance(e, Get):
                     seen.setdefault(e.tnode.id, e.tnode)
-        if isinstance(x, Set):
-            seen.setdefault(x.tnode.id, x.tnode)
+        for t in stores(x):
+            seen.setdefault(t.id, t)
     return list(seen.values())
 
 
@@ -256,7 +321,46 @@ def read_locals(s: Stmt) -> set[str]:
 
 
 def bound_iterators(s: Stmt) -> set[Iterator]:
-    return {x.iterator for x in walk(s) if isinstance(x, For)}
+    return {it for x in walk(s) for it in binds(x)}
+
+
+def substitute_iterators(s: Stmt, env: dict[Iterator, Index]) -> Stmt:
+    """`s` with every use of the iterators of `env` replaced by their index (a loop's iterator
+    renamed, or an iterator made an affine function of others)."""
+
+    def index(idx: tuple[Index, ...]) -> tuple[Index, ...]:
+        return tuple(substitute(i, env) for i in idx)
+
+    def expr(e: Expr) -> Expr:
+        if isinstance(e, Get):
+            return Get(e.tnode, index(e.index))
+        if isinstance(e, IndexValue):
+            return IndexValue(substitute(e.index, env), e.dtype)
+        return e
+
+    def stmt(x: Stmt) -> Stmt:
+        if isinstance(x, Set | Matmul):
+            return replace(x, index=index(x.index))
+        if isinstance(x, If):
+            conditions = tuple(InRange(substitute(c.index, env), c.extent) for c in x.conditions)
+            return replace(x, conditions=conditions)
+        return x
+
+    return map_stmt(map_stmt_exprs(s, expr), stmt)
+
+
+def rename_locals(s: Stmt, names: dict[str, str]) -> Stmt:
+    """`s` with the locals of `names` renamed (declarations, assignments and reads)."""
+
+    def expr(e: Expr) -> Expr:
+        return Local(names[e.name], e.dtype) if isinstance(e, Local) and e.name in names else e
+
+    def stmt(x: Stmt) -> Stmt:
+        if isinstance(x, DeclLocal | SetLocal) and x.name in names:
+            return replace(x, name=names[x.name])
+        return x
+
+    return map_stmt(map_stmt_exprs(s, expr), stmt)
 
 
 # ---- printing ----------------------------------------------------------------------------
@@ -278,12 +382,29 @@ def expr_string(e: Expr) -> str:
     return f"{e.op}({', '.join(args)})"
 
 
+def _marks(s: For) -> str:
+    marks = ["parallel"] if s.parallel else []
+    if s.threads > 1:
+        marks.append(f"threads={s.threads}")
+    if s.vectorize:
+        marks.append("simd")
+    marks += [f"reduce({r.op}: {r.name})" for r in s.reductions]
+    return "".join(" " + m for m in marks)
+
+
 def to_string(s: Stmt, indent: int = 0) -> str:
     """Pseudo-code for a statement tree."""
     pad = "  " * indent
     if isinstance(s, For):
-        mark = " parallel" if s.parallel else ""
-        return f"{pad}for {s.iterator} < {s.extent}{mark}:\n{to_string(s.body, indent + 1)}"
+        return f"{pad}for {s.iterator} < {s.extent}{_marks(s)}:\n{to_string(s.body, indent + 1)}"
+    if isinstance(s, Matmul):
+        m, n, k = s.extents
+        lhs = f"{s.tnode.name}[{', '.join(map(str, s.index))}]"
+        product = f"{expr_string(s.a)} * {expr_string(s.b)}"
+        return (
+            f"{pad}{lhs} {'+=' if s.accumulate else ':='} sum {product}"
+            f"    matmul {s.m} < {m}, {s.n} < {n}, {s.k} < {k} ({s.blocking})"
+        )
     if isinstance(s, Block):
         return "\n".join(to_string(x, indent) for x in s.stmts) if s.stmts else f"{pad}pass"
     if isinstance(s, Set):

@@ -1,15 +1,18 @@
 """Lowering: assignments -> loop IR, then the passes, in order.
 
 Read top to bottom, this file is the pipeline: `lower` turns each assignment into a loop nest
-(choosing a loop order, see `loop_order`), then `optimize` runs the passes of `arrayjit.passes`.
-With `ARRAYJIT_DEBUG=1` the IR is logged after each step.
+(choosing a loop order, see `loop_order`), then `optimize` runs the passes of `arrayjit.passes`:
+`PASSES`, or for the C backend (given a `CpuTarget`) `cpu_passes`: the same with the CPU
+schedule's passes in between. With `ARRAYJIT_DEBUG=1` the IR is logged after each step.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -21,12 +24,19 @@ from arrayjit.indexing import (
     Index,
     Iterator,
     Projections,
-    affine,
-    as_affine,
     iterators_of,
     out_of_range,
+    row_major_offset,
 )
-from arrayjit.passes import hoisting, simplify, virtual_inlining
+from arrayjit.passes import (
+    hoisting,
+    matmul_blocking,
+    simplify,
+    threads,
+    vectorize,
+    virtual_inlining,
+)
+from arrayjit.schedule.cpu_target import CpuTarget
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -38,20 +48,37 @@ PASSES = [
 ]
 
 
+def cpu_passes(target: CpuTarget) -> list[tuple[str, Callable[[ir.Stmt], ir.Stmt]]]:
+    """`PASSES` with the CPU schedule for `target`: products are blocked before hoisting (which
+    would split their nests); threads and vectorization mark the loops hoisting leaves."""
+    generic = dict(PASSES)
+    return [
+        ("virtual inlining", generic["virtual inlining"]),
+        ("simplification", generic["simplification"]),
+        ("matmul blocking", functools.partial(matmul_blocking.run, target=target)),
+        ("loop-invariant hoisting", generic["loop-invariant hoisting"]),
+        ("threads", functools.partial(threads.run, target=target)),
+        ("vectorization", functools.partial(vectorize.run, target=target)),
+    ]
+
+
 def debug_enabled() -> bool:
     return os.environ.get("ARRAYJIT_DEBUG", "") not in ("", "0")
 
 
-def compile_to_ir(code: asg.Assignments, reductions_innermost: bool = False) -> ir.Stmt:
+def compile_to_ir(
+    code: asg.Assignments, reductions_innermost: bool = False, cpu: CpuTarget | None = None
+) -> ir.Stmt:
     """The whole pipeline: lower, then optimize. `reductions_innermost` asks for loop nests
-    whose reductions are innermost (a GPU thread per result cell)."""
+    whose reductions are innermost (a GPU thread per result cell); `cpu` adds the CPU schedule
+    for that target."""
     lowered = lower(code, reductions_innermost)
     _log("lowering", lowered)
-    return optimize(lowered)
+    return optimize(lowered, cpu)
 
 
-def optimize(stmt: ir.Stmt) -> ir.Stmt:
-    for name, run in PASSES:
+def optimize(stmt: ir.Stmt, cpu: CpuTarget | None = None) -> ir.Stmt:
+    for name, run in PASSES if cpu is None else cpu_passes(cpu):
         stmt = run(stmt)
         _log(name, stmt)
     return stmt
@@ -89,20 +116,6 @@ def lower_statement(stmt: asg.Assignments, reductions_innermost: bool = False) -
     if isinstance(stmt, asg.Accum):
         return lower_accum(stmt, reductions_innermost)
     raise TypeError(f"cannot lower {stmt!r}")
-
-
-def row_major_offset(dims: tuple[int, ...], index: tuple[Index, ...]) -> Index:
-    strides = np.cumprod((1, *dims[::-1]))[:-1][::-1]
-    terms = []
-    offset = 0
-    for stride, idx in zip(strides, index, strict=True):
-        if isinstance(idx, Fixed):
-            offset += int(stride) * idx.value
-        else:
-            its, off = as_affine(idx)
-            terms.extend((int(stride) * c, it) for c, it in its)
-            offset += int(stride) * off
-    return affine(*terms, offset=offset)
 
 
 def _nest(dims: tuple[int, ...], body_of) -> ir.Stmt:

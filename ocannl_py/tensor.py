@@ -104,7 +104,21 @@ class Tensor:
         """Write values (an array in batch, output, input axis order, or a scalar). Rows of a
         tensor that were not given and are not inferred yet are settled by the array: they take
         no axes, so the array's shape must be the given dims."""
-        array = np.asarray(values)
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError):  # e.g. ragged nested lists
+            array = np.asarray(None)
+        if array.dtype.kind not in "biuf":
+            if isinstance(values, np.ndarray):
+                got = f"an array of dtype {values.dtype}"
+            elif isinstance(values, Tensor):
+                got = f"tensor {values.label!r} (pass its `.value`)"
+            else:
+                got = f"{type(values).__name__} {values!r:.60}"
+            raise TypeError(
+                f"set_value: tensor {self.label!r} takes a number or an array (or nested lists) "
+                f"of numbers, got {got}"
+            )
         if not self.shape.is_solved and array.shape != ():
             shapes.settle(self.shape, array.shape, f"set_value: tensor {self.label!r}")
         try:

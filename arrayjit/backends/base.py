@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arrayjit import loop_ir as ir
 from arrayjit.tnode import TNode
+
+if TYPE_CHECKING:
+    from arrayjit.schedule.cpu_target import CpuTarget
 
 
 class Compiled(ABC):
@@ -30,6 +33,11 @@ class Backend(ABC):
     name: str
     #: Lower with every reduction loop innermost (one thread per result cell on a GPU).
     reductions_innermost: bool = False
+
+    def cpu_target(self) -> CpuTarget | None:
+        """The CPU the code is scheduled for (threads, packed products, vector loops); None
+        for backends that schedule otherwise."""
+        return None
 
     @abstractmethod
     def identity(self) -> str:

@@ -7,7 +7,10 @@ call into a small runner that calls its chunk functions in order with their buff
 
 The compiler is `cc` unless `ARRAYJIT_CC` names another; `ARRAYJIT_JOBS` caps the parallel
 compiler processes (default: the usable cores). Flags: `-O3 -march=native -fPIC -shared
--fno-math-errno`. Not `-ffast-math`: results must match numpy's, NaN and infinity included.
+-fno-math-errno`, plus OpenMP and vector math where the compiler has them
+(`arrayjit.backends.cc_features`; they are part of the build identity). Not `-ffast-math`:
+results must match numpy's, NaN and infinity included. The code is scheduled for a `CpuTarget`
+(threads, thresholds), which is part of the backend's identity.
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ import numpy as np
 
 from arrayjit import cache, ops
 from arrayjit import loop_ir as ir
-from arrayjit.backends import units
+from arrayjit.backends import cc_features, openmp_fork, units
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.chunks import Chunk, split
-from arrayjit.codegen.c_syntax import CSyntax, buffer_name, fill_names
+from arrayjit.codegen import c_matmul
+from arrayjit.codegen.c_syntax import VECTOR_MATH, CSyntax, buffer_name, fill_names
+from arrayjit.codegen.inert_text import comment_text, identifier
 from arrayjit.dtypes import DType
 from arrayjit.errors import CompileError
 from arrayjit.runtime.residency import HOST, Residency
 from arrayjit.runtime.residency import of as residency_of
+from arrayjit.schedule.cpu_target import CpuTarget
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -86,15 +92,21 @@ def compiler_version(command: str) -> str:
     return version
 
 
+def features() -> cc_features.Features:
+    """The optional compiler features builds use now (OpenMP, vector math)."""
+    command = compiler()
+    return cc_features.assumed(command, compiler_version(command), flags())
+
+
 def build_identity() -> str:
     """Everything besides the source that determines a compiled library."""
-    return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""))
+    return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""), features())
 
 
 @functools.cache
-def _build_identity(command: str, extra_flags: str) -> str:
+def _build_identity(command: str, extra_flags: str, found: cc_features.Features) -> str:
     # Every unit defines the runner: a unit made for another runner must not be used.
-    all_flags = " ".join((*FLAGS, *shlex.split(extra_flags)))
+    all_flags = " ".join((*FLAGS, *found.flags, *shlex.split(extra_flags), *found.libraries))
     return "\n".join((command, all_flags, compiler_version(command), RUNNER))
 
 
@@ -107,7 +119,9 @@ class ChunkFunction:
     body: str
     labels: tuple[str, ...]
     dtypes: tuple[DType, ...]
-    random: bool
+    #: What the function needs from the prelude: the random generator, vector math
+    #: declarations, product kernels.
+    needs: Needs
 
     @property
     def symbol(self) -> str:
@@ -124,11 +138,38 @@ class ChunkFunction:
         )
 
 
+@dataclass(frozen=True)
+class Needs:
+    """The optional parts of a prelude: `ops` are the ops among `ops.RANDOM_OPS` and
+    `VECTOR_MATH` used; `matmul` the dtypes of products (each has its kernel)."""
+
+    ops: frozenset[str] = frozenset()
+    matmul: frozenset[DType] = frozenset()
+
+    @classmethod
+    def of(cls, stmt: ir.Stmt) -> Needs:
+        used = ir.ops_used(stmt) & (ops.RANDOM_OPS | set(VECTOR_MATH))
+        products = {s.tnode.dtype for s in ir.walk(stmt) if isinstance(s, ir.Matmul)}
+        return cls(frozenset(used), frozenset(products))
+
+    @classmethod
+    def union(cls, functions: Sequence[ChunkFunction]) -> Needs:
+        return cls(
+            frozenset().union(*(f.needs.ops for f in functions)),
+            frozenset().union(*(f.needs.matmul for f in functions)),
+        )
+
+
 @functools.cache
-def _prelude(dtypes: tuple[DType, ...], random: bool) -> str:
+def _prelude(dtypes: tuple[DType, ...], needs: Needs) -> str:
     syntax = CSyntax()
-    used = set(ops.RANDOM_OPS) if random else set()
-    return "#include <math.h>\n#include <stdint.h>\n" + syntax.prelude(list(dtypes), used)
+    return "\n".join(
+        [
+            "#include <math.h>\n#include <stdint.h>",
+            syntax.prelude(list(dtypes), set(needs.ops)),
+            c_matmul.matmul_functions(set(needs.matmul)),
+        ]
+    )
 
 
 def _union_dtypes(functions: Sequence[ChunkFunction]) -> tuple[DType, ...]:
@@ -214,6 +255,14 @@ class CBackend(Backend):
 
     def __init__(self) -> None:
         self.syntax = CSyntax()
+        #: The CPU schedule's target: `CpuTarget.from_environment()` unless set (tests lower its
+        #: thresholds to exercise the schedules on small sizes).
+        self.target: CpuTarget | None = None
+
+    def cpu_target(self) -> CpuTarget:
+        if self.target is None:
+            self.target = CpuTarget.from_environment()
+        return self.target
 
     def chunk_function(self, chunk: Chunk, identity: str) -> ChunkFunction:
         syntax = self.syntax
@@ -225,26 +274,28 @@ class CBackend(Backend):
         lines += syntax.stmt(chunk.stmt)
         body = "\n".join(lines) + "\n"
         dtypes = tuple(sorted({t.dtype for t in chunk.tnodes}, key=lambda d: d.name))
-        random = bool(ops.RANDOM_OPS & ir.ops_used(chunk.stmt))
-        key = cache.key(_prelude(dtypes, random), body, identity)
+        needs = Needs.of(chunk.stmt)
+        key = cache.key(_prelude(dtypes, needs), body, identity)
         labels = tuple(t.label for t in chunk.tnodes)
-        return ChunkFunction(key, body, labels, dtypes, random)
+        return ChunkFunction(key, body, labels, dtypes, needs)
 
     def identity(self) -> str:
-        return build_identity()
+        # The target decides the schedule, hence the code a structural cache hit must match.
+        return f"{build_identity()}\n{self.cpu_target()!r}"
 
     def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
         position = {t: k for k, t in enumerate(tnodes)}
         chunks = split(stmt)
-        identity = build_identity()
-        functions = [self.chunk_function(c, identity) for c in chunks]
-        libraries = units.compiled(
-            functions,
-            "fn",
-            lambda group: build_unit(group, identity),
-            lambda library, symbol: address(library, symbol) is not None,
-        )
+        try:
+            functions, libraries = self._compile_chunks(chunks)
+        except CompileError:
+            # Perhaps a feature assumed present is missing: probe once, retry if it changes.
+            command = compiler()
+            assumed = features()
+            if cc_features.probe(command, compiler_version(command), flags()) == assumed:
+                raise
+            functions, libraries = self._compile_chunks(chunks)
         source_path = write_listing(name, tnodes, chunks, functions, libraries)
         written = sorted(position[t] for t in ir.written_tnodes(stmt))
         return CCompiled(
@@ -255,6 +306,19 @@ class CBackend(Backend):
             written,
             source_path,
         )
+
+    def _compile_chunks(self, chunks: list[Chunk]) -> tuple[list[ChunkFunction], dict[str, Path]]:
+        """The chunks' functions, and the library that defines each (by key)."""
+        identity = build_identity()
+        found = features()
+        functions = [self.chunk_function(c, identity) for c in chunks]
+        libraries = units.compiled(
+            functions,
+            "fn",
+            lambda group: build_unit(group, identity, found),
+            lambda library, symbol: address(library, symbol) is not None,
+        )
+        return functions, libraries
 
     def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CCompiled | None:
         folder = cache.cache_dir()
@@ -274,11 +338,13 @@ class CBackend(Backend):
 def load(library: Path) -> ctypes.CDLL:
     """A shared object from the cache, loaded once per process."""
     try:
-        return ctypes.CDLL(str(library))
+        loaded = ctypes.CDLL(str(library))
     except OSError as exc:
         raise CompileError(
             f"cannot load {library}: {exc}", str(library.with_suffix(".c"))
         ) from None
+    openmp_fork.register(loaded)
+    return loaded
 
 
 _dlsym = ctypes.CDLL(None).dlsym
@@ -292,21 +358,33 @@ def address(library: Path, symbol: str) -> int | None:
     return _dlsym(load(library)._handle, symbol.encode())
 
 
-def build_unit(functions: Sequence[ChunkFunction], identity: str) -> Path:
+def build_unit(
+    functions: Sequence[ChunkFunction], identity: str, found: cc_features.Features
+) -> Path:
     """A shared object defining `functions` and the runner, from the cache or compiled now."""
-    dtypes = _union_dtypes(functions)
-    random = any(f.random for f in functions)
-    source = "\n".join([_prelude(dtypes, random), *(f.text() for f in functions), RUNNER])
-    return build_shared_object(source, identity)
+    prelude = _prelude(_union_dtypes(functions), Needs.union(functions))
+    source = "\n".join([prelude, *(f.text() for f in functions), RUNNER])
+    return build_shared_object(source, identity, found)
 
 
-def build_shared_object(source: str, identity: str) -> Path:
-    """The shared object for `source`, from the cache or freshly compiled."""
+def build_shared_object(source: str, identity: str, found: cc_features.Features) -> Path:
+    """The shared object for `source`, from the cache or freshly compiled with the optional
+    features `found` (their flags are part of `identity`)."""
     command = compiler()
     key = cache.key(source, identity)
 
     def build(source_path: Path, output: Path) -> None:
-        args = [*shlex.split(command), *flags(), "-o", str(output), str(source_path), "-lm"]
+        args = [
+            *shlex.split(command),
+            *FLAGS,
+            *found.flags,
+            *shlex.split(os.environ.get("ARRAYJIT_CFLAGS", "")),
+            "-o",
+            str(output),
+            str(source_path),
+            *found.libraries,
+            "-lm",
+        ]
         log.debug("compiling: %s", shlex.join(args))
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
@@ -326,16 +404,16 @@ def write_listing(
 ) -> Path:
     """A readable C source of the whole routine: each distinct chunk function once (with the
     library it is compiled in), then the routine as a function calling them in order."""
-    routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+    routine = "ocannl_" + identifier(name, 60)
     distinct = list({f.key: f for f in functions}.values())
     lines = [
-        f"/* Routine {name!r}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
+        f"/* Routine {comment_text(repr(name))}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
         "   Each function is compiled on its own, in the library named above it, and cached by",
         f"   its text; the runtime calls them in the order of {routine} below. */",
-        _prelude(_union_dtypes(functions), any(f.random for f in functions)),
+        _prelude(_union_dtypes(functions), Needs.union(functions)),
     ]
     for f in distinct:
-        lines += [f"/* in {libraries[f.key]} */", f.text()]
+        lines += [f"/* in {comment_text(str(libraries[f.key]))} */", f.text()]
     names = [buffer_name(t.label, k) for k, t in enumerate(tnodes)]
     position = {t: k for k, t in enumerate(tnodes)}
     lines.append(f"void {routine}(void **buffers) {{")

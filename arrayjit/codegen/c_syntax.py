@@ -6,13 +6,14 @@ is mapped to threads, the qualifier of helper functions, kernel signatures).
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
 
 from arrayjit import loop_ir as ir
 from arrayjit import ops
+from arrayjit.codegen import c_matmul
+from arrayjit.codegen.inert_text import LETTERS, comment_text, identifier
 from arrayjit.dtypes import DType
 from arrayjit.indexing import Index, as_affine
 from arrayjit.tnode import TNode
@@ -22,7 +23,10 @@ INT32_MAX = 2**31 - 1
 #: How each op of `arrayjit.ops` is spelled in C (and CUDA C++, which shares it): `{0}`, `{1}`,
 #: `{2}` are the operands, `{m}` the libm suffix of the dtype (`f` for float) and `{t}` the C
 #: type. Ops whose operand would be repeated in a plain expression call a helper of `helpers`,
-#: so an inlined operand is evaluated once.
+#: so an inlined operand is evaluated once. `where` is a helper too, so that both branches are
+#: evaluated (as numpy's where does): a `c ? a[i] : b` reading memory in one branch only is
+#: vectorized by GCC 12.2 at -O3 with AVX into masked loads under the wrong mask (wrong values,
+#: tests/ocannl_py/test_fuzz_findings.py); a select of two loaded values is not.
 SPELLINGS: dict[str, str] = {
     "identity": "({0})",
     "neg": "(-{0})",
@@ -38,6 +42,7 @@ SPELLINGS: dict[str, str] = {
     "recip": "(({t})1 / ({0}))",
     "recip_sqrt": "(({t})1 / sqrt{m}({0}))",
     "tanh": "tanh{m}({0})",
+    "erf": "erf{m}({0})",
     "not": "(({t})(({0}) == 0))",
     "add": "({0} + {1})",
     "sub": "({0} - {1})",
@@ -51,9 +56,51 @@ SPELLINGS: dict[str, str] = {
     "ne": "(({t})(({0}) != ({1})))",
     "relu_gate": "ocannl_relu_gate_{t}({0}, {1})",
     "uniform_at": "ocannl_uniform_{t}({0}, {1})",
-    "where": "(({0}) != 0 ? ({1}) : ({2}))",
+    "where": "ocannl_where_{t}({0}, {1}, {2})",
     "fma": "fma{m}({0}, {1}, {2})",
 }
+
+
+#: The ops whose C function has vector variants in glibc's libmvec, with their arity: in a loop
+#: under `#pragma omp simd` they compute whole vectors (`_ZGVdN8v_expf`...) when the C backend
+#: defines `OCANNL_VECTOR_MATH` (see `arrayjit.backends.cc_features`).
+VECTOR_MATH: dict[str, int] = {
+    "exp": 1,
+    "log": 1,
+    "exp2": 1,
+    "log2": 1,
+    "sin": 1,
+    "cos": 1,
+    "tanh": 1,
+    "pow": 2,
+}
+
+#: The OpenMP reduction identifier of each accumulate op a vectorized loop can reduce with;
+#: max and min use the NaN-propagating helpers, declared as reductions in the prelude.
+REDUCTION_CLAUSES = {"add": "+", "sub": "-", "mul": "*", "max": "ocannl_max", "min": "ocannl_min"}
+
+
+def vector_math_declarations() -> str:
+    """Declares the vector variants of the `VECTOR_MATH` functions, if `OCANNL_VECTOR_MATH`."""
+    lines = ["#ifdef OCANNL_VECTOR_MATH"]
+    for name, arity in VECTOR_MATH.items():
+        for c_type, suffix in (("float", "f"), ("double", "")):
+            params = ", ".join([c_type] * arity)
+            lines += ["#pragma omp declare simd notinbranch", f"{c_type} {name}{suffix}({params});"]
+    return "\n".join([*lines, "#endif"]) + "\n"
+
+
+def reduction_declarations(dtypes: list[DType]) -> str:
+    """max and min as OpenMP reductions that propagate NaN, as the helpers do."""
+    lines = []
+    for d in dtypes:
+        for op in ("max", "min"):
+            name = f"ocannl_{op}_{d.c_name}"
+            lines.append(
+                f"#pragma omp declare reduction({name} : {d.c_name} : "
+                f"omp_out = {name}(omp_out, omp_in)) initializer(omp_priv = omp_orig)"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def helpers(dtypes: list[DType], qualifier: str) -> str:
@@ -67,6 +114,7 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
             f"{q} ocannl_relu_{t}({t} x) {{ return x > 0 ? x : ({t})0; }}",
             f"{q} ocannl_sat01_{t}({t} x) {{ return x < 0 ? ({t})0 : (x > 1 ? ({t})1 : x); }}",
             f"{q} ocannl_relu_gate_{t}({t} a, {t} b) {{ return a > 0 ? b : ({t})0; }}",
+            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
             # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
             f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
             f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",
@@ -81,6 +129,9 @@ class CSyntax:
 
     #: How helper functions are declared (`static inline` in C).
     function_qualifier = "static inline"
+    #: Whether the target reads OpenMP pragmas (the C backend's CPU schedule); the prelude then
+    #: declares the vector math variants and the max/min reductions.
+    openmp = True
 
     def __init__(self) -> None:
         self.begin([])
@@ -96,6 +147,13 @@ class CSyntax:
     def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
         """Helper functions for `dtypes`, and the random generator if an op needs it."""
         text = f"#define OCANNL_FN {self.function_qualifier}\n" + helpers(dtypes, "OCANNL_FN")
+        if self.openmp:
+            # Cleared in a process forked after OpenMP started its threads (see
+            # arrayjit.backends.openmp_fork): parallel regions then run on one thread.
+            text += "__attribute__((weak)) int ocannl_threads_ok = 1;\n"
+            text += reduction_declarations(dtypes)
+            if set(VECTOR_MATH) & ops_used:
+                text += vector_math_declarations()
         if ops.RANDOM_OPS & ops_used:
             from arrayjit import threefry
 
@@ -105,14 +163,17 @@ class CSyntax:
     # ---- expressions ---------------------------------------------------------------------
 
     def literal(self, value: float, dtype: DType) -> str:
+        """`value` rounded to `dtype` as numpy rounds it (a float32 beyond float32's range is
+        infinity), printed exactly: repr round-trips, INFINITY and NAN name the others."""
         if not dtype.is_float:
-            return str(int(value))
-        if math.isnan(value):
+            return _int_literal(value, dtype)
+        with np.errstate(over="ignore"):
+            rounded = float(np.asarray(value, dtype.numpy))
+        if rounded != rounded:
             return f"(({dtype.c_name})NAN)"
-        if math.isinf(value):
-            return f"(({dtype.c_name})({'-' if value < 0 else ''}INFINITY))"
-        # repr of the value rounded to the dtype round-trips exactly.
-        text = repr(float(np.asarray(value, dtype.numpy)))
+        if rounded in (float("inf"), float("-inf")):
+            return f"(({dtype.c_name})({'-' if rounded < 0 else ''}INFINITY))"
+        text = repr(rounded)
         if "e" not in text and "." not in text:
             text += ".0"
         return f"{text}{dtype.literal_suffix}"
@@ -120,7 +181,7 @@ class CSyntax:
     def _fresh(self, key: object, base: str) -> str:
         # Letters then a number, no underscore: buffer names always have one, so they differ.
         if key not in self._names:
-            letters = "".join(ch for ch in base if ch.isalpha()) or "v"
+            letters = "".join(ch for ch in base if ch in LETTERS) or "v"
             self._names[key] = f"{letters}{len(self._names)}"
         return self._names[key]
 
@@ -143,7 +204,7 @@ class CSyntax:
 
     def offset(self, tnode: TNode, index: tuple[Index, ...]) -> str:
         """The row-major offset of `index` in `tnode` as a C expression."""
-        from arrayjit.lowering import row_major_offset
+        from arrayjit.indexing import row_major_offset
 
         return self.index_expr(row_major_offset(tnode.dims, index), wide=tnode.size > INT32_MAX)
 
@@ -172,9 +233,8 @@ class CSyntax:
         return template.format(*operands, m=dtype.math_suffix or "", t=dtype.c_name)
 
     def condition(self, conditions: tuple[ir.InRange, ...]) -> str:
-        """`0 <= index && index < extent` for each condition; the index is printed as in
-        subscripts (a loop iterator is an int), so an index of a buffer of more than 2**31
-        cells is computed in 64 bits."""
+        """`0 <= index && index < extent` for each condition, in 64 bits along an axis longer
+        than a 32-bit int holds."""
         parts = []
         for c in conditions:
             index = self.index_expr(c.index, wide=c.extent > INT32_MAX)
@@ -185,13 +245,33 @@ class CSyntax:
 
     def for_header(self, loop: ir.For) -> list[str]:
         i = self.iterator(loop.iterator)
-        return [f"for (int {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
+        return [f"for ({index_type(loop.extent)} {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
+
+    def loop_pragmas(self, loop: ir.For) -> list[str]:
+        """The OpenMP pragma of a loop the CPU schedule marked (threads, simd, reductions)."""
+        if loop.threads <= 1 and not loop.vectorize:
+            return []
+        words = ["#pragma omp"]
+        if loop.threads > 1:
+            words.append("parallel for")
+        if loop.vectorize:
+            words.append("simd")
+        if loop.threads > 1:
+            words += [f"num_threads({loop.threads})", "schedule(static)", "if(ocannl_threads_ok)"]
+        for r in loop.reductions:
+            clause = REDUCTION_CLAUSES[r.op]
+            if r.op in ("max", "min"):
+                clause += f"_{r.dtype.c_name}"
+            words.append(f"reduction({clause} : {self.local(r.name)})")
+        return [" ".join(words)]
 
     def stmt(self, s: ir.Stmt, indent: int = 1) -> list[str]:
         pad = "  " * indent
         if isinstance(s, ir.For):
-            head = [pad + line for line in self.for_header(s)]
+            head = [pad + line for line in [*self.loop_pragmas(s), *self.for_header(s)]]
             return [*head, *self.stmt(s.body, indent + 1), pad + "}"]
+        if isinstance(s, ir.Matmul):
+            return [pad + c_matmul.matmul_call(self, s)]
         if isinstance(s, ir.Block):
             return [line for x in s.stmts for line in self.stmt(x, indent)]
         if isinstance(s, ir.Set):
@@ -202,21 +282,28 @@ class CSyntax:
         if isinstance(s, ir.SetLocal):
             return [f"{pad}{self.local(s.name)} = {self.expr(s.value)};"]
         if isinstance(s, ir.Comment):
-            return [f"{pad}/* {s.text.replace('*/', '* /')} */"]
+            return [f"{pad}/* {comment_text(s.text)} */"]
         if isinstance(s, ir.If):
             return [f"{pad}if ({self.condition(s.conditions)}) {{", *self.stmt(s.body, indent + 1),
                     pad + "}"]  # fmt: skip
         raise TypeError(f"cannot print {s!r}")
 
 
-def _identifier(label: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "_" for ch in label)[:32]
-    return safe if safe and not safe[0].isdigit() else f"b{safe}"
+def index_type(extent: int) -> str:
+    """The C type of an index that takes values below `extent`: 32-bit (faster) when it fits."""
+    return "int" if extent <= INT32_MAX else "int64_t"
+
+
+def _int_literal(value: float, dtype: DType) -> str:
+    info = np.iinfo(dtype.numpy)
+    if value != value or not info.min <= value <= info.max:
+        raise ValueError(f"the constant {value!r} does not fit in {dtype} ({info.min}..{info.max})")
+    return str(int(value))
 
 
 def buffer_name(label: str, k: int) -> str:
     """The name of buffer `k` (labelled `label`) in generated code."""
-    return f"{_identifier(label)}_{k}"
+    return f"{identifier(label)}_{k}"
 
 
 _PLACEHOLDER = re.compile(r"@(\d+)@")

@@ -38,7 +38,8 @@ class Executable:
     @property
     def ir(self) -> ir.Stmt:
         if self._ir is None:
-            self._ir = compile_to_ir(self._code, self.runtime.backend.reductions_innermost)
+            backend = self.runtime.backend
+            self._ir = compile_to_ir(self._code, backend.reductions_innermost, backend.cpu_target())
         return self._ir
 
     @property

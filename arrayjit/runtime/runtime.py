@@ -81,7 +81,7 @@ class Runtime:
                 "%s: found by structure in %.1f ms", name, 1e3 * (time.perf_counter() - start)
             )
             return Executable(self, code, compiled, name)
-        stmt = compile_to_ir(code, backend.reductions_innermost)
+        stmt = compile_to_ir(code, backend.reductions_innermost, backend.cpu_target())
         compiled = backend.compile(stmt, name)
         self._record(record, found, compiled)
         log.debug("compiled %s in %.1f ms", name, 1e3 * (time.perf_counter() - start))

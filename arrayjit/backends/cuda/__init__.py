@@ -39,6 +39,7 @@ from arrayjit.backends.cuda.launch import kernel_config
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.modules import kernel_function, kernel_tnodes, module_source
 from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
+from arrayjit.codegen.inert_text import comment_text, identifier
 from arrayjit.errors import CompileError
 from arrayjit.runtime import residency
 from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan, plan_kernels
@@ -135,6 +136,10 @@ class CudaCompiled(Compiled):
         ]
         persistent = set(self.persistent)
         self.written_persistent = [t for t in self.written if t in persistent]
+        # The launches captured as a CUDA graph after the first run (None: not yet; False:
+        # graphs off when compiled, or capture failed). Buffers are bound once, so the graph
+        # stays valid.
+        self._graph = None if backend.cuda_graphs else False
 
     @property
     def plans(self) -> list[KernelPlan]:
@@ -144,13 +149,39 @@ class CudaCompiled(Compiled):
         return self._plans
 
     def run(self) -> None:
-        from cuda.core import launch
-
         backend = self.backend
         backend.upload_stale(self.persistent)
-        for kernel, config, arguments in self.launches:
-            launch(backend.stream, config, kernel, *arguments)
+        if self._graph:
+            self._graph.launch(backend.stream)
+        else:
+            self._launch(backend.stream)
+            if self._graph is None:
+                self._graph = self._capture()
         backend.mark_written(self.written_persistent)
+
+    def _launch(self, stream) -> None:
+        from cuda.core import launch
+
+        for kernel, config, arguments in self.launches:
+            launch(stream, config, kernel, *arguments)
+
+    def _capture(self):
+        """The launches as one CUDA graph, replayed by later runs with a single call (a launch
+        from Python costs microseconds per kernel); False, logged, where capture fails."""
+        builder = None
+        try:
+            builder = self.backend.device.create_graph_builder().begin_building()
+            self._launch(builder)
+            builder.end_building()
+            return builder.complete()
+        except Exception as exc:  # an old driver or cuda.core: launch kernel by kernel
+            log.warning(
+                "%s: kernels launched one by one (no CUDA graph: %s)", self.source_path, exc
+            )
+            return False
+        finally:
+            if builder is not None:
+                builder.close()
 
 
 class CudaBackend(Backend):
@@ -178,6 +209,9 @@ class CudaBackend(Backend):
         #: Tile configurations chosen by hand for given matmul nests (`gpu_matmul.config_key`);
         #: they win over the defaults and over autotuning.
         self.matmul_configs: dict[str, object] = {}
+        #: Routines compiled while on capture their kernels as a CUDA graph after their first
+        #: run and replay it as one launch (off: kernels launched one by one every run).
+        self.cuda_graphs = True
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
@@ -309,14 +343,18 @@ class CudaBackend(Backend):
     def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> Path:
         """The routine as one readable module (kernels named after it, every buffer a parameter),
         headed by the kernels actually launched: their module, launch shape and buffers."""
-        routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        routine = "ocannl_" + identifier(name, 60)
         text, _ = kernel_source(self.syntax, plans, tnodes, routine, stmt)
-        header = [f"/* Routine {name!r}: each kernel below runs as a kernel compiled on its own:"]
+        # User text (the name, labels, the cache folder's path) goes in as inert comment text.
+        header = [
+            f"/* Routine {comment_text(repr(name))}: each kernel below runs as a kernel compiled "
+            "on its own:"
+        ]
         for n, f in enumerate(functions):
-            buffers = ", ".join(f.labels)
+            buffers = comment_text(", ".join(f.labels))
             header.append(
-                f"   {routine}_k{n}: {f.symbol} in {cubins[f.key]}, grid {f.grid}, block "
-                f"{f.block}, on {buffers}"
+                f"   {routine}_k{n}: {f.symbol} in {comment_text(str(cubins[f.key]))}, grid "
+                f"{f.grid}, block {f.block}, on {buffers}"
             )
         text = "\n".join(header) + " */\n" + text
         path = cache.cache_dir() / f"{cache.key(text)}.listing.cu"
