@@ -308,3 +308,24 @@ def test_an_affine_axis_in_the_result_is_refused():
     x = oc.term("x", output_dims=[8])
     with pytest.raises(ShapeError, match="affine axis .* indexes an operand"):
         oc.einsum1("o => 2*o+1", x)
+
+
+# ---- slices fall out of affine axes ------------------------------------------------------------
+
+
+def test_offset_and_stride_slice_an_axis(backend):
+    """`o+2` reads from index 2 on (`x[2:]`), `2*o` every other cell (`x[::2]`); gradients go
+    back to the cells read."""
+    xv = np.arange(7.0) * 3
+    x = oc.param("x", value=xv)
+    tail = oc.einsum1("o+2 => o", x)
+    every_other = oc.einsum1("2*o => o", x)
+    assert tail.shape.output == [5] and every_other.shape.output == [4]
+    loss = oc.einsum1("o => 0", tail) + oc.einsum1("o => 0", every_other) * 10
+    Context(backend).compile(train.grad_update(loss)).run()
+    np.testing.assert_array_equal(tail.value, xv[2:])
+    np.testing.assert_array_equal(every_other.value, xv[::2])
+    expected = np.zeros(7)
+    expected[2:] += 1
+    expected[::2] += 10
+    np.testing.assert_array_equal(x.grad, expected)
