@@ -37,7 +37,7 @@ def median_time(fn, repeats: int = 5) -> float:
 def bench(padding: str, ctx: Context) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     xv = rng.standard_normal((BATCH, SIZE, SIZE, IC)).astype(np.float32)
-    wv = rng.standard_normal((OC, K, K, IC)).astype(np.float32) / np.sqrt(K * K * IC)
+    wv = (rng.standard_normal((OC, K, K, IC)) / np.sqrt(K * K * IC)).astype(np.float32)
     mark = "<" if padding == "valid" else "="
     x = oc.param("x", value=xv, batch_dims=[BATCH], output_dims=[SIZE, SIZE, IC])
     w = oc.param("w", value=wv, input_dims=[K, K, IC], output_dims=[OC])
