@@ -270,15 +270,16 @@ def test_avg_pool2d_matches_torch(backend, window, stride):
     np.testing.assert_allclose(x.grad, ref_grad, **TOL)
 
 
-def test_einmax1_pools_when_the_window_is_given_by_the_result():
-    """A one-operand max pool: the window's dim comes from the input and the given output."""
+def test_a_window_that_nothing_gives_closes_to_1():
+    """`2*o+w` in a one-operand max: the output's dim comes from elsewhere, the window's from
+    nothing, so it is 1 (the input needs only to hold the 3 windows: `+` without `<`)."""
     x = oc.range_of_shape(output_dims=[6])
     pooled = oc.einmax1("2*o+w => o", x)
     r = oc.term("r", output_dims=[3])
     total = pooled + r
     r.set_value(np.zeros(3))
     Context("c").forward(total)
-    assert pooled.value.tolist() == [0.0, 2.0, 4.0]  # no window given: it closes to 1
+    assert pooled.value.tolist() == [0.0, 2.0, 4.0]
 
 
 # ---- bad input ----------------------------------------------------------------------------------
