@@ -177,7 +177,8 @@ def _union_dtypes(functions: Sequence[ChunkFunction]) -> tuple[DType, ...]:
 
 
 class CCompiled(Compiled):
-    """The chunk functions of a routine and their buffer tables, run by one call."""
+    """The chunk functions of a routine and their buffer tables, run by one call. A `bound`
+    routine owns no buffers: `bind` writes each buffer's address into the tables that use it."""
 
     def __init__(
         self,
@@ -187,8 +188,10 @@ class CCompiled(Compiled):
         tnodes: list[TNode],
         written: list[int],
         source_path: Path,
+        bound: bool = False,
     ) -> None:
         self.tnodes = tnodes
+        self.bound = bound
         self.written = [tnodes[k] for k in written]
         self.source_path = str(source_path)
         self.libraries = sorted(set(libraries))
@@ -208,14 +211,25 @@ class CCompiled(Compiled):
             address(library, symbol) for library, symbol in zip(libraries, symbols, strict=True)
         ]
         scratch = {t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)}
-        # Keep the arrays alive: the tables below refer to their memory.
-        self.arrays = [
-            np.zeros(t.dims, t.dtype.numpy) if t in scratch else t.host() for t in tnodes
-        ]
-        addresses = [a.ctypes.data for a in self.arrays]
+        if bound:
+            self.arrays = []
+            addresses = [None] * len(tnodes)
+            scratch = set(tnodes)  # no buffer here is the host array: no residency to keep
+        else:
+            # Keep the arrays alive: the tables below refer to their memory.
+            self.arrays = [
+                np.zeros(t.dims, t.dtype.numpy) if t in scratch else t.host() for t in tnodes
+            ]
+            addresses = [a.ctypes.data for a in self.arrays]
         self.tables = [
             (ctypes.c_void_p * max(1, len(p)))(*(addresses[i] for i in p)) for p in parameters
         ]
+        # Where each buffer's address sits in the tables: (table, index) pairs, for `bind`.
+        self.uses: list[list[tuple[ctypes.Array, int]]] = [[] for _ in tnodes]
+        for table, p in zip(self.tables, parameters, strict=True):
+            for index, k in enumerate(p):
+                self.uses[k].append((table, index))
+        self.unbound = set(range(len(tnodes))) if bound else set()
         n = len(functions)
         self.table_array = (ctypes.c_void_p * max(1, n))(
             *(ctypes.addressof(t) for t in self.tables)
@@ -233,7 +247,18 @@ class CCompiled(Compiled):
         self.shared_written = [residency_of(t) for t in self.shared if t in written_set]
         self.seen_device_writes = -1
 
+    def bind(self, position: int, address: int) -> None:
+        """Run the buffer at `position` of `tnodes` at `address` (a bound routine only)."""
+        if not self.bound:
+            raise ValueError("only a routine compiled with bound=True takes buffers by bind()")
+        for table, index in self.uses[position]:
+            table[index] = address
+        self.unbound.discard(position)
+
     def run(self) -> None:
+        if self.unbound:
+            names = ", ".join(self.tnodes[k].label for k in sorted(self.unbound))
+            raise ValueError(f"routine {self.source_path}: buffers not bound yet: {names}")
         if Residency.device_places:
             if self.seen_device_writes != Residency.device_writes:
                 for t in self.shared:
@@ -283,7 +308,7 @@ class CBackend(Backend):
         # The target decides the schedule, hence the code a structural cache hit must match.
         return f"{build_identity()}\n{self.cpu_target()!r}"
 
-    def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
+    def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
         position = {t: k for k, t in enumerate(tnodes)}
         chunks = split(stmt)
@@ -305,6 +330,7 @@ class CBackend(Backend):
             tnodes,
             written,
             source_path,
+            bound,
         )
 
     def _compile_chunks(self, chunks: list[Chunk]) -> tuple[list[ChunkFunction], dict[str, Path]]:
@@ -320,7 +346,9 @@ class CBackend(Backend):
         )
         return functions, libraries
 
-    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CCompiled | None:
+    def load(
+        self, plan: dict[str, Any], tnodes: list[TNode], bound: bool = False
+    ) -> CCompiled | None:
         folder = cache.cache_dir()
         source_path = folder / plan["source"]
         paths = {name: folder / name for name in {name for name, _, _ in plan["chunks"]}}
@@ -331,7 +359,9 @@ class CBackend(Backend):
         if not all(address(lib, s) for lib, s in zip(libraries, symbols, strict=True)):
             return None
         parameters = [params for _, _, params in plan["chunks"]]
-        return CCompiled(libraries, symbols, parameters, tnodes, plan["written"], source_path)
+        return CCompiled(
+            libraries, symbols, parameters, tnodes, plan["written"], source_path, bound
+        )
 
 
 @functools.cache

@@ -80,7 +80,8 @@ def cuda_available() -> bool:
 
 
 class CudaCompiled(Compiled):
-    """The kernels of a routine, each launched on its own buffers."""
+    """The kernels of a routine, each launched on its own buffers. A `bound` routine owns no
+    device memory: `bind` places each buffer (kernels take their buffers as launch arguments)."""
 
     def __init__(
         self,
@@ -91,9 +92,11 @@ class CudaCompiled(Compiled):
         written: list[int],
         source_path: Path,
         plans: list[KernelPlan] | None = None,
+        bound: bool = False,
     ) -> None:
         self.backend = backend
         self.tnodes = tnodes
+        self.bound = bound
         self.written = [tnodes[k] for k in written]
         self.source_path = str(source_path)
         self.plan = {
@@ -115,30 +118,42 @@ class CudaCompiled(Compiled):
             )
             for cubin, symbol, grid, block, shared in kernels
         ]
-        self.persistent = [
-            t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)
-        ]
-        scratch = {
-            t: backend.allocate(t.size * t.dtype.itemsize)
-            for t in tnodes
-            if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
-        }
-        for buffer in scratch.values():
-            buffer.fill(0, stream=backend.stream)
-        # Device buffers, in the order of `tnodes`.
-        self.arguments = [
-            scratch[t] if t in scratch else backend.device_copy(t).buffer for t in tnodes
-        ]
+        self.parameters = parameters
+        if bound:
+            self.persistent = []
+            # Device addresses, in the order of `tnodes`, given by `bind`.
+            self.arguments: list = [None] * len(tnodes)
+        else:
+            self.persistent = [
+                t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)
+            ]
+            scratch = {
+                t: backend.allocate(t.size * t.dtype.itemsize)
+                for t in tnodes
+                if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
+            }
+            for buffer in scratch.values():
+                buffer.fill(0, stream=backend.stream)
+            # Device buffers, in the order of `tnodes`.
+            self.arguments = [
+                scratch[t] if t in scratch else backend.device_copy(t).buffer for t in tnodes
+            ]
         # Each kernel's own buffers, in the order of its parameters.
         self.launches = [
             (kernel, config, tuple(self.arguments[i] for i in params))
             for (kernel, config), params in zip(self.kernels, parameters, strict=True)
         ]
+        # The launches that take each buffer, for `bind`.
+        self.uses: list[list[int]] = [[] for _ in tnodes]
+        for n, params in enumerate(parameters):
+            for k in dict.fromkeys(params):
+                self.uses[k].append(n)
+        self.unbound = set(range(len(tnodes))) if bound else set()
         persistent = set(self.persistent)
         self.written_persistent = [t for t in self.written if t in persistent]
         # The launches captured as a CUDA graph after the first run (None: not yet; False:
-        # graphs off when compiled, or capture failed). Buffers are bound once, so the graph
-        # stays valid.
+        # graphs off when compiled, or capture failed). Buffers are bound once (`bind` drops
+        # the graph: the next run captures it again), so the graph stays valid.
         self._graph = None if backend.cuda_graphs else False
 
     @property
@@ -148,7 +163,24 @@ class CudaCompiled(Compiled):
             self._plans = self.backend.kernel_plans(self.ir_source())
         return self._plans
 
+    def bind(self, position: int, address: int) -> None:
+        """Launch the kernels with the buffer at `position` of `tnodes` at device address
+        `address` (a bound routine only)."""
+        if not self.bound:
+            raise ValueError("only a routine compiled with bound=True takes buffers by bind()")
+        self.arguments[position] = address
+        for n in self.uses[position]:
+            kernel, config, _ = self.launches[n]
+            arguments = tuple(self.arguments[i] for i in self.parameters[n])
+            self.launches[n] = (kernel, config, arguments)
+        self.unbound.discard(position)
+        if self._graph:
+            self._graph = None
+
     def run(self) -> None:
+        if self.unbound:
+            names = ", ".join(self.tnodes[k].label for k in sorted(self.unbound))
+            raise ValueError(f"routine {self.source_path}: buffers not bound yet: {names}")
         backend = self.backend
         backend.upload_stale(self.persistent)
         if self._graph:
@@ -297,7 +329,7 @@ class CudaBackend(Backend):
     def kernel_plans(self, stmt: ir.Stmt) -> list[KernelPlan]:
         return plan_kernels(stmt, self.options(stmt))
 
-    def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
+    def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> CudaCompiled:
         plans = self.kernel_plans(stmt)
         # The IR's buffers, then scratch buffers the plans added (partial results).
         scratch = list(dict.fromkeys(t for plan in plans for t in plan.scratch))
@@ -324,9 +356,12 @@ class CudaBackend(Backend):
             sorted(position[t] for t in ir.written_tnodes(stmt)),
             source_path,
             plans,
+            bound,
         )
 
-    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CudaCompiled | None:
+    def load(
+        self, plan: dict[str, Any], tnodes: list[TNode], bound: bool = False
+    ) -> CudaCompiled | None:
         folder = cache.cache_dir()
         source_path = folder / plan["source"]
         kernels = [
@@ -338,7 +373,9 @@ class CudaBackend(Backend):
         ):
             return None
         parameters = [params for *_, params in plan["kernels"]]
-        return CudaCompiled(self, kernels, parameters, tnodes, plan["written"], source_path)
+        return CudaCompiled(
+            self, kernels, parameters, tnodes, plan["written"], source_path, bound=bound
+        )
 
     def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> Path:
         """The routine as one readable module (kernels named after it, every buffer a parameter),
