@@ -165,7 +165,7 @@ def test_random_conv1d_geometries_match_torch(
     xv = rng.normal(size=(2, size, channels[0]))
     wv = rng.normal(size=(channels[1], kernel, channels[0]))
     if padding == "valid" and span > size:
-        with pytest.raises(ShapeError, match="kernel spans"):
+        with pytest.raises(ShapeError, match="the kernel of dim .* spans"):
             _check_conv("c", xv, wv, stride, dilation, padding, c_context_shared)
         return
     _check_conv("c", xv, wv, stride, dilation, padding, c_context_shared)
