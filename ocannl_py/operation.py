@@ -102,8 +102,6 @@ def checked_arguments(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
     }
     if not checks:
         return function
-    # `*tensors: Operand` annotates each of the arguments it gathers.
-    gathered = {name for name, p in signature.parameters.items() if p.kind is p.VAR_POSITIONAL}
 
     @functools.wraps(function)
     def checked(*args, **kwargs):
@@ -112,14 +110,11 @@ def checked_arguments(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
         except TypeError:
             return function(*args, **kwargs)  # Python's own message for a wrong call
         for name, value in bound.arguments.items():
-            if name not in checks:
-                continue
-            for item in value if name in gathered else (value,):
-                if not checks[name][0](item):
-                    raise TypeError(
-                        f"{function.__name__}: argument {name!r} must be {checks[name][1]}, "
-                        f"got {describe(item)}"
-                    )
+            if name in checks and not checks[name][0](value):
+                raise TypeError(
+                    f"{function.__name__}: argument {name!r} must be {checks[name][1]}, "
+                    f"got {describe(value)}"
+                )
         return function(*args, **kwargs)
 
     return checked
@@ -683,10 +678,19 @@ def tropical(spec: str, a: Operand, b: Operand) -> Tensor:
 # ---- concatenation -----------------------------------------------------------------------------
 
 
+def _check_operands(function: str, tensors: Sequence[object]) -> None:
+    """A TypeError naming `function` and the position of an operand that is not one."""
+    accepts, expected = _ARGUMENT_CHECKS["Operand"]
+    for k, x in enumerate(tensors):
+        if not accepts(x):
+            raise TypeError(f"{function}: operand {k + 1} must be {expected}, got {describe(x)}")
+
+
 @public()
-def concat(spec: str, *tensors: Operand) -> Tensor:
+def concat(spec: str, *tensors: Tensor | float) -> Tensor:
     """Concatenate along the result's `^` axis (OCANNL's `^`): `"a, ...; b, ... => a^b, ..."`
     puts `x` then `y` along the first output axis; each operand is copied to its own range."""
+    _check_operands("concat", tensors)
     n = len(tensors)
     forward = "; ".join(f"v =: v{k}" for k in builtins.range(1, n + 1))
     backward = "; ".join(f"g{k} =+ g" for k in builtins.range(1, n + 1))
@@ -694,7 +698,7 @@ def concat(spec: str, *tensors: Operand) -> Tensor:
 
 
 @public()
-def stack(tensors: Sequence[Operand], kind: str = "output") -> Tensor:
+def stack(tensors: Sequence[Tensor | float], kind: str = "output") -> Tensor:
     """Stack tensors of the same shape along a new first axis of `kind` (batch, input or
     output): the result's axis k holds tensor k."""
     if kind not in shapes.KINDS:
@@ -702,6 +706,7 @@ def stack(tensors: Sequence[Operand], kind: str = "output") -> Tensor:
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack: needs at least one tensor")
+    _check_operands("stack", tensors)
     rows = {"batch": "..b..", "input": "..i..", "output": "..o.."}
 
     def shape_spec(first: str) -> str:

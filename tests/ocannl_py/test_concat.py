@@ -134,3 +134,11 @@ def test_carets_in_einsum_point_to_concat():
     x = oc.term("x", output_dims=[2])
     with pytest.raises(ShapeError, match="use oc.concat"):
         oc.einsum("a; b => a^b", x, x)
+
+
+def test_an_operand_that_is_not_a_tensor_is_named():
+    x = oc.term("x", output_dims=[2])
+    with pytest.raises(TypeError, match="concat: operand 2 must be a Tensor or a number"):
+        oc.concat("a; b => a^b", x, "y")
+    with pytest.raises(TypeError, match="stack: operand 1 must be a Tensor or a number"):
+        oc.stack(["x", x])
