@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
@@ -131,11 +131,14 @@ class Runtime:
         slots: int = 2,
         keep_resident: bool = True,
         host_memory: str = "pinned",
+        keep: Collection[TNode] | None = None,
     ) -> StreamedExecutable:
         """Compile `stages` to run in order within `budget` bytes of device memory (an int or a
         text like "2GiB"), their weights streamed from host memory (`weights`: sources for some
         weight tnodes, e.g. memory-mapped arrays) through a ring of `slots` slots
-        (`arrayjit.runtime.streamed`)."""
+        (`arrayjit.runtime.streamed`). `keep`: the buffers written by the stages that must stay
+        for the plan's life (outputs read after a run, state such as a KV cache); the others
+        share memory by live range. None: every buffer a stage writes stays."""
         from arrayjit.runtime.stream_plan import parse_bytes
         from arrayjit.runtime.streamed import StreamedExecutable
 
@@ -149,7 +152,7 @@ class Runtime:
             self.compile(code, name, bound=True) for code, name in zip(stages, names, strict=True)
         ]
         return StreamedExecutable(
-            executables, parse_bytes(budget), weights, slots, keep_resident, host_memory
+            executables, parse_bytes(budget), weights, slots, keep_resident, host_memory, keep
         )
 
     def synchronize(self) -> None:
