@@ -97,10 +97,10 @@ def _check_inputs(inputs: list[Tensor], name: str) -> None:
 class Context:
     """`Context("c")`, `Context("cuda")`, or `Context()` (CUDA when a GPU is usable, else C).
     `compile(code)` takes tensor code (`t.forward`, `train.grad_update(loss)`, `cd(...)`) or
-    arrayjit assignments."""
+    arrayjit assignments. `device`: which GPU a CUDA context runs on (data parallelism)."""
 
-    def __init__(self, backend: str | None = None) -> None:
-        self.runtime = Runtime(backend)
+    def __init__(self, backend: str | None = None, device: int = 0) -> None:
+        self.runtime = Runtime(backend, device)
         self._forward_routines: dict[int, Routine] = {}
         self._c_runtime: Runtime | None = None
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from arrayjit.runtime import residency
+from arrayjit.runtime import index_checks, residency
 from arrayjit.runtime.executable import Executable
 from arrayjit.runtime.stream_plan import StreamPlan, classify, nbytes, plan
 from arrayjit.tnode import TNode
@@ -98,7 +98,9 @@ class StreamedExecutable:
             for e in self.executables
         ]
         # Without `keep`, every activation stays; with it, the others share memory by live range.
-        transient = () if keep is None else written - set(keep)
+        # The error buffers of index checks stay too: they are read after the run.
+        errors = {c.errors for e in self.executables for c in e.checks}
+        transient = () if keep is None else written - set(keep) - errors
         self.plan: StreamPlan = plan(stages, budget, slots, keep_resident, transient)
         self.streams = make_streams(self.backend, host_memory)
         self.base = self.streams.allocate(self.plan.total_bytes)
@@ -152,6 +154,9 @@ class StreamedExecutable:
         ]
         # Slots free once the last compute that used them is done (kept across runs).
         self.free: list = [None] * len(self.plan.slot_offsets)
+        # The stages' checks of indices read from data (error buffers are activations of the
+        # plan: reading them after the run waits for it and fetches them).
+        self.checks = [c for e in self.executables for c in e.checks]
         self._events: tuple | None = None
         self._stats = StreamStats(
             self.plan.total_bytes,
@@ -195,6 +200,8 @@ class StreamedExecutable:
         stats.runs += 1
         stats.bytes_copied = copied
         stats.total_bytes_copied += copied
+        if self.checks:
+            index_checks.raise_errors(self.checks)
 
     def _refresh(self) -> int:
         """Bring host-sourced weights whose tnodes changed into the loads, send stale
