@@ -141,7 +141,8 @@ class Projections:
     `product_space[k]` is the extent of `product_iterators[k]`. `project_lhs[a]` is the index of
     the lhs's axis `a`; `project_rhs[r][a]` the index of axis `a` of operand `r`. Iterators that do
     not occur in `project_lhs` (nor in the index of an operand that a `Lookup` of the lhs reads)
-    are reductions.
+    are reductions. `guarded`: an index may leave its axis (a padded convolution); lowering then
+    skips the cells where one does, so they contribute nothing.
     """
 
     product_space: tuple[int, ...]
@@ -149,6 +150,7 @@ class Projections:
     project_lhs: tuple[ProjectedIndex, ...]
     project_rhs: tuple[tuple[ProjectedIndex, ...], ...]
     debug: str = ""
+    guarded: bool = False
 
     def __post_init__(self) -> None:
         if len(self.product_space) != len(self.product_iterators):
@@ -207,7 +209,8 @@ class Projections:
     def check_against(
         self, lhs_dims: Sequence[int], rhs_dims: Sequence[Sequence[int]], what: str
     ) -> None:
-        """Raise ValueError unless every index stays inside the dims of its operand."""
+        """Raise ValueError unless every index stays inside the dims of its operand (or, when
+        `guarded`, unless each operand gets one index per axis)."""
         bounds = self.bounds
         operands: Iterable[tuple[str, Sequence[int], Sequence[Index]]] = [
             ("lhs", lhs_dims, self.project_lhs),
@@ -224,6 +227,8 @@ class Projections:
             for axis, (dim, index) in enumerate(zip(dims, proj, strict=True)):
                 if isinstance(index, Lookup):
                     continue  # checked when the code runs
+                if self.guarded:
+                    continue
                 low, high = index_range(index, bounds)
                 if low < 0 or high >= dim:
                     raise ValueError(
@@ -237,7 +242,21 @@ class Projections:
         )
         lhs = ",".join(map(str, self.project_lhs))
         rhs = "; ".join(",".join(map(str, p)) for p in self.project_rhs)
-        return f"[{space}] lhs[{lhs}] rhs[{rhs}]"
+        guard = " guarded" if self.guarded else ""
+        return f"[{space}] lhs[{lhs}] rhs[{rhs}]{guard}"
+
+
+def out_of_range(
+    p: Projections, dims: Sequence[int], proj: Sequence[Index]
+) -> list[tuple[Index, int]]:
+    """The (index, dim) pairs of one operand whose index can leave `[0, dim)`."""
+    bounds = p.bounds
+    found = []
+    for dim, index in zip(dims, proj, strict=True):
+        low, high = index_range(index, bounds)
+        if low < 0 or high >= dim:
+            found.append((index, dim))
+    return found
 
 
 def identity_projections(dims: Sequence[int], n_rhs: int) -> Projections:

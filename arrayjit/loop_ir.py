@@ -199,6 +199,26 @@ class Comment:
 
 
 @dataclass(frozen=True)
+class InRange:
+    """`0 <= index < extent`: an affine index (convolution, padding) inside its buffer's axis."""
+
+    index: Index
+    extent: int
+
+    def __str__(self) -> str:
+        return f"0 <= {self.index} < {self.extent}"
+
+
+@dataclass(frozen=True)
+class If:
+    """Runs `body` only where every condition holds: a padded read or write outside its buffer
+    is skipped, so the cell contributes nothing (lowering adds it, never a pass)."""
+
+    conditions: tuple[InRange, ...]
+    body: Stmt
+
+
+@dataclass(frozen=True)
 class Matmul:
     """`tnode[index] := (tnode[index] +) sum over k < K of a * b`, for m < M and n < N: a matrix
     product that the CPU schedule packs and register-blocks (`arrayjit.schedule.cpu_matmul`).
@@ -220,7 +240,12 @@ class Matmul:
     b_pack: TNode
 
 
-Stmt = For | Set | DeclLocal | SetLocal | Block | Comment | Matmul
+Stmt = For | Set | DeclLocal | SetLocal | Block | Comment | Matmul | If
+
+
+def guarded(conditions: tuple[InRange, ...] | list[InRange], body: Stmt) -> Stmt:
+    """`body` under `conditions`, or `body` itself when there are none."""
+    return If(tuple(conditions), body) if conditions else body
 
 
 def block(stmts: list[Stmt] | tuple[Stmt, ...]) -> Stmt:
@@ -240,7 +265,7 @@ def block(stmts: list[Stmt] | tuple[Stmt, ...]) -> Stmt:
 
 def children(s: Stmt) -> tuple[Stmt, ...]:
     """The statements directly inside `s`."""
-    if isinstance(s, For):
+    if isinstance(s, For | If):
         return (s.body,)
     if isinstance(s, Block):
         return s.stmts
@@ -312,7 +337,7 @@ def _map_index(index: tuple[AxisIndex, ...], f: Callable[[Expr], Expr]) -> tuple
 def map_stmt(s: Stmt, f: Callable[[Stmt], Stmt]) -> Stmt:
     """Rebuild `s` bottom-up: children first, then `f` on the rebuilt node. Nested blocks are
     flattened."""
-    if isinstance(s, For):
+    if isinstance(s, For | If):
         s = replace(s, body=map_stmt(s.body, f))
     elif isinstance(s, Block):
         s = Block(tuple(map_stmt(x, f) for x in s.stmts))
@@ -431,6 +456,9 @@ def substitute_iterators(s: Stmt, env: dict[Iterator, Index]) -> Stmt:
     def stmt(x: Stmt) -> Stmt:
         if isinstance(x, Set | Matmul):
             return replace(x, index=index(x.index))
+        if isinstance(x, If):
+            conditions = tuple(InRange(substitute(c.index, env), c.extent) for c in x.conditions)
+            return replace(x, conditions=conditions)
         return x
 
     return map_stmt(map_stmt_exprs(s, expr), stmt)
@@ -512,6 +540,9 @@ def to_string(s: Stmt, indent: int = 0) -> str:
         return f"{pad}{s.name} := {expr_string(s.value)}"
     if isinstance(s, Comment):
         return f"{pad}# {s.text}"
+    if isinstance(s, If):
+        conditions = " and ".join(map(str, s.conditions))
+        return f"{pad}if {conditions}:\n{to_string(s.body, indent + 1)}"
     raise TypeError(f"not a statement: {s!r}")
 
 

@@ -28,6 +28,7 @@ from arrayjit.indexing import (
     ProjectedIndex,
     Projections,
     iterators_of,
+    out_of_range,
     row_major_offset,
 )
 from arrayjit.passes import (
@@ -256,10 +257,25 @@ def _axis_indices(
     return tuple(out)
 
 
+def _guards(stmt: asg.Accum) -> tuple[list[ir.InRange], list[ir.InRange]]:
+    """The bounds conditions of a guarded accumulation: of the lhs index, of the rhs indices."""
+    p = stmt.projections
+    if not p.guarded:
+        return [], []
+    lhs = [ir.InRange(i, d) for i, d in out_of_range(p, stmt.lhs.dims, p.project_lhs)]
+    rhs = [
+        ir.InRange(i, d)
+        for r, proj in zip(stmt.rhses, p.project_rhs, strict=True)
+        for i, d in out_of_range(p, r.dims, proj)
+    ]
+    return list(dict.fromkeys(lhs)), [c for c in dict.fromkeys(rhs) if c not in lhs]
+
+
 def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
     """The loop nest of one Accum. Values compute in the lhs's computing type (float32 for a
     16-bit lhs), each read converted to it and the store converted back; a reduction into a
-    16-bit lhs accumulates in float32 (a register, or a float32 scratch buffer)."""
+    16-bit lhs accumulates in float32 (a register, or a float32 scratch buffer). Guarded
+    projections (a padded convolution) skip what would leave a buffer."""
     p, lhs = stmt.projections, stmt.lhs
     bounds = p.bounds
     compute = lhs.dtype.compute
@@ -272,14 +288,29 @@ def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
     order = loop_order(p, lhs, stmt.rhses, reductions_innermost)
     reductions = set(p.reduction_iterators)
     safe = _parallel_safe(p)
+    lhs_guards, rhs_guards = _guards(stmt)
+    guards = lhs_guards + rhs_guards
 
-    def wrap(its: list[Iterator], body: ir.Stmt) -> ir.Stmt:
-        for it in reversed(its):
-            body = ir.For(it, bounds[it], body, parallel=it in safe)
+    def wrap(its: list[Iterator], body: ir.Stmt, guards: list[ir.InRange] = ()) -> ir.Stmt:
+        """Loops over `its` around `body`; each guard goes just inside the loop of its last
+        iterator (around everything when it has none among `its`)."""
+        depth = {it: k for k, it in enumerate(its)}
+        at = [
+            [g for g in guards if max((depth.get(i, -1) for i in iterators_of(g.index)), default=-1) == k]
+            for k in range(-1, len(its))
+        ]  # fmt: skip
+        body = ir.guarded(at[-1], body)
+        for k in reversed(range(len(its))):
+            body = ir.guarded(at[k], ir.For(its[k], bounds[its[k]], body, parallel=its[k] in safe))
         return body
 
     if stmt.accum is None:
-        return wrap(order, ir.Set(lhs, lhs_index, convert(rhs, lhs.dtype)))
+        store = wrap(order, ir.Set(lhs, lhs_index, convert(rhs, lhs.dtype)), guards)
+        if not rhs_guards:
+            return store
+        # A cell whose operand is read outside its buffer is 0, as if the buffer were padded.
+        zero = ir.Const(0.0, lhs.dtype)
+        return ir.block([_nest(lhs.dims, lambda idx: ir.Set(lhs, idx, zero)), store])
 
     neutral = ir.Const(ops.neutral(stmt.accum, compute), compute)
     n_outer = next((k for k, it in enumerate(order) if it in reductions), len(order))
@@ -287,13 +318,16 @@ def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
     covered = _covers_injectively(p, lhs)
     scatter = ir.is_dynamic(lhs_index)
     if reductions and reductions_innermost and not scatter and (covered or not stmt.zero_first):
-        # Accumulate in a register over the innermost reduction loops, store once.
+        # Accumulate in a register over the innermost reduction loops, store once. The lhs's
+        # guards skip the whole cell; the operands' skip one term of the reduction (they never
+        # skip the store, which zero-first needs).
         acc = f"acc{next(_local_ids)}"
         init = neutral if stmt.zero_first else convert(ir.Get(lhs, lhs_index), compute)
-        inner = wrap(
-            order[n_outer:],
-            ir.SetLocal(acc, ir.Apply(stmt.accum, (ir.Local(acc, compute), rhs), compute)),
-        )
+        update = ir.SetLocal(acc, ir.Apply(stmt.accum, (ir.Local(acc, compute), rhs), compute))
+        outer = set(order[:n_outer])
+        inner_guards = [g for g in rhs_guards if not set(iterators_of(g.index)) <= outer]
+        inner = wrap(order[n_outer:], ir.guarded(
+            [g for g in rhs_guards if g not in inner_guards], update), inner_guards)  # fmt: skip
         body = ir.block(
             [
                 ir.DeclLocal(acc, compute, init),
@@ -301,10 +335,13 @@ def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
                 ir.Set(lhs, lhs_index, convert(ir.Local(acc, compute), lhs.dtype)),
             ]
         )
-        return wrap(order[:n_outer], body)
+        return wrap(order[:n_outer], body, lhs_guards)
+
+    def guarded_wrap(its: list[Iterator], body: ir.Stmt) -> ir.Stmt:
+        return wrap(its, body, guards)
 
     if reductions and lhs.dtype.storage_only:
-        return _accumulate_in_scratch(stmt, lhs_index, rhs, order, wrap)
+        return _accumulate_in_scratch(stmt, lhs_index, rhs, order, guarded_wrap)
 
     def update_of(target: TNode) -> ir.Stmt:
         current = convert(ir.Get(target, lhs_index), compute)
@@ -312,14 +349,14 @@ def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
         return ir.Set(target, lhs_index, convert(new, target.dtype))
 
     if not stmt.zero_first:
-        return wrap(order, update_of(lhs))
-    if covered and not reductions:
+        return guarded_wrap(order, update_of(lhs))
+    if covered and not reductions and not guards:
         # Each cell is written once: neutral `op` rhs, no separate fill.
         first = ir.Apply(stmt.accum, (neutral, rhs), compute)
         return wrap(order, ir.Set(lhs, lhs_index, convert(first, lhs.dtype)))
     fill_value = convert(neutral, lhs.dtype)
     fill = _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, fill_value))
-    return ir.block([fill, wrap(order, update_of(lhs))])
+    return ir.block([fill, guarded_wrap(order, update_of(lhs))])
 
 
 def _accumulate_in_scratch(

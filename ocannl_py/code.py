@@ -155,23 +155,38 @@ def _role_index(p: Projections, role: int):
     return p.project_lhs if role == 0 else p.project_rhs[role - 1]
 
 
+def _forward_projections(stmt: Assign, cache: dict) -> tuple[Projections, dict[int, int]]:
+    """The projections of the statement's step and where each role's index is in them. A
+    concatenation has projections per operand: a statement between the result and operand k
+    (`v =: v2`, `g2 =+ g`) takes operand k's, where k is the role 1."""
+    key = id(stmt.step)
+    if key not in cache:
+        if isinstance(stmt.step.logic, shape.Concat):
+            cache[key] = projections.derive_parts(stmt.step)
+        else:
+            cache[key] = projections.derive(stmt.step)
+    forward = cache[key]
+    if isinstance(forward, Projections):
+        return forward, {}
+    (operand,) = {stmt.lhs_role, *stmt.rhs_roles} - {0}
+    return forward[operand - 1], {operand: 1}
+
+
 def _lower_statement(stmt: Statement, cache: dict) -> asg.Assignments:
     if isinstance(stmt, Fill):
         return asg.Fetch(stmt.lhs.tnode, stmt.source)
     if isinstance(stmt, Raw):
         return stmt.build()
-    key = id(stmt.step)
-    if key not in cache:
-        cache[key] = projections.derive(stmt.step)
-    forward = cache[key]
+    forward, roles = _forward_projections(stmt, cache)
     if stmt.lookup is not None:
         return _lower_lookup(stmt, forward)
     proj = Projections(
         forward.product_space,
         forward.product_iterators,
-        _role_index(forward, stmt.lhs_role),
-        tuple(_role_index(forward, r) for r in stmt.rhs_roles),
+        _role_index(forward, roles.get(stmt.lhs_role, stmt.lhs_role)),
+        tuple(_role_index(forward, roles.get(r, r)) for r in stmt.rhs_roles),
         debug=stmt.text,
+        guarded=forward.guarded,
     )
     return asg.Accum(
         stmt.lhs.tnode,

@@ -12,6 +12,7 @@ the end of this file.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import inspect
 import itertools
@@ -780,6 +781,53 @@ def embed(table: Tensor, ids: Tensor) -> Tensor:
                     step, 2, (1, 0), text, lookup=(1, 2))]
         )  # fmt: skip
     return t
+
+
+# ---- concatenation -----------------------------------------------------------------------------
+
+
+def _check_operands(function: str, tensors: Sequence[object]) -> None:
+    """A TypeError naming `function` and the position of an operand that is not one."""
+    accepts, expected = _ARGUMENT_CHECKS["Operand"]
+    for k, x in enumerate(tensors):
+        if not accepts(x):
+            raise TypeError(f"{function}: operand {k + 1} must be {expected}, got {describe(x)}")
+
+
+@public()
+def concat(spec: str, *tensors: Tensor | float) -> Tensor:
+    """Concatenate along the result's `^` axis (OCANNL's `^`): `"a, ...; b, ... => a^b, ..."`
+    puts `x` then `y` along the first output axis; each operand is copied to its own range."""
+    _check_operands("concat", tensors)
+    n = len(tensors)
+    forward = "; ".join(f"v =: v{k}" for k in builtins.range(1, n + 1))
+    backward = "; ".join(f"g{k} =+ g" for k in builtins.range(1, n + 1))
+    return operation(f"^{spec}", shapes.Concat(spec), tensors, forward, backward)
+
+
+@public()
+def stack(tensors: Sequence[Tensor | float], kind: str = "output") -> Tensor:
+    """Stack tensors of the same shape along a new first axis of `kind` (batch, input or
+    output): the result's axis k holds tensor k."""
+    if kind not in shapes.KINDS:
+        raise ValueError(f"stack: kind must be one of {', '.join(shapes.KINDS)}, got {kind!r}")
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    _check_operands("stack", tensors)
+    rows = {"batch": "..b..", "input": "..i..", "output": "..o.."}
+
+    def shape_spec(first: str) -> str:
+        row = {k: f"{first}, {v}" if k == kind and first else v for k, v in rows.items()}
+        return f"{row['batch']} | {row['input']} -> {row['output']}"
+
+    # Each tensor gets the new axis (of dim 1, a fixed index), then they are concatenated.
+    expanded = [einsum1(f"{shape_spec('')} => {shape_spec('0')}", t) for t in tensors]
+    if len(expanded) == 1:
+        return expanded[0]
+    names = [f"s{k}" for k in builtins.range(len(tensors))]
+    spec = "; ".join(shape_spec(name) for name in names) + f" => {shape_spec('^'.join(names))}"
+    return concat(spec, *expanded)
 
 
 # ---- Python operators of Tensor (numpy conventions; `@` is compose) -----------------------------

@@ -24,15 +24,7 @@ class Chunk:
 
 def _locals_used(s: ir.Stmt) -> set[str]:
     read = {e.name for e in ir.stmt_exprs(s) if isinstance(e, ir.Local)}
-    return read | _assigned(s)
-
-
-def _assigned(s: ir.Stmt) -> set[str]:
-    if isinstance(s, ir.For):
-        return _assigned(s.body)
-    if isinstance(s, ir.Block):
-        return set().union(*(_assigned(x) for x in s.stmts)) if s.stmts else set()
-    return {s.name} if isinstance(s, ir.SetLocal) else set()
+    return read | ir.assigned_locals(s)
 
 
 def split(stmt: ir.Stmt) -> list[Chunk]:

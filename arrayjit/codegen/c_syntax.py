@@ -360,6 +360,15 @@ class CSyntax:
             raise TypeError(f"op {op!r} is not defined for {dtype}")
         return template.format(*operands, m=dtype.math_suffix or "", t=dtype.c_name)
 
+    def condition(self, conditions: tuple[ir.InRange, ...]) -> str:
+        """`0 <= index && index < extent` for each condition, in 64 bits along an axis longer
+        than a 32-bit int holds."""
+        parts = []
+        for c in conditions:
+            index = self.index_expr(c.index, wide=c.extent > INT32_MAX)
+            parts.append(f"0 <= {index} && {index} < {c.extent}")
+        return " && ".join(parts)
+
     # ---- statements ----------------------------------------------------------------------
 
     def for_header(self, loop: ir.For) -> list[str]:
@@ -402,6 +411,9 @@ class CSyntax:
             return [f"{pad}{self.local(s.name)} = {self.expr(s.value)};"]
         if isinstance(s, ir.Comment):
             return [f"{pad}/* {comment_text(s.text)} */"]
+        if isinstance(s, ir.If):
+            return [f"{pad}if ({self.condition(s.conditions)}) {{", *self.stmt(s.body, indent + 1),
+                    pad + "}"]  # fmt: skip
         raise TypeError(f"cannot print {s!r}")
 
 

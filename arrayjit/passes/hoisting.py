@@ -71,10 +71,22 @@ def _hoist_loop(loop: ir.For) -> ir.Stmt:
             return ir.Get(e.tnode, index)
         return e
 
-    body = ir.map_root_exprs(loop.body, visit)
+    body = _map_unguarded(loop.body, visit)
     if not decls:
         return loop
     return ir.block([*decls, ir.For(loop.iterator, loop.extent, body, loop.parallel)])
+
+
+def _map_unguarded(s: ir.Stmt, f) -> ir.Stmt:
+    """`ir.map_root_exprs` except under an `If`: a read there may be outside its buffer when the
+    condition fails, so it is never moved out of the `If`."""
+    if isinstance(s, ir.If):
+        return s
+    if isinstance(s, ir.For):
+        return replace(s, body=_map_unguarded(s.body, f))
+    if isinstance(s, ir.Block):
+        return ir.Block(tuple(_map_unguarded(x, f) for x in s.stmts))
+    return ir.map_root_exprs(s, f)
 
 
 def run(stmt: ir.Stmt) -> ir.Stmt:

@@ -75,7 +75,7 @@ def structure(code: asg.Assignments) -> Structure:
             operands = ",".join(str(slot(r)) for r in s.rhses)
             parts.append(
                 f"A{slot(s.lhs)}{s.accum}{'!' if s.zero_first else ''}{_rhs(s.op)}({operands})"
-                f"{p.product_space}[{lhs}][{rhs}]"
+                f"{p.product_space}[{lhs}][{rhs}]{'?' if p.guarded else ''}"
             )
             if "@" in lhs or "@" in rhs:
                 checked.append(s)

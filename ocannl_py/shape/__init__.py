@@ -5,6 +5,7 @@ shape logic of operations (`logic`) and the projections derived from solved shap
 from ocannl_py.shape.logic import (
     AxisRef,
     Compose,
+    Concat,
     Einsum,
     Logic,
     Pointwise,
@@ -23,6 +24,7 @@ __all__ = [
     "AxisRef",
     "DimSpec",
     "Compose",
+    "Concat",
     "Einsum",
     "Logic",
     "Pointwise",

@@ -17,6 +17,8 @@ import heapq
 import itertools
 
 from ocannl_py.shape.solver import (
+    AffineDim,
+    ConcatDim,
     Constraint,
     DimBroadcast,
     Mismatch,
@@ -139,6 +141,7 @@ class Closing(Transaction):
         for var in subr:
             self._subr_count[id(var)] = self._subr_count.get(id(var), 0) + 1
             self._subr_of.setdefault(id(var), []).append(constraint)
+            self._push_candidate(var)  # its class changed: its older entry is stale
         self._counted[id(constraint)] = tuple(subr)
         self._bounds_todo.append(constraint)
         if _has_greatest(constraint):
@@ -151,7 +154,7 @@ class Closing(Transaction):
         """A cur is bounded below when one of its subrs is."""
         while self._bounds_todo:
             constraint = self._bounds_todo.pop()
-            if not constraint.alive:
+            if not constraint.alive or isinstance(constraint, AffineDim | ConcatDim):
                 continue
             if isinstance(constraint, DimBroadcast):
                 cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
@@ -180,6 +183,14 @@ class Closing(Transaction):
         return False
 
     def _give_greatest(self, constraint: Constraint) -> None:
+        if isinstance(constraint, AffineDim):
+            # An input whose output and kernel are known: the fewest cells that give them.
+            over, kernel = resolve_dim(constraint.over), _kernel_size(constraint)
+            assert isinstance(over, Dim) and kernel is not None
+            self.bind_dim(
+                resolve_dim(constraint.input), Dim(constraint.least_input(over.size, kernel))
+            )
+            return
         if isinstance(constraint, DimBroadcast):
             cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
             assert isinstance(cur, Dim) and isinstance(subr, DimVar)
@@ -197,7 +208,23 @@ class Closing(Transaction):
         self.mark_defaulted(var, not rest and was_defaulted_row(constraint.cur))
 
 
+def _kernel_size(constraint: AffineDim) -> int | None:
+    if constraint.kernel is None:
+        return 1
+    kernel = resolve_dim(constraint.kernel)
+    return kernel.size if isinstance(kernel, Dim) else None
+
+
 def _has_greatest(constraint: Constraint) -> bool:
+    if isinstance(constraint, ConcatDim):
+        return False
+    if isinstance(constraint, AffineDim):
+        input_, over = resolve_dim(constraint.input), resolve_dim(constraint.over)
+        return (
+            isinstance(input_, DimVar)
+            and isinstance(over, Dim)
+            and _kernel_size(constraint) is not None
+        )
     if isinstance(constraint, DimBroadcast):
         cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
         return isinstance(cur, Dim) and isinstance(subr, DimVar)

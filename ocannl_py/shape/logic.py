@@ -61,17 +61,61 @@ class Einsum:
         return f"einsum {self.spec!r}"
 
 
+@dataclass(frozen=True)
+class Concat(Einsum):
+    """An einsum whose result has a concatenated axis (`a^b`): each operand is copied to its
+    own range of that axis; each part is a label of exactly one operand, one part per operand."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.part_of_operand()  # checked at once
+
+    def describe(self) -> str:
+        return f"concatenation {self.spec!r}"
+
+    def part_of_operand(self) -> list[int]:
+        """For each operand, the position of its part in the concatenated axis."""
+        spec = self.parsed
+        concats = [a for a in _axes(spec.result) if isinstance(a, es.Concat)]
+        if len(concats) != 1:
+            raise ShapeError(
+                f"concatenation {self.spec!r}: the result needs exactly one `^` axis, it has "
+                f"{len(concats)}"
+            )
+        owners: list[int | None] = [None] * len(spec.operands)
+        for position, part in enumerate(concats[0].parts):
+            holders = [
+                k for k, o in enumerate(spec.operands)
+                if isinstance(part, es.Label) and part in _axes(o)
+            ]  # fmt: skip
+            if len(holders) != 1 or owners[holders[0]] is not None:
+                raise ShapeError(
+                    f"concatenation {self.spec!r}: each part of `^` must be a label of exactly "
+                    f"one operand, one part per operand; part {position + 1} is not"
+                )
+            owners[holders[0]] = position
+        missing = [k + 1 for k, p in enumerate(owners) if p is None]
+        if missing:
+            raise ShapeError(
+                f"concatenation {self.spec!r}: operand(s) {missing} have no part in the `^` axis"
+            )
+        return owners  # type: ignore[return-value]
+
+
 Logic = Pointwise | Compose | Transpose | Einsum
 
 
 @dataclass(frozen=True)
 class AxisRef:
-    """One axis of a spec after propagation: `kind` is label, placeholder or fixed."""
+    """One axis of a spec after propagation: `kind` is label, placeholder, fixed or affine
+    (`constraint` relates an affine axis's dim to those of its output and kernel labels)."""
 
     kind: str
     dim: t.DimLike
     name: str = ""
     index: int = 0
+    constraint: sv.AffineDim | sv.ConcatDim | None = None
+    kernel: str | None = None  # an affine axis's kernel label
 
 
 @dataclass(frozen=True)
@@ -265,8 +309,15 @@ def _propagate_einsum(
             # A fixed index makes a new result's axis exactly `index + 1`: it broadcasts like any
             # other axis of dim 1; an operand's axis, or an existing result's, needs a dim above it.
             exact = is_result and result_is_new
-            beg = tuple(_axis_ref(a, labels, logic, exact) for a in row_spec.beg)
-            end = tuple(_axis_ref(a, labels, logic, exact) for a in row_spec.end)
+            refs = [_axis_ref(a, labels, logic, exact, w, is_result) for a in row_spec.axes]
+            for ref in refs:
+                if ref.constraint is not None:
+                    tx.add(ref.constraint, step.scope)
+                    if ref.kind == "affine" and ref.constraint.kernel is not None:
+                        # A kernel label may be in no tensor (einmax1 over windows): closing
+                        # still settles it.
+                        step.scope.extra_rows.append(t.Row((), None, (ref.constraint.kernel,)))
+            beg, end = tuple(refs[: len(row_spec.beg)]), tuple(refs[len(row_spec.beg) :])
             name = row_spec.variable_name(kind)
             shared = own = None
             if name is not None:
@@ -279,7 +330,16 @@ def _propagate_einsum(
             _reporting(w, lambda s=shape, k=kind, r=spec_row: tx.unify_rows(s.original_row(k), r))
             layout[kind] = RowLayout(beg, own, shared, name, end)
         step.layouts.append(layout)
-    in_operands = {a.name for o in spec.operands for a in _axes(o) if isinstance(a, es.Label)}
+    in_operands = {
+        name
+        for o in spec.operands
+        for a in _axes(o)
+        for name in (
+            (a.name,) if isinstance(a, es.Label)
+            else (a.over, a.kernel) if isinstance(a, es.AffineAxis)
+            else ()
+        )
+    }  # fmt: skip
     for axis in _axes(spec.result):
         if isinstance(axis, es.Label) and axis.name not in in_operands:
             step.result_only_labels[axis.name] = (axis, labels[axis.name])
@@ -308,7 +368,12 @@ def _check_result_labels(step: UpdateStep, *, closed: bool) -> None:
 
 
 def _axis_ref(
-    axis: es.AxisSpec, labels: dict[str, t.DimVar], logic: Einsum, exact_fixed: bool
+    axis: es.AxisSpec,
+    labels: dict[str, t.DimVar],
+    logic: Einsum,
+    exact_fixed: bool,
+    where: sv.Where,
+    is_result: bool,
 ) -> AxisRef:
     if isinstance(axis, es.Label):
         return AxisRef("label", labels.setdefault(axis.name, t.DimVar(axis.name)), axis.name)
@@ -317,9 +382,29 @@ def _axis_ref(
     if isinstance(axis, es.FixedIndex):
         dim = t.Dim(axis.value + 1) if exact_fixed else t.DimVar(min_size=axis.value + 1)
         return AxisRef("fixed", dim, index=axis.value)
-    what = "affine (convolution) axes" if isinstance(axis, es.AffineAxis) else "concatenation `^`"
+    if isinstance(axis, es.AffineAxis):
+        if is_result:
+            raise ShapeError(
+                f"einsum {logic.spec!r}: an affine axis ({es.print_spec(logic.parsed)}) indexes "
+                "an operand; the result's axes are labels"
+            )
+        over = labels.setdefault(axis.over, t.DimVar(axis.over))
+        kernel = None
+        if axis.kernel == "_":
+            kernel = t.DimVar("_")
+        elif axis.kernel is not None:
+            kernel = labels.setdefault(axis.kernel, t.DimVar(axis.kernel))
+        dim = t.DimVar(f"{axis.over}_in")
+        constraint = sv.AffineDim(
+            dim, over, kernel, axis.stride, axis.offset, axis.dilation, axis.padding, where
+        )
+        return AxisRef("affine", dim, axis.over, constraint=constraint, kernel=axis.kernel)
+    if isinstance(logic, Concat) and is_result:
+        parts = tuple(labels[p.name] for p in axis.parts)  # checked by Concat
+        dim = t.DimVar("concat")
+        return AxisRef("concat", dim, constraint=sv.ConcatDim(dim, parts, where))
     raise ShapeError(
-        f"einsum {logic.spec!r}: {what} are parsed but not supported by shape inference yet"
+        f"einsum {logic.spec!r}: concatenation `^` is not an einsum; use oc.concat(spec, ...)"
     )
 
 
@@ -439,6 +524,7 @@ def _check_param(shape: Shape) -> None:
 
 __all__ = [
     "Compose",
+    "Concat",
     "Einsum",
     "Logic",
     "Pointwise",

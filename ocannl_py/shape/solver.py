@@ -91,11 +91,84 @@ class RowBroadcast:
     watching: tuple[Var, ...] = field(default=(), repr=False)
 
 
-Constraint = DimBroadcast | RowBroadcast
+@dataclass(eq=False)
+class AffineDim:
+    """An operand axis read at `stride*over + offset + dilation*kernel` (a convolution or a
+    pooling): `input` is that axis's dim, `over` the output's, `kernel` the kernel's (None: no
+    kernel term). `padding` "<" (valid): `over` takes the windows that fit in `input`; "=": padded
+    so that `over = ceil(input / stride)`; "": `input` must hold the `over` windows."""
+
+    input: DimLike
+    over: DimLike
+    kernel: DimLike | None
+    stride: int
+    offset: int
+    dilation: int
+    padding: str
+    where: Where
+    scope: Scope | None = None
+    key: tuple[int, ...] = ()
+    alive: bool = True
+    watching: tuple[Var, ...] = field(default=(), repr=False)
+
+    def span(self, kernel: int) -> int:
+        """The input cells one output cell's window spans, offset included."""
+        return self.offset + self.dilation * (kernel - 1) + 1
+
+    def least_input(self, over: int, kernel: int) -> int:
+        """The fewest input cells that give `over` output cells."""
+        if self.padding == "=":
+            return self.stride * (over - 1) + 1
+        return self.stride * (over - 1) + self.span(kernel)
+
+    def output(self, input_: int, kernel: int) -> int:
+        """The output dim that `input_` cells give; raises Mismatch when no window fits."""
+        if self.padding == "=":
+            return -(-input_ // self.stride)
+        span = self.span(kernel)
+        if span > input_:
+            dilated = f" (dilation {self.dilation})" if self.dilation != 1 else ""
+            shift = f" after the offset {self.offset}" if self.offset else ""
+            raise Mismatch(
+                f"the kernel of dim {kernel}{dilated} spans {span - self.offset} cells, more "
+                f"than the input's {input_}{shift} (a valid convolution, `<+`, has no padding; "
+                "`=+` pads)"
+            )
+        return (input_ - span) // self.stride + 1
+
+
+@dataclass(eq=False)
+class ConcatDim:
+    """A concatenated axis (`a^b^c`): `total` is the sum of the `parts`."""
+
+    total: DimLike
+    parts: tuple[DimLike, ...]
+    where: Where
+    scope: Scope | None = None
+    key: tuple[int, ...] = ()
+    alive: bool = True
+    watching: tuple[Var, ...] = field(default=(), repr=False)
+
+
+Constraint = DimBroadcast | RowBroadcast | AffineDim | ConcatDim
 
 
 def unknowns(constraint: Constraint) -> tuple[list[Var], list[Var]]:
     """The unknown variables of the cur side and of the subr side, as they are now."""
+    if isinstance(constraint, ConcatDim):
+        parts = [resolve_dim(d) for d in constraint.parts]
+        total = resolve_dim(constraint.total)
+        return [d for d in parts if isinstance(d, DimVar)], (
+            [total] if isinstance(total, DimVar) else []
+        )
+    if isinstance(constraint, AffineDim):
+        # The kernel is closed first (a window nothing gives is 1); the input and output dims
+        # wait for it, as an operand waits on its result.
+        kernel = resolve_dim(constraint.kernel) if constraint.kernel is not None else None
+        dims = [resolve_dim(d) for d in (constraint.input, constraint.over)]
+        return ([kernel] if isinstance(kernel, DimVar) else []), [
+            d for d in dims if isinstance(d, DimVar)
+        ]
     if isinstance(constraint, DimBroadcast):
         cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
         return ([cur] if isinstance(cur, DimVar) else []), (
@@ -360,8 +433,56 @@ class Transaction:
         if var is not None:
             self.bind_row(var, Row())
 
+    def affine(self, constraint: AffineDim) -> bool:
+        """Solve an affine axis once what it needs is known: the output dim from the input's
+        and the kernel's; with both given, check that they agree. False while it waits."""
+        input_, over = resolve_dim(constraint.input), resolve_dim(constraint.over)
+        kernel = resolve_dim(constraint.kernel) if constraint.kernel is not None else Dim(1)
+        if isinstance(input_, DimVar) or (isinstance(kernel, DimVar) and constraint.padding != "="):
+            return False
+        size = 1 if isinstance(kernel, DimVar) else kernel.size
+        if isinstance(over, DimVar):
+            self.bind_dim(over, Dim(constraint.output(input_.size, size)))
+        elif constraint.padding == "":
+            if constraint.least_input(over.size, size) > input_.size:
+                raise Mismatch(
+                    f"input dim {input_.size} is too small for {over.size} output cells of "
+                    f"stride {constraint.stride} and kernel {size} (needs "
+                    f"{constraint.least_input(over.size, size)})"
+                )
+        elif constraint.output(input_.size, size) != over.size:
+            raise Mismatch(
+                f"input dim {input_.size} gives {constraint.output(input_.size, size)} output "
+                f"cells, not {over.size}"
+            )
+        return True
+
+    def concat(self, constraint: ConcatDim) -> bool:
+        """The total of known parts; a part from the total and the other parts. False while it
+        waits."""
+        parts = [resolve_dim(d) for d in constraint.parts]
+        total = resolve_dim(constraint.total)
+        unknown = [d for d in parts if isinstance(d, DimVar)]
+        known = sum(d.size for d in parts if isinstance(d, Dim))
+        if not unknown:
+            self.unify_dims(total, Dim(known))
+            return True
+        if isinstance(total, Dim) and len(unknown) == 1:
+            if total.size <= known:
+                raise Mismatch(
+                    f"the concatenated axis has dim {total.size}, its other parts already "
+                    f"{known}: nothing is left for the last one"
+                )
+            self.bind_dim(unknown[0], Dim(total.size - known))
+            return True
+        return False
+
     def step(self, constraint: Constraint) -> list[Constraint] | None:
         """Try to solve a pending constraint; None when nothing changed."""
+        if isinstance(constraint, ConcatDim):
+            return [] if self.concat(constraint) else None
+        if isinstance(constraint, AffineDim):
+            return [] if self.affine(constraint) else None
         if isinstance(constraint, DimBroadcast):
             result = self.broadcast_dims(constraint.cur, constraint.subr, constraint.where)
             if len(result) == 1 and _same_dims(result[0], constraint):
@@ -449,6 +570,8 @@ def _same_dims(a: Constraint, b: DimBroadcast) -> bool:
 
 
 __all__ = [
+    "AffineDim",
+    "ConcatDim",
     "Constraint",
     "DimBroadcast",
     "Mismatch",

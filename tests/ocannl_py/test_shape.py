@@ -176,9 +176,15 @@ def test_einsum_spec_is_parsed_when_given():
         Einsum("ab;bc=>a&")
 
 
-def test_affine_axes_are_not_inferred_yet():
-    with pytest.raises(ShapeError, match="not supported by shape inference yet"):
-        propagate(Einsum("2*o<+k; k => o"), Shape("r"), [Shape("x"), Shape("w")])
+def test_affine_axes_are_inferred():
+    r = Shape("r")
+    propagate(Einsum("2*o<+k; k => o"), r, [known("x", output=[9]), known("w", output=[3])])
+    assert r.output == [4]
+
+
+def test_concatenation_is_not_an_einsum():
+    with pytest.raises(ShapeError, match="use oc.concat"):
+        propagate(Einsum("a; b => a^b"), Shape("r"), [Shape("x"), Shape("y")])
 
 
 def test_einsum_arity_is_checked():
