@@ -12,6 +12,7 @@ from arrayjit.runtime import residency
 from arrayjit.runtime.executable import Executable
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import MemoryMode
+from ocannl_py import fusion
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
 from ocannl_py.tensor import Tensor
@@ -20,23 +21,55 @@ log = logging.getLogger("ocannl_py")
 
 
 class Routine:
-    """A compiled unit of code; `run()` executes it."""
+    """A compiled unit of code; `run()` executes it. Its intermediates are fused
+    (`ocannl_py.fusion`); it is compiled again before a run when one of them has become kept."""
 
-    def __init__(self, executable: Executable, inputs: list[Tensor]) -> None:
-        self.executable = executable
-        # Inputs that no code computes: terms the user must fill with set_value.
-        self.inputs = inputs
+    def __init__(self, context: Context, code: Code, name: str) -> None:
+        self.context = context
+        self.code = code
+        self.name = name
+        self.build()
+
+    def build(self) -> None:
+        context, code = self.context, self.code
+        self.fused = fusion.fused(code, context.read_elsewhere)
+        self.generation = fusion.generation()
+        lowered = code.lower(fusion.private_values(code, self.fused))
+        context.initialize(code.tensors())
+        written = code.written()
+        # What the code reads without computing it: data (terms) and results of other routines.
+        self.inputs: list[Tensor] = [
+            t for t in code.tensors()
+            if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
+        ]  # fmt: skip
+        self.executable = context.runtime.compile(lowered, self.name)
+        for t in self.fused:
+            t.fused_into = self.name
+        context.reads(self.inputs)
 
     @property
     def source_path(self) -> str:
         return self.executable.source_path
 
     def run(self) -> None:
+        if self.generation != fusion.generation():
+            self.generation = fusion.generation()
+            read = self.context.read_elsewhere
+            if any(t.kept or t.id in read for t in self.fused):
+                log.info("routine %s compiled again: a tensor it fused is kept now", self.name)
+                self.build()
         for t in self.inputs:
             if not residency.computed(t.value_node):
+                hint = (
+                    f" (routine {t.fused_into!r} computed it without storing it; it stores it "
+                    "from its next run on)"
+                    if t.fused_into
+                    else ""
+                )
                 raise ValueError(
                     f"tensor {t.label!r} is read by routine {self.executable.name!r} but has no "
                     "value: fill it with set_value(...), or run the code that computes it first"
+                    + hint
                 )
         self.executable.run()
 
@@ -52,6 +85,9 @@ class Context:
     def __init__(self, backend: str | None = None) -> None:
         self.runtime = Runtime(backend)
         self._forward_routines: dict[int, Routine] = {}
+        #: Ids of the tensors some routine of this context reads without computing them: they
+        #: are stored by the routines that compute them.
+        self.read_elsewhere: set[int] = set()
 
     @property
     def name(self) -> str:
@@ -77,17 +113,14 @@ class Context:
                 "Context.compile takes tensor code (t.forward, train.grad_update(loss), cd(...)) "
                 f"or arrayjit assignments, got {type(code).__name__}"
             )
-        name = name or code.label or "routine"
-        code = code.with_constants()
-        lowered = code.lower()
-        self.initialize(code.tensors())
-        written = code.written()
-        # What the code reads without computing it: data (terms) and results of other routines.
-        inputs = [
-            t for t in code.tensors()
-            if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
-        ]  # fmt: skip
-        return Routine(self.runtime.compile(lowered, name), inputs)
+        return Routine(self, code.with_constants(), name or code.label or "routine")
+
+    def reads(self, tensors: Iterable[Tensor]) -> None:
+        """Record that a routine reads `tensors` without computing them."""
+        new = {t.id for t in tensors} - self.read_elsewhere
+        if new:
+            self.read_elsewhere |= new
+            fusion.changed()
 
     def initialize(self, tensors: Iterable[Tensor]) -> None:
         """Initialise parameters and optimizer state that are not yet: done once, before the

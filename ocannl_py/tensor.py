@@ -9,6 +9,7 @@ import numpy as np
 
 from arrayjit.runtime import residency
 from arrayjit.tnode import MemoryMode, TNode
+from ocannl_py import fusion
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
 from ocannl_py.errors import ShapeError
@@ -44,6 +45,19 @@ class Tensor:
         self.init_code = Code()  # run once before first use (parameters)
         self._value_node: TNode | None = None
         self._grad_node: TNode | None = None
+        #: Stored by every routine that computes it (see `keep`).
+        self.kept = False
+        #: The last routine that computed this tensor without storing it (`ocannl_py.fusion`).
+        self.fused_into: str | None = None
+
+    def keep(self) -> Tensor:
+        """Store this tensor's values wherever they are computed, so that `value` can be read:
+        an intermediate of a routine is otherwise fused into the code that reads it. Routines
+        compiled before are compiled again at their next run. Returns the tensor."""
+        if not self.kept:
+            self.kept = True
+            fusion.changed()
+        return self
 
     # ---- buffers ---------------------------------------------------------------------------
 
@@ -70,6 +84,12 @@ class Tensor:
     def value(self) -> np.ndarray:
         """The values, axes in batch, output, input order."""
         node = self._value_node
+        if (node is None or not residency.computed(node)) and self.fused_into is not None:
+            raise ValueError(
+                f"tensor {self.label!r} has no stored value: routine {self.fused_into!r} "
+                "computes it as an intermediate, fused into the code that reads it. Call "
+                f"`.keep()` on it to store it (the routine is compiled again at its next run)"
+            )
         if node is None or not residency.computed(node):
             raise ValueError(
                 f"tensor {self.label!r} has no value yet: no routine has computed it. Run "
