@@ -5,6 +5,7 @@ printed form in assignment code. How each is spelled in generated code lives wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ class Op:
         with np.errstate(all="ignore"):
             out = self.reference(*operands)
         return np.asarray(out).astype(np.result_type(*operands), copy=False)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """The error function in float64 (numpy has none; scipy is not a dependency)."""
+    return np.vectorize(math.erf, otypes=[np.float64])(np.asarray(x, dtype=np.float64))
 
 
 def _uniform(seed: np.ndarray, counter: np.ndarray) -> np.ndarray:
@@ -60,6 +66,7 @@ _register(
     Op("recip", 1, lambda x: 1 / x),
     Op("recip_sqrt", 1, lambda x: 1 / np.sqrt(x)),
     Op("tanh", 1, np.tanh),
+    Op("erf", 1, _erf),
     Op("not", 1, lambda x: np.where(x == 0, 1, 0)),
     # Binary.
     Op("add", 2, np.add, "+"),

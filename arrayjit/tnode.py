@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from arrayjit.codegen.inert_text import identifier
 from arrayjit.dtypes import DType, dtype_of, float32
 from arrayjit.runtime import residency
 
@@ -54,9 +55,8 @@ class TNode:
 
     @property
     def name(self) -> str:
-        """A C identifier for generated code."""
-        safe = "".join(ch if ch.isalnum() else "_" for ch in self.label)[:40]
-        return f"{safe}_{self.id}" if safe else f"n{self.id}"
+        """An ASCII identifier for logs and printed IR, unique in the process."""
+        return f"{identifier(self.label, 40)}_{self.id}"
 
     @property
     def has_host(self) -> bool:

@@ -6,7 +6,7 @@ Write models with the einsum-based `op` DSL or Python operators, let shape infer
 
 from ocannl_py import operation as _operation
 from ocannl_py import train
-from ocannl_py.context import Context, Routine
+from ocannl_py.context import Context, Routine, StreamedRoutine, forward_stages
 from ocannl_py.dsl.cd import cd
 from ocannl_py.dsl.op import op
 from ocannl_py.errors import CompileError, ShapeError, SpecSyntaxError
@@ -18,5 +18,6 @@ globals().update({name: entry.function for name, entry in _operation.REGISTRY.it
 
 __all__ = [
     "CheckpointError", "CompileError", "Context", "Routine", "ShapeError", "SpecSyntaxError",
+    "StreamedRoutine", "forward_stages",
     "Tensor", "cd", "load", "op", "save", "train", *sorted(_operation.REGISTRY),
 ]  # fmt: skip

@@ -26,6 +26,12 @@ class Slot:
     tensor: Tensor
     grad: bool = False
 
+    def __post_init__(self) -> None:
+        self.tensor.graph_refs += 1
+
+    def __del__(self) -> None:
+        self.tensor.graph_refs -= 1
+
     @property
     def tnode(self) -> TNode:
         return self.tensor.grad_node if self.grad else self.tensor.value_node

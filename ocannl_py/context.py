@@ -4,7 +4,9 @@ with it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
 from arrayjit.backends.base import Backend
@@ -16,6 +18,12 @@ from ocannl_py import fusion
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
 from ocannl_py.tensor import Tensor
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from arrayjit.runtime.stream_plan import StreamPlan
+    from arrayjit.runtime.streamed import StreamedExecutable, StreamStats
 
 log = logging.getLogger("ocannl_py")
 
@@ -32,9 +40,11 @@ class Routine:
 
     def build(self) -> None:
         context, code = self.context, self.code
-        self.fused = fusion.fused(code, context.read_elsewhere)
+        # Weak references: a routine must not itself hold what it fused (see `fusion._held`).
+        self._fused: list[weakref.ref[Tensor]] = []
+        fused = fusion.fused(code, context.read_elsewhere)
         self.generation = fusion.generation()
-        lowered = code.lower(fusion.private_values(code, self.fused))
+        lowered = code.lower(fusion.private_values(code, fused))
         context.initialize(code.tensors())
         written = code.written()
         # What the code reads without computing it: data (terms) and results of other routines.
@@ -43,9 +53,15 @@ class Routine:
             if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
         ]  # fmt: skip
         self.executable = context.runtime.compile(lowered, self.name)
-        for t in self.fused:
+        for t in fused:
             t.fused_into = self.name
+        self._fused = [weakref.ref(t) for t in fused]
         context.reads(self.inputs)
+
+    @property
+    def fused(self) -> list[Tensor]:
+        """The intermediates this routine computes without storing them (those still alive)."""
+        return [t for t in (r() for r in self._fused) if t is not None]
 
     @property
     def source_path(self) -> str:
@@ -58,23 +74,65 @@ class Routine:
             if any(t.kept or t.id in read for t in self.fused):
                 log.info("routine %s compiled again: a tensor it fused is kept now", self.name)
                 self.build()
-        for t in self.inputs:
-            if not residency.computed(t.value_node):
-                hint = (
-                    f" (routine {t.fused_into!r} computed it without storing it; it stores it "
-                    "from its next run on)"
-                    if t.fused_into
-                    else ""
-                )
-                raise ValueError(
-                    f"tensor {t.label!r} is read by routine {self.executable.name!r} but has no "
-                    "value: fill it with set_value(...), or run the code that computes it first"
-                    + hint
-                )
+        _check_inputs(self.inputs, f"routine {self.executable.name!r}")
         self.executable.run()
 
     def __repr__(self) -> str:
         return f"<routine {self.executable.name!r} source={self.source_path}>"
+
+
+class StreamedRoutine:
+    """Stages run in order within a device memory budget (`Context.compile_streamed`);
+    `run()` executes them, `stats` says what the plan holds and what the last run copied."""
+
+    def __init__(self, executable: StreamedExecutable, inputs: list[Tensor]) -> None:
+        self.executable = executable
+        self.inputs = inputs
+
+    @property
+    def stats(self) -> StreamStats:
+        return self.executable.stats
+
+    @property
+    def plan(self) -> StreamPlan:
+        return self.executable.plan
+
+    def run(self) -> None:
+        _check_inputs(self.inputs, "the streamed stages")
+        self.executable.run()
+
+    def __repr__(self) -> str:
+        return f"<streamed routine {self.executable!r}>"
+
+
+def forward_stages(*outputs: Tensor) -> list[Code]:
+    """Stages for `Context.compile_streamed`: stage k is the forward code that computes
+    `outputs[k]` from `outputs[k - 1]` (and what only it uses), stage 0 from the leaves."""
+    done: set[int] = set()
+    stages = []
+    for k, output in enumerate(outputs):
+        code = Code(label=f"stage{k}_{output.label}")
+        for t in output.subgraph():
+            if t.id not in done:
+                code = code + t.forward_code
+                done.add(t.id)
+        stages.append(code)
+    return stages
+
+
+def _check_inputs(inputs: list[Tensor], name: str) -> None:
+    for t in inputs:
+        if not residency.computed(t.value_node):
+            hint = (
+                f" (routine {t.fused_into!r} computed it without storing it; it stores it from "
+                "its next run on)"
+                if t.fused_into
+                else ""
+            )
+            raise ValueError(
+                f"tensor {t.label!r} is read by {name} but has no value: fill it with "
+                "set_value(...), or run the code that computes it first" + hint
+            )
 
 
 class Context:
@@ -85,6 +143,7 @@ class Context:
     def __init__(self, backend: str | None = None) -> None:
         self.runtime = Runtime(backend)
         self._forward_routines: dict[int, Routine] = {}
+        self._c_runtime: Runtime | None = None
         #: Ids of the tensors some routine of this context reads without computing them: they
         #: are stored by the routines that compute them.
         self.read_elsewhere: set[int] = set()
@@ -122,9 +181,61 @@ class Context:
             self.read_elsewhere |= new
             fusion.changed()
 
+    def compile_streamed(
+        self,
+        stages: Sequence[Code],
+        budget: int | str,
+        weights: Mapping[Tensor, np.ndarray] | None = None,
+        names: Sequence[str] | None = None,
+        **options,
+    ) -> StreamedRoutine:
+        """Stages (tensor code, typically one per layer) run in order within `budget` bytes of
+        device memory (an int or a text like "2GiB"): weights stay in host memory and are
+        copied in while the stage before computes (docs/streaming.md). `weights` gives sources
+        for some parameters (e.g. memory-mapped arrays: `arrayjit.runtime.mapped`); `options`:
+        `slots`, `keep_resident`, `host_memory` of `Runtime.compile_streamed`."""
+        lowered, names_found, tensors, written = [], [], {}, set()
+        for k, code in enumerate(stages):
+            if not isinstance(code, Code):
+                raise TypeError(
+                    f"stage {k} of compile_streamed is a {type(code).__name__}, expected tensor "
+                    "code (t.forward, cd(...))"
+                )
+            code = code.with_constants()
+            lowered.append(code)
+            names_found.append(code.label or f"stage{k}")
+            tensors.update({t.id: t for t in code.tensors()})
+            written |= code.written()
+        # Parameters are initialized on the host, where streamed weights live: on a GPU, the
+        # initializing routine would keep a device copy of every parameter, outside the budget.
+        self._initialize_on(self._host_runtime(), tensors.values())
+        inputs = [
+            t for t in tensors.values()
+            if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
+        ]  # fmt: skip
+        sources = {t.value_node: array for t, array in (weights or {}).items()}
+        executable = self.runtime.compile_streamed(
+            [code.lower() for code in lowered],
+            budget,
+            names=list(names) if names is not None else names_found,
+            weights=sources,
+            **options,
+        )
+        return StreamedRoutine(executable, inputs)
+
+    def _host_runtime(self) -> Runtime:
+        if self.runtime.name == "c":
+            return self.runtime
+        if self._c_runtime is None:
+            self._c_runtime = Runtime("c")
+        return self._c_runtime
+
     def initialize(self, tensors: Iterable[Tensor]) -> None:
         """Initialise parameters and optimizer state that are not yet: done once, before the
         first routine that uses them is built."""
+        self._initialize_on(self.runtime, tensors)
+
+    def _initialize_on(self, runtime: Runtime, tensors: Iterable[Tensor]) -> None:
         tensors = [t for t in tensors if t.init_code]
         shapes.close([t.shape for t in tensors])
         fresh = [t for t in tensors if not residency.computed(t.value_node)]
@@ -134,7 +245,7 @@ class Context:
         for t in fresh:
             init = init + t.init_code
         if init:
-            self.runtime.compile(init.lower(), "init_params").run()
+            runtime.compile(init.lower(), "init_params").run()
 
     def __repr__(self) -> str:
         return f"Context({self.name!r})"

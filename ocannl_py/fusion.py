@@ -8,13 +8,16 @@ activation become one loop), or in a scratch buffer when it cannot be inlined (a
 
 Stored, and readable with `t.value` after the routine runs, are: the tensors nothing else in the
 routine uses (its results: `t` in `ctx.forward(t)`, the loss of a training step), parameters,
-optimizer state, gradients, tensors the user marked with `t.keep()`, tensors another routine of
-the same `Context` reads, tensors of generated code (random initialisation), and tensors the
-routine reads before it writes them (values carried from run to run).
+optimizer state, gradients, tensors the user holds when the routine is compiled (a variable, a
+list, an attribute: any reference besides the graph's own, see `_held`), tensors marked with
+`t.keep()`, tensors another routine of the same `Context` reads, tensors of generated code
+(random initialisation), and tensors the routine reads before it writes them (values carried
+from run to run).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Set
 from typing import TYPE_CHECKING
 
@@ -46,7 +49,7 @@ def fused(code: Code, read_elsewhere: Set[int]) -> list[Tensor]:
     computed = [t for t in code.tensors() if t.id in written]
     consumed = {o.id for t in computed for o in t.operands}
     clean = _written_first(code)
-    return [
+    candidates = [
         t
         for t in computed
         if t.id in consumed
@@ -55,6 +58,20 @@ def fused(code: Code, read_elsewhere: Set[int]) -> list[Tensor]:
         and t.memory_mode is MemoryMode.HOST
         and not (t.is_param or t.init_code or t.kept)
     ]
+    del computed
+    held = _held(candidates)
+    return [t for t in candidates if t.id not in held]
+
+
+def _held(candidates: list[Tensor]) -> set[int]:
+    """Ids of the tensors referenced from outside the graph: the references to a tensor that
+    its graph holds (operand tuples, code slots) are counted in `graph_refs`, so any others
+    (beyond `candidates` itself, the loop variable and `getrefcount`'s argument here) belong to
+    the user, or to something that may read it. Where reference counts are not exact (not
+    CPython), every candidate is held."""
+    if not hasattr(sys, "getrefcount") or sys.implementation.name != "cpython":
+        return {t.id for t in candidates}
+    return {t.id for t in candidates if sys.getrefcount(t) - 3 > t.graph_refs}
 
 
 def private_values(code: Code, tensors: list[Tensor]) -> dict[int, TNode]:

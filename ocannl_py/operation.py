@@ -12,6 +12,8 @@ the end of this file.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,9 +49,11 @@ DSL_FUNCTIONS: dict[str, Callable[..., Tensor]] = {}
 
 def public(*, dsl: bool | str = False, method: bool = False) -> Callable:
     """Register the decorated function in `REGISTRY`; `dsl=True` makes it callable in the op DSL
-    under its own name, `dsl="name"` under another; `method=True` makes it a Tensor method."""
+    under its own name, `dsl="name"` under another; `method=True` makes it a Tensor method.
+    Its arguments annotated `Operand`, `str`, `str | None`, `float` or `int` are type-checked."""
 
     def register(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        function = checked_arguments(function)
         name = function.__name__
         dsl_name = name if dsl is True else dsl or None
         REGISTRY[name] = Entry(function, dsl_name, method)
@@ -60,6 +64,59 @@ def public(*, dsl: bool | str = False, method: bool = False) -> Callable:
         return function
 
     return register
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float | np.floating | np.integer) and not isinstance(x, bool)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+#: What an annotation of a public function's argument accepts, and how to say it.
+_ARGUMENT_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "Operand": (lambda x: isinstance(x, Tensor) or _is_number(x), "a Tensor or a number"),
+    "str": (lambda x: isinstance(x, str), "a string"),
+    "str | None": (lambda x: x is None or isinstance(x, str), "a string or None"),
+    "float": (_is_number, "a number"),
+    "int": (_is_int, "an int"),
+}
+
+
+def describe(value: object) -> str:
+    """`type value` for an error message, the value cut short."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def checked_arguments(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`function` checking its annotated arguments (see `_ARGUMENT_CHECKS`): a TypeError naming
+    the function, the argument and what it expects."""
+    signature = inspect.signature(function)
+    checks = {
+        name: _ARGUMENT_CHECKS[p.annotation]
+        for name, p in signature.parameters.items()
+        if p.annotation in _ARGUMENT_CHECKS
+    }
+    if not checks:
+        return function
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return function(*args, **kwargs)  # Python's own message for a wrong call
+        for name, value in bound.arguments.items():
+            if name in checks and not checks[name][0](value):
+                raise TypeError(
+                    f"{function.__name__}: argument {name!r} must be {checks[name][1]}, "
+                    f"got {describe(value)}"
+                )
+        return function(*args, **kwargs)
+
+    return checked
 
 
 def as_tensor(x: Operand) -> Tensor:
@@ -76,15 +133,24 @@ def operation(
     operands: Sequence[Operand],
     forward: str,
     backward: str | None,
+    *,
+    scratch: Sequence[str] = (),
 ) -> Tensor:
-    """Build the tensor of one operation: constrain shapes, then attach its code."""
+    """Build the tensor of one operation: constrain shapes, then attach its code. Each name of
+    `scratch` is a slot of the backward code for a buffer shaped like the result (scratch of the
+    routine that runs the backward code, e.g. a count per result cell)."""
     args = tuple(as_tensor(o) for o in operands)
     result_shape = shapes.Shape(label)
     step = shapes.propagate(logic, result_shape, [a.shape for a in args], op_label=label)
     t = Tensor(label, result_shape, args, differentiable=backward is not None)
     t.forward_code = op_code(forward, t, args, step)
     if t.requires_grad and backward:
-        t.backprop_code = op_code(backward, t, args, step)
+        buffers = {
+            name: Tensor(f"{label}.{name}", result_shape, differentiable=False,
+                         memory_mode=MemoryMode.LOCAL)
+            for name in scratch
+        }  # fmt: skip
+        t.backprop_code = op_code(backward, t, args, step, buffers)
     return t
 
 
@@ -105,27 +171,39 @@ _param_counter = itertools.count()
 
 
 @public()
-def set_seed(seed: int) -> None:
+def set_seed(seed) -> None:
     """Make parameter initialisation reproducible: the k-th parameter created after
     `set_seed(n)` always gets the same values."""
     global _seed, _param_counter
-    if not isinstance(seed, int) or seed < 0 or seed >= 2**32:
+    # A ValueError for any bad seed, as documented before type checks came.
+    if not _is_int(seed) or seed < 0 or seed >= 2**32:
         raise ValueError(f"set_seed: expected an int in [0, 2**32), got {seed!r}")
-    _seed = seed
+    _seed = int(seed)
     _param_counter = itertools.count()
 
 
-def _dims_arg(dims):
-    """Dims as given to a leaf (an int, or a list of ints and (label, int) pairs) as a list with
-    numpy integers made ints; `shape.Shape` validates them."""
+def _dims_arg(dims, what: str, where: str):
+    """`dims` (None, an int, or a sequence of ints and (label, int) pairs) as a list with numpy
+    integers made ints; `where` names the call. Types are checked here, values by `shape.Shape`."""
     if dims is None:
         return None
-    if isinstance(dims, int | np.integer):
+    if _is_int(dims):
         dims = [dims]
+    if isinstance(dims, str | bytes) or not isinstance(dims, Sequence | np.ndarray):
+        raise TypeError(
+            f"{where}: argument {what!r} must be an int or a sequence of ints, got {describe(dims)}"
+        )
 
     def plain(size):
         return int(size) if isinstance(size, np.integer) else size
 
+    dims = list(dims)
+    for d in dims:
+        if not (_is_int(d) or isinstance(d, tuple)):
+            raise TypeError(
+                f"{where}: argument {what!r} must hold ints or (label, int) pairs, got "
+                f"{describe(d)} in {dims}"
+            )
     return [(d[0], plain(d[1])) if isinstance(d, tuple) and len(d) == 2 else plain(d) for d in dims]
 
 
@@ -133,12 +211,29 @@ def _sizes(dims) -> list[int]:
     return [d[1] if isinstance(d, tuple) else d for d in dims]
 
 
-def _leaf_shape(label: str, batch_dims, input_dims, output_dims, **kw) -> shapes.Shape:
+def _numbers_arg(values, what: str, function: str) -> np.ndarray:
+    """`values` (a number, or nested lists or an array of numbers) as a float64 array."""
+    try:
+        array = np.asarray(values)
+        if array.dtype.kind not in "biuf":
+            raise TypeError
+        return array.astype(np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{function}: argument {what!r} must be a number or an array (or nested lists) of "
+            f"numbers, got {describe(values)}"
+        ) from None
+
+
+def _leaf_shape(
+    function: str, label: str, batch_dims, input_dims, output_dims, **kw
+) -> shapes.Shape:
+    where = f"{function} {label!r}"
     return shapes.Shape(
         label,
-        batch_dims=_dims_arg(batch_dims),
-        input_dims=_dims_arg(input_dims),
-        output_dims=_dims_arg(output_dims),
+        batch_dims=_dims_arg(batch_dims, "batch_dims", where),
+        input_dims=_dims_arg(input_dims, "input_dims", where),
+        output_dims=_dims_arg(output_dims, "output_dims", where),
         **kw,
     )
 
@@ -175,15 +270,19 @@ def param(
     batch_dims=None,
     input_dims=None,
     output_dims=None,
+    init: tuple[str, float | Callable[[], float]] | None = None,
 ) -> Tensor:
     """A trainable parameter. Unspecified dims are inferred from use; parameters have no batch
     axes unless `batch_dims` says so. `value` fills it: a scalar (any dims), or an array in
     batch, output, input axis order (with no dims given, its axes are output axes). Otherwise it
     is drawn uniformly from [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in being the product of its
-    input dims, by the counter-based generator seeded with `oc.set_seed`."""
+    input dims, by the counter-based generator seeded with `oc.set_seed`; `init=("uniform", b)`
+    draws from [-b, b] instead and `init=("normal", std)` from N(0, std^2), where `b` or `std` is
+    a number or a function of no arguments called once the dims are known."""
     if not isinstance(label, str) or not label:
         raise TypeError(f"param: the label must be a non-empty string, got {label!r}")
-    array = None if value is None else np.asarray(value, dtype=np.float64)
+    _check_init(label, init, value)
+    array = None if value is None else _numbers_arg(value, "value", f"param {label!r}")
     if array is not None and array.ndim > 0:
         # Dims not given come from the value's axes: batch, then output, then input.
         rest = list(array.shape[len(batch_dims or []) :])
@@ -192,14 +291,14 @@ def param(
         if input_dims is None:
             input_dims = rest[len(output_dims) :]
     shape = _leaf_shape(
-        label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
+        "param", label, [] if batch_dims is None else batch_dims, input_dims, output_dims,
         is_param=True, dims_required=array is None or array.ndim > 0,
     )  # fmt: skip
     if array is not None and array.ndim > 0:
         shapes.settle(shape, array.shape, f"param {label!r}")
     t = Tensor(label, shape, is_param=True)
     if array is None:
-        t.init_code = _random_init(t, (_seed << 20) + next(_param_counter))
+        t.init_code = _random_init(t, random_stream(), init)
     elif array.ndim == 0:
         t.init_code = Code([Fill(Slot(t), asg.Constant(float(array)))])
     else:
@@ -207,36 +306,95 @@ def param(
     return t
 
 
-def _random_init(t: Tensor, seed: int) -> Code:
+def random_stream() -> int:
+    """The key of the next random stream: `(seed << 20) + k` for the k-th parameter (or other
+    user of random numbers, such as a dropout) created since `oc.set_seed(seed)`."""
+    return (_seed << 20) + next(_param_counter)
+
+
+def _check_init(label: str, init, value) -> None:
+    if init is None:
+        return
+    if value is not None:
+        raise ValueError(f"param {label!r}: give either a value or init=, not both")
+    ok = isinstance(init, tuple) and len(init) == 2 and init[0] in ("uniform", "normal")
+    if not ok or not (callable(init[1]) or _is_scale(init[1])):
+        raise ValueError(
+            f"param {label!r}: init must be ('uniform', bound) or ('normal', std) with a "
+            f"non-negative number or a function returning one, got {init!r}"
+        )
+
+
+def _is_scale(x) -> bool:
+    if isinstance(x, bool) or not isinstance(x, int | float | np.floating | np.integer):
+        return False
+    return bool(np.isfinite(x)) and x >= 0
+
+
+def _random_init(t: Tensor, seed: int, init=None) -> Code:
     from arrayjit.tnode import TNode
 
     def build() -> asg.Assignments:
         node = t.value_node
-        fan_in = int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
-        bound = 1.0 / np.sqrt(fan_in)
+        kind, scale = init or ("uniform", lambda: 1.0 / np.sqrt(_fan_in(t)))
+        scale = scale() if callable(scale) else scale
+        if not _is_scale(scale):
+            raise ValueError(
+                f"param {t.label!r}: the {kind} init's scale must be a non-negative number, its "
+                f"function gave {scale!r}"
+            )
         seed_node = TNode(f"{t.label}_seed", (), "float64", MemoryMode.VIRTUAL)
         counter = TNode(f"{t.label}_counter", node.dims, "float64", MemoryMode.VIRTUAL)
+        # Drawn in float64 (a virtual buffer, inlined): seeds and counters stay exact integers
+        # (in float32, seeds of 2^24 and more would round, and parameters would share values).
+        draw = TNode(f"{t.label}_draw", node.dims, "float64", MemoryMode.VIRTUAL)
         cells = identity_projections(node.dims, 0)
         # The seed is a scalar (no axes); the counter walks the parameter's cells.
         proj = Projections(cells.product_space, cells.product_iterators, cells.project_lhs,
                            ((), cells.project_lhs))  # fmt: skip
-        uniform = asg.Call("uniform_at", (asg.Arg(0), asg.Arg(1)))
-        scaled = asg.Call("sub", (asg.Call("mul", (uniform, asg.Lit(2 * bound))), asg.Lit(bound)))
+        expr = _uniform(float(scale)) if kind == "uniform" else _normal(float(scale))
         # The seed is read from a buffer rather than printed as a literal, so that parameters of
         # equal dims share one compiled init function.
         return asg.seq([
             asg.Fetch(seed_node, asg.Values(np.array(float(seed)))),
             asg.Fetch(counter, asg.RangeOfShape()),
-            asg.Accum(node, None, scaled, (seed_node, counter), proj),
+            asg.Accum(draw, None, expr, (seed_node, counter), proj),
+            asg.Accum(node, None, asg.Arg(0), (draw,), identity_projections(node.dims, 1)),
         ])  # fmt: skip
 
     return Code([Raw(build, (t,))])
 
 
+def _fan_in(t: Tensor) -> int:
+    return int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
+
+
+def _call(op: str, *args) -> asg.Call:
+    return asg.Call(op, args)
+
+
+def _uniform(bound: float) -> asg.Call:
+    """U(-bound, bound) from Threefry of (seed, counter) = (Arg 0, Arg 1)."""
+    uniform = _call("uniform_at", asg.Arg(0), asg.Arg(1))
+    return _call("sub", _call("mul", uniform, asg.Lit(2 * bound)), asg.Lit(bound))
+
+
+def _normal(std: float) -> asg.Call:
+    """N(0, std^2) by Box-Muller from the uniforms at counters 2c and 2c + 1."""
+    even = _call("mul", asg.Arg(1), asg.Lit(2.0))
+    u1 = _call("uniform_at", asg.Arg(0), even)
+    u2 = _call("uniform_at", asg.Arg(0), _call("add", even, asg.Lit(1.0)))
+    radius = _call(
+        "sqrt", _call("mul", asg.Lit(-2.0), _call("log", _call("sub", asg.Lit(1.0), u1)))
+    )
+    angle = _call("cos", _call("mul", asg.Lit(2 * np.pi), u2))
+    return _call("mul", asg.Lit(std), _call("mul", radius, angle))
+
+
 @public()
 def term(label: str, *, batch_dims=None, input_dims=None, output_dims=None) -> Tensor:
     """A non-trainable input (data, targets), filled with `set_value`."""
-    shape = _leaf_shape(label, batch_dims, input_dims, output_dims)
+    shape = _leaf_shape("term", label, batch_dims, input_dims, output_dims)
     return Tensor(label, shape, differentiable=False)
 
 
@@ -245,7 +403,12 @@ def ndarray(
     values, *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None
 ) -> Tensor:
     """A constant literal; the dims must multiply to the number of values."""
-    array = np.asarray(values, dtype=np.float64)
+    array = _numbers_arg(values, "values", "ndarray")
+    batch_dims, input_dims, output_dims = (
+        _dims_arg(dims, what, "ndarray") or []
+        for dims, what in ((batch_dims, "batch_dims"), (input_dims, "input_dims"),
+                           (output_dims, "output_dims"))
+    )  # fmt: skip
     dims = _sizes([*batch_dims, *output_dims, *input_dims])
     if int(np.prod(dims, dtype=np.int64)) != array.size:
         raise ValueError(
@@ -256,7 +419,7 @@ def ndarray(
         label
         or f"[{', '.join(f'{v:g}' for v in array.ravel()[:4])}{', ...' if array.size > 4 else ''}]"
     )
-    shape = _leaf_shape(label, batch_dims, input_dims, output_dims)
+    shape = _leaf_shape("ndarray", label, batch_dims, input_dims, output_dims)
     t = Tensor(label, shape, differentiable=False)
     t.forward_code = _values_fill(t, array)
     return t
@@ -265,7 +428,7 @@ def ndarray(
 @public()
 def range(n: int, label: str | None = None) -> Tensor:  # noqa: A001 - OCANNL's name
     """Values 0..n-1 along one output axis."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if n < 1:
         raise ValueError(f"range: n must be a positive int, got {n!r}")
     return range_of_shape(output_dims=[n], label=label or f"range{n}")
 
@@ -276,7 +439,7 @@ def range_of_shape(
 ) -> Tensor:
     """Each cell holds its row-major offset, in batch, output, input order."""
     label = label or "range_of_shape"
-    shape = _leaf_shape(label, batch_dims, input_dims, output_dims)
+    shape = _leaf_shape("range_of_shape", label, batch_dims, input_dims, output_dims)
     t = Tensor(label, shape, differentiable=False)
     t.forward_code = Code([Fill(Slot(t), asg.RangeOfShape())])
     return t
@@ -415,6 +578,12 @@ def tanh(a: Operand) -> Tensor:
     return unary("tanh", a, "v =: tanh(v1)", "g1 =+ g * (1 - v * v)")
 
 
+@public(dsl=True, method=True)
+def erf(a: Operand) -> Tensor:
+    """The error function; d/dx erf(x) = 2 / sqrt(pi) * exp(-x^2)."""
+    return unary("erf", a, "v =: erf(v1)", "g1 =+ g * 1.1283791670955126 * exp(-v1 * v1)")
+
+
 @public(dsl="not")
 def not_(a: Operand) -> Tensor:
     return unary("not", a, "v =: not(v1)", None)
@@ -484,19 +653,25 @@ def outer_sum(spec: str, a: Operand, b: Operand) -> Tensor:
 
 @public()
 def einmax1(spec: str, a: Operand) -> Tensor:
-    """Reduce by max (OCANNL `@^^`); the gradient goes to the cells equal to the max."""
+    """Reduce by max (OCANNL `@^^`). The gradient splits evenly among the cells equal to the
+    max, as PyTorch's amax: `ties` counts them per result cell."""
     return operation(
-        f"@^^{spec}", shapes.Einsum(spec), [a], "v =:@^ v1", "g1 =+ where(v1 == v, g, 0)"
-    )
+        f"@^^{spec}", shapes.Einsum(spec), [a], "v =:@^ v1",
+        "ties =:+ v1 == v; g1 =+ where(v1 == v, g / ties, 0)", scratch=["ties"],
+    )  # fmt: skip
 
 
 @public()
 def tropical(spec: str, a: Operand, b: Operand) -> Tensor:
-    """Add then reduce by max (OCANNL `@^+`, the max-plus product); the gradient goes to the
-    pairs whose sum is the max."""
-    return binary(f"@^+{spec}", a, b, "v =:@^ v1 + v2",
-                  "g1 =+ where(v1 + v2 == v, g, 0); g2 =+ where(v1 + v2 == v, g, 0)",
-                  logic=shapes.Einsum(spec))  # fmt: skip
+    """Add then reduce by max (OCANNL `@^+`, the max-plus product). The gradient splits evenly
+    among the pairs whose sum is the max (as amax over the sums), each operand of a pair
+    getting its share."""
+    return operation(
+        f"@^+{spec}", shapes.Einsum(spec), [a, b], "v =:@^ v1 + v2",
+        "ties =:+ v1 + v2 == v; g1 =+ where(v1 + v2 == v, g / ties, 0); "
+        "g2 =+ where(v1 + v2 == v, g / ties, 0)",
+        scratch=["ties"],
+    )  # fmt: skip
 
 
 # ---- Python operators of Tensor (numpy conventions; `@` is compose) -----------------------------

@@ -35,7 +35,12 @@ class Tensor:
         self.id = next(_ids)
         self.label = label
         self.shape = shape
+        #: References to this tensor held by the graph itself: operand tuples of other tensors
+        #: and code slots (`ocannl_py.fusion` tells the user's references from these).
+        self.graph_refs = 0
         self.operands = operands
+        for o in operands:
+            o.graph_refs += 1
         self.is_param = is_param
         # A gradient exists for parameters and for what depends on them differentiably.
         self.requires_grad = is_param or (differentiable and any(o.requires_grad for o in operands))
@@ -49,6 +54,10 @@ class Tensor:
         self.kept = False
         #: The last routine that computed this tensor without storing it (`ocannl_py.fusion`).
         self.fused_into: str | None = None
+
+    def __del__(self) -> None:
+        for o in getattr(self, "operands", ()):
+            o.graph_refs -= 1
 
     def keep(self) -> Tensor:
         """Store this tensor's values wherever they are computed, so that `value` can be read:
@@ -124,7 +133,21 @@ class Tensor:
         """Write values (an array in batch, output, input axis order, or a scalar). Rows of a
         tensor that were not given and are not inferred yet are settled by the array: they take
         no axes, so the array's shape must be the given dims."""
-        array = np.asarray(values)
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError):  # e.g. ragged nested lists
+            array = np.asarray(None)
+        if array.dtype.kind not in "biuf":
+            if isinstance(values, np.ndarray):
+                got = f"an array of dtype {values.dtype}"
+            elif isinstance(values, Tensor):
+                got = f"tensor {values.label!r} (pass its `.value`)"
+            else:
+                got = f"{type(values).__name__} {values!r:.60}"
+            raise TypeError(
+                f"set_value: tensor {self.label!r} takes a number or an array (or nested lists) "
+                f"of numbers, got {got}"
+            )
         if not self.shape.is_solved and array.shape != ():
             shapes.settle(self.shape, array.shape, f"set_value: tensor {self.label!r}")
         try:

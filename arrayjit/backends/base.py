@@ -24,9 +24,16 @@ class Compiled(ABC):
     plan: dict[str, Any]
     #: The routine's loop IR on demand (set by the executable; for inspection only).
     ir_source: Callable[[], ir.Stmt] | None = None
+    #: Compiled with `bound=True`: it owns no buffers and keeps no residency; the caller places
+    #: every buffer with `bind` before running it (a streaming plan's slots).
+    bound: bool = False
 
     @abstractmethod
     def run(self) -> None: ...
+
+    @abstractmethod
+    def bind(self, position: int, address: int) -> None:
+        """Run the buffer at `position` of `tnodes` at device address `address` from now on."""
 
 
 class Backend(ABC):
@@ -45,11 +52,14 @@ class Backend(ABC):
         versions, options): part of every cache key."""
 
     @abstractmethod
-    def compile(self, stmt: ir.Stmt, name: str) -> Compiled:
-        """Generate code for `stmt`, compile it (or take it from the cache) and bind buffers."""
+    def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> Compiled:
+        """Generate code for `stmt`, compile it (or take it from the cache) and bind buffers
+        (`bound`: leave every buffer to `Compiled.bind`)."""
 
     @abstractmethod
-    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> Compiled | None:
+    def load(
+        self, plan: dict[str, Any], tnodes: list[TNode], bound: bool = False
+    ) -> Compiled | None:
         """Bind the compiled pieces named by `plan` to `tnodes`; None when one is missing or
         damaged (then the routine is compiled again)."""
 

@@ -36,6 +36,7 @@ from arrayjit.backends.base import Backend, Compiled
 from arrayjit.backends.chunks import Chunk, split
 from arrayjit.codegen import c_matmul
 from arrayjit.codegen.c_syntax import VECTOR_MATH, CSyntax, buffer_name, fill_names
+from arrayjit.codegen.inert_text import comment_text, identifier
 from arrayjit.dtypes import DType
 from arrayjit.errors import CompileError
 from arrayjit.runtime.residency import HOST, Residency
@@ -176,7 +177,8 @@ def _union_dtypes(functions: Sequence[ChunkFunction]) -> tuple[DType, ...]:
 
 
 class CCompiled(Compiled):
-    """The chunk functions of a routine and their buffer tables, run by one call."""
+    """The chunk functions of a routine and their buffer tables, run by one call. A `bound`
+    routine owns no buffers: `bind` writes each buffer's address into the tables that use it."""
 
     def __init__(
         self,
@@ -186,8 +188,10 @@ class CCompiled(Compiled):
         tnodes: list[TNode],
         written: list[int],
         source_path: Path,
+        bound: bool = False,
     ) -> None:
         self.tnodes = tnodes
+        self.bound = bound
         self.written = [tnodes[k] for k in written]
         self.source_path = str(source_path)
         self.libraries = sorted(set(libraries))
@@ -207,14 +211,25 @@ class CCompiled(Compiled):
             address(library, symbol) for library, symbol in zip(libraries, symbols, strict=True)
         ]
         scratch = {t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)}
-        # Keep the arrays alive: the tables below refer to their memory.
-        self.arrays = [
-            np.zeros(t.dims, t.dtype.numpy) if t in scratch else t.host() for t in tnodes
-        ]
-        addresses = [a.ctypes.data for a in self.arrays]
+        if bound:
+            self.arrays = []
+            addresses = [None] * len(tnodes)
+            scratch = set(tnodes)  # no buffer here is the host array: no residency to keep
+        else:
+            # Keep the arrays alive: the tables below refer to their memory.
+            self.arrays = [
+                np.zeros(t.dims, t.dtype.numpy) if t in scratch else t.host() for t in tnodes
+            ]
+            addresses = [a.ctypes.data for a in self.arrays]
         self.tables = [
             (ctypes.c_void_p * max(1, len(p)))(*(addresses[i] for i in p)) for p in parameters
         ]
+        # Where each buffer's address sits in the tables: (table, index) pairs, for `bind`.
+        self.uses: list[list[tuple[ctypes.Array, int]]] = [[] for _ in tnodes]
+        for table, p in zip(self.tables, parameters, strict=True):
+            for index, k in enumerate(p):
+                self.uses[k].append((table, index))
+        self.unbound = set(range(len(tnodes))) if bound else set()
         n = len(functions)
         self.table_array = (ctypes.c_void_p * max(1, n))(
             *(ctypes.addressof(t) for t in self.tables)
@@ -232,7 +247,18 @@ class CCompiled(Compiled):
         self.shared_written = [residency_of(t) for t in self.shared if t in written_set]
         self.seen_device_writes = -1
 
+    def bind(self, position: int, address: int) -> None:
+        """Run the buffer at `position` of `tnodes` at `address` (a bound routine only)."""
+        if not self.bound:
+            raise ValueError("only a routine compiled with bound=True takes buffers by bind()")
+        for table, index in self.uses[position]:
+            table[index] = address
+        self.unbound.discard(position)
+
     def run(self) -> None:
+        if self.unbound:
+            names = ", ".join(self.tnodes[k].label for k in sorted(self.unbound))
+            raise ValueError(f"routine {self.source_path}: buffers not bound yet: {names}")
         if Residency.device_places:
             if self.seen_device_writes != Residency.device_writes:
                 for t in self.shared:
@@ -282,7 +308,7 @@ class CBackend(Backend):
         # The target decides the schedule, hence the code a structural cache hit must match.
         return f"{build_identity()}\n{self.cpu_target()!r}"
 
-    def compile(self, stmt: ir.Stmt, name: str) -> CCompiled:
+    def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
         position = {t: k for k, t in enumerate(tnodes)}
         chunks = split(stmt)
@@ -304,6 +330,7 @@ class CBackend(Backend):
             tnodes,
             written,
             source_path,
+            bound,
         )
 
     def _compile_chunks(self, chunks: list[Chunk]) -> tuple[list[ChunkFunction], dict[str, Path]]:
@@ -319,7 +346,9 @@ class CBackend(Backend):
         )
         return functions, libraries
 
-    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CCompiled | None:
+    def load(
+        self, plan: dict[str, Any], tnodes: list[TNode], bound: bool = False
+    ) -> CCompiled | None:
         folder = cache.cache_dir()
         source_path = folder / plan["source"]
         paths = {name: folder / name for name in {name for name, _, _ in plan["chunks"]}}
@@ -330,7 +359,9 @@ class CBackend(Backend):
         if not all(address(lib, s) for lib, s in zip(libraries, symbols, strict=True)):
             return None
         parameters = [params for _, _, params in plan["chunks"]]
-        return CCompiled(libraries, symbols, parameters, tnodes, plan["written"], source_path)
+        return CCompiled(
+            libraries, symbols, parameters, tnodes, plan["written"], source_path, bound
+        )
 
 
 @functools.cache
@@ -403,16 +434,16 @@ def write_listing(
 ) -> Path:
     """A readable C source of the whole routine: each distinct chunk function once (with the
     library it is compiled in), then the routine as a function calling them in order."""
-    routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+    routine = "ocannl_" + identifier(name, 60)
     distinct = list({f.key: f for f in functions}.values())
     lines = [
-        f"/* Routine {name!r}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
+        f"/* Routine {comment_text(repr(name))}: {len(chunks)} chunk calls of {len(distinct)} distinct functions.",
         "   Each function is compiled on its own, in the library named above it, and cached by",
         f"   its text; the runtime calls them in the order of {routine} below. */",
         _prelude(_union_dtypes(functions), Needs.union(functions)),
     ]
     for f in distinct:
-        lines += [f"/* in {libraries[f.key]} */", f.text()]
+        lines += [f"/* in {comment_text(str(libraries[f.key]))} */", f.text()]
     names = [buffer_name(t.label, k) for k, t in enumerate(tnodes)]
     position = {t: k for k, t in enumerate(tnodes)}
     lines.append(f"void {routine}(void **buffers) {{")

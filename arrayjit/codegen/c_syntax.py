@@ -6,7 +6,6 @@ is mapped to threads, the qualifier of helper functions, kernel signatures).
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from arrayjit import loop_ir as ir
 from arrayjit import ops
 from arrayjit.codegen import c_matmul
+from arrayjit.codegen.inert_text import LETTERS, comment_text, identifier
 from arrayjit.dtypes import DType
 from arrayjit.indexing import Index, as_affine
 from arrayjit.tnode import TNode
@@ -23,7 +23,10 @@ INT32_MAX = 2**31 - 1
 #: How each op of `arrayjit.ops` is spelled in C (and CUDA C++, which shares it): `{0}`, `{1}`,
 #: `{2}` are the operands, `{m}` the libm suffix of the dtype (`f` for float) and `{t}` the C
 #: type. Ops whose operand would be repeated in a plain expression call a helper of `helpers`,
-#: so an inlined operand is evaluated once.
+#: so an inlined operand is evaluated once. `where` is a helper too, so that both branches are
+#: evaluated (as numpy's where does): a `c ? a[i] : b` reading memory in one branch only is
+#: vectorized by GCC 12.2 at -O3 with AVX into masked loads under the wrong mask (wrong values,
+#: tests/ocannl_py/test_fuzz_findings.py); a select of two loaded values is not.
 SPELLINGS: dict[str, str] = {
     "identity": "({0})",
     "neg": "(-{0})",
@@ -39,6 +42,7 @@ SPELLINGS: dict[str, str] = {
     "recip": "(({t})1 / ({0}))",
     "recip_sqrt": "(({t})1 / sqrt{m}({0}))",
     "tanh": "tanh{m}({0})",
+    "erf": "erf{m}({0})",
     "not": "(({t})(({0}) == 0))",
     "add": "({0} + {1})",
     "sub": "({0} - {1})",
@@ -52,7 +56,7 @@ SPELLINGS: dict[str, str] = {
     "ne": "(({t})(({0}) != ({1})))",
     "relu_gate": "ocannl_relu_gate_{t}({0}, {1})",
     "uniform_at": "ocannl_uniform_{t}({0}, {1})",
-    "where": "(({0}) != 0 ? ({1}) : ({2}))",
+    "where": "ocannl_where_{t}({0}, {1}, {2})",
     "fma": "fma{m}({0}, {1}, {2})",
 }
 
@@ -110,6 +114,7 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
             f"{q} ocannl_relu_{t}({t} x) {{ return x > 0 ? x : ({t})0; }}",
             f"{q} ocannl_sat01_{t}({t} x) {{ return x < 0 ? ({t})0 : (x > 1 ? ({t})1 : x); }}",
             f"{q} ocannl_relu_gate_{t}({t} a, {t} b) {{ return a > 0 ? b : ({t})0; }}",
+            f"{q} ocannl_where_{t}({t} c, {t} a, {t} b) {{ return c != 0 ? a : b; }}",
             # numpy's maximum/minimum propagate NaN; fmax/fmin would drop it.
             f"{q} ocannl_max_{t}({t} a, {t} b) {{ return (a != a || a > b) ? a : b; }}",
             f"{q} ocannl_min_{t}({t} a, {t} b) {{ return (a != a || a < b) ? a : b; }}",
@@ -158,14 +163,17 @@ class CSyntax:
     # ---- expressions ---------------------------------------------------------------------
 
     def literal(self, value: float, dtype: DType) -> str:
+        """`value` rounded to `dtype` as numpy rounds it (a float32 beyond float32's range is
+        infinity), printed exactly: repr round-trips, INFINITY and NAN name the others."""
         if not dtype.is_float:
-            return str(int(value))
-        if math.isnan(value):
+            return _int_literal(value, dtype)
+        with np.errstate(over="ignore"):
+            rounded = float(np.asarray(value, dtype.numpy))
+        if rounded != rounded:
             return f"(({dtype.c_name})NAN)"
-        if math.isinf(value):
-            return f"(({dtype.c_name})({'-' if value < 0 else ''}INFINITY))"
-        # repr of the value rounded to the dtype round-trips exactly.
-        text = repr(float(np.asarray(value, dtype.numpy)))
+        if rounded in (float("inf"), float("-inf")):
+            return f"(({dtype.c_name})({'-' if rounded < 0 else ''}INFINITY))"
+        text = repr(rounded)
         if "e" not in text and "." not in text:
             text += ".0"
         return f"{text}{dtype.literal_suffix}"
@@ -173,7 +181,7 @@ class CSyntax:
     def _fresh(self, key: object, base: str) -> str:
         # Letters then a number, no underscore: buffer names always have one, so they differ.
         if key not in self._names:
-            letters = "".join(ch for ch in base if ch.isalpha()) or "v"
+            letters = "".join(ch for ch in base if ch in LETTERS) or "v"
             self._names[key] = f"{letters}{len(self._names)}"
         return self._names[key]
 
@@ -228,7 +236,7 @@ class CSyntax:
 
     def for_header(self, loop: ir.For) -> list[str]:
         i = self.iterator(loop.iterator)
-        return [f"for (int {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
+        return [f"for ({index_type(loop.extent)} {i} = 0; {i} < {loop.extent}; ++{i}) {{"]
 
     def loop_pragmas(self, loop: ir.For) -> list[str]:
         """The OpenMP pragma of a loop the CPU schedule marked (threads, simd, reductions)."""
@@ -265,18 +273,25 @@ class CSyntax:
         if isinstance(s, ir.SetLocal):
             return [f"{pad}{self.local(s.name)} = {self.expr(s.value)};"]
         if isinstance(s, ir.Comment):
-            return [f"{pad}/* {s.text.replace('*/', '* /')} */"]
+            return [f"{pad}/* {comment_text(s.text)} */"]
         raise TypeError(f"cannot print {s!r}")
 
 
-def _identifier(label: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "_" for ch in label)[:32]
-    return safe if safe and not safe[0].isdigit() else f"b{safe}"
+def index_type(extent: int) -> str:
+    """The C type of an index that takes values below `extent`: 32-bit (faster) when it fits."""
+    return "int" if extent <= INT32_MAX else "int64_t"
+
+
+def _int_literal(value: float, dtype: DType) -> str:
+    info = np.iinfo(dtype.numpy)
+    if value != value or not info.min <= value <= info.max:
+        raise ValueError(f"the constant {value!r} does not fit in {dtype} ({info.min}..{info.max})")
+    return str(int(value))
 
 
 def buffer_name(label: str, k: int) -> str:
     """The name of buffer `k` (labelled `label`) in generated code."""
-    return f"{_identifier(label)}_{k}"
+    return f"{identifier(label)}_{k}"
 
 
 _PLACEHOLDER = re.compile(r"@(\d+)@")

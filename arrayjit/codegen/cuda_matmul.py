@@ -20,6 +20,7 @@ buffer names (ending in `_<digits>`) never are.
 from __future__ import annotations
 
 from arrayjit import loop_ir as ir
+from arrayjit.codegen.c_syntax import index_type
 from arrayjit.codegen.cuda_device import COMPONENTS, SHARED_DECLARATION, Launch, vector_type
 from arrayjit.schedule.gpu_matmul import MatmulShape, OperandLoad
 from arrayjit.schedule.kernel_plan import KernelPlan
@@ -34,6 +35,13 @@ def _half(cfg) -> bool:
     return cfg.tensor_cores in ("f16", "bf16")
 
 
+def _position(m: MatmulShape, cfg) -> str:
+    """The C type of tile origins and positions, which run up to a tile past the extents:
+    64-bit only when that can pass 2^31 - 1."""
+    extent = max(m.row.extent, m.col.extent, m.reduction.extent)
+    return index_type(extent + max(cfg.block_rows, cfg.block_cols, cfg.depth))
+
+
 def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     m: MatmulShape = plan.matmul
     cfg = m.config
@@ -46,6 +54,7 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         cfg.padding,
     )
     tx, ty = _dtype(m.x), _dtype(m.y)
+    pos = _position(m, cfg)
     side_major = (m.loads[0].side_major, m.loads[1].side_major)
     shared = cfg.shared_bytes(tx.itemsize, ty.itemsize, side_major)
     tiles = -(-depth_n // bk)
@@ -64,13 +73,13 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         "  unsigned char *const shared = reinterpret_cast<unsigned char *>(ocannl_smem);",
         f"  {type_y} (*tiley){dims_y} = "
         f"reinterpret_cast<{type_y} (*){dims_y}>(shared + {offset_y});",
-        f"  const int rowbase = blockIdx.y * {brows}, colbase = blockIdx.x * {bcols};",
+        f"  const {pos} rowbase = ({pos})blockIdx.y * {brows}, colbase = ({pos})blockIdx.x * {bcols};",
     ]
     if m.batch:
         lines += syntax.unflatten(m.batch, "blockIdx.z", 1)
 
     # The tile loader: tile number `tile` into stage `stage`.
-    lines.append("  auto loadtiles = [&](int tile, int stage) {")
+    lines.append(f"  auto loadtiles = [&]({pos} tile, int stage) {{")
     lines += _loader(syntax, m, m.x, m.loads[0], m.row, "tilex", brows, "rowbase", cfg)
     lines += _loader(syntax, m, m.y, m.loads[1], m.col, "tiley", bcols, "colbase", cfg)
     lines.append("  };")
@@ -84,12 +93,12 @@ def matmul_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         f"    if (stage < {tiles}) loadtiles(stage, stage);",
         "    ocannl_cp_async_commit();",
         "  }",
-        f"  for (int tile = 0; tile < {tiles}; ++tile) {{",
+        f"  for ({pos} tile = 0; tile < {tiles}; ++tile) {{",
         f"    ocannl_cp_async_wait<{stages - 2}>();",
         "    __syncthreads();",
         f"    if (tile + {stages - 1} < {tiles}) loadtiles(tile + {stages - 1}, (tile + {stages - 1}) % {stages});",
         "    ocannl_cp_async_commit();",
-        f"    const int stage = tile % {stages};",
+        f"    const int stage = (int)(tile % {stages});",
     ]
     if _half(cfg):
         lines += _mma16_step(cfg, m.loads)
@@ -142,7 +151,7 @@ def _loader(
     lines = [
         *head,
         *("      " + line for line in split),
-        f"      const int gs = {origin} + s, gk = tile * {bk} + kk;",
+        f"      const {_position(m, cfg)} gs = {origin} + s, gk = tile * {bk} + kk;",
         f"      const bool ok = gs < {extent} && gk < {depth};",
     ]
     t = _dtype(value)
@@ -192,8 +201,8 @@ def _simt_setup(syntax, m: MatmulShape, cfg) -> list[str]:
         "  for (int r = 0; r < 8; ++r) {",
         "    #pragma unroll",
         "    for (int c = 0; c < 8; ++c) {",
-        f"      const int row = rowbase + {_simt_rows(cfg.block_rows)};",
-        f"      const int col = colbase + {_simt_cols(cfg.block_cols)};",
+        f"      const {_position(m, cfg)} row = rowbase + {_simt_rows(cfg.block_rows)};",
+        f"      const {_position(m, cfg)} col = colbase + {_simt_cols(cfg.block_cols)};",
         f"      {acc}[r][c] = (row < {m.row.extent} && col < {m.col.extent}) ? {init} : ({t})0;",
         "    }",
         "  }",
@@ -270,8 +279,8 @@ def _simt_store(syntax, m: MatmulShape, cfg) -> list[str]:
         "  for (int r = 0; r < 8; ++r) {",
         "    #pragma unroll",
         "    for (int c = 0; c < 8; ++c) {",
-        f"      const int row = rowbase + {_simt_rows(cfg.block_rows)};",
-        f"      const int col = colbase + {_simt_cols(cfg.block_cols)};",
+        f"      const {_position(m, cfg)} row = rowbase + {_simt_rows(cfg.block_rows)};",
+        f"      const {_position(m, cfg)} col = colbase + {_simt_cols(cfg.block_cols)};",
         f"      if (row < {m.row.extent} && col < {m.col.extent}) {target} = {acc}[r][c];",
         "    }",
         "  }",
@@ -394,8 +403,8 @@ def _mma_store(syntax, m: MatmulShape, cfg) -> list[str]:
         "    for (int nt = 0; nt < 8; ++nt)",
         "      #pragma unroll",
         "      for (int q = 0; q < 4; ++q) {",
-        "        const int row = rowbase + wrow + mt * 16 + group + (q / 2) * 8;",
-        "        const int col = colbase + wcol + nt * 8 + 2 * member + q % 2;",
+        f"        const {_position(m, cfg)} row = rowbase + wrow + mt * 16 + group + (q / 2) * 8;",
+        f"        const {_position(m, cfg)} col = colbase + wcol + nt * 8 + 2 * member + q % 2;",
         f"        if (row < {m.row.extent} && col < {m.col.extent}) {target} = {total};",
         "      }",
     ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from arrayjit import loop_ir as ir
 from arrayjit.codegen import cuda_matmul, cuda_reductions
-from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax
+from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax, index_type
 from arrayjit.codegen.cuda_device import (
     ASYNC_COPY_HELPERS,
     COMPONENTS,
@@ -144,7 +144,8 @@ class CudaSyntax(CSyntax):
             value = f"{linear} / {inner}" if inner > 1 else linear
             if k > 0:
                 value = f"({value}) % {loop.extent}" if inner > 1 else f"{value} % {loop.extent}"
-            lines.append(f"{pad}const int {self.iterator(loop.iterator)} = (int)({value});")
+            kind = index_type(loop.extent)
+            lines.append(f"{pad}const {kind} {self.iterator(loop.iterator)} = ({kind})({value});")
         return lines
 
 

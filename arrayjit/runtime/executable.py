@@ -9,6 +9,7 @@ from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Compiled
 from arrayjit.lowering import compile_to_ir
 from arrayjit.runtime import residency
+from arrayjit.tnode import TNode
 
 if TYPE_CHECKING:
     from arrayjit.runtime.runtime import Runtime
@@ -34,6 +35,7 @@ class Executable:
         compiled.ir_source = lambda: self.ir
         # Marked computed by the first run (a buffer never becomes uncomputed).
         self._unmarked = list(compiled.written)
+        self._positions = {t: k for k, t in enumerate(compiled.tnodes)}
 
     @property
     def ir(self) -> ir.Stmt:
@@ -45,6 +47,14 @@ class Executable:
     @property
     def source_path(self) -> str:
         return self.compiled.source_path
+
+    def bind(self, tnode: TNode, address: int) -> None:
+        """Run over `tnode`'s values at device address `address` (host address on C) from now
+        on; for an executable compiled with `bound=True`, which owns no buffers."""
+        position = self._positions.get(tnode)
+        if position is None:
+            raise KeyError(f"routine {self.name!r} has no buffer {tnode!r}")
+        self.compiled.bind(position, address)
 
     def run(self) -> None:
         self.compiled.run()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
 from arrayjit import cache
@@ -18,6 +20,11 @@ from arrayjit.lowering import compile_to_ir, values_buffer
 from arrayjit.runtime.code_key import Structure, generator_version, structure
 from arrayjit.runtime.executable import Executable
 from arrayjit.tnode import MemoryMode, TNode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from arrayjit.runtime.streamed import StreamedExecutable
 
 log = logging.getLogger("arrayjit")
 
@@ -60,7 +67,11 @@ class Runtime:
     def name(self) -> str:
         return self.backend.name
 
-    def compile(self, code: asg.Assignments, name: str = "routine") -> Executable:
+    def compile(
+        self, code: asg.Assignments, name: str = "routine", bound: bool = False
+    ) -> Executable:
+        """Compile `code` (or find it by its structure). `bound=True`: the executable owns no
+        buffers; each is placed with `Executable.bind` before a run (a streaming plan's slots)."""
         if not isinstance(code, asg.Assignments):
             raise TypeError(f"Runtime.compile takes assignment code, got {type(code).__name__}")
         start = time.perf_counter()
@@ -75,26 +86,26 @@ class Runtime:
             generator_version(),
         )
         record = f"{key}.routine"
-        compiled = self._from_record(record, found)
+        compiled = self._from_record(record, found, bound)
         if compiled is not None:
             log.debug(
                 "%s: found by structure in %.1f ms", name, 1e3 * (time.perf_counter() - start)
             )
             return Executable(self, code, compiled, name)
         stmt = compile_to_ir(code, backend.reductions_innermost, backend.cpu_target())
-        compiled = backend.compile(stmt, name)
+        compiled = backend.compile(stmt, name, bound)
         self._record(record, found, compiled)
         log.debug("compiled %s in %.1f ms", name, 1e3 * (time.perf_counter() - start))
         return Executable(self, code, compiled, name, stmt)
 
-    def _from_record(self, record: str, found: Structure) -> Compiled | None:
+    def _from_record(self, record: str, found: Structure, bound: bool) -> Compiled | None:
         text = cache.read_record(record)
         if text is None:
             return None
         try:
             entry = json.loads(text)
             tnodes = [_buffer(ref, found) for ref in entry["buffers"]]
-            return self.backend.load(entry["plan"], tnodes)
+            return self.backend.load(entry["plan"], tnodes, bound)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             log.debug("cache record %s unusable (%s): compiling", record, exc)
             return None
@@ -110,6 +121,36 @@ class Runtime:
         if None in refs:
             return  # a buffer made by lowering that the structure cannot name: not recorded
         cache.write_record(record, json.dumps({"buffers": refs, "plan": compiled.plan}))
+
+    def compile_streamed(
+        self,
+        stages: Sequence[asg.Assignments],
+        budget: int | str,
+        names: Sequence[str] | None = None,
+        weights: Mapping[TNode, np.ndarray] | None = None,
+        slots: int = 2,
+        keep_resident: bool = True,
+        host_memory: str = "pinned",
+    ) -> StreamedExecutable:
+        """Compile `stages` to run in order within `budget` bytes of device memory (an int or a
+        text like "2GiB"), their weights streamed from host memory (`weights`: sources for some
+        weight tnodes, e.g. memory-mapped arrays) through a ring of `slots` slots
+        (`arrayjit.runtime.streamed`)."""
+        from arrayjit.runtime.stream_plan import parse_bytes
+        from arrayjit.runtime.streamed import StreamedExecutable
+
+        stages = list(stages)
+        if not stages:
+            raise ValueError("compile_streamed needs at least one stage")
+        names = list(names) if names is not None else [f"stage{k}" for k in range(len(stages))]
+        if len(names) != len(stages):
+            raise ValueError(f"{len(stages)} stages but {len(names)} names")
+        executables = [
+            self.compile(code, name, bound=True) for code, name in zip(stages, names, strict=True)
+        ]
+        return StreamedExecutable(
+            executables, parse_bytes(budget), weights, slots, keep_resident, host_memory
+        )
 
     def synchronize(self) -> None:
         self.backend.synchronize()

@@ -57,7 +57,7 @@ def rhs_expression(expr: syn.CdExpr, arg_of: Callable[[syn.Ref], int]) -> asg.Rh
 
 def _statement(
     stmt: syn.CdStatement,
-    resolve: Callable[[syn.Ref], tuple[Slot, int] | None],
+    resolve: Callable[[syn.Ref], tuple[Slot, int | None] | None],
     step_of: Callable[[syn.CdStatement, list[Slot]], tuple[shapes.UpdateStep, int, list[int]]]
     | None,
     default_step: shapes.UpdateStep | None,
@@ -68,20 +68,24 @@ def _statement(
     if lhs is None:
         return None
     refs = rhs_refs(stmt.rhs)
-    operands: list[tuple[Slot, int]] = []
-    index_of: dict[tuple[int, bool], int] = {}
+    operands: list[tuple[Slot, int | None]] = []
+    index_of: dict[tuple, int] = {}
+    operand_of: dict[int, int] = {}  # id(ref) -> operand index
     for ref in refs:
         resolved = resolve(ref)
         if resolved is None:
             return None  # reads a gradient that does not exist: nothing flows here
-        key = (resolved[0].tensor.id, resolved[0].grad)
+        slot, role = resolved
+        # One operand per buffer and role: the same tensor in two roles (`x +* "ij;jk=>ik" x`)
+        # is read at two different indices. Without a role, each reference is its own operand.
+        key = (slot.tensor.id, slot.grad, role) if role is not None else (id(ref),)
         if key not in index_of:
             index_of[key] = len(operands)
             operands.append(resolved)
+        operand_of[id(ref)] = index_of[key]
 
     def arg_of(ref: syn.Ref) -> int:
-        slot, _ = resolve(ref)
-        return index_of[(slot.tensor.id, slot.grad)]
+        return operand_of[id(ref)]
 
     expr = rhs_expression(stmt.rhs, arg_of)
     slots = [s for s, _ in operands]
@@ -107,14 +111,22 @@ def _fresh_step(
 
 
 def op_code(
-    text: str, result: Tensor, operands: tuple[Tensor, ...], step: shapes.UpdateStep
+    text: str,
+    result: Tensor,
+    operands: tuple[Tensor, ...],
+    step: shapes.UpdateStep,
+    scratch: dict[str, Tensor] | None = None,
 ) -> Code:
-    """The code of an operation: slots bound to the result and operands, projections of `step`."""
+    """The code of an operation: slots bound to the result and operands, projections of `step`;
+    `scratch` names buffers shaped like the result (indexed as the result)."""
     statements = syn.parse_cd(text)
     tensors = (result, *operands)
+    scratch = scratch or {}
 
     def resolve(ref: syn.Ref) -> tuple[Slot, int] | None:
         name = ref.name
+        if name in scratch and not ref.grad:
+            return Slot(scratch[name]), 0
         if name[0] not in "vg" or not (name[1:] == "" or name[1:].isdigit()):
             raise SpecSyntaxError(f"unknown slot {name!r} in an operation's code", text, *ref.pos)
         role = int(name[1:] or 0)
@@ -134,9 +146,13 @@ def op_code(
 
 def cd(text: str, **names: Tensor) -> Code:
     """Assignment code from OCANNL's %cd syntax, with tensors bound by keyword."""
+    if not isinstance(text, str):
+        raise TypeError(
+            f"cd: argument 'text' must be a string of cd DSL, got {type(text).__name__} {text!r:.60}"
+        )
     statements = syn.parse_cd(text)
 
-    def resolve(ref: syn.Ref) -> tuple[Slot, int]:
+    def resolve(ref: syn.Ref) -> tuple[Slot, None]:
         if ref.name not in names:
             bound = ", ".join(sorted(names)) or "none"
             raise SpecSyntaxError(f"unbound name {ref.name!r} (bound: {bound})", text, *ref.pos)
@@ -147,6 +163,6 @@ def cd(text: str, **names: Tensor) -> Code:
             raise ValueError(
                 f"cd: {ref.name}.grad does not exist: {tensor.label!r} has no gradient"
             )
-        return Slot(tensor, ref.grad), 0
+        return Slot(tensor, ref.grad), None
 
     return Code([_statement(s, resolve, _fresh_step, None, syn.format_cd([s])) for s in statements])

@@ -147,4 +147,6 @@ def op(text: str, **names: Any) -> Tensor:
     >>> sorted(y.params)
     ['hey']
     """
+    if not isinstance(text, str):
+        raise TypeError(f"op: argument 'text' must be a string of op DSL, got {ops.describe(text)}")
     return _Interpreter(text, names).eval(syn.parse_op(text))

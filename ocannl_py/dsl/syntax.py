@@ -8,6 +8,7 @@ errors are worded by `ocannl_py/parsing.py`. docs/dsl.md is the reference for th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -570,11 +571,39 @@ def _parse(dsl: str, text: str):
     if not text.strip():
         raise SpecSyntaxError(f"{dsl} DSL: the text is empty", text, 1, 1)
     try:
-        return _parser(dsl).parse(text)
+        tree = _parser(dsl).parse(text)
+        check_nesting(tree, text, dsl)
+        return tree
     except _NodeError as error:
         raise SpecSyntaxError(f"{dsl} DSL: {error.message}", text, *error.pos) from None
     except UnexpectedInput as error:
         raise parsing.syntax_error(error, text, _parser(dsl), _LANGUAGES[dsl]) from None
+
+
+#: The deepest expression the DSLs build: the interpreters and printers recurse once per level,
+#: and Python's stack allows about a thousand frames.
+MAX_NESTING = 200
+
+
+def check_nesting(tree: object, text: str, dsl: str) -> None:
+    """A SpecSyntaxError at the first node nested deeper than MAX_NESTING (walked without
+    recursion, so that a deep tree gives this error rather than a RecursionError)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, list | tuple):
+            stack.extend((child, depth) for child in node)
+            continue
+        if not dataclasses.is_dataclass(node) or isinstance(node, type):
+            continue
+        if depth > MAX_NESTING:
+            raise SpecSyntaxError(
+                f"{dsl} DSL: expression nested deeper than {MAX_NESTING} levels; build it in "
+                "steps (name the parts and pass them by keyword)",
+                text,
+                *(getattr(node, "pos", None) or (1, 1)),
+            )
+        stack.extend((getattr(node, f.name), depth + 1) for f in dataclasses.fields(node))
 
 
 def parse_op(text: str) -> OpExpr:

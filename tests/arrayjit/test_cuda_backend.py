@@ -386,3 +386,29 @@ def test_c_and_cuda_routines_share_buffers_coherently(gpu):
     np.testing.assert_allclose(z.host(), 2 * values + 2, rtol=1e-6)
     back_on_gpu.run()  # x = 2z on the device: must upload the z the host wrote
     np.testing.assert_allclose(x.host(), 4 * values + 4, rtol=1e-6)
+
+
+@needs_gpu
+def test_replayed_graph_reads_new_inputs_and_orders_with_other_routines(gpu):
+    """After the first run the kernels replay as one CUDA graph: every run still sees the inputs
+    uploaded before it, and a routine reading another's result sees the newest one."""
+    from test_chunks import chain, reference
+
+    n = 33
+    code, x, weights, y = chain(4, n=n)
+    rng = np.random.default_rng(5)
+    values = [rng.normal(size=(n, n)).astype(np.float32) / n for _ in weights]
+    for w, v in zip(weights, values, strict=True):
+        w.set_host(v)
+    routine = gpu.compile(code, "graph_chain")
+    doubled = TNode("doubled", (n,))
+    double = gpu.compile(pointwise(doubled, "add", y, y), "double")
+    for _ in range(5):
+        inputs = rng.normal(size=n).astype(np.float32)
+        x.set_host(inputs)
+        routine.run()
+        double.run()
+        expected = reference(inputs, values)
+        np.testing.assert_allclose(y.host(), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(doubled.host(), 2 * expected, rtol=1e-5, atol=1e-6)
+    assert routine.compiled._graph and double.compiled._graph

@@ -65,8 +65,42 @@ class Pool:
         return DeviceBuffer(nbytes)
 
 
+class GraphBuilder:
+    """Stream capture: launches into a builder are recorded; the completed graph replays them
+    into the simulated GPU's log."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.captured, self.building, self.closed = log, [], False, False
+
+    def begin_building(self) -> GraphBuilder:
+        self.building = True
+        return self
+
+    def end_building(self) -> GraphBuilder:
+        self.building = False
+        return self
+
+    def complete(self) -> Graph:
+        assert not self.building
+        return Graph(self.log, list(self.captured))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Graph:
+    def __init__(self, log: list, captured: list) -> None:
+        self.log, self.captured, self.replays = log, captured, 0
+
+    def launch(self, stream: Stream) -> None:
+        self.replays += 1
+        self.log.extend(self.captured)
+
+
 class Device:
     arch = "90"
+    #: Where graph replays go (the test's launch log).
+    log: list = []
 
     def __init__(self, device_id: int) -> None:
         self.device_id = device_id
@@ -77,6 +111,9 @@ class Device:
 
     def create_stream(self) -> Stream:
         return Stream()
+
+    def create_graph_builder(self) -> GraphBuilder:
+        return GraphBuilder(self.log)
 
 
 class Module:
@@ -109,7 +146,14 @@ def launches(monkeypatch, tmp_path) -> Launches:
     core.LegacyPinnedMemoryResource = lambda: types.SimpleNamespace(allocate=Pinned)
     core.LaunchConfig = LaunchConfig
     core.ObjectCode = types.SimpleNamespace(from_cubin=Module)
-    core.launch = lambda stream, config, kernel, *args: launches.append((kernel, config, args))
+
+    def launch(stream, config, kernel, *args) -> None:
+        target = stream.captured if isinstance(stream, GraphBuilder) else launches
+        assert not isinstance(stream, GraphBuilder) or stream.building
+        target.append((kernel, config, args))
+
+    core.launch = launch
+    monkeypatch.setattr(Device, "log", launches)
     package = types.ModuleType("cuda")
     package.core = core
     monkeypatch.setitem(sys.modules, "cuda", package)
@@ -194,3 +238,51 @@ def test_device_copies_are_uploaded_when_stale_and_fetched_when_read(launches):
         assert x_uploads == [x]
     finally:
         memory.DeviceCopy.upload = original
+
+
+def test_kernels_are_replayed_as_one_graph_after_the_first_run(launches):
+    gpu = Runtime("cuda")
+    code, x, weights, y = chain(3, n=40)
+    routine = gpu.compile(code, "chain")
+    compiled = routine.compiled
+    routine.run()
+    first = list(launches)
+    assert len(first) == 6
+    graph = compiled._graph
+    assert graph.captured == first and graph.replays == 0
+    for runs in (1, 2):
+        routine.run()
+        assert graph.replays == runs
+    assert launches == first * 3
+    # Stale inputs are still uploaded before the graph runs.
+    uploads = []
+    original = memory.DeviceCopy.upload
+    memory.DeviceCopy.upload = lambda self, t: uploads.append(t) or original(self, t)
+    try:
+        x.set_host(np.ones(40))
+        routine.run()
+    finally:
+        memory.DeviceCopy.upload = original
+    assert uploads == [x] and graph.replays == 3
+
+
+def test_graphs_off_or_failing_capture_launch_kernel_by_kernel(launches, monkeypatch, caplog):
+    gpu = Runtime("cuda")
+    gpu.backend.cuda_graphs = False
+    routine = gpu.compile(chain(2, n=40)[0], "chain")
+    routine.run()
+    routine.run()
+    assert routine.compiled._graph is False and len(launches) == 8
+
+    def no_graphs(self):
+        raise RuntimeError("graphs unsupported")
+
+    monkeypatch.setattr(Device, "create_graph_builder", no_graphs)
+    other = Runtime("cuda")
+    routine = other.compile(chain(2, n=40)[0], "chain")
+    del launches[:]
+    with caplog.at_level("WARNING", logger="arrayjit"):
+        routine.run()
+        routine.run()
+    assert routine.compiled._graph is False and len(launches) == 8
+    assert "no CUDA graph: graphs unsupported" in caplog.text

@@ -8,6 +8,7 @@ is tight enough to catch any wrong formula or axis order and loose enough for li
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -382,6 +383,7 @@ UNARY = {
     "log": (_XPOS, np.log),
     "sqrt": (_XPOS, np.sqrt),
     "tanh": (_X, np.tanh),
+    "erf": (_X, np.vectorize(math.erf)),
     "sin": (_X, np.sin),
     "cos": (_X, np.cos),
     "recip": (_XPOS, lambda x: 1 / x),

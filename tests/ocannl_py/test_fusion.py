@@ -1,6 +1,7 @@
-"""Fusion at the user level (ocannl_py.fusion): intermediates of a routine are computed inside
-the loops that read them, tensors that can be read elsewhere stay stored, and values match numpy
-on both backends (CUDA on the kernel emulator, and on a GPU where one is usable)."""
+"""Fusion at the user level (ocannl_py.fusion): intermediates of a routine that nobody holds
+are computed inside the loops that read them, tensors that can be read elsewhere stay stored, and
+values match numpy on both backends (CUDA on the kernel emulator, and on a GPU where one is
+usable). Graphs are built in helper functions, so that the tests hold only what they return."""
 
 from __future__ import annotations
 
@@ -54,10 +55,11 @@ def test_pointwise_chain_is_one_loop_nest(n):
 
 def test_intermediate_value_needs_keep():
     x, y, values = chain(17)
-    product = y.operands[0].operands[0]  # exp(x) * x
     ctx = Context("c")
     routine = ctx.compile(y.forward)
     routine.run()
+    product = y.operands[0].operands[0]  # exp(x) * x, fused: nobody held it when compiled
+    assert product in routine.fused
     with pytest.raises(ValueError, match=r"tensor '\*\.' has no stored value.*\.keep\(\)"):
         _ = product.value
     assert product.keep() is product
@@ -68,12 +70,31 @@ def test_intermediate_value_needs_keep():
     np.testing.assert_allclose(y.value, chain_reference(values), rtol=2e-6, atol=1e-6)
 
 
+def test_tensors_the_user_holds_are_stored():
+    values = np.random.default_rng(7).normal(size=(3, 17)).astype(np.float32)
+    x = oc.term("x", batch_dims=[3], input_dims=[], output_dims=[17])
+    x.set_value(values)
+    held = oc.exp(x) * x
+    y = oc.relu(held + 1)
+    kept = [oc.exp(y)]  # in a list: held too
+    z = kept[0] * 2
+    routine = Context("c").compile(z.forward)
+    routine.run()
+    assert sorted(t.label for t in routine.fused) == ["+", "exp"]  # exp(x), not kept[0]
+    assert kept[0] not in routine.fused
+    assert {held.label, y.label, kept[0].label} <= stored(routine)
+    v = values.astype(np.float64)
+    np.testing.assert_allclose(held.value, np.exp(v) * v, rtol=2e-6)
+    np.testing.assert_allclose(kept[0].value, np.exp(chain_reference(values)), rtol=4e-6)
+    np.testing.assert_allclose(z.value, 2 * np.exp(chain_reference(values)), rtol=4e-6)
+
+
 def test_tensor_read_by_another_routine_is_stored():
     x, y, values = chain(33)
-    h = y.operands[0]  # exp(x) * x + 1
     z = oc.term("z", batch_dims=[3], input_dims=[], output_dims=[33])
     ctx = Context("c")
     first = ctx.compile(y.forward)
+    h = y.operands[0]  # exp(x) * x + 1
     assert h in first.fused
     second = ctx.compile(cd("z =: h * 2", z=z, h=h))
     with pytest.raises(ValueError, match=r"tensor '\+' is read by routine .* stores it from"):
@@ -88,11 +109,23 @@ def test_tensor_read_by_another_routine_is_stored():
 def test_read_before_written_is_not_fused():
     """A tensor that a routine reads before it overwrites it carries values between runs."""
     x = oc.term("x", batch_dims=[], input_dims=[], output_dims=[5])
-    h = oc.exp(x)
-    y = h + 1
-    assert h in fusion.fused(h.forward_code + y.forward_code, set())
-    carried = cd("y =: h + 1", y=y, h=h) + h.forward_code
-    assert h not in fusion.fused(carried, set())
+    y = oc.exp(x) + 1
+    assert [t.label for t in fusion.fused(y.forward, set())] == ["exp"]
+    carried = cd("y =: h + 1", y=y, h=y.operands[0]) + y.forward
+    assert fusion.fused(carried, set()) == []
+
+
+def mlp_step(xv, w1v, b1v, w2v):
+    """The loss of relu(w1 @ x + b1) -> w2 @ . squared and summed, and its parameters."""
+    batch, n_in = xv.shape
+    hidden = len(b1v)
+    x = oc.term("x", batch_dims=[batch], input_dims=[], output_dims=[n_in])
+    x.set_value(xv)
+    w1 = oc.param("w1", w1v, input_dims=[n_in], output_dims=[hidden])
+    b1 = oc.param("b1", b1v, output_dims=[hidden])
+    w2 = oc.param("w2", w2v, input_dims=[hidden], output_dims=[1])
+    out = w2 @ oc.relu(w1 @ x + b1)
+    return oc.einsum1("...|... => 0", out * out), w1, b1, w2
 
 
 def test_training_step_keeps_what_is_read():
@@ -104,17 +137,10 @@ def test_training_step_keeps_what_is_read():
     w1v = rng.normal(size=(hidden, n_in)).astype(np.float32) * 0.5
     b1v = rng.normal(size=hidden).astype(np.float32)
     w2v = rng.normal(size=(1, hidden)).astype(np.float32) * 0.5
-    x = oc.term("x", batch_dims=[batch], input_dims=[], output_dims=[n_in])
-    x.set_value(xv)
-    w1 = oc.param("w1", w1v, input_dims=[n_in], output_dims=[hidden])
-    b1 = oc.param("b1", b1v, output_dims=[hidden])
-    w2 = oc.param("w2", w2v, input_dims=[hidden], output_dims=[1])
-    pre = w1 @ x + b1
-    out = w2 @ oc.relu(pre)
-    loss = oc.einsum1("...|... => 0", out * out)
-    ctx = Context("c")
-    step = ctx.compile(train.grad_update(loss) + train.sgd_update(loss, 0.1))
-    assert pre in step.fused and pre.label not in stored(step)
+    loss, w1, b1, w2 = mlp_step(xv, w1v, b1v, w2v)
+    step = Context("c").compile(train.grad_update(loss) + train.sgd_update(loss, 0.1))
+    assert {"+", "relu", "*."} <= {t.label for t in step.fused}
+    assert not {"+", "relu", "*."} & stored(step)
     step.run()
     x64, w1_64, w2_64 = (a.astype(np.float64) for a in (xv, w1v, w2v))
     pre64 = x64 @ w1_64.T + b1v
@@ -138,13 +164,18 @@ def test_fused_chain_over_shapes(rows, n):
     np.testing.assert_allclose(y.value, chain_reference(values), rtol=2e-6, atol=1e-6)
 
 
+def chain_total(n: int, rows: int) -> tuple[oc.Tensor, np.ndarray]:
+    """The row sums of `chain`'s y, and x's values."""
+    _, y, values = chain(n, rows)
+    return oc.einsum1("...|o => ...|", y), values
+
+
 @pytest.mark.parametrize("kind", ["emulator", "gpu"])
 def test_fused_code_on_cuda(kind):
     """The code a routine compiles, with its intermediates fused, run by the CUDA backend's
     kernels: a pointwise chain into a row reduction (one kernel, no stored intermediates)."""
     run = runner(kind)
-    x, y, values = chain(17, 5)
-    total = oc.einsum1("...|o => ...|", y)
+    total, values = chain_total(17, 5)
     code = total.forward
     fused = fusion.fused(code, set())
     assert sorted(t.label for t in fused) == sorted(["exp", "*.", "+", "relu"])

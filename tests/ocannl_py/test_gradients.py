@@ -15,6 +15,7 @@ accumulation or a wrong axis is off by O(1).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -108,6 +109,7 @@ CASES: dict[str, Case] = {
     "recip": Case([out(2, 3)], oc.recip, lambda a: 1 / a, sample=positive),
     "recip_sqrt": Case([out(2, 3)], oc.recip_sqrt, lambda a: 1 / np.sqrt(a), sample=positive),
     "tanh": Case([out(2, 3)], oc.tanh, np.tanh),
+    "erf": Case([out(2, 3)], oc.erf, np.vectorize(math.erf)),
     "identity": Case([out(2, 3)], oc.identity, lambda a: a),
     "max": Case([out(2, 3), out(2, 3)], oc.max, np.maximum, valid=distinct),
     "min": Case([out(2, 3), out(2, 3)], oc.min, np.minimum, valid=distinct),
@@ -245,8 +247,8 @@ def test_gradient_vs_finite_differences(backend, name):
 
 DIFFERENTIABLE = {
     "add", "sub", "pointmul", "pointdiv", "pointpow", "neg", "relu", "sat01", "exp", "log",
-    "exp2", "log2", "sin", "cos", "sqrt", "recip", "recip_sqrt", "tanh", "identity", "max",
-    "min", "relu_gate", "where", "fma", "compose", "transpose", "einsum", "einsum1",
+    "exp2", "log2", "sin", "cos", "sqrt", "recip", "recip_sqrt", "tanh", "erf", "identity",
+    "max", "min", "relu_gate", "where", "fma", "compose", "transpose", "einsum", "einsum1",
     "outer_sum", "einmax1", "tropical",
 }  # fmt: skip
 

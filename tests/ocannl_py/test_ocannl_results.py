@@ -145,8 +145,6 @@ def test_zero2hero_graph_values_and_gradients(backend):
     linear_term = op("4 *. x", x=x)
     difference = op("cubic_term - linear_term", cubic_term=cubic_term, linear_term=linear_term)
     f = op("difference + 5", difference=difference)
-    for t in (square, cubic_term, linear_term, difference):
-        t.keep()  # OCANNL: Train.every_non_literal_on_host f
     Context(backend).compile(train.grad_update(f)).run()
     assert f.item() == 60.0 and difference.item() == 55.0
     assert cubic_term.item() == 75.0 and square.item() == 25.0 and linear_term.item() == 20.0
@@ -175,7 +173,7 @@ def test_zero2hero_plot_points(backend):
 
     xs = np.arange(100) / 10.0 - 5.0
     xt = oc.param("xt", xs, output_dims=[100])
-    fx = op("(3 *. (x **. 2)) - (4 *. x) + 5", x=xt).keep()  # OCANNL: set_hosted fx.value
+    fx = op("(3 *. (x **. 2)) - (4 *. x) + 5", x=xt)
     loss = oc.einsum1("i=>0", fx)
     Context(backend).compile(train.grad_update(loss)).run()
     np.testing.assert_allclose(fx.value, 3 * xs**2 - 4 * xs + 5, rtol=1e-5, atol=1e-5)
@@ -195,7 +193,6 @@ def test_zero2hero_simple_gradients_and_sgd_step(backend):
     # test/zero2hero_1of7.ml, "Simple gradients hosted": `e = a [2] *. b [-3]`,
     # `d = e + c [10]`, `l = d *. f [-2]`, learning rate 0.1, grad and SGD as separate routines.
     l_, d, e, p = _simple_graph()
-    d.keep(), e.keep()  # OCANNL: Train.every_non_literal_on_host l
     ctx = Context(backend)
     grad_routine = ctx.compile(train.grad_update(l_))
     sgd_routine = ctx.compile(train.sgd_update(l_, 0.1))

@@ -39,6 +39,7 @@ from arrayjit.backends.cuda.launch import kernel_config
 from arrayjit.backends.cuda.memory import DeviceCopy
 from arrayjit.backends.cuda.modules import kernel_function, kernel_tnodes, module_source
 from arrayjit.codegen.cuda_syntax import CudaSyntax, kernel_source
+from arrayjit.codegen.inert_text import comment_text, identifier
 from arrayjit.errors import CompileError
 from arrayjit.runtime import residency
 from arrayjit.schedule.gpu_kernels import GpuOptions, KernelPlan, plan_kernels
@@ -79,7 +80,8 @@ def cuda_available() -> bool:
 
 
 class CudaCompiled(Compiled):
-    """The kernels of a routine, each launched on its own buffers."""
+    """The kernels of a routine, each launched on its own buffers. A `bound` routine owns no
+    device memory: `bind` places each buffer (kernels take their buffers as launch arguments)."""
 
     def __init__(
         self,
@@ -90,9 +92,11 @@ class CudaCompiled(Compiled):
         written: list[int],
         source_path: Path,
         plans: list[KernelPlan] | None = None,
+        bound: bool = False,
     ) -> None:
         self.backend = backend
         self.tnodes = tnodes
+        self.bound = bound
         self.written = [tnodes[k] for k in written]
         self.source_path = str(source_path)
         self.plan = {
@@ -114,27 +118,43 @@ class CudaCompiled(Compiled):
             )
             for cubin, symbol, grid, block, shared in kernels
         ]
-        self.persistent = [
-            t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)
-        ]
-        scratch = {
-            t: backend.allocate(t.size * t.dtype.itemsize)
-            for t in tnodes
-            if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
-        }
-        for buffer in scratch.values():
-            buffer.fill(0, stream=backend.stream)
-        # Device buffers, in the order of `tnodes`.
-        self.arguments = [
-            scratch[t] if t in scratch else backend.device_copy(t).buffer for t in tnodes
-        ]
+        self.parameters = parameters
+        if bound:
+            self.persistent = []
+            # Device addresses, in the order of `tnodes`, given by `bind`.
+            self.arguments: list = [None] * len(tnodes)
+        else:
+            self.persistent = [
+                t for t in tnodes if t.memory_mode in (MemoryMode.HOST, MemoryMode.DEVICE)
+            ]
+            scratch = {
+                t: backend.allocate(t.size * t.dtype.itemsize)
+                for t in tnodes
+                if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
+            }
+            for buffer in scratch.values():
+                buffer.fill(0, stream=backend.stream)
+            # Device buffers, in the order of `tnodes`.
+            self.arguments = [
+                scratch[t] if t in scratch else backend.device_copy(t).buffer for t in tnodes
+            ]
         # Each kernel's own buffers, in the order of its parameters.
         self.launches = [
             (kernel, config, tuple(self.arguments[i] for i in params))
             for (kernel, config), params in zip(self.kernels, parameters, strict=True)
         ]
+        # The launches that take each buffer, for `bind`.
+        self.uses: list[list[int]] = [[] for _ in tnodes]
+        for n, params in enumerate(parameters):
+            for k in dict.fromkeys(params):
+                self.uses[k].append(n)
+        self.unbound = set(range(len(tnodes))) if bound else set()
         persistent = set(self.persistent)
         self.written_persistent = [t for t in self.written if t in persistent]
+        # The launches captured as a CUDA graph after the first run (None: not yet; False:
+        # graphs off when compiled, or capture failed). Buffers are bound once (`bind` drops
+        # the graph: the next run captures it again), so the graph stays valid.
+        self._graph = None if backend.cuda_graphs else False
 
     @property
     def plans(self) -> list[KernelPlan]:
@@ -143,14 +163,57 @@ class CudaCompiled(Compiled):
             self._plans = self.backend.kernel_plans(self.ir_source())
         return self._plans
 
-    def run(self) -> None:
-        from cuda.core import launch
+    def bind(self, position: int, address: int) -> None:
+        """Launch the kernels with the buffer at `position` of `tnodes` at device address
+        `address` (a bound routine only)."""
+        if not self.bound:
+            raise ValueError("only a routine compiled with bound=True takes buffers by bind()")
+        self.arguments[position] = address
+        for n in self.uses[position]:
+            kernel, config, _ = self.launches[n]
+            arguments = tuple(self.arguments[i] for i in self.parameters[n])
+            self.launches[n] = (kernel, config, arguments)
+        self.unbound.discard(position)
+        if self._graph:
+            self._graph = None
 
+    def run(self) -> None:
+        if self.unbound:
+            names = ", ".join(self.tnodes[k].label for k in sorted(self.unbound))
+            raise ValueError(f"routine {self.source_path}: buffers not bound yet: {names}")
         backend = self.backend
         backend.upload_stale(self.persistent)
-        for kernel, config, arguments in self.launches:
-            launch(backend.stream, config, kernel, *arguments)
+        if self._graph:
+            self._graph.launch(backend.stream)
+        else:
+            self._launch(backend.stream)
+            if self._graph is None:
+                self._graph = self._capture()
         backend.mark_written(self.written_persistent)
+
+    def _launch(self, stream) -> None:
+        from cuda.core import launch
+
+        for kernel, config, arguments in self.launches:
+            launch(stream, config, kernel, *arguments)
+
+    def _capture(self):
+        """The launches as one CUDA graph, replayed by later runs with a single call (a launch
+        from Python costs microseconds per kernel); False, logged, where capture fails."""
+        builder = None
+        try:
+            builder = self.backend.device.create_graph_builder().begin_building()
+            self._launch(builder)
+            builder.end_building()
+            return builder.complete()
+        except Exception as exc:  # an old driver or cuda.core: launch kernel by kernel
+            log.warning(
+                "%s: kernels launched one by one (no CUDA graph: %s)", self.source_path, exc
+            )
+            return False
+        finally:
+            if builder is not None:
+                builder.close()
 
 
 class CudaBackend(Backend):
@@ -178,6 +241,9 @@ class CudaBackend(Backend):
         #: Tile configurations chosen by hand for given matmul nests (`gpu_matmul.config_key`);
         #: they win over the defaults and over autotuning.
         self.matmul_configs: dict[str, object] = {}
+        #: Routines compiled while on capture their kernels as a CUDA graph after their first
+        #: run and replay it as one launch (off: kernels launched one by one every run).
+        self.cuda_graphs = True
         self.stream = self.device.create_stream()
         self.copy_stream = self.device.create_stream()
         self.pool = self.device.memory_resource
@@ -263,7 +329,7 @@ class CudaBackend(Backend):
     def kernel_plans(self, stmt: ir.Stmt) -> list[KernelPlan]:
         return plan_kernels(stmt, self.options(stmt))
 
-    def compile(self, stmt: ir.Stmt, name: str) -> CudaCompiled:
+    def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> CudaCompiled:
         plans = self.kernel_plans(stmt)
         # The IR's buffers, then scratch buffers the plans added (partial results).
         scratch = list(dict.fromkeys(t for plan in plans for t in plan.scratch))
@@ -290,9 +356,12 @@ class CudaBackend(Backend):
             sorted(position[t] for t in ir.written_tnodes(stmt)),
             source_path,
             plans,
+            bound,
         )
 
-    def load(self, plan: dict[str, Any], tnodes: list[TNode]) -> CudaCompiled | None:
+    def load(
+        self, plan: dict[str, Any], tnodes: list[TNode], bound: bool = False
+    ) -> CudaCompiled | None:
         folder = cache.cache_dir()
         source_path = folder / plan["source"]
         kernels = [
@@ -304,19 +373,25 @@ class CudaBackend(Backend):
         ):
             return None
         parameters = [params for *_, params in plan["kernels"]]
-        return CudaCompiled(self, kernels, parameters, tnodes, plan["written"], source_path)
+        return CudaCompiled(
+            self, kernels, parameters, tnodes, plan["written"], source_path, bound=bound
+        )
 
     def write_listing(self, name, plans, tnodes, stmt, functions, cubins) -> Path:
         """The routine as one readable module (kernels named after it, every buffer a parameter),
         headed by the kernels actually launched: their module, launch shape and buffers."""
-        routine = "ocannl_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+        routine = "ocannl_" + identifier(name, 60)
         text, _ = kernel_source(self.syntax, plans, tnodes, routine, stmt)
-        header = [f"/* Routine {name!r}: each kernel below runs as a kernel compiled on its own:"]
+        # User text (the name, labels, the cache folder's path) goes in as inert comment text.
+        header = [
+            f"/* Routine {comment_text(repr(name))}: each kernel below runs as a kernel compiled "
+            "on its own:"
+        ]
         for n, f in enumerate(functions):
-            buffers = ", ".join(f.labels)
+            buffers = comment_text(", ".join(f.labels))
             header.append(
-                f"   {routine}_k{n}: {f.symbol} in {cubins[f.key]}, grid {f.grid}, block "
-                f"{f.block}, on {buffers}"
+                f"   {routine}_k{n}: {f.symbol} in {comment_text(str(cubins[f.key]))}, grid "
+                f"{f.grid}, block {f.block}, on {buffers}"
             )
         text = "\n".join(header) + " */\n" + text
         path = cache.cache_dir() / f"{cache.key(text)}.listing.cu"
