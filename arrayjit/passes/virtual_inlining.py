@@ -5,9 +5,9 @@ A definition is inlinable when it is a perfect loop nest around a single `Set` w
 each loop iterator once over the whole buffer. It is materialized instead (kept as a loop nest,
 in a scratch buffer) when the buffer is written elsewhere, when a source of its expression is
 overwritten before a later read, or when its expression calls an expensive function (`exp`,
-`log`...) and a read would compute it again and again: inside a loop whose iterator the read's
-index does not use, around a loop whose iterator it uses (hoisting cannot lift it out of that
-loop; `rstd[b]` read in `for d: for b:`, or `exp(s)[d]` in `for b: for d:`).
+`log`...) and a pointwise nest would compute it again and again: inside a loop whose iterator the
+read's index does not use, around a loop whose iterator it uses (hoisting cannot lift it out of
+that loop; `rstd[b]` read in `for d: for b:`, or `exp(s)[d]` in `for b: for d:`).
 """
 
 from __future__ import annotations
@@ -71,10 +71,27 @@ def _inline(defs: dict[TNode, Definition]):
     return rewrite
 
 
+def _accumulates(s: ir.Stmt) -> bool:
+    """Whether `s` reduces (into a local, or into a buffer it reads at the cell it writes)."""
+    for x in ir.walk(s):
+        if isinstance(x, ir.SetLocal):
+            return True
+        if isinstance(x, ir.Set) and any(
+            isinstance(e, ir.Get) and e.tnode is x.tnode and e.index == x.index
+            for e in ir.walk_expr(x.value)
+        ):
+            return True
+    return False
+
+
 def _recomputed(s: ir.Stmt, defs: dict[TNode, Definition]) -> set[TNode]:
     """The costly definitions that `s` reads inside a loop its index does not use, around a
-    loop its index uses: inlined, they would be computed once per iteration of that loop."""
-    found = set()
+    loop its index uses: inlined, they would be computed once per iteration of that loop.
+    Reductions and products are left to their schedules, which compute an operand expression
+    once per tile or packing (C products, CUDA matmul kernels)."""
+    found: set[TNode] = set()
+    if _accumulates(s):
+        return found
     for x, loops in ir.walk_in_loops(s):
         for root in ir.root_exprs(x):
             for e in ir.walk_expr(root):
