@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from arrayjit import ops
-from arrayjit.indexing import Projections
+from arrayjit.indexing import Lookup, Projections
 from arrayjit.tnode import TNode
 
 
@@ -85,6 +85,8 @@ class Accum(Assignments):
 
     `op` is an op name applied to the rhses in order, or a `Call` tree over them (`Arg(k)`).
     `zero_first`: fill the lhs with the neutral element of `accum` before accumulating (`=:+`).
+    An axis projected by a `Lookup(k)` is indexed by the values of operand `k` (int32): a
+    gather when it is an operand's axis, a scatter when it is the lhs's.
     """
 
     lhs: TNode
@@ -120,6 +122,14 @@ class Accum(Assignments):
         self.projections.check_against(
             self.lhs.dims, [r.dims for r in self.rhses], f"Accum into {self.lhs.label!r}"
         )
+        p = self.projections
+        for index in (*p.project_lhs, *(i for proj in p.project_rhs for i in proj)):
+            if isinstance(index, Lookup) and self.rhses[index.operand].dtype.name != "int32":
+                raise TypeError(
+                    f"Accum into {self.lhs.label!r}: indices are read from "
+                    f"{self.rhses[index.operand].label!r}, which holds "
+                    f"{self.rhses[index.operand].dtype} values, not int32"
+                )
         if self.accum is None and self.projections.reduction_iterators:
             raise ValueError(
                 f"Accum into {self.lhs.label!r}: overwriting (=:) while iterating over "

@@ -48,6 +48,22 @@ class Affine:
 Index = Iterator | Fixed | Affine
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """In projections only: the index is the value of operand `operand` (an int32 buffer) read
+    at that operand's own projected index, e.g. a token id selecting a row of an embedding table.
+    Lowering turns it into a checked `arrayjit.loop_ir.Dynamic` index."""
+
+    operand: int
+
+    def __str__(self) -> str:
+        return f"rhs{self.operand + 1}[..]"
+
+
+#: The index of one axis in projections.
+ProjectedIndex = Index | Lookup
+
+
 def affine(*terms: tuple[int, Iterator], offset: int = 0) -> Index:
     """Build the simplest index equal to `sum(c * it) + offset`, merging repeated iterators."""
     merged: dict[Iterator, int] = {}
@@ -62,12 +78,14 @@ def affine(*terms: tuple[int, Iterator], offset: int = 0) -> Index:
 
 
 def as_affine(index: Index) -> tuple[tuple[tuple[int, Iterator], ...], int]:
-    """The (terms, offset) form of any index."""
+    """The (terms, offset) form of any affine index."""
     if isinstance(index, Iterator):
         return ((1, index),), 0
     if isinstance(index, Fixed):
         return (), index.value
-    return index.terms, index.offset
+    if isinstance(index, Affine):
+        return index.terms, index.offset
+    raise TypeError(f"index {index} is computed at run time, not an affine function of iterators")
 
 
 def substitute(index: Index, env: Mapping[Iterator, Index]) -> Index:
@@ -81,7 +99,10 @@ def substitute(index: Index, env: Mapping[Iterator, Index]) -> Index:
     return affine(*out, offset=offset)
 
 
-def iterators_of(index: Index) -> tuple[Iterator, ...]:
+def iterators_of(index: ProjectedIndex) -> tuple[Iterator, ...]:
+    """The iterators of an affine index; none for a lookup (its operand has its own index)."""
+    if isinstance(index, Lookup):
+        return ()
     return tuple(it for _, it in as_affine(index)[0])
 
 
@@ -119,13 +140,14 @@ class Projections:
 
     `product_space[k]` is the extent of `product_iterators[k]`. `project_lhs[a]` is the index of
     the lhs's axis `a`; `project_rhs[r][a]` the index of axis `a` of operand `r`. Iterators that do
-    not occur in `project_lhs` are reductions.
+    not occur in `project_lhs` (nor in the index of an operand that a `Lookup` of the lhs reads)
+    are reductions.
     """
 
     product_space: tuple[int, ...]
     product_iterators: tuple[Iterator, ...]
-    project_lhs: tuple[Index, ...]
-    project_rhs: tuple[tuple[Index, ...], ...]
+    project_lhs: tuple[ProjectedIndex, ...]
+    project_rhs: tuple[tuple[ProjectedIndex, ...], ...]
     debug: str = ""
 
     def __post_init__(self) -> None:
@@ -148,6 +170,27 @@ class Projections:
                     raise ValueError(
                         f"projections: index {index} uses {it}, not in the product space"
                     )
+            if isinstance(index, Lookup):
+                self._check_lookup(index)
+
+    def _check_lookup(self, lookup: Lookup) -> None:
+        if not 0 <= lookup.operand < len(self.project_rhs):
+            raise ValueError(
+                f"projections: a lookup reads operand {lookup.operand + 1} of "
+                f"{len(self.project_rhs)}"
+            )
+        if any(isinstance(i, Lookup) for i in self.project_rhs[lookup.operand]):
+            raise ValueError("projections: a lookup reads an operand that is itself looked up")
+
+    def lookup_iterators(self) -> set[Iterator]:
+        """The iterators at which the lookups of the lhs read their operands."""
+        return {
+            it
+            for index in self.project_lhs
+            if isinstance(index, Lookup)
+            for i in self.project_rhs[index.operand]
+            for it in iterators_of(i)
+        }
 
     @property
     def bounds(self) -> dict[Iterator, int]:
@@ -155,6 +198,9 @@ class Projections:
 
     @property
     def reduction_iterators(self) -> tuple[Iterator, ...]:
+        """Iterators the lhs cell does not depend on: their values are accumulated into it. (The
+        operand of a lookup in the lhs picks the cell: those iterators are reductions too, since
+        several of their values may pick one cell.)"""
         used = {it for index in self.project_lhs for it in iterators_of(index)}
         return tuple(it for it in self.product_iterators if it not in used)
 
@@ -176,6 +222,8 @@ class Projections:
                     f"{what}: {name} has {len(dims)} axes but its projection gives {len(proj)} indices"
                 )
             for axis, (dim, index) in enumerate(zip(dims, proj, strict=True)):
+                if isinstance(index, Lookup):
+                    continue  # checked when the code runs
                 low, high = index_range(index, bounds)
                 if low < 0 or high >= dim:
                     raise ValueError(

@@ -1,7 +1,8 @@
 """The loop IR: a small set of frozen node types between assignments and generated code.
 
 Expressions compute one scalar; statements are loops, stores and scalar locals. Indices are the
-affine `arrayjit.indexing.Index` values, so substituting iterators stays inside the IR.
+affine `arrayjit.indexing.Index` values, so substituting iterators stays inside the IR, or a
+`Dynamic` index: a value read from data at run time (a gather), checked against its axis.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from arrayjit import ops
 from arrayjit.dtypes import DType
-from arrayjit.indexing import Index, Iterator, substitute
+from arrayjit.indexing import Index, Iterator, affine, as_affine, iterators_of, substitute
 from arrayjit.tnode import TNode
 
 if TYPE_CHECKING:
@@ -29,9 +30,48 @@ class Const:
 
 
 @dataclass(frozen=True)
+class Dynamic:
+    """An index computed at run time by `value` (an int32 expression, e.g. a read of token ids).
+    Generated code checks that it lies in `[0, bound)`: an index outside is recorded in the
+    `errors` buffer (see `arrayjit.runtime.index_checks`) and replaced by 0, so nothing is ever
+    read or written outside a buffer."""
+
+    value: Expr
+    bound: int
+    errors: TNode
+    #: Which check of `errors` this is (from 1): recorded with the index when it is outside.
+    site: int = 1
+
+
+#: The index of one axis of a read or a store.
+AxisIndex = Index | Dynamic
+
+
+def split_offset(
+    dims: tuple[int, ...], index: tuple[AxisIndex, ...]
+) -> tuple[Index, tuple[tuple[int, Dynamic], ...]]:
+    """The row-major offset of `index` in a buffer of `dims`: its affine part, and the dynamic
+    indices with their strides."""
+    strides = [1] * len(dims)
+    for k in range(len(dims) - 2, -1, -1):
+        strides[k] = strides[k + 1] * dims[k + 1]
+    terms: list[tuple[int, Iterator]] = []
+    offset = 0
+    dynamic: list[tuple[int, Dynamic]] = []
+    for stride, idx in zip(strides, index, strict=True):
+        if isinstance(idx, Dynamic):
+            dynamic.append((stride, idx))
+        else:
+            its, off = as_affine(idx)
+            terms.extend((stride * c, it) for c, it in its)
+            offset += stride * off
+    return affine(*terms, offset=offset), tuple(dynamic)
+
+
+@dataclass(frozen=True)
 class Get:
     tnode: TNode
-    index: tuple[Index, ...]
+    index: tuple[AxisIndex, ...]
 
 
 @dataclass(frozen=True)
@@ -59,7 +99,45 @@ class Apply:
     dtype: DType
 
 
-Expr = Const | Get | Local | IndexValue | Apply
+@dataclass(frozen=True)
+class Cast:
+    """`value` converted to `dtype`: a 16-bit float widened to float32 when read or rounded (to
+    nearest even) when stored, or a conversion between the computing types."""
+
+    value: Expr
+    dtype: DType
+
+
+Expr = Const | Get | Local | IndexValue | Apply | Cast
+
+
+def expr_dtype(e: Expr) -> DType:
+    """The type of the value `e` computes."""
+    return e.tnode.dtype if isinstance(e, Get) else e.dtype
+
+
+def dynamic_values(index: tuple[AxisIndex, ...]) -> tuple[Expr, ...]:
+    """The expressions of the dynamic indices among `index`."""
+    return tuple(i.value for i in index if isinstance(i, Dynamic))
+
+
+def index_iterators(index: AxisIndex) -> tuple[Iterator, ...]:
+    """The iterators an axis index depends on; for a dynamic one, those its value reads at."""
+    if not isinstance(index, Dynamic):
+        return iterators_of(index)
+    found: dict[Iterator, None] = {}
+    for e in walk_expr(index.value):
+        if isinstance(e, Get):
+            for i in e.index:
+                if not isinstance(i, Dynamic):
+                    found.update(dict.fromkeys(iterators_of(i)))
+        elif isinstance(e, IndexValue):
+            found.update(dict.fromkeys(iterators_of(e.index)))
+    return tuple(found)
+
+
+def is_dynamic(index: tuple[AxisIndex, ...]) -> bool:
+    return any(isinstance(i, Dynamic) for i in index)
 
 
 # ---- statements --------------------------------------------------------------------------
@@ -93,7 +171,7 @@ class For:
 @dataclass(frozen=True)
 class Set:
     tnode: TNode
-    index: tuple[Index, ...]
+    index: tuple[AxisIndex, ...]
     value: Expr
 
 
@@ -190,8 +268,11 @@ def walk_in_loops(s: Stmt) -> PyIterator[tuple[Stmt, tuple[For, ...]]]:
 
 
 def root_exprs(s: Stmt) -> tuple[Expr, ...]:
-    """The expressions `s` itself evaluates (not those of statements inside it)."""
-    if isinstance(s, Set | SetLocal):
+    """The expressions `s` itself evaluates (not those of statements inside it): for a store,
+    its value and the values of its dynamic indices."""
+    if isinstance(s, Set):
+        return (s.value, *dynamic_values(s.index))
+    if isinstance(s, SetLocal):
         return (s.value,)
     if isinstance(s, DeclLocal):
         return (s.init,)
@@ -219,13 +300,24 @@ def binds(s: Stmt) -> tuple[Iterator, ...]:
 
 
 def walk_expr(e: Expr) -> PyIterator[Expr]:
-    """Every node of an expression, parents before children."""
+    """Every node of an expression, parents before children (the values of a read's dynamic
+    indices are its children)."""
     stack = [e]
     while stack:
         node = stack.pop()
         yield node
         if isinstance(node, Apply):
             stack.extend(reversed(node.args))
+        elif isinstance(node, Cast):
+            stack.append(node.value)
+        elif isinstance(node, Get):
+            stack.extend(reversed(dynamic_values(node.index)))
+
+
+def _map_index(index: tuple[AxisIndex, ...], f: Callable[[Expr], Expr]) -> tuple[AxisIndex, ...]:
+    if not is_dynamic(index):
+        return index
+    return tuple(replace(i, value=f(i.value)) if isinstance(i, Dynamic) else i for i in index)
 
 
 def map_stmt(s: Stmt, f: Callable[[Stmt], Stmt]) -> Stmt:
@@ -244,7 +336,9 @@ def map_root_exprs(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
     matmul's operands `a` and `b` (its read of its own buffer stays as it is)."""
 
     def rebuild(x: Stmt) -> Stmt:
-        if isinstance(x, Set | SetLocal):
+        if isinstance(x, Set):
+            return replace(x, value=f(x.value), index=_map_index(x.index, f))
+        if isinstance(x, SetLocal):
             return replace(x, value=f(x.value))
         if isinstance(x, DeclLocal):
             return replace(x, init=f(x.init))
@@ -259,6 +353,10 @@ def map_expr(e: Expr, f: Callable[[Expr], Expr]) -> Expr:
     """Rebuild `e` bottom-up, applying `f` to every node after its children."""
     if isinstance(e, Apply):
         e = replace(e, args=tuple(map_expr(a, f) for a in e.args))
+    elif isinstance(e, Cast):
+        e = replace(e, value=map_expr(e.value, f))
+    elif isinstance(e, Get) and is_dynamic(e.index):
+        e = replace(e, index=_map_index(e.index, lambda v: map_expr(v, f)))
     return f(e)
 
 
@@ -273,7 +371,21 @@ def stmt_exprs(s: Stmt) -> list[Expr]:
 
 
 def written_tnodes(s: Stmt) -> set[TNode]:
-    return {t for x in walk(s) for t in stores(x)}
+    """The buffers a statement tree stores into, and the error buffers of its dynamic indices."""
+    return {t for x in walk(s) for t in stores(x)} | set(index_checks(s))
+
+
+def index_checks(s: Stmt) -> list[TNode]:
+    """The error buffers of the dynamic indices of a statement tree, in order of appearance."""
+    found: dict[TNode, None] = {}
+    for x in walk(s):
+        indices = [x.index] if isinstance(x, Set) else []
+        indices += [
+            e.index for root in root_exprs(x) for e in walk_expr(root) if isinstance(e, Get)
+        ]
+        for index in indices:
+            found.update((i.errors, None) for i in index if isinstance(i, Dynamic))
+    return list(found)
 
 
 def read_tnodes(s: Stmt) -> set[TNode]:
@@ -290,6 +402,8 @@ def tnodes_in(s: Stmt) -> list[TNode]:
                     seen.setdefault(e.tnode.id, e.tnode)
         for t in stores(x):
             seen.setdefault(t.id, t)
+    for t in index_checks(s):
+        seen.setdefault(t.id, t)
     return list(seen.values())
 
 
@@ -314,8 +428,9 @@ def substitute_iterators(s: Stmt, env: dict[Iterator, Index]) -> Stmt:
     """`s` with every use of the iterators of `env` replaced by their index (a loop's iterator
     renamed, or an iterator made an affine function of others)."""
 
-    def index(idx: tuple[Index, ...]) -> tuple[Index, ...]:
-        return tuple(substitute(i, env) for i in idx)
+    def index(idx: tuple[AxisIndex, ...]) -> tuple[AxisIndex, ...]:
+        # A dynamic index's value is an expression: `map_stmt_exprs` substitutes in it.
+        return tuple(i if isinstance(i, Dynamic) else substitute(i, env) for i in idx)
 
     def expr(e: Expr) -> Expr:
         if isinstance(e, Get):
@@ -349,15 +464,25 @@ def rename_locals(s: Stmt, names: dict[str, str]) -> Stmt:
 # ---- printing ----------------------------------------------------------------------------
 
 
+def index_string(index: tuple[AxisIndex, ...]) -> str:
+    parts = [
+        f"dynamic({expr_string(i.value)} < {i.bound})" if isinstance(i, Dynamic) else str(i)
+        for i in index
+    ]
+    return ", ".join(parts)
+
+
 def expr_string(e: Expr) -> str:
     if isinstance(e, Const):
         return repr(e.value)
     if isinstance(e, Get):
-        return f"{e.tnode.name}[{', '.join(map(str, e.index))}]"
+        return f"{e.tnode.name}[{index_string(e.index)}]"
     if isinstance(e, Local):
         return e.name
     if isinstance(e, IndexValue):
         return f"({e.index})"
+    if isinstance(e, Cast):
+        return f"{e.dtype}({expr_string(e.value)})"
     op = ops.get(e.op)
     args = [expr_string(a) for a in e.args]
     if op.arity == 2 and op.symbol and e.op != "relu_gate":
@@ -391,7 +516,7 @@ def to_string(s: Stmt, indent: int = 0) -> str:
     if isinstance(s, Block):
         return "\n".join(to_string(x, indent) for x in s.stmts) if s.stmts else f"{pad}pass"
     if isinstance(s, Set):
-        return f"{pad}{s.tnode.name}[{', '.join(map(str, s.index))}] := {expr_string(s.value)}"
+        return f"{pad}{s.tnode.name}[{index_string(s.index)}] := {expr_string(s.value)}"
     if isinstance(s, DeclLocal):
         return f"{pad}local {s.name}: {s.dtype} := {expr_string(s.init)}"
     if isinstance(s, SetLocal):

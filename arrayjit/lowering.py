@@ -19,10 +19,13 @@ import numpy as np
 from arrayjit import assignments as asg
 from arrayjit import loop_ir as ir
 from arrayjit import ops
+from arrayjit.dtypes import DType
 from arrayjit.indexing import (
     Fixed,
     Index,
     Iterator,
+    Lookup,
+    ProjectedIndex,
     Projections,
     iterators_of,
     row_major_offset,
@@ -35,6 +38,7 @@ from arrayjit.passes import (
     vectorize,
     virtual_inlining,
 )
+from arrayjit.runtime import index_checks
 from arrayjit.schedule.cpu_target import CpuTarget
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -130,15 +134,26 @@ def _nest(dims: tuple[int, ...], body_of) -> ir.Stmt:
     return body
 
 
+def convert(e: ir.Expr, dtype: DType) -> ir.Expr:
+    """`e` as a value of `dtype`: itself, or cast."""
+    return e if ir.expr_dtype(e) == dtype else ir.Cast(e, dtype)
+
+
 def lower_fetch(stmt: asg.Fetch) -> ir.Stmt:
     lhs = stmt.lhs
     source = stmt.source
+    compute = lhs.dtype.compute
     if isinstance(source, asg.Constant):
-        return _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, ir.Const(source.value, lhs.dtype)))
+        value = convert(ir.Const(source.value, compute), lhs.dtype)
+        return _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, value))
     if isinstance(source, asg.RangeOfShape):
         return _nest(
             lhs.dims,
-            lambda idx: ir.Set(lhs, idx, ir.IndexValue(row_major_offset(lhs.dims, idx), lhs.dtype)),
+            lambda idx: ir.Set(
+                lhs,
+                idx,
+                convert(ir.IndexValue(row_major_offset(lhs.dims, idx), compute), lhs.dtype),
+            ),
         )
     if isinstance(source, asg.Values):
         init = values_buffer(stmt)
@@ -203,9 +218,10 @@ def _covers_injectively(p: Projections, lhs: TNode) -> bool:
 _local_ids = iter(range(1, 1 << 62))
 
 
-def _rhs_ir(expr: asg.RhsExpr, gets: list[ir.Get], dtype) -> ir.Expr:
+def _rhs_ir(expr: asg.RhsExpr, gets: list[ir.Get], dtype: DType) -> ir.Expr:
+    """The operand expression computed in `dtype`, its reads converted to it."""
     if isinstance(expr, asg.Arg):
-        return gets[expr.index]
+        return convert(gets[expr.index], dtype)
     if isinstance(expr, asg.Lit):
         return ir.Const(expr.value, dtype)
     return ir.Apply(expr.op, tuple(_rhs_ir(a, gets, dtype) for a in expr.args), dtype)
@@ -213,17 +229,46 @@ def _rhs_ir(expr: asg.RhsExpr, gets: list[ir.Get], dtype) -> ir.Expr:
 
 def _parallel_safe(p: Projections) -> set[Iterator]:
     """Iterators whose distinct values write distinct lhs cells: each is the plain index of
-    one lhs axis and occurs nowhere else in the lhs index."""
+    one lhs axis and occurs nowhere else in the lhs index (nor in the index at which a lookup
+    of the lhs reads its operand)."""
     plain = [idx for idx in p.project_lhs if isinstance(idx, Iterator)]
     uses = [it for idx in p.project_lhs for it in iterators_of(idx)]
-    return {it for it in plain if uses.count(it) == 1}
+    looked_up = p.lookup_iterators()
+    return {it for it in plain if uses.count(it) == 1 and it not in looked_up}
+
+
+def _axis_indices(
+    stmt: asg.Accum, tnode: TNode, index: tuple[ProjectedIndex, ...]
+) -> tuple[ir.AxisIndex, ...]:
+    """`index` with each lookup made a checked dynamic index: the value of its operand."""
+    if not any(isinstance(i, Lookup) for i in index):
+        return index  # type: ignore[return-value]
+    check = index_checks.check_of(stmt)
+    p = stmt.projections
+    out: list[ir.AxisIndex] = []
+    for axis, i in enumerate(index):
+        if isinstance(i, Lookup):
+            value = ir.Get(stmt.rhses[i.operand], p.project_rhs[i.operand])
+            site = index_checks.site_number(stmt, tnode, axis)
+            out.append(ir.Dynamic(value, tnode.dims[axis], check.errors, site))
+        else:
+            out.append(i)
+    return tuple(out)
 
 
 def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
+    """The loop nest of one Accum. Values compute in the lhs's computing type (float32 for a
+    16-bit lhs), each read converted to it and the store converted back; a reduction into a
+    16-bit lhs accumulates in float32 (a register, or a float32 scratch buffer)."""
     p, lhs = stmt.projections, stmt.lhs
     bounds = p.bounds
-    gets = [ir.Get(r, idx) for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)]
-    rhs = _rhs_ir(stmt.rhs_expr, gets, lhs.dtype)
+    compute = lhs.dtype.compute
+    gets = [
+        ir.Get(r, _axis_indices(stmt, r, idx))
+        for r, idx in zip(stmt.rhses, p.project_rhs, strict=True)
+    ]
+    rhs = _rhs_ir(stmt.rhs_expr, gets, compute)
+    lhs_index = _axis_indices(stmt, lhs, p.project_lhs)
     order = loop_order(p, lhs, stmt.rhses, reductions_innermost)
     reductions = set(p.reduction_iterators)
     safe = _parallel_safe(p)
@@ -234,37 +279,71 @@ def lower_accum(stmt: asg.Accum, reductions_innermost: bool = False) -> ir.Stmt:
         return body
 
     if stmt.accum is None:
-        return wrap(order, ir.Set(lhs, p.project_lhs, rhs))
+        return wrap(order, ir.Set(lhs, lhs_index, convert(rhs, lhs.dtype)))
 
-    neutral = ir.Const(ops.neutral(stmt.accum, lhs.dtype), lhs.dtype)
+    neutral = ir.Const(ops.neutral(stmt.accum, compute), compute)
     n_outer = next((k for k, it in enumerate(order) if it in reductions), len(order))
     reductions_innermost = all(it in reductions for it in order[n_outer:])
     covered = _covers_injectively(p, lhs)
-    if reductions and reductions_innermost and (covered or not stmt.zero_first):
+    scatter = ir.is_dynamic(lhs_index)
+    if reductions and reductions_innermost and not scatter and (covered or not stmt.zero_first):
         # Accumulate in a register over the innermost reduction loops, store once.
         acc = f"acc{next(_local_ids)}"
-        init = neutral if stmt.zero_first else ir.Get(lhs, p.project_lhs)
+        init = neutral if stmt.zero_first else convert(ir.Get(lhs, lhs_index), compute)
         inner = wrap(
             order[n_outer:],
-            ir.SetLocal(acc, ir.Apply(stmt.accum, (ir.Local(acc, lhs.dtype), rhs), lhs.dtype)),
+            ir.SetLocal(acc, ir.Apply(stmt.accum, (ir.Local(acc, compute), rhs), compute)),
         )
         body = ir.block(
             [
-                ir.DeclLocal(acc, lhs.dtype, init),
+                ir.DeclLocal(acc, compute, init),
                 inner,
-                ir.Set(lhs, p.project_lhs, ir.Local(acc, lhs.dtype)),
+                ir.Set(lhs, lhs_index, convert(ir.Local(acc, compute), lhs.dtype)),
             ]
         )
         return wrap(order[:n_outer], body)
 
-    update = ir.Set(
-        lhs, p.project_lhs, ir.Apply(stmt.accum, (ir.Get(lhs, p.project_lhs), rhs), lhs.dtype)
-    )
+    if reductions and lhs.dtype.storage_only:
+        return _accumulate_in_scratch(stmt, lhs_index, rhs, order, wrap)
+
+    def update_of(target: TNode) -> ir.Stmt:
+        current = convert(ir.Get(target, lhs_index), compute)
+        new = ir.Apply(stmt.accum, (current, rhs), compute)
+        return ir.Set(target, lhs_index, convert(new, target.dtype))
+
     if not stmt.zero_first:
-        return wrap(order, update)
+        return wrap(order, update_of(lhs))
     if covered and not reductions:
         # Each cell is written once: neutral `op` rhs, no separate fill.
-        first = ir.Set(lhs, p.project_lhs, ir.Apply(stmt.accum, (neutral, rhs), lhs.dtype))
-        return wrap(order, first)
-    fill = _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, neutral))
-    return ir.block([fill, wrap(order, update)])
+        first = ir.Apply(stmt.accum, (neutral, rhs), compute)
+        return wrap(order, ir.Set(lhs, lhs_index, convert(first, lhs.dtype)))
+    fill_value = convert(neutral, lhs.dtype)
+    fill = _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, fill_value))
+    return ir.block([fill, wrap(order, update_of(lhs))])
+
+
+def _accumulate_in_scratch(
+    stmt: asg.Accum,
+    lhs_index: tuple[ir.AxisIndex, ...],
+    rhs: ir.Expr,
+    order: list[Iterator],
+    wrap: Callable[[list[Iterator], ir.Stmt], ir.Stmt],
+) -> ir.Stmt:
+    """A reduction into a 16-bit lhs that cannot accumulate in a register: into a float32
+    scratch buffer (filled with the neutral element, or the lhs's values), then rounded into the
+    lhs once."""
+    lhs = stmt.lhs
+    compute = lhs.dtype.compute
+    # A fixed label: buffer names in the source must not depend on process-wide counters.
+    scratch = TNode(f"{lhs.label}.acc", lhs.dims, compute, MemoryMode.LOCAL)
+    if stmt.zero_first:
+        neutral = ir.Const(ops.neutral(stmt.accum, compute), compute)
+        start = _nest(lhs.dims, lambda idx: ir.Set(scratch, idx, neutral))
+    else:
+        start = _nest(
+            lhs.dims, lambda idx: ir.Set(scratch, idx, convert(ir.Get(lhs, idx), compute))
+        )
+    new = ir.Apply(stmt.accum, (ir.Get(scratch, lhs_index), rhs), compute)
+    update = wrap(order, ir.Set(scratch, lhs_index, new))
+    finish = _nest(lhs.dims, lambda idx: ir.Set(lhs, idx, convert(ir.Get(scratch, idx), lhs.dtype)))
+    return ir.block([start, update, finish])

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from arrayjit.codegen.inert_text import identifier
-from arrayjit.dtypes import DType, dtype_of, float32
+from arrayjit.dtypes import DType, dtype_of, float32, holds_numbers
 from arrayjit.runtime import residency
 
 _tnode_ids = itertools.count(1)
@@ -72,8 +72,10 @@ class TNode:
     def set_host(self, values: Any) -> None:
         """Write values (anything numpy can turn into an array of the tnode's dims)."""
         array = np.asarray(values)
-        if array.dtype.kind not in "biuf":
+        if not holds_numbers(array.dtype):
             raise TypeError(f"tnode {self.label!r}: values of dtype {array.dtype} are not numbers")
+        if not self.dtype.is_float and array.dtype != self.dtype.numpy:
+            _check_integral(array, self)
         if array.shape != self.dims:
             if array.shape != ():
                 raise ValueError(
@@ -87,6 +89,17 @@ class TNode:
 
     def __repr__(self) -> str:
         return f"TNode({self.label!r}#{self.id}, dims={self.dims}, {self.dtype}, {self.memory_mode.value})"
+
+
+def _check_integral(array: np.ndarray, tnode: TNode) -> None:
+    """Values given to an integer buffer convert toward zero; they must lie in its range (never
+    wrap) and be finite."""
+    wide = array.astype(np.float64)
+    info = np.iinfo(tnode.dtype.numpy)
+    bad = ~np.isfinite(wide) | (wide <= info.min - 1) | (wide >= info.max + 1)
+    if bad.any():
+        value = wide.ravel()[np.flatnonzero(bad.ravel())[0]]
+        raise ValueError(f"tnode {tnode.label!r} holds {tnode.dtype} values: {value!r} is not one")
 
 
 def check_dims(dims: Sequence[int], label: str) -> tuple[int, ...]:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
-from arrayjit import ops
-from arrayjit.indexing import Projections
+from arrayjit import indexing, ops
+from arrayjit.indexing import Lookup, Projections
 from arrayjit.tnode import TNode
 from ocannl_py import shape
 from ocannl_py.shape import projections
@@ -54,6 +54,10 @@ class Assign:
     lhs_role: int
     rhs_roles: tuple[int, ...]
     text: str = ""
+    #: A gather or scatter: `(source, target)` roles, the target's input axis (the only one) is
+    #: indexed by the values of the source (int32, with no axes of its own besides the step's)
+    #: instead of being iterated over.
+    lookup: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,6 +176,8 @@ def _lower_statement(stmt: Statement, cache: dict, nodes: Mapping[int, TNode]) -
     if key not in cache:
         cache[key] = projections.derive(stmt.step)
     forward = cache[key]
+    if stmt.lookup is not None:
+        return _lower_lookup(stmt, forward)
     proj = Projections(
         forward.product_space,
         forward.product_iterators,
@@ -187,3 +193,27 @@ def _lower_statement(stmt: Statement, cache: dict, nodes: Mapping[int, TNode]) -
         proj,
         stmt.zero_first,
     )
+
+
+def _lower_lookup(stmt: Assign, forward: Projections) -> asg.Accum:
+    """The Accum of a gather or scatter: the iterator over the target's input axis becomes a
+    `Lookup` of the source operand, and leaves the iteration space."""
+    source, target = stmt.lookup
+    looked_up = _role_index(forward, target)[-1]
+    if not isinstance(looked_up, indexing.Iterator):
+        raise ValueError(f"{stmt.text}: the looked-up axis is not iterated over")
+    lookup = Lookup(stmt.rhs_roles.index(source))
+
+    def index(role: int) -> tuple:
+        return tuple(lookup if i == looked_up else i for i in _role_index(forward, role))
+
+    keep = [k for k, it in enumerate(forward.product_iterators) if it != looked_up]
+    proj = Projections(
+        tuple(forward.product_space[k] for k in keep),
+        tuple(forward.product_iterators[k] for k in keep),
+        index(stmt.lhs_role),
+        tuple(index(r) for r in stmt.rhs_roles),
+        debug=stmt.text,
+    )
+    rhses = tuple(r.tnode for r in stmt.rhses)
+    return asg.Accum(stmt.lhs.tnode, stmt.accum, stmt.expr, rhses, proj, stmt.zero_first)

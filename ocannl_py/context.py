@@ -138,10 +138,10 @@ def _check_inputs(inputs: list[Tensor], name: str) -> None:
 class Context:
     """`Context("c")`, `Context("cuda")`, or `Context()` (CUDA when a GPU is usable, else C).
     `compile(code)` takes tensor code (`t.forward`, `train.grad_update(loss)`, `cd(...)`) or
-    arrayjit assignments."""
+    arrayjit assignments. `device`: which GPU a CUDA context runs on (data parallelism)."""
 
-    def __init__(self, backend: str | None = None) -> None:
-        self.runtime = Runtime(backend)
+    def __init__(self, backend: str | None = None, device: int = 0) -> None:
+        self.runtime = Runtime(backend, device)
         self._forward_routines: dict[int, Routine] = {}
         self._c_runtime: Runtime | None = None
         #: Ids of the tensors some routine of this context reads without computing them: they
@@ -187,13 +187,16 @@ class Context:
         budget: int | str,
         weights: Mapping[Tensor, np.ndarray] | None = None,
         names: Sequence[str] | None = None,
+        keep: Sequence[Tensor] | None = None,
         **options,
     ) -> StreamedRoutine:
         """Stages (tensor code, typically one per layer) run in order within `budget` bytes of
         device memory (an int or a text like "2GiB"): weights stay in host memory and are
         copied in while the stage before computes (docs/streaming.md). `weights` gives sources
-        for some parameters (e.g. memory-mapped arrays: `arrayjit.runtime.mapped`); `options`:
-        `slots`, `keep_resident`, `host_memory` of `Runtime.compile_streamed`."""
+        for some parameters (e.g. memory-mapped arrays: `arrayjit.runtime.mapped`). `keep`: the
+        computed tensors to keep for the plan's life (outputs read after a run, a KV cache); the
+        others share memory by live range (None: all are kept). `options`: `slots`,
+        `keep_resident`, `host_memory` of `Runtime.compile_streamed`."""
         lowered, names_found, tensors, written = [], [], {}, set()
         for k, code in enumerate(stages):
             if not isinstance(code, Code):
@@ -219,6 +222,7 @@ class Context:
             budget,
             names=list(names) if names is not None else names_found,
             weights=sources,
+            keep=None if keep is None else [t.value_node for t in keep],
             **options,
         )
         return StreamedRoutine(executable, inputs)

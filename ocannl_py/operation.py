@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from arrayjit import assignments as asg
+from arrayjit.dtypes import DType, dtype_of, float32, holds_numbers, widest_float
 from arrayjit.indexing import Projections, identity_projections
 from arrayjit.tnode import MemoryMode
 from ocannl_py import shape as shapes
-from ocannl_py.code import Code, Fill, Raw, Slot
+from ocannl_py.code import Assign, Code, Fill, Raw, Slot
 from ocannl_py.dsl.cd import op_code
 from ocannl_py.tensor import Tensor
 
@@ -127,6 +128,29 @@ def as_tensor(x: Operand) -> Tensor:
     raise TypeError(f"expected a Tensor or a number, got {type(x).__name__}: {x!r}")
 
 
+def result_dtype(label: str, args: Sequence[Tensor], kinds: str = "float") -> DType:
+    """The element type of an operation's result: the widest float type of its operands (numbers
+    take the others' type). `kinds`: "float" for an op computing on floats only (an int32
+    operand is a TypeError naming it); "int" for one that computes on int32 too, when every
+    operand is int32; "compare" for a comparison, which may mix them (computing in float)."""
+    typed = [a for a in args if not a.weak_dtype]
+    ints = [a for a in typed if not a.dtype.is_float]
+    floats = [a for a in typed if a.dtype.is_float]
+    if ints and kinds == "float":
+        raise TypeError(
+            f"{label}: tensor {ints[0].label!r} holds {ints[0].dtype} values, but this operation "
+            f'computes on floats only; convert it with oc.cast(t, "float32")'
+        )
+    if ints and floats and kinds == "int":
+        raise TypeError(
+            f"{label}: tensor {ints[0].label!r} holds {ints[0].dtype} values and "
+            f"{floats[0].label!r} {floats[0].dtype} values; convert one with oc.cast first"
+        )
+    if floats:
+        return widest_float(a.dtype for a in floats)
+    return ints[0].dtype if ints else float32
+
+
 def operation(
     label: str,
     logic: shapes.Logic,
@@ -135,33 +159,44 @@ def operation(
     backward: str | None,
     *,
     scratch: Sequence[str] = (),
+    kinds: str = "float",
+    dtype: DType | None = None,
 ) -> Tensor:
     """Build the tensor of one operation: constrain shapes, then attach its code. Each name of
     `scratch` is a slot of the backward code for a buffer shaped like the result (scratch of the
-    routine that runs the backward code, e.g. a count per result cell)."""
+    routine that runs the backward code, e.g. a count per result cell). The result's type is
+    `dtype`, or follows the operands (see `result_dtype`)."""
     args = tuple(as_tensor(o) for o in operands)
+    dtype = dtype or result_dtype(label, args, kinds)
     result_shape = shapes.Shape(label)
     step = shapes.propagate(logic, result_shape, [a.shape for a in args], op_label=label)
-    t = Tensor(label, result_shape, args, differentiable=backward is not None)
+    t = Tensor(label, result_shape, args, differentiable=backward is not None, dtype=dtype)
     t.forward_code = op_code(forward, t, args, step)
     if t.requires_grad and backward:
         buffers = {
             name: Tensor(f"{label}.{name}", result_shape, differentiable=False,
-                         memory_mode=MemoryMode.LOCAL)
+                         memory_mode=MemoryMode.LOCAL, dtype=dtype.compute)
             for name in scratch
         }  # fmt: skip
         t.backprop_code = op_code(backward, t, args, step, buffers)
     return t
 
 
-def unary(label: str, a: Operand, forward: str, backward: str | None) -> Tensor:
-    return operation(label, shapes.Pointwise(), [a], forward, backward)
+def unary(label: str, a: Operand, forward: str, backward: str | None, kinds="float") -> Tensor:
+    return operation(label, shapes.Pointwise(), [a], forward, backward, kinds=kinds)
 
 
 def binary(
-    label: str, a: Operand, b: Operand, forward: str, backward: str | None, *, logic=None
+    label: str,
+    a: Operand,
+    b: Operand,
+    forward: str,
+    backward: str | None,
+    *,
+    logic=None,
+    kinds: str = "float",
 ) -> Tensor:
-    return operation(label, logic or shapes.Pointwise(), [a, b], forward, backward)
+    return operation(label, logic or shapes.Pointwise(), [a, b], forward, backward, kinds=kinds)
 
 
 # ---- leaves ------------------------------------------------------------------------------------
@@ -215,7 +250,7 @@ def _numbers_arg(values, what: str, function: str) -> np.ndarray:
     """`values` (a number, or nested lists or an array of numbers) as a float64 array."""
     try:
         array = np.asarray(values)
-        if array.dtype.kind not in "biuf":
+        if not holds_numbers(array.dtype):
             raise TypeError
         return array.astype(np.float64)
     except (TypeError, ValueError):
@@ -246,6 +281,7 @@ def number(value: float, label: str | None = None) -> Tensor:
     label = label or f"{value:g}"
     shape = shapes.Shape(label, batch_dims=[], output_dims=[1], fewest_axes=("input",))
     t = Tensor(label, shape, differentiable=False, memory_mode=MemoryMode.VIRTUAL)
+    t.weak_dtype = True  # takes the type of what it is combined with
     t.forward_code = Code([Fill(Slot(t), asg.Constant(float(value)))])
     return t
 
@@ -271,9 +307,10 @@ def param(
     input_dims=None,
     output_dims=None,
     init: tuple[str, float | Callable[[], float]] | None = None,
+    dtype: str | DType = "float32",
 ) -> Tensor:
-    """A trainable parameter. Unspecified dims are inferred from use; parameters have no batch
-    axes unless `batch_dims` says so. `value` fills it: a scalar (any dims), or an array in
+    """A trainable parameter of a float `dtype`. Unspecified dims are inferred from use;
+    parameters have no batch axes unless `batch_dims` says so. `value` fills it: a scalar (any dims), or an array in
     batch, output, input axis order (with no dims given, its axes are output axes). Otherwise it
     is drawn uniformly from [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in being the product of its
     input dims, by the counter-based generator seeded with `oc.set_seed`; `init=("uniform", b)`
@@ -296,7 +333,10 @@ def param(
     )  # fmt: skip
     if array is not None and array.ndim > 0:
         shapes.settle(shape, array.shape, f"param {label!r}")
-    t = Tensor(label, shape, is_param=True)
+    dtype = _leaf_dtype(dtype, label)
+    if not dtype.is_float:
+        raise TypeError(f"param {label!r}: parameters hold float values, not {dtype}")
+    t = Tensor(label, shape, is_param=True, dtype=dtype)
     if array is None:
         t.init_code = _random_init(t, random_stream(), init)
     elif array.ndim == 0:
@@ -365,6 +405,13 @@ def _random_init(t: Tensor, seed: int, init=None) -> Code:
     return Code([Raw(build, (t,))])
 
 
+def _leaf_dtype(dtype, label: str) -> DType:
+    try:
+        return dtype_of(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{label!r}: {exc}") from None
+
+
 def _fan_in(t: Tensor) -> int:
     return int(np.prod(t.shape.input, dtype=np.int64)) if t.shape.input else 1
 
@@ -392,17 +439,25 @@ def _normal(std: float) -> asg.Call:
 
 
 @public()
-def term(label: str, *, batch_dims=None, input_dims=None, output_dims=None) -> Tensor:
-    """A non-trainable input (data, targets), filled with `set_value`."""
+def term(
+    label: str, *, batch_dims=None, input_dims=None, output_dims=None, dtype="float32"
+) -> Tensor:
+    """A non-trainable input (data, targets, int32 token ids), filled with `set_value`."""
     shape = _leaf_shape("term", label, batch_dims, input_dims, output_dims)
-    return Tensor(label, shape, differentiable=False)
+    return Tensor(label, shape, differentiable=False, dtype=_leaf_dtype(dtype, label))
 
 
 @public()
 def ndarray(
-    values, *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None
+    values,
+    *,
+    batch_dims=(),
+    input_dims=(),
+    output_dims=(),
+    label: str | None = None,
+    dtype="float32",
 ) -> Tensor:
-    """A constant literal; the dims must multiply to the number of values."""
+    """A constant literal of `dtype`; the dims must multiply to the number of values."""
     array = _numbers_arg(values, "values", "ndarray")
     batch_dims, input_dims, output_dims = (
         _dims_arg(dims, what, "ndarray") or []
@@ -420,27 +475,27 @@ def ndarray(
         or f"[{', '.join(f'{v:g}' for v in array.ravel()[:4])}{', ...' if array.size > 4 else ''}]"
     )
     shape = _leaf_shape("ndarray", label, batch_dims, input_dims, output_dims)
-    t = Tensor(label, shape, differentiable=False)
+    t = Tensor(label, shape, differentiable=False, dtype=_leaf_dtype(dtype, label))
     t.forward_code = _values_fill(t, array)
     return t
 
 
 @public()
-def range(n: int, label: str | None = None) -> Tensor:  # noqa: A001 - OCANNL's name
-    """Values 0..n-1 along one output axis."""
+def range(n: int, label: str | None = None, dtype="float32") -> Tensor:  # noqa: A001
+    """Values 0..n-1 along one output axis (OCANNL's name)."""
     if n < 1:
         raise ValueError(f"range: n must be a positive int, got {n!r}")
-    return range_of_shape(output_dims=[n], label=label or f"range{n}")
+    return range_of_shape(output_dims=[n], label=label or f"range{n}", dtype=dtype)
 
 
 @public()
 def range_of_shape(
-    *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None
+    *, batch_dims=(), input_dims=(), output_dims=(), label: str | None = None, dtype="float32"
 ) -> Tensor:
     """Each cell holds its row-major offset, in batch, output, input order."""
     label = label or "range_of_shape"
     shape = _leaf_shape("range_of_shape", label, batch_dims, input_dims, output_dims)
-    t = Tensor(label, shape, differentiable=False)
+    t = Tensor(label, shape, differentiable=False, dtype=_leaf_dtype(dtype, label))
     t.forward_code = Code([Fill(Slot(t), asg.RangeOfShape())])
     return t
 
@@ -450,17 +505,17 @@ def range_of_shape(
 
 @public()
 def add(a: Operand, b: Operand) -> Tensor:
-    return binary("+", a, b, "v =: v1 + v2", "g1 =+ g; g2 =+ g")
+    return binary("+", a, b, "v =: v1 + v2", "g1 =+ g; g2 =+ g", kinds="int")
 
 
 @public()
 def sub(a: Operand, b: Operand) -> Tensor:
-    return binary("-", a, b, "v =: v1 - v2", "g1 =+ g; g2 =- g")
+    return binary("-", a, b, "v =: v1 - v2", "g1 =+ g; g2 =- g", kinds="int")
 
 
 @public()
 def pointmul(a: Operand, b: Operand) -> Tensor:
-    return binary("*.", a, b, "v =: v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g")
+    return binary("*.", a, b, "v =: v1 * v2", "g1 =+ g * v2; g2 =+ v1 * g", kinds="int")
 
 
 @public()
@@ -480,13 +535,13 @@ def pointpow(a: Operand, b: Operand) -> Tensor:
 @public(dsl=True)
 def max(a: Operand, b: Operand) -> Tensor:  # noqa: A001 - OCANNL's name
     return binary("max", a, b, "v =: max(v1, v2)",
-                  "g1 =+ where(v1 < v2, 0, g); g2 =+ where(v1 < v2, g, 0)")  # fmt: skip
+                  "g1 =+ where(v1 < v2, 0, g); g2 =+ where(v1 < v2, g, 0)", kinds="int")  # fmt: skip
 
 
 @public(dsl=True)
 def min(a: Operand, b: Operand) -> Tensor:  # noqa: A001 - OCANNL's name
     return binary("min", a, b, "v =: min(v1, v2)",
-                  "g1 =+ where(v2 < v1, 0, g); g2 =+ where(v2 < v1, g, 0)")  # fmt: skip
+                  "g1 =+ where(v2 < v1, 0, g); g2 =+ where(v2 < v1, g, 0)", kinds="int")  # fmt: skip
 
 
 @public()
@@ -497,17 +552,17 @@ def relu_gate(a: Operand, b: Operand) -> Tensor:
 
 @public(dsl=True)
 def lt(a: Operand, b: Operand) -> Tensor:
-    return binary("<", a, b, "v =: v1 < v2", None)
+    return binary("<", a, b, "v =: v1 < v2", None, kinds="compare")
 
 
 @public(dsl=True)
 def eq(a: Operand, b: Operand) -> Tensor:
-    return binary("=", a, b, "v =: v1 == v2", None)
+    return binary("=", a, b, "v =: v1 == v2", None, kinds="compare")
 
 
 @public(dsl=True)
 def ne(a: Operand, b: Operand) -> Tensor:
-    return binary("<>", a, b, "v =: v1 <> v2", None)
+    return binary("<>", a, b, "v =: v1 <> v2", None, kinds="compare")
 
 
 # ---- pointwise unary -----------------------------------------------------------------------------
@@ -515,12 +570,12 @@ def ne(a: Operand, b: Operand) -> Tensor:
 
 @public(dsl=True, method=True)
 def neg(a: Operand) -> Tensor:
-    return unary("neg", a, "v =: -v1", "g1 =- g")
+    return unary("neg", a, "v =: -v1", "g1 =- g", kinds="int")
 
 
 @public(dsl=True, method=True)
 def relu(a: Operand) -> Tensor:
-    return unary("relu", a, "v =: relu(v1)", "g1 =+ v1 -?/ g")
+    return unary("relu", a, "v =: relu(v1)", "g1 =+ v1 -?/ g", kinds="int")
 
 
 @public(dsl=True, method=True)
@@ -586,18 +641,30 @@ def erf(a: Operand) -> Tensor:
 
 @public(dsl="not")
 def not_(a: Operand) -> Tensor:
-    return unary("not", a, "v =: not(v1)", None)
+    return unary("not", a, "v =: not(v1)", None, kinds="int")
 
 
 @public(dsl=True)
 def identity(a: Operand) -> Tensor:
-    return unary("identity", a, "v =: v1", "g1 =+ g")
+    return unary("identity", a, "v =: v1", "g1 =+ g", kinds="int")
 
 
 @public(dsl=True, method=True)
 def stop_gradient(a: Operand) -> Tensor:
     """The same values; no gradient flows back through it."""
-    return unary("stop_gradient", a, "v =: v1", None)
+    return unary("stop_gradient", a, "v =: v1", None, kinds="int")
+
+
+@public(method=True)
+def cast(a: Operand, dtype: str | DType) -> Tensor:
+    """`a`'s values converted to `dtype`: floats round to nearest even, a float becomes an int32
+    toward zero (saturating, NaN to 0). Differentiable between float types (the gradient is
+    converted back)."""
+    a = as_tensor(a)
+    target = dtype_of(dtype)
+    differentiable = a.dtype.is_float and target.is_float
+    backward = "g1 =+ g" if differentiable else None
+    return operation(f"cast_{target}", shapes.Pointwise(), [a], "v =: v1", backward, dtype=target)
 
 
 # ---- ternary -------------------------------------------------------------------------------------
@@ -605,8 +672,10 @@ def stop_gradient(a: Operand) -> Tensor:
 
 @public(dsl=True)
 def where(cond: Operand, a: Operand, b: Operand) -> Tensor:
+    a, b = as_tensor(a), as_tensor(b)
     return operation("where", shapes.Pointwise(), [cond, a, b], "v =: where(v1, v2, v3)",
-                     "g2 =+ where(v1, g, 0); g3 =+ where(v1, 0, g)")  # fmt: skip
+                     "g2 =+ where(v1, g, 0); g3 =+ where(v1, 0, g)",
+                     dtype=result_dtype("where", [a, b], "int"))  # fmt: skip
 
 
 @public(dsl=True)
@@ -627,7 +696,7 @@ def compose(a: Operand, b: Operand) -> Tensor:
 @public(dsl=True)
 def transpose(a: Operand) -> Tensor:
     """Swap input and output axes."""
-    return operation("T", shapes.Transpose(), [a], "v =: v1", "g1 =+ g")
+    return operation("T", shapes.Transpose(), [a], "v =: v1", "g1 =+ g", kinds="int")
 
 
 @public()
@@ -672,6 +741,45 @@ def tropical(spec: str, a: Operand, b: Operand) -> Tensor:
         "g2 =+ where(v1 + v2 == v, g / ties, 0)",
         scratch=["ties"],
     )  # fmt: skip
+
+
+# ---- gather ------------------------------------------------------------------------------------
+
+#: ids `B | ` (no input or output axes), table `vocab -> d` => `B | d`: the vocab axis is then
+#: indexed by the ids' values rather than iterated over (`code.Assign.lookup`).
+_EMBED_SPEC = "...|; v -> ..d.. => ...|..d.."
+
+
+@public()
+def embed(table: Tensor, ids: Tensor) -> Tensor:
+    """Rows of `table` (input axis: the vocabulary, output axes `d`) picked by the int32 `ids`
+    (batch axes only): the result is `ids' batch | d`. An id outside the vocabulary is an
+    `IndexOutOfRange` error at run time. The gradient adds each row's gradient into
+    `table.grad` (in order on the C backend: deterministic)."""
+    if not isinstance(table, Tensor) or not isinstance(ids, Tensor):
+        raise TypeError("embed(table, ids): both must be Tensors")
+    if ids.dtype.name != "int32":
+        raise TypeError(f"embed: the ids {ids.label!r} must be an int32 tensor, not {ids.dtype}")
+    if not table.dtype.is_float:
+        raise TypeError(f"embed: the table {table.label!r} must hold floats, not {table.dtype}")
+    label = f"embed({table.label})"
+    result_shape = shapes.Shape(label)
+    step = shapes.propagate(
+        shapes.Einsum(_EMBED_SPEC), result_shape, [ids.shape, table.shape], op_label=label
+    )
+    t = Tensor(label, result_shape, (ids, table), dtype=table.dtype)
+    text = f"{label} =: {table.label}[{ids.label}]"
+    t.forward_code = Code(
+        [Assign(Slot(t), None, False, asg.Arg(1), (Slot(ids), Slot(table)), step, 0, (1, 2),
+                text, lookup=(1, 2))]
+    )  # fmt: skip
+    if t.requires_grad:
+        text = f"{table.label}.grad[{ids.label}] =+ {label}.grad"
+        t.backprop_code = Code(
+            [Assign(Slot(table, True), "add", False, asg.Arg(1), (Slot(ids), Slot(t, True)),
+                    step, 2, (1, 0), text, lookup=(1, 2))]
+        )  # fmt: skip
+    return t
 
 
 # ---- Python operators of Tensor (numpy conventions; `@` is compose) -----------------------------

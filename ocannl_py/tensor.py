@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from arrayjit.dtypes import DType, dtype_of, float32, holds_numbers
 from arrayjit.runtime import residency
 from arrayjit.tnode import MemoryMode, TNode
 from ocannl_py import fusion
@@ -22,6 +23,9 @@ class Tensor:
     operators, or the `op` DSL; compute them with a `Context`. The operators and methods such
     as `t.relu()` are bound by `ocannl_py.operation`."""
 
+    #: A number's type is weak: an operation takes the type of its other operands.
+    weak_dtype = False
+
     def __init__(
         self,
         label: str,
@@ -31,8 +35,11 @@ class Tensor:
         is_param: bool = False,
         differentiable: bool = True,
         memory_mode: MemoryMode = MemoryMode.HOST,
+        dtype: DType | str = float32,
     ) -> None:
         self.id = next(_ids)
+        #: The element type of the value (and of the gradient).
+        self.dtype = dtype_of(dtype)
         self.label = label
         self.shape = shape
         #: References to this tensor held by the graph itself: operand tuples of other tensors
@@ -42,8 +49,10 @@ class Tensor:
         for o in operands:
             o.graph_refs += 1
         self.is_param = is_param
-        # A gradient exists for parameters and for what depends on them differentiably.
-        self.requires_grad = is_param or (differentiable and any(o.requires_grad for o in operands))
+        # A gradient exists for parameters and for what depends on them differentiably (floats).
+        self.requires_grad = self.dtype.is_float and (
+            is_param or (differentiable and any(o.requires_grad for o in operands))
+        )
         self.memory_mode = memory_mode
         self.forward_code = Code()
         self.backprop_code = Code()
@@ -76,7 +85,7 @@ class Tensor:
     @property
     def value_node(self) -> TNode:
         if self._value_node is None:
-            self._value_node = TNode(self.label, self._dims(), memory_mode=self.memory_mode)
+            self._value_node = TNode(self.label, self._dims(), self.dtype, self.memory_mode)
         return self._value_node
 
     @property
@@ -86,7 +95,7 @@ class Tensor:
                 f"tensor {self.label!r} has no gradient (it does not depend on a parameter)"
             )
         if self._grad_node is None:
-            self._grad_node = TNode(f"{self.label}.grad", self._dims())
+            self._grad_node = TNode(f"{self.label}.grad", self._dims(), self.dtype)
         return self._grad_node
 
     @property
@@ -137,7 +146,7 @@ class Tensor:
             array = np.asarray(values)
         except (TypeError, ValueError):  # e.g. ragged nested lists
             array = np.asarray(None)
-        if array.dtype.kind not in "biuf":
+        if not holds_numbers(array.dtype):
             if isinstance(values, np.ndarray):
                 got = f"an array of dtype {values.dtype}"
             elif isinstance(values, Tensor):
@@ -212,7 +221,8 @@ class Tensor:
         except ShapeError:
             shape_text = "?"
         kind = "param " if self.is_param else ""
-        return f"<{kind}tensor {self.label!r} shape {shape_text}>"
+        dtype = "" if self.dtype == float32 else f" {self.dtype}"
+        return f"<{kind}tensor {self.label!r} shape {shape_text}{dtype}>"
 
     def __bool__(self) -> bool:
         raise TypeError(

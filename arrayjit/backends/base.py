@@ -51,6 +51,10 @@ class Backend(ABC):
         """Everything besides the code that determines the compiled result (compiler, flags,
         versions, options): part of every cache key."""
 
+    def routine_identity(self, tnodes: Sequence[TNode]) -> str:
+        """`identity()`, with whatever else decides the compiled form of code over `tnodes`."""
+        return self.identity()
+
     @abstractmethod
     def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> Compiled:
         """Generate code for `stmt`, compile it (or take it from the cache) and bind buffers

@@ -10,7 +10,9 @@ compiler processes (default: the usable cores). Flags: `-O3 -march=native -fPIC 
 -fno-math-errno`, plus OpenMP and vector math where the compiler has them
 (`arrayjit.backends.cc_features`; they are part of the build identity). Not `-ffast-math`:
 results must match numpy's, NaN and infinity included. The code is scheduled for a `CpuTarget`
-(threads, thresholds), which is part of the backend's identity.
+(threads, thresholds), which is part of the backend's identity. float16 buffers are `_Float16`
+when the compiler has that type (checked once per compiler and flags, remembered in the
+cache), else their bits in a `uint16_t`; bfloat16 buffers are always bits.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +106,37 @@ def build_identity() -> str:
     return _build_identity(compiler(), os.environ.get("ARRAYJIT_CFLAGS", ""), features())
 
 
+_FLOAT16_PROBE = (
+    "float ocannl_probe(_Float16 h, float x) { return (float)h + (float)(_Float16)x; }\n"
+)
+
+
+def has_float16() -> bool:
+    """Whether the C compiler (with the flags) has `_Float16`."""
+    return _has_float16(compiler(), build_identity())
+
+
+@functools.cache
+def _has_float16(command: str, identity: str) -> bool:
+    record = f"{cache.key(identity, _FLOAT16_PROBE)}.float16"
+    known = cache.read_record(record)
+    if known is not None:
+        return known.strip() == "yes"
+    folder = Path(tempfile.mkdtemp(prefix="arrayjit-probe-"))
+    try:
+        source = folder / "probe.c"
+        source.write_text(_FLOAT16_PROBE)
+        args = [*shlex.split(command), *(f for f in flags() if f != "-shared"), "-c", str(source)]
+        found = (
+            subprocess.run([*args, "-o", str(folder / "probe.o")], capture_output=True).returncode
+            == 0
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    cache.write_record(record, "yes" if found else "no")
+    return found
+
+
 @functools.cache
 def _build_identity(command: str, extra_flags: str, found: cc_features.Features) -> str:
     # Every unit defines the runner: a unit made for another runner must not be used.
@@ -120,7 +154,7 @@ class ChunkFunction:
     labels: tuple[str, ...]
     dtypes: tuple[DType, ...]
     #: What the function needs from the prelude: the random generator, vector math
-    #: declarations, product kernels.
+    #: declarations, product kernels, the index check.
     needs: Needs
 
     @property
@@ -145,18 +179,21 @@ class Needs:
 
     ops: frozenset[str] = frozenset()
     matmul: frozenset[DType] = frozenset()
+    #: Whether the code has dynamic indices (`ocannl_index`).
+    checks: bool = False
 
     @classmethod
     def of(cls, stmt: ir.Stmt) -> Needs:
         used = ir.ops_used(stmt) & (ops.RANDOM_OPS | set(VECTOR_MATH))
         products = {s.tnode.dtype for s in ir.walk(stmt) if isinstance(s, ir.Matmul)}
-        return cls(frozenset(used), frozenset(products))
+        return cls(frozenset(used), frozenset(products), bool(ir.index_checks(stmt)))
 
     @classmethod
     def union(cls, functions: Sequence[ChunkFunction]) -> Needs:
         return cls(
             frozenset().union(*(f.needs.ops for f in functions)),
             frozenset().union(*(f.needs.matmul for f in functions)),
+            any(f.needs.checks for f in functions),
         )
 
 
@@ -166,7 +203,7 @@ def _prelude(dtypes: tuple[DType, ...], needs: Needs) -> str:
     return "\n".join(
         [
             "#include <math.h>\n#include <stdint.h>",
-            syntax.prelude(list(dtypes), set(needs.ops)),
+            syntax.prelude(list(dtypes), set(needs.ops), needs.checks),
             c_matmul.matmul_functions(set(needs.matmul)),
         ]
     )
@@ -278,8 +315,10 @@ class CCompiled(Compiled):
 class CBackend(Backend):
     name = "c"
 
-    def __init__(self) -> None:
-        self.syntax = CSyntax()
+    def __init__(self, native_float16: bool | None = None) -> None:
+        """`native_float16`: store float16 as `_Float16` (default: when the compiler has it,
+        checked when float16 buffers are first compiled)."""
+        self.syntax = CSyntax(has_float16 if native_float16 is None else native_float16)
         #: The CPU schedule's target: `CpuTarget.from_environment()` unless set (tests lower its
         #: thresholds to exercise the schedules on small sizes).
         self.target: CpuTarget | None = None
@@ -289,13 +328,18 @@ class CBackend(Backend):
             self.target = CpuTarget.from_environment()
         return self.target
 
+    def declarations(self, tnodes: Sequence[TNode], names: Sequence[str]) -> list[str]:
+        """The typed buffer pointers of a function taking `void **buffers`."""
+        types = [self.syntax.type_name(t.dtype) for t in tnodes]
+        return [
+            f"  {c} *restrict {name} = ({c} *)buffers[{k}];"
+            for k, (c, name) in enumerate(zip(types, names, strict=True))
+        ]
+
     def chunk_function(self, chunk: Chunk, identity: str) -> ChunkFunction:
         syntax = self.syntax
         syntax.begin(list(chunk.tnodes), placeholders=True)
-        lines = [
-            f"  {t.dtype.c_name} *restrict {syntax.buffer(t)} = ({t.dtype.c_name} *)buffers[{k}];"
-            for k, t in enumerate(chunk.tnodes)
-        ]
+        lines = self.declarations(chunk.tnodes, [syntax.buffer(t) for t in chunk.tnodes])
         lines += syntax.stmt(chunk.stmt)
         body = "\n".join(lines) + "\n"
         dtypes = tuple(sorted({t.dtype for t in chunk.tnodes}, key=lambda d: d.name))
@@ -307,6 +351,12 @@ class CBackend(Backend):
     def identity(self) -> str:
         # The target decides the schedule, hence the code a structural cache hit must match.
         return f"{build_identity()}\n{self.cpu_target()!r}"
+
+    def routine_identity(self, tnodes: Sequence[TNode]) -> str:
+        if not any(t.dtype.name == "float16" for t in tnodes):
+            return self.identity()
+        storage = "_Float16" if self.syntax.native_float16 else "bits"
+        return f"{self.identity()}\nfloat16: {storage}"
 
     def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> CCompiled:
         tnodes = ir.tnodes_in(stmt)
@@ -321,7 +371,7 @@ class CBackend(Backend):
             if cc_features.probe(command, compiler_version(command), flags()) == assumed:
                 raise
             functions, libraries = self._compile_chunks(chunks)
-        source_path = write_listing(name, tnodes, chunks, functions, libraries)
+        source_path = write_listing(self, name, tnodes, chunks, functions, libraries)
         written = sorted(position[t] for t in ir.written_tnodes(stmt))
         return CCompiled(
             [libraries[f.key] for f in functions],
@@ -426,6 +476,7 @@ def build_shared_object(source: str, identity: str, found: cc_features.Features)
 
 
 def write_listing(
+    backend: CBackend,
     name: str,
     tnodes: list[TNode],
     chunks: list[Chunk],
@@ -447,10 +498,7 @@ def write_listing(
     names = [buffer_name(t.label, k) for k, t in enumerate(tnodes)]
     position = {t: k for k, t in enumerate(tnodes)}
     lines.append(f"void {routine}(void **buffers) {{")
-    lines += [
-        f"  {t.dtype.c_name} *restrict {names[k]} = ({t.dtype.c_name} *)buffers[{k}];"
-        for k, t in enumerate(tnodes)
-    ]
+    lines += backend.declarations(tnodes, names)
     for chunk, f in zip(chunks, functions, strict=True):
         arguments = ", ".join(names[position[t]] for t in chunk.tnodes)
         lines.append(f"  {f.symbol}((void *[]){{{arguments}}});")

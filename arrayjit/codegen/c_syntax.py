@@ -2,11 +2,17 @@
 
 `CSyntax` prints loop IR as C statements; a backend subclasses it for what differs (how a loop
 is mapped to threads, the qualifier of helper functions, kernel signatures).
+
+Every operation computes in a computing type (float, double, int): 16-bit floats are stored as
+their bits (`uint16_t`), or as `_Float16` in C where the compiler has it, and converted by the
+helpers of `CONVERSIONS` when read and stored (the loop IR's `Cast`). A dynamic index (a gather)
+goes through `ocannl_index`, which records an index outside its axis and reads row 0 instead.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -14,7 +20,7 @@ from arrayjit import loop_ir as ir
 from arrayjit import ops
 from arrayjit.codegen import c_matmul
 from arrayjit.codegen.inert_text import LETTERS, comment_text, identifier
-from arrayjit.dtypes import DType
+from arrayjit.dtypes import DType, float32
 from arrayjit.indexing import Index, as_affine
 from arrayjit.tnode import TNode
 
@@ -91,9 +97,10 @@ def vector_math_declarations() -> str:
 
 
 def reduction_declarations(dtypes: list[DType]) -> str:
-    """max and min as OpenMP reductions that propagate NaN, as the helpers do."""
+    """max and min as OpenMP reductions that propagate NaN, as the helpers do (in the
+    computing types)."""
     lines = []
-    for d in dtypes:
+    for d in sorted({d.compute for d in dtypes}, key=lambda d: d.name):
         for op in ("max", "min"):
             name = f"ocannl_{op}_{d.c_name}"
             lines.append(
@@ -104,10 +111,10 @@ def reduction_declarations(dtypes: list[DType]) -> str:
 
 
 def helpers(dtypes: list[DType], qualifier: str) -> str:
-    """Helper functions used by the spellings, for each dtype. `qualifier` is `static inline`
-    for C and `__device__ __forceinline__` for CUDA."""
+    """Helper functions used by the spellings, for each computing type among `dtypes`.
+    `qualifier` is `static inline` for C and `__device__ __forceinline__` for CUDA."""
     lines: list[str] = []
-    for d in dtypes:
+    for d in sorted({d.compute for d in dtypes}, key=lambda d: d.name):
         t = d.c_name
         q = f"{qualifier} {t}"
         lines += [
@@ -122,6 +129,64 @@ def helpers(dtypes: list[DType], qualifier: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: A dynamic index `i` of an axis of `bound` cells: `i` when inside, else 0, with the site and the
+#: index recorded in `errors` (the first one only), for the runtime to report after the run.
+INDEX_CHECK = """\
+OCANNL_FN int64_t ocannl_index(int64_t i, int64_t bound, int32_t *errors, int32_t site) {
+  if (i >= 0 && i < bound) return i;
+  if (errors[0] == 0) { errors[0] = site; errors[1] = (int32_t)i; }
+  return 0;
+}
+"""
+
+#: float -> int32: toward zero, saturated, NaN to 0 (a plain C conversion is undefined there).
+FLOAT_TO_INT = """\
+OCANNL_FN int ocannl_float_to_int(double x) {
+  return x != x ? 0 : x >= 2147483647.0 ? 2147483647 : x <= -2147483648.0 ? (-2147483647 - 1) : (int)x;
+}
+"""
+
+#: 16-bit floats as bits, to and from float, rounding to nearest even (NaN stays NaN, quiet).
+#: `ocannl_bits_of_float` / `ocannl_float_of_bits` reinterpret a float (`C_FLOAT_BITS`).
+CONVERSIONS = """\
+OCANNL_FN float ocannl_bf16_to_float(uint16_t h) { return ocannl_float_of_bits((uint32_t)h << 16); }
+OCANNL_FN uint16_t ocannl_float_to_bf16(float x) {
+  uint32_t u = ocannl_bits_of_float(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x7fc0u);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+OCANNL_FN float ocannl_f16_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0x1fu) return ocannl_float_of_bits(sign | 0x7f800000u | (m << 13));
+  if (e != 0) return ocannl_float_of_bits(sign | ((e + 112u) << 23) | (m << 13));
+  if (m == 0) return ocannl_float_of_bits(sign);
+  e = 113u;
+  while (!(m & 0x400u)) { m <<= 1; e--; }
+  return ocannl_float_of_bits(sign | (e << 23) | ((m & 0x3ffu) << 13));
+}
+OCANNL_FN uint16_t ocannl_float_to_f16(float x) {
+  uint32_t u = ocannl_bits_of_float(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
+  if (a >= 0x38800000u) {
+    uint32_t r = a - 0x38000000u;
+    return (uint16_t)(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+  }
+  if (a <= 0x33000000u) return (uint16_t)sign;
+  uint32_t mant = (a & 0x7fffffu) | 0x800000u, shift = 126u - (a >> 23);
+  uint32_t m = mant >> shift, rest = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  if (rest > half || (rest == half && (m & 1u))) m++;
+  return (uint16_t)(sign | m);
+}
+"""
+
+#: Reinterpreting a float's bits in C.
+C_FLOAT_BITS = """\
+OCANNL_FN uint32_t ocannl_bits_of_float(float x) { union { float f; uint32_t u; } v; v.f = x; return v.u; }
+OCANNL_FN float ocannl_float_of_bits(uint32_t u) { union { float f; uint32_t u; } v; v.u = u; return v.f; }
+"""
+
+
 class CSyntax:
     """Prints one routine at a time. Names in the output (buffers, loop variables, locals) are
     numbered in order of appearance, so structurally equal code prints to the same text and
@@ -129,12 +194,31 @@ class CSyntax:
 
     #: How helper functions are declared (`static inline` in C).
     function_qualifier = "static inline"
+    #: The helpers that convert 16-bit floats (as bits) to and from float.
+    conversions = C_FLOAT_BITS + CONVERSIONS
+    #: The helper that checks a dynamic index.
+    index_check = INDEX_CHECK
     #: Whether the target reads OpenMP pragmas (the C backend's CPU schedule); the prelude then
     #: declares the vector math variants and the max/min reductions.
     openmp = True
 
-    def __init__(self) -> None:
+    def __init__(self, native_float16: bool | Callable[[], bool] = False) -> None:
+        """`native_float16`: whether float16 buffers are `_Float16` (converted by C casts)
+        rather than bits, or a function that tells (asked when first needed)."""
+        self._native_float16 = native_float16
         self.begin([])
+
+    @property
+    def native_float16(self) -> bool:
+        if callable(self._native_float16):
+            self._native_float16 = self._native_float16()
+        return self._native_float16
+
+    def type_name(self, dtype: DType) -> str:
+        """The C type of a buffer's (or local's) elements."""
+        if dtype.name == "float16" and self.native_float16:
+            return "_Float16"
+        return dtype.c_name
 
     def begin(self, tnodes: list[TNode], placeholders: bool = False) -> None:
         """Start a routine over `tnodes`: buffer k is named after its label and k, or `@k@` with
@@ -144,9 +228,17 @@ class CSyntax:
         }
         self._names: dict[object, str] = {}
 
-    def prelude(self, dtypes: list[DType], ops_used: set[str]) -> str:
-        """Helper functions for `dtypes`, and the random generator if an op needs it."""
+    def prelude(self, dtypes: list[DType], ops_used: set[str], checks: bool = False) -> str:
+        """Helper functions for buffers of `dtypes` (conversions of 16-bit floats, ops in the
+        computing types), the index check if the code has dynamic indices (`checks`), and the
+        random generator if an op needs it."""
         text = f"#define OCANNL_FN {self.function_qualifier}\n" + helpers(dtypes, "OCANNL_FN")
+        if checks:
+            text += self.index_check
+        if any(not d.is_float for d in dtypes):
+            text += FLOAT_TO_INT
+        if any(d.storage_only for d in dtypes):
+            text += self.conversions
         if self.openmp:
             # Cleared in a process forked after OpenMP started its threads (see
             # arrayjit.backends.openmp_fork): parallel regions then run on one thread.
@@ -202,11 +294,45 @@ class CSyntax:
             parts.append(str(offset))
         return " + ".join(parts)
 
-    def offset(self, tnode: TNode, index: tuple[Index, ...]) -> str:
-        """The row-major offset of `index` in `tnode` as a C expression."""
-        from arrayjit.indexing import row_major_offset
+    def offset(self, tnode: TNode, index: tuple[ir.AxisIndex, ...]) -> str:
+        """The row-major offset of `index` in `tnode` as a C expression; a dynamic index is
+        checked (`ocannl_index`, 64-bit)."""
+        affine, dynamic = ir.split_offset(tnode.dims, index)
+        text = self.index_expr(affine, wide=tnode.size > INT32_MAX)
+        for stride, d in dynamic:
+            text += f" + {stride} * {self.dynamic(d)}" if stride != 1 else f" + {self.dynamic(d)}"
+        return text
 
-        return self.index_expr(row_major_offset(tnode.dims, index), wide=tnode.size > INT32_MAX)
+    def dynamic(self, index: ir.Dynamic) -> str:
+        errors = self.buffer(index.errors)
+        return f"ocannl_index({self.expr(index.value)}, {index.bound}, {errors}, {index.site})"
+
+    def cast(self, e: ir.Cast) -> str:
+        """`e.value` converted to `e.dtype`: 16-bit floats through float."""
+        source, target = ir.expr_dtype(e.value), e.dtype
+        text = self.expr(e.value)
+        if source.storage_only:
+            text = self.widen(source, text)
+            source = float32
+        if target == source:
+            return text
+        if target.storage_only:
+            return self.narrow(target, text)
+        if not target.is_float and source.is_float:
+            return f"ocannl_float_to_int({text})"
+        return f"(({target.c_name})({text}))"
+
+    def widen(self, dtype: DType, text: str) -> str:
+        """A 16-bit float's value as a float."""
+        if dtype.name == "float16" and self.native_float16:
+            return f"((float)({text}))"
+        return f"ocannl_{_SHORT[dtype.name]}_to_float({text})"
+
+    def narrow(self, dtype: DType, text: str) -> str:
+        """A float rounded to a 16-bit float (to nearest even)."""
+        if dtype.name == "float16" and self.native_float16:
+            return f"((_Float16)({text}))"
+        return f"ocannl_float_to_{_SHORT[dtype.name]}({text})"
 
     def buffer(self, tnode: TNode) -> str:
         return self._buffers[tnode]
@@ -220,6 +346,8 @@ class CSyntax:
             return self.local(e.name)
         if isinstance(e, ir.IndexValue):
             return f"(({e.dtype.c_name})({self.index_expr(e.index, wide=True)}))"
+        if isinstance(e, ir.Cast):
+            return self.cast(e)
         return self.apply(e.op, e.dtype, *(self.expr(a) for a in e.args))
 
     def apply(self, op: str, dtype: DType, *operands: str) -> str:
@@ -269,12 +397,15 @@ class CSyntax:
             target = f"{self.buffer(s.tnode)}[{self.offset(s.tnode, s.index)}]"
             return [f"{pad}{target} = {self.expr(s.value)};"]
         if isinstance(s, ir.DeclLocal):
-            return [f"{pad}{s.dtype.c_name} {self.local(s.name)} = {self.expr(s.init)};"]
+            return [f"{pad}{self.type_name(s.dtype)} {self.local(s.name)} = {self.expr(s.init)};"]
         if isinstance(s, ir.SetLocal):
             return [f"{pad}{self.local(s.name)} = {self.expr(s.value)};"]
         if isinstance(s, ir.Comment):
             return [f"{pad}/* {comment_text(s.text)} */"]
         raise TypeError(f"cannot print {s!r}")
+
+
+_SHORT = {"float16": "f16", "bfloat16": "bf16"}
 
 
 def index_type(extent: int) -> str:

@@ -269,6 +269,12 @@ def _simt_step(syntax, m: MatmulShape, cfg, tiles: int) -> list[str]:
     ]
 
 
+def _rounded(syntax, m: MatmulShape, value: str) -> str:
+    """`value` (of the accumulator's type) as stored: rounded into a 16-bit buffer."""
+    dtype = m.store.tnode.dtype
+    return syntax.narrow(dtype, value) if dtype.storage_only else value
+
+
 def _simt_store(syntax, m: MatmulShape, cfg) -> list[str]:
     acc = syntax.local(m.acc.name)
     syntax.renamed = {m.row.iterator: "row", m.col.iterator: "col"}
@@ -281,7 +287,7 @@ def _simt_store(syntax, m: MatmulShape, cfg) -> list[str]:
         "    for (int c = 0; c < 8; ++c) {",
         f"      const {_position(m, cfg)} row = rowbase + {_simt_rows(cfg.block_rows)};",
         f"      const {_position(m, cfg)} col = colbase + {_simt_cols(cfg.block_cols)};",
-        f"      if (row < {m.row.extent} && col < {m.col.extent}) {target} = {acc}[r][c];",
+        f"      if (row < {m.row.extent} && col < {m.col.extent}) {target} = {_rounded(syntax, m, f'{acc}[r][c]')};",
         "    }",
         "  }",
     ]
@@ -405,6 +411,6 @@ def _mma_store(syntax, m: MatmulShape, cfg) -> list[str]:
         "      for (int q = 0; q < 4; ++q) {",
         f"        const {_position(m, cfg)} row = rowbase + wrow + mt * 16 + group + (q / 2) * 8;",
         f"        const {_position(m, cfg)} col = colbase + wcol + nt * 8 + 2 * member + q % 2;",
-        f"        if (row < {m.row.extent} && col < {m.col.extent}) {target} = {total};",
+        f"        if (row < {m.row.extent} && col < {m.col.extent}) {target} = {_rounded(syntax, m, total)};",
         "      }",
     ]

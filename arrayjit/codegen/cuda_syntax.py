@@ -33,6 +33,29 @@ class CudaSyntax(CSyntax):
 
     function_qualifier = "__device__ __forceinline__"
     openmp = False
+    #: 16-bit floats are CUDA's own types (NVRTC ships these headers); their conversions round
+    #: to nearest even.
+    conversions = "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n"
+    #: Threads that find indices outside their axis race to record theirs: one wins, whole.
+    index_check = """\
+OCANNL_FN int64_t ocannl_index(int64_t i, int64_t bound, int32_t *errors, int32_t site) {
+  if (i >= 0 && i < bound) return i;
+  if (atomicCAS(errors, 0, -1) == 0) { errors[1] = (int32_t)i; __threadfence(); errors[0] = site; }
+  return 0;
+}
+"""
+    _TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
+    _WIDEN = {"float16": "__half2float", "bfloat16": "__bfloat162float"}
+    _NARROW = {"float16": "__float2half_rn", "bfloat16": "__float2bfloat16_rn"}
+
+    def type_name(self, dtype) -> str:
+        return self._TYPES.get(dtype.name, dtype.c_name)
+
+    def widen(self, dtype, text: str) -> str:
+        return f"{self._WIDEN[dtype.name]}({text})"
+
+    def narrow(self, dtype, text: str) -> str:
+        return f"{self._NARROW[dtype.name]}({text})"
 
     def begin(self, tnodes: list[TNode], placeholders: bool = False) -> None:
         super().begin(tnodes, placeholders)
@@ -48,7 +71,9 @@ class CudaSyntax(CSyntax):
         return super().expr(e)
 
     def params(self, tnodes: list[TNode]) -> str:
-        return ", ".join(f"{t.dtype.c_name} *__restrict__ {self.buffer(t)}" for t in tnodes)
+        return ", ".join(
+            f"{self.type_name(t.dtype)} *__restrict__ {self.buffer(t)}" for t in tnodes
+        )
 
     def head(self, name: str, tnodes: list[TNode], threads: int = THREADS, blocks: int = 0) -> str:
         """A kernel's first line; `blocks`: resident blocks per multiprocessor to keep registers
@@ -162,7 +187,8 @@ def _print(
 ) -> tuple[str, list[Launch]]:
     dtypes = sorted({t.dtype for t in tnodes}, key=lambda d: d.name)
     syntax.begin(tnodes)
-    parts = [PRELUDE, VECTOR_TYPES, syntax.prelude(dtypes, ir.ops_used(stmt))]
+    checks = bool(ir.index_checks(stmt))
+    parts = [PRELUDE, VECTOR_TYPES, syntax.prelude(dtypes, ir.ops_used(stmt), checks)]
     matmuls = [plan.matmul for plan in plans if plan.matmul is not None]
     if matmuls:
         parts.append(ASYNC_COPY_HELPERS)

@@ -4,6 +4,7 @@ is computed once, into a local declared just before the loop."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from arrayjit import loop_ir as ir
 from arrayjit.indexing import Iterator, iterators_of
@@ -21,7 +22,13 @@ def _variant(
     if key in memo:
         return memo[key]
     if isinstance(e, ir.Get):
-        result = e.tnode in written or any(it in bound for i in e.index for it in iterators_of(i))
+        result = (
+            e.tnode in written
+            or any(it in bound for i in e.index for it in ir.index_iterators(i))
+            or any(_variant(v, bound, written, locals_, memo) for v in ir.dynamic_values(e.index))
+        )
+    elif isinstance(e, ir.Cast):
+        result = _variant(e.value, bound, written, locals_, memo)
     elif isinstance(e, ir.IndexValue):
         result = any(it in bound for it in iterators_of(e.index))
     elif isinstance(e, ir.Local):
@@ -46,13 +53,22 @@ def _hoist_loop(loop: ir.For) -> ir.Stmt:
         if isinstance(e, ir.Const | ir.Local | ir.IndexValue):
             return e
         if not _variant(e, bound, written, locals_, memo):
-            dtype = e.dtype if isinstance(e, ir.Apply) else e.tnode.dtype
+            dtype = ir.expr_dtype(e)
             if e not in hoisted:
                 hoisted[e] = f"h{next(_names)}"
                 decls.append(ir.DeclLocal(hoisted[e], dtype, e))
             return ir.Local(hoisted[e], dtype)
         if isinstance(e, ir.Apply):
             return ir.Apply(e.op, tuple(visit(a) for a in e.args), e.dtype)
+        if isinstance(e, ir.Cast):
+            return ir.Cast(visit(e.value), e.dtype)
+        if isinstance(e, ir.Get) and ir.is_dynamic(e.index):
+            # The index read inside a gather may not depend on this loop.
+            index = tuple(
+                replace(i, value=visit(i.value)) if isinstance(i, ir.Dynamic) else i
+                for i in e.index
+            )
+            return ir.Get(e.tnode, index)
         return e
 
     body = ir.map_root_exprs(loop.body, visit)

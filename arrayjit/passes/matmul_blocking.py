@@ -151,7 +151,7 @@ def _iterators(e: ir.Expr) -> set[Iterator]:
     out: set[Iterator] = set()
     for x in ir.walk_expr(e):
         if isinstance(x, ir.Get):
-            out.update(it for idx in x.index for it in iterators_of(idx))
+            out.update(it for idx in x.index for it in ir.index_iterators(idx))
         elif isinstance(x, ir.IndexValue):
             out.update(iterators_of(x.index))
     return out
@@ -169,7 +169,7 @@ def _lhs_stride(p: Product, it: Iterator) -> int:
 def _roles(p: Product, target: CpuTarget) -> tuple[Iterator, Iterator, Iterator] | None:
     """(m, n, k) for the product, with `x` and `y` swapped so that `x` reads m; None if the
     nest is no product or too small to pack."""
-    if _reads(p.x, p.tnode) or _reads(p.y, p.tnode):
+    if _reads(p.x, p.tnode) or _reads(p.y, p.tnode) or ir.is_dynamic(p.index):
         return None
     extent = {loop.iterator: loop.extent for loop in p.loops}
     in_lhs = [it for idx in p.index for it in iterators_of(idx)]

@@ -6,13 +6,30 @@ import numpy as np
 
 from arrayjit import loop_ir as ir
 from arrayjit import ops
+from arrayjit.dtypes import DType
 
 
 def _is_const(e: ir.Expr, value: float) -> bool:
     return isinstance(e, ir.Const) and e.value == value
 
 
+def cast_value(value: float, target: DType) -> float | int:
+    """A constant converted as generated code converts it: to an int toward zero, saturated,
+    NaN to 0 (`ocannl_float_to_int`); to a float type rounded to nearest."""
+    if target.is_float:
+        return np.asarray(value).astype(target.numpy).item()
+    if value != value:
+        return 0
+    info = np.iinfo(target.numpy)
+    return int(min(max(value, info.min), info.max))
+
+
 def simplify_expr(e: ir.Expr) -> ir.Expr:
+    if isinstance(e, ir.Cast):
+        # Constants fold into the computing types; a 16-bit store of one stays a conversion.
+        if isinstance(e.value, ir.Const) and not e.dtype.storage_only:
+            return ir.Const(cast_value(e.value.value, e.dtype), e.dtype)
+        return e
     if not isinstance(e, ir.Apply):
         return e
     args = e.args

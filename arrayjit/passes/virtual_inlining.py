@@ -61,7 +61,11 @@ def _inline(defs: dict[TNode, Definition]):
 
         def reindex(x: ir.Expr) -> ir.Expr:
             if isinstance(x, ir.Get):
-                return ir.Get(x.tnode, tuple(substitute(i, env) for i in x.index))
+                # A dynamic index's value was reindexed already (map_expr visits it first).
+                index = tuple(
+                    i if isinstance(i, ir.Dynamic) else substitute(i, env) for i in x.index
+                )
+                return ir.Get(x.tnode, index)
             if isinstance(x, ir.IndexValue):
                 return ir.IndexValue(substitute(x.index, env), x.dtype)
             return x

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arrayjit import assignments as asg
-from arrayjit.indexing import Affine, Fixed, Index, Iterator
+from arrayjit.indexing import Affine, Fixed, Iterator, Lookup, ProjectedIndex
 from arrayjit.tnode import TNode
 
 
@@ -24,14 +24,18 @@ class Structure:
     tnodes: tuple[TNode, ...]
     #: The fetches of `Values`, in order: their arrays become buffers of their own.
     values: tuple[asg.Fetch, ...]
+    #: The Accums with lookups, in order: each has an error buffer of its own.
+    checked: tuple[asg.Accum, ...] = ()
 
 
-def _index(index: Index, its: dict[int, str]) -> str:
+def _index(index: ProjectedIndex, its: dict[int, str]) -> str:
     """`index` with iterators named by their position in the statement (`its`: id -> name)."""
     if type(index) is Iterator:
         return its[index.id]
     if type(index) is Fixed:
         return str(index.value)
+    if type(index) is Lookup:
+        return f"@{index.operand}"
     assert isinstance(index, Affine)
     terms = "+".join(f"{c}*{its[it.id]}" for c, it in index.terms)
     return f"{terms}+{index.offset}"
@@ -51,6 +55,7 @@ def structure(code: asg.Assignments) -> Structure:
     slots: dict[TNode, int] = {}
     tnodes: list[TNode] = []
     values: list[asg.Fetch] = []
+    checked: list[asg.Accum] = []
     parts: list[str] = []
 
     def slot(t: TNode) -> int:
@@ -72,6 +77,8 @@ def structure(code: asg.Assignments) -> Structure:
                 f"A{slot(s.lhs)}{s.accum}{'!' if s.zero_first else ''}{_rhs(s.op)}({operands})"
                 f"{p.product_space}[{lhs}][{rhs}]"
             )
+            if "@" in lhs or "@" in rhs:
+                checked.append(s)
         elif isinstance(s, asg.Fetch):
             source = s.source
             if isinstance(source, asg.Constant):
@@ -87,7 +94,7 @@ def structure(code: asg.Assignments) -> Structure:
         else:
             raise TypeError(f"not an assignment: {s!r}")
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-    return Structure(digest, tuple(tnodes), tuple(values))
+    return Structure(digest, tuple(tnodes), tuple(values), tuple(checked))
 
 
 @functools.cache

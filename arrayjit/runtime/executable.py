@@ -8,7 +8,7 @@ from arrayjit import assignments as asg
 from arrayjit import loop_ir as ir
 from arrayjit.backends.base import Compiled
 from arrayjit.lowering import compile_to_ir
-from arrayjit.runtime import residency
+from arrayjit.runtime import index_checks, residency
 from arrayjit.tnode import TNode
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ class Executable:
         # Marked computed by the first run (a buffer never becomes uncomputed).
         self._unmarked = list(compiled.written)
         self._positions = {t: k for k, t in enumerate(compiled.tnodes)}
+        # Where the routine records indices read from data that fall outside their axis.
+        self.checks = index_checks.checks_in(code)
 
     @property
     def ir(self) -> ir.Stmt:
@@ -57,11 +59,15 @@ class Executable:
         self.compiled.bind(position, address)
 
     def run(self) -> None:
+        """Run the routine; an index read from data outside its axis raises `IndexOutOfRange`
+        after the run (on a GPU, reading the check waits for the routine)."""
         self.compiled.run()
         if self._unmarked:
             for t in self._unmarked:
                 residency.of(t).computed = True
             self._unmarked = []
+        if self.checks:
+            index_checks.raise_errors(self.checks)
 
     def __repr__(self) -> str:
         return f"Executable({self.name!r}, {len(self.compiled.tnodes)} buffers, source={self.source_path})"

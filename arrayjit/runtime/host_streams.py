@@ -1,45 +1,27 @@
 """The streams of a streamed run on the C backend, where device memory is host memory: the plan's
 allocation is one numpy array, a copy is a memcpy from the weights' source (a host array or a
-memory map) into a slot, done by a copier thread while the calling thread computes (numpy's copy
-and the ctypes call into the runner both release the GIL), and an event is a timestamped flag.
+memory map) into a slot, and an event is a timestamp. Copies run on the calling thread when the
+table reaches them, so the plan's logic (slots, order, sources, stats) runs for real but nothing
+overlaps: the compute already uses every core through OpenMP, and a copier thread competing with
+its spinning workers made runs many times slower on a small machine.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-import weakref
-from collections.abc import Callable
 
 import numpy as np
 
 from arrayjit.tnode import TNode
 
 
-class HostEvent:
-    """Set when the work before it is done; `time` is when (perf_counter seconds)."""
+class Reached:
+    """A point the calling thread has reached, and when (perf_counter seconds)."""
 
-    __slots__ = ("done", "time")
+    __slots__ = ("time",)
 
     def __init__(self) -> None:
-        self.done = threading.Event()
-        self.time = 0.0
-
-    def set(self) -> None:
         self.time = time.perf_counter()
-        self.done.set()
-
-    def wait(self) -> None:
-        self.done.wait()
-
-
-def _serve(tasks: queue.SimpleQueue, errors: list) -> None:
-    while (task := tasks.get()) is not None:
-        try:
-            task()
-        except Exception as exc:  # reported by the next wait of the calling thread
-            errors.append(exc)
 
 
 class HostLoad:
@@ -58,17 +40,11 @@ class HostLoad:
 
 
 class HostStreams:
-    """Copies on a copier thread, computes on the calling thread."""
+    """Copies and computes in table order on the calling thread."""
 
     def __init__(self) -> None:
         self.memory = np.zeros(0, np.uint8)
         self.base = 0
-        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._errors: list[Exception] = []
-        threading.Thread(
-            target=_serve, args=(self._tasks, self._errors), daemon=True, name="arrayjit-copier"
-        ).start()
-        weakref.finalize(self, self._tasks.put, None)
 
     def allocate(self, nbytes: int) -> int:
         self.memory = np.zeros(max(1, nbytes), np.uint8)
@@ -83,46 +59,29 @@ class HostStreams:
     def load(self, parts: list[tuple[int, TNode, np.ndarray]]) -> HostLoad:
         return HostLoad([(self.view(address, t), source) for address, t, source in parts])
 
-    def _enqueue(self, task: Callable[[], None]) -> None:
-        self._tasks.put(task)
-
     def copy(self, load: HostLoad) -> None:
-        self._enqueue(load.run)
+        load.run()
 
-    def record_copy(self) -> HostEvent:
-        event = HostEvent()
-        self._enqueue(event.set)
-        return event
+    def record_copy(self) -> Reached:
+        return Reached()
 
-    def record_compute(self) -> HostEvent:
-        event = HostEvent()
-        event.set()
-        return event
+    def record_compute(self) -> Reached:
+        return Reached()
 
-    def copy_waits(self, event: HostEvent) -> None:
-        self._enqueue(event.wait)
+    def copy_waits(self, event: Reached) -> None:
+        pass  # everything before it on the calling thread is done
 
-    def compute_waits(self, event: HostEvent) -> None:
-        event.wait()
-        self._raise_errors()
+    def compute_waits(self, event: Reached) -> None:
+        pass
 
-    def seconds(self, start: HostEvent, end: HostEvent) -> float:
+    def seconds(self, start: Reached, end: Reached) -> float:
         return end.time - start.time
 
     def synchronize(self) -> None:
-        self.record_copy().wait()
-        self._raise_errors()
+        pass
 
     def upload(self, address: int, t: TNode, array: np.ndarray) -> None:
         np.copyto(self.view(address, t), array, casting="unsafe")
 
     def download(self, address: int, t: TNode, array: np.ndarray) -> None:
         np.copyto(array, self.view(address, t))
-
-    def _raise_errors(self) -> None:
-        if self._errors:
-            error = self._errors.pop(0)
-            self._errors.clear()
-            raise RuntimeError(
-                f"copying weights into the streaming slots failed: {error}"
-            ) from error

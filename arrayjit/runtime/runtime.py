@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from arrayjit import assignments as asg
 from arrayjit import cache
 from arrayjit.backends.base import Backend, Compiled
 from arrayjit.lowering import compile_to_ir, values_buffer
+from arrayjit.runtime import index_checks
 from arrayjit.runtime.code_key import Structure, generator_version, structure
 from arrayjit.runtime.executable import Executable
 from arrayjit.tnode import MemoryMode, TNode
@@ -31,7 +32,7 @@ log = logging.getLogger("arrayjit")
 BACKENDS = ("c", "cuda")
 
 
-def make_backend(name: str) -> Backend:
+def make_backend(name: str, device: int = 0) -> Backend:
     if name == "c":
         from arrayjit.backends.cc import CBackend
 
@@ -39,7 +40,7 @@ def make_backend(name: str) -> Backend:
     if name == "cuda":
         from arrayjit.backends.cuda import CudaBackend
 
-        return CudaBackend()
+        return CudaBackend(device)
     raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 
@@ -54,14 +55,14 @@ def cuda_usable() -> bool:
 
 class Runtime:
     """`Runtime("c")` compiles with the C backend; `Runtime("cuda")` with CUDA; `Runtime()` picks
-    CUDA when a GPU is usable, else C."""
+    CUDA when a GPU is usable, else C. `device`: the GPU of a CUDA runtime."""
 
-    def __init__(self, backend: str | None = None) -> None:
+    def __init__(self, backend: str | None = None, device: int = 0) -> None:
         if backend is None:
             backend = "cuda" if cuda_usable() else "c"
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a name ({', '.join(BACKENDS)}), got {backend!r}")
-        self.backend = make_backend(backend)
+        self.backend = make_backend(backend, device)
 
     @property
     def name(self) -> str:
@@ -82,7 +83,7 @@ class Runtime:
             name,
             backend.name,
             str(backend.reductions_innermost),
-            backend.identity(),
+            backend.routine_identity(found.tnodes),
             generator_version(),
         )
         record = f"{key}.routine"
@@ -113,6 +114,9 @@ class Runtime:
     def _record(self, record: str, found: Structure, compiled: Compiled) -> None:
         slots: dict[TNode, int | str | dict] = {t: k for k, t in enumerate(found.tnodes)}
         slots.update({values_buffer(f): f"values{m}" for m, f in enumerate(found.values)})
+        slots.update(
+            {index_checks.check_of(a).errors: f"check{m}" for m, a in enumerate(found.checked)}
+        )
         for t in compiled.tnodes:
             if t not in slots and t.memory_mode is MemoryMode.LOCAL:
                 # Scratch space the backend made (e.g. partial results): made again on a hit.
@@ -131,11 +135,14 @@ class Runtime:
         slots: int = 2,
         keep_resident: bool = True,
         host_memory: str = "pinned",
+        keep: Collection[TNode] | None = None,
     ) -> StreamedExecutable:
         """Compile `stages` to run in order within `budget` bytes of device memory (an int or a
         text like "2GiB"), their weights streamed from host memory (`weights`: sources for some
         weight tnodes, e.g. memory-mapped arrays) through a ring of `slots` slots
-        (`arrayjit.runtime.streamed`)."""
+        (`arrayjit.runtime.streamed`). `keep`: the buffers written by the stages that must stay
+        for the plan's life (outputs read after a run, state such as a KV cache); the others
+        share memory by live range. None: every buffer a stage writes stays."""
         from arrayjit.runtime.stream_plan import parse_bytes
         from arrayjit.runtime.streamed import StreamedExecutable
 
@@ -149,7 +156,7 @@ class Runtime:
             self.compile(code, name, bound=True) for code, name in zip(stages, names, strict=True)
         ]
         return StreamedExecutable(
-            executables, parse_bytes(budget), weights, slots, keep_resident, host_memory
+            executables, parse_bytes(budget), weights, slots, keep_resident, host_memory, keep
         )
 
     def synchronize(self) -> None:
@@ -165,4 +172,6 @@ def _buffer(ref: int | str | dict, found: Structure) -> TNode:
     if isinstance(ref, dict):
         label, dims, dtype = ref["scratch"]
         return TNode(label, dims, dtype, MemoryMode.LOCAL)
+    if ref.startswith("check"):
+        return index_checks.check_of(found.checked[int(ref.removeprefix("check"))]).errors
     return values_buffer(found.values[int(ref.removeprefix("values"))])

@@ -20,13 +20,15 @@ fragment memory. A budget that cannot hold one stage (with the activations and s
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from arrayjit.tnode import TNode
+from arrayjit.tnode import MemoryMode, TNode
 
 #: Every region starts at a multiple of this many bytes (the GPU's preferred alignment).
 ALIGN = 256
+
+_SCRATCH = (MemoryMode.LOCAL, MemoryMode.VIRTUAL)
 
 _UNITS = {
     "": 1,
@@ -83,6 +85,8 @@ class StageBuffers:
     weights: tuple[TNode, ...]
     activations: tuple[TNode, ...]
     scratch: tuple[TNode, ...]
+    #: The buffers the stage writes (empty: taken to write its activations before reading them).
+    writes: tuple[TNode, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,10 @@ class StreamPlan:
 
     budget: int
     stages: list[StageBuffers]
-    #: Activations and the weights of resident stages.
+    #: Activations kept for the plan's life and the weights of resident stages.
     resident: dict[TNode, int] = field(default_factory=dict)
-    #: Per stage: its scratch buffers' offsets.
-    scratch: list[dict[TNode, int]] = field(default_factory=list)
+    #: Scratch buffers and transient activations, placed by live range.
+    shared: dict[TNode, int] = field(default_factory=dict)
     #: Per stage: its slot in the ring, None when its weights are resident.
     slot_of: list[int | None] = field(default_factory=list)
     #: Per stage: its streamed weights' offsets within its slot.
@@ -126,8 +130,8 @@ class StreamPlan:
         """Where `t` lives while `stage` runs."""
         if t in self.resident:
             return self.resident[t]
-        if t in self.scratch[stage]:
-            return self.scratch[stage][t]
+        if t in self.shared:
+            return self.shared[t]
         return self.slot_offsets[self.slot_of[stage]] + self.in_slot[stage][t]
 
     def streamed_bytes(self) -> int:
@@ -138,18 +142,19 @@ class StreamPlan:
         return "\n".join(str(s) for s in self.steps)
 
 
-def classify(name: str, tnodes: Sequence[TNode], written: set[TNode]) -> StageBuffers:
+def classify(
+    name: str, tnodes: Sequence[TNode], written: set[TNode], writes: Sequence[TNode] = ()
+) -> StageBuffers:
     """Split a stage's buffers into weights, activations and scratch; `written`: the buffers
-    some stage writes."""
-    from arrayjit.tnode import MemoryMode
-
-    scratch = tuple(t for t in tnodes if t.memory_mode in (MemoryMode.LOCAL, MemoryMode.VIRTUAL))
+    some stage writes; `writes`: those this stage writes."""
+    scratch = tuple(t for t in tnodes if t.memory_mode in _SCRATCH)
     rest = [t for t in tnodes if t not in scratch]
     return StageBuffers(
         name,
         tuple(t for t in rest if t not in written),
         tuple(t for t in rest if t in written),
         scratch,
+        tuple(writes),
     )
 
 
@@ -165,24 +170,33 @@ def _pack(tnodes: Sequence[TNode], start: int = 0) -> tuple[dict[TNode, int], in
 
 
 def plan(
-    stages: Sequence[StageBuffers], budget: int, slots: int = 2, keep_resident: bool = True
+    stages: Sequence[StageBuffers],
+    budget: int,
+    slots: int = 2,
+    keep_resident: bool = True,
+    transient: Collection[TNode] = (),
 ) -> StreamPlan:
     """Lay out `stages` in `budget` bytes with a ring of up to `slots` slots (1: each copy
-    waits for the previous stage's compute, the no-overlap baseline), and build the table."""
+    waits for the previous stage's compute, the no-overlap baseline), and build the table.
+    Activations in `transient` (and every stage's scratch) share memory by live range."""
     if slots < 1:
         raise ValueError(f"a streaming plan needs at least one slot, got slots={slots}")
-    activations = list(dict.fromkeys(t for s in stages for t in s.activations))
+    live = _live_ranges(stages, set(transient))
+    activations = [
+        t for t in dict.fromkeys(t for s in stages for t in s.activations) if t not in live
+    ]
     activation_bytes = sum(aligned(nbytes(t)) for t in activations)
-    scratch_bytes = max((_pack(s.scratch)[1] for s in stages), default=0)
+    shared, shared_bytes = _pack_by_live_range(live)
     weight_bytes = [_pack(s.weights)[1] for s in stages]
-    fixed = activation_bytes + scratch_bytes
+    fixed = activation_bytes + shared_bytes
     needs = [fixed + w for w in weight_bytes]
     worst = max(range(len(stages)), key=lambda i: needs[i])
     if needs[worst] > budget:
         raise StreamBudgetError(
             f"the budget of {budget} bytes cannot hold stage {worst} ({stages[worst].name!r}): it "
-            f"needs {needs[worst]} bytes ({weight_bytes[worst]} of weights, {scratch_bytes} of "
-            f"scratch, {activation_bytes} of activations kept resident for the whole plan)"
+            f"needs {needs[worst]} bytes ({weight_bytes[worst]} of weights, {shared_bytes} of "
+            f"scratch and activations shared by live range, {activation_bytes} of activations "
+            "kept resident for the whole plan)"
         )
     available = budget - fixed
     largest = max(weight_bytes, default=0)
@@ -193,10 +207,8 @@ def plan(
     )
     layout = StreamPlan(budget, list(stages))
     layout.resident, end = _pack([*activations, *resident_weights])
-    scratch_start = end
-    for s in stages:
-        layout.scratch.append(_pack(s.scratch, scratch_start)[0])
-    end = scratch_start + scratch_bytes
+    layout.shared = {t: end + offset for t, offset in shared.items()}
+    end += shared_bytes
     in_slot = []
     for i, s in enumerate(stages):
         streamed = [t for t in s.weights if t not in layout.resident]
@@ -212,6 +224,50 @@ def plan(
     layout.slot_of = [slot_index.get(i) for i in range(len(stages))]
     layout.steps = _steps(len(stages), streamed_stages, count)
     return layout
+
+
+def _live_ranges(
+    stages: Sequence[StageBuffers], transient: set[TNode]
+) -> dict[TNode, tuple[int, int]]:
+    """First and last stage of every scratch buffer and of every transient activation that is
+    written by the first stage that touches it (one read earlier would see an older run's
+    values: it stays resident)."""
+    live: dict[TNode, tuple[int, int]] = {}
+    first_write: dict[TNode, int] = {}
+    for i, s in enumerate(stages):
+        for t in s.writes:
+            first_write.setdefault(t, i)
+        for t in (*s.scratch, *(t for t in s.activations if t in transient)):
+            first, _ = live.get(t, (i, i))
+            live[t] = (first, i)
+    return {
+        t: span
+        for t, span in live.items()
+        if t.memory_mode in _SCRATCH or first_write.get(t, span[0]) == span[0]
+    }
+
+
+def _pack_by_live_range(
+    live: dict[TNode, tuple[int, int]],
+) -> tuple[dict[TNode, int], int]:
+    """Offsets where buffers whose live ranges overlap never overlap (largest first, each at
+    the lowest offset that fits), and the bytes it takes."""
+    placed: list[tuple[int, int, int, int]] = []  # offset, end, first stage, last stage
+    offsets = {}
+    for t in sorted(live, key=lambda t: (-nbytes(t), live[t])):
+        first, last = live[t]
+        size = aligned(nbytes(t))
+        busy = sorted(
+            (start, end) for start, end, since, until in placed if since <= last and first <= until
+        )
+        offset = 0
+        for start, end in busy:
+            if offset + size <= start:
+                break
+            offset = max(offset, end)
+        offsets[t] = offset
+        placed.append((offset, offset + size, first, last))
+    return offsets, max((e for _, e, _, _ in placed), default=0)
 
 
 def _choose_resident(stages: Sequence[StageBuffers], available: int, ring: int) -> set[int]:

@@ -13,7 +13,7 @@ after a run fetches it, and setting its host values sends them before the next r
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,10 @@ class StreamStats:
         return self.hidden_copy_seconds / self.copy_seconds if self.copy_seconds > 0 else 1.0
 
 
+_COPY, _COMPUTE, _RELEASE = object(), object(), object()
+_KINDS = {"copy": _COPY, "compute": _COMPUTE, "release": _RELEASE}
+
+
 class PlanPlace:
     """An activation's region of the plan's memory, as a place of its tnode's residency."""
 
@@ -84,12 +88,18 @@ class StreamedExecutable:
         slots: int = 2,
         keep_resident: bool = True,
         host_memory: str = "pinned",
+        keep: Collection[TNode] | None = None,
     ) -> None:
         self.executables = list(executables)
         self.backend = self.executables[0].runtime.backend
         written = {t for e in self.executables for t in e.compiled.written}
-        stages = [classify(e.name, e.compiled.tnodes, written) for e in self.executables]
-        self.plan: StreamPlan = plan(stages, budget, slots, keep_resident)
+        stages = [
+            classify(e.name, e.compiled.tnodes, written, e.compiled.written)
+            for e in self.executables
+        ]
+        # Without `keep`, every activation stays; with it, the others share memory by live range.
+        transient = () if keep is None else written - set(keep)
+        self.plan: StreamPlan = plan(stages, budget, slots, keep_resident, transient)
         self.streams = make_streams(self.backend, host_memory)
         self.base = self.streams.allocate(self.plan.total_bytes)
         sources = dict(weights or {})
@@ -101,8 +111,8 @@ class StreamedExecutable:
                 )
         all_weights = list(dict.fromkeys(t for s in stages for t in s.weights))
         # Weights read from their tnodes' host arrays, and the version each copy holds.
-        self.host_sourced = [t for t in all_weights if t not in sources]
-        self.versions = {t: residency.of(t).latest for t in self.host_sourced}
+        self.host_states = [(t, residency.of(t)) for t in all_weights if t not in sources]
+        self.versions = [state.latest for _, state in self.host_states]
         self.sources = {t: sources[t] if t in sources else t.host() for t in all_weights}
         for stage, e in enumerate(self.executables):
             for t in e.compiled.tnodes:
@@ -120,12 +130,26 @@ class StreamedExecutable:
         self.stale = set(self.resident_weights)  # copied by the first run
         self.places = {}
         for t in dict.fromkeys(t for s in stages for t in s.activations):
+            if t not in self.plan.resident:
+                continue  # transient: its memory holds other buffers after its last stage
             place = PlanPlace(self.streams, self.base + self.plan.resident[t], t)
             state = residency.of(t)
             state.add_place(place, holds_newest=state.latest == 0 and not t.has_host)
             self.places[t] = place
         # Every activation is written by some stage: after a run, the plan holds its newest.
         self.written = [(residency.of(t), place) for t, place in self.places.items()]
+        # The plan's steps with what each one runs.
+        self.table = [
+            (
+                _KINDS[step.kind],
+                step.stage,
+                step.slot,
+                self.loads[step.stage]
+                if step.kind == "copy"
+                else self.executables[step.stage].compiled.run,
+            )
+            for step in self.plan.steps
+        ]
         # Slots free once the last compute that used them is done (kept across runs).
         self.free: list = [None] * len(self.plan.slot_offsets)
         self._events: tuple | None = None
@@ -144,26 +168,26 @@ class StreamedExecutable:
         ready: list = [None] * len(self.free)
         done: list = [None] * len(self.executables)
         copies, computes = [], []
-        previous = start
-        for step in self.plan.steps:
-            if step.kind == "copy":
-                if self.free[step.slot] is not None:
-                    streams.copy_waits(self.free[step.slot])
-                begin = streams.record_copy()
-                streams.copy(self.loads[step.stage])
-                ready[step.slot] = streams.record_copy()
-                copies.append((begin, ready[step.slot]))
-                copied += self.loads[step.stage].nbytes
-            elif step.kind == "compute":
-                if step.slot is not None:
-                    streams.compute_waits(ready[step.slot])
-                begin = streams.record_compute()
-                self.executables[step.stage].compiled.run()
-                done[step.stage] = streams.record_compute()
-                computes.append((begin, done[step.stage]))
-                previous = done[step.stage]
+        free, previous = self.free, start
+        record_copy, record_compute = streams.record_copy, streams.record_compute
+        for kind, stage, slot, work in self.table:
+            if kind is _COPY:
+                if free[slot] is not None:
+                    streams.copy_waits(free[slot])
+                begin = record_copy()
+                streams.copy(work)
+                ready[slot] = end = record_copy()
+                copies.append((begin, end))
+                copied += work.nbytes
+            elif kind is _COMPUTE:
+                if slot is not None:
+                    streams.compute_waits(ready[slot])
+                begin = record_compute()
+                work()
+                done[stage] = previous = record_compute()
+                computes.append((begin, previous))
             else:
-                self.free[step.slot] = done[step.stage]
+                free[slot] = done[stage]
         for state, place in self.written:
             state.write_at(place)
         self._events = (start, previous, copies, computes)
@@ -176,19 +200,17 @@ class StreamedExecutable:
         """Bring host-sourced weights whose tnodes changed into the loads, send stale
         activations and resident weights; the bytes of weights sent."""
         streams = self.streams
-        for t in self.host_sourced:
-            latest = residency.of(t).latest
-            if latest != self.versions[t]:
-                self.versions[t] = latest
+        for k, (t, state) in enumerate(self.host_states):
+            if state.latest != self.versions[k]:
+                self.versions[k] = state.latest
                 source = self.sources[t] = t.host()
-                for stage, k in self.uses.get(t, ()):
-                    self.loads[stage].refresh(k, source)
+                for stage, part in self.uses.get(t, ()):
+                    self.loads[stage].refresh(part, source)
                 if t in self.plan.resident:
                     self.stale.add(t)
-        for t, place in self.places.items():
-            state = residency.of(t)
-            if not state.is_current(place):
-                streams.upload(place.address, t, t.host())
+        for state, place in self.written:
+            if state.held.get(place) != state.latest:
+                streams.upload(place.address, place.tnode, place.tnode.host())
                 state.copied_to(place)
         sent = 0
         for t in self.stale:

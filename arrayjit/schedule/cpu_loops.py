@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from arrayjit import loop_ir as ir
 from arrayjit import ops
-from arrayjit.indexing import Iterator, iterators_of
+from arrayjit.indexing import Iterator
 
 #: Accumulate ops a loop can reduce with in any order (up to rounding for floats).
 REDUCIBLE = ("add", "sub", "mul", "max", "min")
@@ -77,8 +77,11 @@ def independent(loop: ir.For) -> bool:
 
 def _separates(index: tuple, it: Iterator, inner: set[Iterator]) -> bool:
     """Whether different values of `it` give different cells: it occurs in one axis only,
-    whose other terms are fixed while it varies (no iterator of an inner loop)."""
-    axes = [iterators_of(idx) for idx in index if it in iterators_of(idx)]
+    whose other terms are fixed while it varies (no iterator of an inner loop), and in no
+    index read from data (two ids may pick one cell)."""
+    if any(isinstance(idx, ir.Dynamic) and it in ir.index_iterators(idx) for idx in index):
+        return False
+    axes = [ir.index_iterators(idx) for idx in index if it in ir.index_iterators(idx)]
     return len(axes) == 1 and not (set(axes[0]) & inner)
 
 

@@ -152,10 +152,18 @@ def _expr_iterators(e: ir.Expr) -> set[Iterator]:
     out: set[Iterator] = set()
     for x in ir.walk_expr(e):
         if isinstance(x, ir.Get):
-            out.update(it for idx in x.index for it in iterators_of(idx))
+            out.update(it for idx in x.index for it in ir.index_iterators(idx))
         elif isinstance(x, ir.IndexValue):
             out.update(iterators_of(x.index))
     return out
+
+
+def _stored_local(store: ir.Set) -> ir.Expr:
+    """What a store writes, less the rounding into a 16-bit buffer."""
+    value = store.value
+    if isinstance(value, ir.Cast) and value.dtype == store.tnode.dtype:
+        return value.value
+    return value
 
 
 def _has_local(e: ir.Expr) -> bool:
@@ -174,7 +182,7 @@ def matmul_shape(plan: KernelPlan) -> MatmulShape | None:
         and isinstance(loop.body, ir.SetLocal)
         and loop.body.name == decl.name
         and isinstance(store, ir.Set)
-        and store.value == ir.Local(decl.name, decl.dtype)
+        and _stored_local(store) == ir.Local(decl.name, decl.dtype)
         and decl.dtype.is_float
         and not _has_local(decl.init)
     ):
@@ -212,11 +220,18 @@ def _operand_dtype(e: ir.Expr):
     return e.tnode.dtype if isinstance(e, ir.Get) else e.dtype
 
 
+def _plain_read(e: ir.Expr) -> ir.Get | None:
+    """The read `e` is, or widens to float32 (a 16-bit value converted as it is read)."""
+    if isinstance(e, ir.Cast) and e.dtype.name == "float32":
+        e = e.value
+    return e if isinstance(e, ir.Get) and not ir.is_dynamic(e.index) else None
+
+
 def _strides(e: ir.Expr) -> tuple[dict[Iterator, int], int] | None:
     """The strides of each iterator in a plain read's row-major offset, and its constant."""
     from arrayjit.lowering import row_major_offset
 
-    if not isinstance(e, ir.Get):
+    if not isinstance(e, ir.Get) or ir.is_dynamic(e.index):
         return None
     terms, offset = as_affine(row_major_offset(e.tnode.dims, e.index))
     strides: dict[Iterator, int] = {}
@@ -272,13 +287,15 @@ def tensor_core_kind(shape: MatmulShape, options: GpuOptions) -> str | None:
     combine = shape.update.args[1]
     if shape.update.op != "add" or combine.op != "mul":
         return None
-    names = {_operand_dtype(e).name for e in (shape.x, shape.y)}
     acc = shape.acc.dtype.name
+    reads = [_plain_read(e) for e in (shape.x, shape.y)]
+    if all(reads):
+        names = {r.tnode.dtype.name for r in reads}
+        if len(names) == 1 and (name := names.pop()) in HALF_KINDS and acc == "float32":
+            return HALF_KINDS[name]
+    names = {_operand_dtype(e).name for e in (shape.x, shape.y)}
     if names == {"float32"} and acc == "float32":
         return "tf32" if options.allow_tf32 else None
-    if len(names) == 1 and (name := names.pop()) in HALF_KINDS and acc in ("float32", name):
-        if all(isinstance(e, ir.Get) for e in (shape.x, shape.y)):
-            return HALF_KINDS[name]
     return None
 
 
@@ -300,6 +317,9 @@ def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
     if shape is None:
         return None
     kind = tensor_core_kind(shape, options)
+    if kind in HALF_KINDS.values():
+        # The tiles hold the 16-bit values themselves; the tensor cores widen them.
+        shape.x, shape.y = _plain_read(shape.x), _plain_read(shape.y)
     shape.loads = (
         operand_load(shape.x, shape.row, shape.reduction, kind is not None),
         operand_load(shape.y, shape.col, shape.reduction, kind is not None),

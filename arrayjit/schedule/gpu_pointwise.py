@@ -15,14 +15,17 @@ from arrayjit.indexing import Iterator, as_affine
 from arrayjit.schedule.kernel_plan import KernelPlan
 
 
-def _stride(tnode, index, it: Iterator, vector: int = 1) -> tuple[int, bool]:
-    """The stride of `it` in the row-major offset, and whether the rest is a multiple of
-    `vector`."""
-    from arrayjit.lowering import row_major_offset
-
-    terms, offset = as_affine(row_major_offset(tnode.dims, index))
+def _stride(tnode, index, it: Iterator, vector: int = 1) -> tuple[int | None, bool]:
+    """The stride of `it` in the row-major offset (None: a dynamic index that depends on `it`),
+    and whether the rest is a multiple of `vector`."""
+    affine, dynamic = ir.split_offset(tnode.dims, index)
+    terms, offset = as_affine(affine)
     own = sum(c for c, term in terms if term == it)
     rest = [c for c, term in terms if term != it] + [offset]
+    for stride, d in dynamic:
+        if it in ir.index_iterators(d):
+            return None, False
+        rest.append(stride)
     return own, all(c % vector == 0 for c in rest)
 
 
@@ -52,6 +55,8 @@ def vector_width(plan: KernelPlan) -> int:
     reads, stores = accesses(plan)
     if not stores or {s.tnode for s in stores} & {g.tnode for g in reads}:
         return 1  # a cell that reads what the kernel writes: keep the order of one cell at a time
+    if any(ir.is_dynamic(x.index) for x in [*reads, *stores]):
+        return 1  # the index value is computed in the cell's body, after the loads
     moving = [g for g in reads if _stride(g.tnode, g.index, it)[0] != 0]
     sizes = {x.tnode.dtype.itemsize for x in [*stores, *moving]}
     if not sizes <= {4, 8}:

@@ -137,13 +137,18 @@ def reduction_shape(body: list[ir.Stmt]) -> ReductionShape | None:
     return ReductionShape(pre, acc, loops, inner, update.op, value, post)
 
 
-def _coefficient(get: ir.Get, it: Iterator) -> tuple[int, list[int], int]:
-    """The stride of `it` in `get`'s row-major offset, the other strides and the constant."""
-    from arrayjit.lowering import row_major_offset
-
-    terms, offset = as_affine(row_major_offset(get.tnode.dims, get.index))
+def _coefficient(get: ir.Get, it: Iterator) -> tuple[int | None, list[int], int]:
+    """The stride of `it` in `get`'s row-major offset (None: a dynamic index that depends on
+    `it`), the other strides (dynamic indices' included) and the constant."""
+    affine, dynamic = ir.split_offset(get.tnode.dims, get.index)
+    terms, offset = as_affine(affine)
     own = sum(c for c, term in terms if term == it)
-    return own, [c for c, term in terms if term != it], offset
+    others = [c for c, term in terms if term != it]
+    for stride, d in dynamic:
+        if it in ir.index_iterators(d):
+            return None, others, offset
+        others.append(stride)
+    return own, others, offset
 
 
 def _vector_load(get: ir.Get, it: Iterator, vector: int) -> bool:
@@ -182,10 +187,10 @@ def _across_cells(plan: KernelPlan, shape: ReductionShape) -> bool:
     along_cells = along_reduction = 0
     for get in (e for e in ir.walk_expr(shape.value) if isinstance(e, ir.Get)):
         own, _, _ = _coefficient(get, shape.innermost)
-        if own == 0:
+        if own == 0 or own is None:
             continue
         along_reduction += abs(own) == 1
-        along_cells += abs(_coefficient(get, cell)[0]) == 1
+        along_cells += _coefficient(get, cell)[0] in (1, -1)
     return along_cells > along_reduction
 
 

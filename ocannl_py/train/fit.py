@@ -38,7 +38,8 @@ def fit(
     """Train over `data` (examples along the first axis of every array) in batches of
     `batch_size`, for `epochs` epochs, with a progress bar showing the loss; returns the losses.
 
-    `routine` is either a compiled training routine, `data` mapping its terms to arrays and
+    `routine` is either a compiled training routine, a data-parallel step
+    (`train.data_parallel`, `data` mapping its input names to arrays), `data` mapping its terms to arrays and
     `loss` (optional) the tensor read after each run; or a function `batch_size -> (loss,
     inputs)`, `data` mapping the names in `inputs` to arrays, `update` a function `loss -> code`
     (e.g. `lambda loss: train.sgd_update(loss, 0.1)`) called once, and `context` the Context that
@@ -54,7 +55,16 @@ def fit(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
     rest = 0 if drop_last else n % batch_size
-    if hasattr(routine, "run") or routine is None:
+    if hasattr(routine, "fit_steps"):  # a data-parallel step (train.data_parallel)
+        if rest:
+            raise ValueError(
+                f"fit: {n} examples do not split into batches of {batch_size}: pass "
+                f"drop_last=True to skip the last {rest} (a data-parallel step takes one size)"
+            )
+        if loss is not None or update is not None:
+            raise ValueError("fit: a data-parallel step has its loss and update; drop them")
+        steps = routine.fit_steps(arrays, batch_size)
+    elif hasattr(routine, "run") or routine is None:
         if rest:
             raise ValueError(
                 f"fit: {n} examples do not split into batches of {batch_size}: pass "

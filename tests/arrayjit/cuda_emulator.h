@@ -176,6 +176,13 @@ inline bool run_block(unsigned threads, Order &rng) {
 inline void __syncthreads() { emu::yield(emu::AT_BLOCK_BARRIER); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
 inline void __threadfence_block() {}
+inline void __threadfence() {}
+// Fibers of one launch run one at a time and switch only at barriers: plain code is atomic.
+inline int atomicCAS(int *address, int compare, int value) {
+  int old = *address;
+  if (old == compare) *address = value;
+  return old;
+}
 
 template <class T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
@@ -253,6 +260,11 @@ struct __nv_bfloat16 {
   }
   operator float() const { return __uint_as_float(unsigned(bits) << 16); }
 };
+
+inline float __half2float(__half h) { return float(h); }
+inline __half __float2half_rn(float f) { return __half(f); }
+inline float __bfloat162float(__nv_bfloat16 h) { return float(h); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
 
 // ---- asynchronous copies ---------------------------------------------------------------------
 

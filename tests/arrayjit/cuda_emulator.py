@@ -81,6 +81,8 @@ def emulated_source(source: str) -> str:
         helpers = getattr(cuda_device, name)
         if helpers in source:
             source = source.replace(helpers, replacement)
+    # The 16-bit types and their conversions are the header's.
+    source = source.replace("#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n", "")
     # Dynamic shared memory: a static buffer of the largest size a block may have.
     source = source.replace(
         cuda_device.SHARED_DECLARATION, "static ocannl_float4 ocannl_smem[232448 / 16];"
@@ -91,7 +93,8 @@ def emulated_source(source: str) -> str:
 
 
 def _build(source: str, launches: list[cuda_device.Launch], tnodes: list[TNode]) -> ctypes.CDLL:
-    params = ", ".join(f"({t.dtype.c_name} *)args[{k}]" for k, t in enumerate(tnodes))
+    types = [cuda_syntax.CudaSyntax().type_name(t.dtype) for t in tnodes]
+    params = ", ".join(f"({c} *)args[{k}]" for k, c in enumerate(types))
     wrappers = [
         f'extern "C" const char *emu_{launch.name}(void **args, unsigned gx, unsigned gy,'
         " unsigned gz, unsigned bx, unsigned seed) {\n"

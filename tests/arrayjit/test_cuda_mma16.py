@@ -81,3 +81,37 @@ def test_16_bit_kernel_compiles_to_ldmatrix_and_hmma(tmp_path):
     assert resources(cubin)["ocannl_bf16_k0"]["LOCAL"] == 0
     code_of = sass(cubin)["ocannl_bf16_k0"]
     assert code_of.count("HMMA.16816.F32.BF16") == 2 * 32 and "LDSM" in code_of
+
+
+# ---- the dtypes themselves (arrayjit.dtypes): reads widened, a 16-bit result rounded ---------
+
+#: nvcc includes the CUDA headers outside the namespace `nvcc_cubin` puts the source in; the
+#: source's own includes are then no-ops (NVRTC has the headers built in).
+HALF_HEADERS = "#include <cuda_fp16.h>\n#include <cuda_bf16.h>"
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+@pytest.mark.parametrize("out_dtype", ["float32", "same"])
+def test_16_bit_dtypes_take_tensor_cores_and_round_a_16_bit_result(name, out_dtype, tmp_path):
+    """`c =:+ a * b` over the real 16-bit dtypes: the reads are widened to float32 in the loop
+    IR, the planner sees through that to the 16-bit reads (tensor cores), a 16-bit c is rounded
+    once per cell. Exact on small integers (sums below 256 are exact in both types)."""
+    m, k, n = 100, 64, 72
+    a, b = TNode("a", (m, k), name), TNode("b", (k, n), name)
+    c = TNode("c", (m, n), name if out_dtype == "same" else "float32")
+    i, j, r = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
+    code = Accum(
+        c, "add", "mul", (a, b), Projections((m, n, k), (i, j, r), (i, j), ((i, r), (r, j))), True
+    )
+    source = generate(compile_to_ir(code, True), "ocannl_half").source
+    assert "#include <cuda_bf16.h>" in source
+    nvcc_cubin(source, tmp_path, headers=HALF_HEADERS)
+    if "emulator" not in RUNNERS:
+        pytest.skip("emulator runs left out by request")
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(-2, 3, (m, k)), rng.integers(-2, 3, (k, n))
+    a.set_host(x)
+    b.set_host(y)
+    ran = runner("emulator")(code)
+    assert ran.plans[0].matmul.config.tensor_cores == {"bfloat16": "bf16", "float16": "f16"}[name]
+    np.testing.assert_array_equal(c.host().astype(np.float64), x @ y)

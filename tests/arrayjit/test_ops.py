@@ -313,3 +313,184 @@ def test_where_in_a_loop_nest(context, dtype):
     projections = identity_projections(dims, 3)
     context.compile(Accum(out, None, "where", (m, s, infinity), projections)).run()
     np.testing.assert_array_equal(out.host(), np.where(mask != 0, values, -np.inf))
+
+
+# ---- 16-bit floats: stored in 16 bits, computed in float32, rounded once per store ----------
+
+HALF_DTYPES = ("float16", "bfloat16")
+#: Where 16-bit code runs: C with `_Float16` (where the compiler has it), C with the bits in a
+#: `uint16_t` and the conversion helpers, the CUDA printer (`__half`, `__nv_bfloat16`) on the
+#: emulator.
+HALF_STORAGE = ("c-native", "c-bits", "emulator")
+
+
+def half_runner(storage: str, c_context):
+    """A function running code on `storage`."""
+    if storage == "emulator":
+        from cuda_runners import RUNNERS, runner
+
+        if "emulator" not in RUNNERS:
+            pytest.skip("emulator runs left out by request")
+        run = runner("emulator")
+        return lambda code: run(code)
+    from arrayjit.backends.cc import CBackend, has_float16
+    from arrayjit.runtime.runtime import Runtime
+
+    if storage == "c-native" and not has_float16():
+        pytest.skip("the C compiler has no _Float16")
+    runtime = Runtime("c")
+    runtime.backend = CBackend(native_float16=storage == "c-native")
+    return lambda code: runtime.compile(code).run()
+
+
+def half_edge_values(dtype: str) -> np.ndarray:
+    big, tiny = (60000.0, 1e-6) if dtype == "float16" else (1e30, 1e-30)
+    values = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, 3.0, -3.0, 100.0, -100.0, big, -big]
+    return np.array([*values, tiny, -tiny, np.nan, np.inf, -np.inf], np.float32)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many 16-bit values lie between `a` and `b` (16-bit arrays; zeros of both signs are
+    one value)."""
+    ordered = []
+    for x in (a, b):
+        bits = x.view(np.uint16).astype(np.int64)
+        magnitude = bits & 0x7FFF
+        ordered.append(np.where(bits & 0x8000, -magnitude, magnitude))
+    return np.abs(ordered[0] - ordered[1])
+
+
+def half_operands(name: str, dtype: str, rng) -> tuple[np.ndarray, ...]:
+    """The float32 operands of `operands`, with 16-bit edge values, rounded to `dtype`."""
+    numpy_dtype = TNode("probe", (1,), dtype).dtype.numpy
+    arity = ops.OPS[name].arity
+    args = list(operands(name, "float32", rng))
+    edges = half_edge_values(dtype)
+    n_random = 64
+    if arity == 1:
+        args = [np.concatenate([args[0][:n_random], edges])]
+    elif arity == 2:
+        a, b = np.meshgrid(edges, edges, indexing="ij")
+        args = [
+            np.concatenate([r[:n_random], e.ravel()]) for r, e in zip(args, (a, b), strict=True)
+        ]
+    else:
+        args = [np.concatenate([r[:n_random], np.roll(edges, s)]) for s, r in enumerate(args)]
+    return tuple(a.astype(numpy_dtype) for a in args)
+
+
+def half_reference(name: str, args: tuple[np.ndarray, ...], numpy_dtype) -> np.ndarray:
+    """The op on the values widened to float32, rounded to the 16-bit type once."""
+    wide = tuple(a.astype(np.float32) for a in args)
+    with np.errstate(all="ignore"):
+        return reference(name, "float32", wide).astype(np.float32).astype(numpy_dtype)
+
+
+@pytest.mark.parametrize("storage", HALF_STORAGE)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_op_matches_numpy_through_float32(storage, dtype, c_context):
+    """Every op in 16 bits, one routine holding all of them: exactly numpy's float32 result
+    rounded to the 16-bit type, to 1 ulp of that type for the functions that are not correctly
+    rounded (a few float32 ulps can move the rounding to 16 bits by one)."""
+    run = half_runner(storage, c_context)
+    code, results = None, []
+    for name in POINTWISE_OPS:
+        rng = np.random.default_rng(sum(map(ord, name + dtype)))
+        args = half_operands(name, dtype, rng)
+        n = len(args[0])
+        rhses = tuple(TNode(f"{name}{k}", (n,), dtype) for k in range(len(args)))
+        out = TNode(f"{name}_out", (n,), dtype)
+        for tnode, values in zip(rhses, args, strict=True):
+            tnode.set_host(values)
+        accum = Accum(out, None, name, rhses, identity_projections((n,), len(args)))
+        code = accum if code is None else code + accum
+        results.append((name, args, out))
+    run(code)
+    for name, args, out in results:
+        actual = out.host()
+        expected = half_reference(name, args, out.dtype.numpy)
+        assert actual.dtype == expected.dtype
+        nan = np.isnan(expected.astype(np.float32))
+        np.testing.assert_array_equal(np.isnan(actual.astype(np.float32)), nan, f"{name}: NaN")
+        ulps = 1 if name in TRANSCENDENTAL else 0
+        distance = ulp_distance(actual[~nan], expected[~nan])
+        bad = np.flatnonzero(distance > ulps)
+        assert bad.size == 0, (
+            f"{name} in {dtype} on {storage}: {bad.size} values beyond {ulps} ulp, e.g. got "
+            f"{actual[~nan][bad[:5]]} for {expected[~nan][bad[:5]]}"
+        )
+
+
+@pytest.mark.parametrize("storage", HALF_STORAGE)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_half_sums_accumulate_in_float32(storage, dtype, layout, c_context):
+    """A long sum of 16-bit values: in 16 bits it would stop growing (1 + 1 + ... sticks at 256
+    in bfloat16, 2048 in float16); accumulated in float32 and rounded once it is the float32 sum
+    rounded. `rows` sums along the contiguous axis (a register accumulator), `columns` across
+    it (the C backend keeps the reduction outside: a float32 scratch buffer)."""
+    run = half_runner(storage, c_context)
+    m, k = 3, 5000
+    rng = np.random.default_rng(5)
+    values = (1 + rng.integers(0, 4, (m, k)) / 4).astype(np.float32)
+    values[1] = 1.0
+    numpy_dtype = TNode("probe", (1,), dtype).dtype.numpy
+    values16 = values.astype(numpy_dtype)
+    i, r = Iterator(name="i"), Iterator(name="r")
+    if layout == "rows":
+        x = TNode("x", (m, k), dtype)
+        x.set_host(values16)
+        index = (i, r)
+    else:
+        x = TNode("x", (k, m), dtype)
+        x.set_host(values16.T.copy())
+        index = (r, i)
+    out = TNode("out", (m,), dtype)
+    out.set_host(np.full(m, 7, np.float32))
+    run(Accum(out, "add", "identity", (x,), Projections((m, k), (i, r), (i,), (index,)), True))
+    expected = values16.astype(np.float32).sum(axis=1, dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(out.host(), expected.astype(numpy_dtype))
+    assert float(out.host()[1]) == float(np.asarray(5000.0).astype(numpy_dtype))
+
+
+@pytest.mark.parametrize("storage", HALF_STORAGE)
+def test_half_matmul_into_float32_is_exact_on_small_integers(storage, c_context):
+    """bf16 x bf16 summed into float32 (the products of small integers are exact)."""
+    run = half_runner(storage, c_context)
+    m, k, n = 33, 70, 40
+    rng = np.random.default_rng(1)
+    a, b, c = TNode("a", (m, k), "bfloat16"), TNode("b", (k, n), "bfloat16"), TNode("c", (m, n))
+    x, y = rng.integers(-4, 5, (m, k)), rng.integers(-4, 5, (k, n))
+    a.set_host(x)
+    b.set_host(y)
+    i, j, r = Iterator(name="i"), Iterator(name="j"), Iterator(name="r")
+    projections = Projections((m, n, k), (i, j, r), (i, j), ((i, r), (r, j)))
+    run(Accum(c, "add", "mul", (a, b), projections, True))
+    np.testing.assert_array_equal(c.host(), (x @ y).astype(np.float32))
+
+
+def test_half_conversions_of_the_c_helpers_round_to_nearest_even(c_context):
+    """Every float16 and bfloat16 value converts to float32 and back unchanged through the bit
+    helpers, and float32 values between two 16-bit values round as numpy / ml_dtypes do."""
+    run = half_runner("c-bits", c_context)
+    for dtype in HALF_DTYPES:
+        numpy_dtype = TNode("probe", (1,), dtype).dtype.numpy
+        every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(numpy_dtype)
+        n = every.size
+        x, out = TNode("x", (n,), dtype), TNode("out", (n,), dtype)
+        x.set_host(every)
+        run(Accum(out, None, "identity", (x,), identity_projections((n,), 1)))
+        same = ~np.isnan(every.astype(np.float32))
+        np.testing.assert_array_equal(out.host().view(np.uint16)[same], every.view(np.uint16)[same])
+        assert np.isnan(out.host().astype(np.float32)[~same]).all()
+        # float32 values: random bits (every exponent), rounded by the store.
+        rng = np.random.default_rng(2)
+        bits = rng.integers(0, 1 << 32, 200000, dtype=np.uint64).astype(np.uint32)
+        wide = bits.view(np.float32)
+        wide = wide[~np.isnan(wide)]
+        src, dst = TNode("src", wide.shape), TNode("dst", wide.shape, dtype)
+        src.set_host(wide)
+        run(Accum(dst, None, "identity", (src,), identity_projections(wide.shape, 1)))
+        with np.errstate(over="ignore"):  # huge float32 values round to infinity
+            expected = wide.astype(numpy_dtype)
+        np.testing.assert_array_equal(dst.host().view(np.uint16), expected.view(np.uint16))

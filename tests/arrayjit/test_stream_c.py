@@ -1,7 +1,6 @@
 """Streamed execution on the C backend, for real: stages compiled as bound routines, weights
-copied by a copier thread from their sources (host arrays, memory maps) into the plan's slots
-while the stage before computes; results against numpy and against the same code compiled as
-one ordinary routine."""
+copied from their sources (host arrays, memory maps) into the plan's slots in the table's order;
+results against numpy and against the same code compiled as one ordinary routine."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from safetensors.numpy import save_file
 from test_chunks import layer, reference
 
 from arrayjit.assignments import Accum
-from arrayjit.indexing import identity_projections
+from arrayjit.indexing import Iterator, Projections, identity_projections
 from arrayjit.runtime.mapped import map_safetensors
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.runtime.stream_plan import StreamBudgetError, aligned
@@ -188,3 +187,63 @@ def test_hidden_copy_time_is_the_overlap_of_copies_with_computes(copy_points, bu
         if any(a <= t < b for a, b in copies) and any(a <= t < b for a, b in busy)
     )
     assert overlap(copies, busy) == pytest.approx(expected)
+
+
+def test_a_failed_copy_is_an_error_of_the_run():
+    class Unreadable:
+        shape = (8, 8)
+
+        def __array__(self, dtype=None, copy=None):
+            raise OSError("the disk is gone")
+
+    codes, x, weights, y = stages(3, 8)
+    streamed = Runtime("c").compile_streamed(
+        codes, ring_budget(8, 3, 2), weights={weights[1]: Unreadable()}, keep_resident=False
+    )
+    with pytest.raises(OSError, match="the disk is gone"):
+        streamed.run()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weights_stream_in_their_tnodes_dtype(dtype):
+    """The bytes streamed are those of the weight tnodes' dtype (half-precision weight tnodes
+    halve them the same way), whatever the dtype of the sources, converted as they are copied."""
+    n, count = 16, 3
+    x = TNode("x", (n,))
+    x.set_host(np.linspace(-1, 1, n))
+    rng = np.random.default_rng(2)
+    values = [rng.standard_normal((n, n)).astype(np.float32) for _ in range(count)]
+    codes, weights, h = [], [], x
+    for k in range(count):
+        w, out = TNode(f"w{k}", (n, n), dtype), TNode(f"y{k}", (n,))
+        i, j = Iterator(name="i"), Iterator(name="j")
+        projections = Projections((n, n), (i, j), (i,), ((i, j), (j,)))
+        codes.append(Accum(out, "add", "mul", (w, h), projections, zero_first=True))
+        weights.append(w)
+        h = out
+    streamed = Runtime("c").compile_streamed(
+        codes, 10**5, weights=dict(zip(weights, values, strict=True)), keep_resident=False
+    )
+    streamed.run()
+    itemsize = np.dtype(dtype).itemsize
+    assert streamed.stats.bytes_copied == count * n * n * itemsize + 4 * n  # and x, float32
+    expected = x.host().astype(np.float64)
+    for w in values:
+        expected = w.astype(np.float64) @ expected
+    np.testing.assert_allclose(h.host(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_activations_not_kept_share_memory_and_results_stay_equal():
+    n = 33
+    codes, x, weights, y = stages(7, n)
+    everything = Runtime("c").compile_streamed(codes, 10**6, keep_resident=False)
+    everything.run()
+    expected = y.host().copy()
+    # Only the output is kept: the products and hidden states of earlier layers reuse memory.
+    lean = Runtime("c").compile_streamed(codes, 10**6, keep_resident=False, keep=[y])
+    assert set(lean.plan.resident) == {y}
+    assert lean.plan.total_bytes < everything.plan.total_bytes - 8 * aligned(4 * n)
+    y.set_host(np.zeros(n))
+    for _ in range(2):
+        lean.run()
+    np.testing.assert_array_equal(y.host(), expected)

@@ -66,10 +66,18 @@ TWO_SLOTS = 2 * LAYERS * aligned(4 * N * BATCH) + 2 * (aligned(4 * N * N) + alig
 
 
 @pytest.mark.parametrize(
-    "slots, keep_resident, host_memory",
-    [(2, True, "pinned"), (2, False, "pinned"), (1, False, "pinned"), (3, False, "mapped")],
+    "slots, keep_resident, host_memory, keep_output_only",
+    [
+        (2, True, "pinned", False),
+        (2, False, "pinned", False),
+        (1, False, "pinned", False),
+        (3, False, "mapped", False),
+        (2, True, "pinned", True),
+    ],
 )
-def test_streamed_equals_one_routine_on_the_gpu(slots, keep_resident, host_memory):
+def test_streamed_equals_one_routine_on_the_gpu(
+    slots, keep_resident, host_memory, keep_output_only
+):
     gpu = Runtime("cuda")
     stages, x, weights, y = stack()
     gpu.compile(sum(stages[1:], stages[0]), "whole").run()
@@ -80,7 +88,12 @@ def test_streamed_equals_one_routine_on_the_gpu(slots, keep_resident, host_memor
     budget = TWO_SLOTS + aligned(4 * N * N) * (slots - 1)
     before = free_device_bytes()
     streamed = gpu.compile_streamed(
-        stages, budget, slots=slots, keep_resident=keep_resident, host_memory=host_memory
+        stages,
+        budget,
+        slots=slots,
+        keep_resident=keep_resident,
+        host_memory=host_memory,
+        keep=[y] if keep_output_only else None,
     )
     assert streamed.plan.streamed
     y.set_host(np.zeros(y.dims))

@@ -18,6 +18,7 @@ from test_chunks import layer
 
 from arrayjit.backends import cuda
 from arrayjit.backends.cuda import nvrtc
+from arrayjit.runtime import streamed as streamed_module
 from arrayjit.runtime.mapped import map_safetensors
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.runtime.stream_plan import aligned, nbytes
@@ -239,14 +240,13 @@ def watch(streamed, weights_of) -> list:
     """Log each stage's compute and check, as it is enqueued, that every weight it reads holds
     that weight's values where the stage will read it; note each buffer's size for the race
     checker."""
-    log = []
+    log, wrapped = [], {}
     plan, base = streamed.plan, streamed.base
     for stage, executable in enumerate(streamed.executables):
         for t in executable.compiled.tnodes:
             SIZES[base + plan.offset(stage, t)] = nbytes(t)
-        original = executable.compiled.run
 
-        def run(stage=stage, original=original) -> None:
+        def run(stage=stage, original=executable.compiled.run) -> None:
             log.append(("compute", stage))
             for t in streamed.plan.stages[stage].weights:
                 address = base + plan.offset(stage, t)
@@ -257,7 +257,11 @@ def watch(streamed, weights_of) -> list:
                 np.testing.assert_array_equal(held, expected, err_msg=f"{t.label} at stage {stage}")
             original()
 
-        executable.compiled.run = run
+        wrapped[stage] = run
+    streamed.table = [
+        (kind, stage, slot, wrapped[stage] if kind is streamed_module._COMPUTE else work)
+        for kind, stage, slot, work in streamed.table
+    ]
     return log
 
 

@@ -153,10 +153,6 @@ def test_float64_file_rounds_to_float32_and_ints_are_refused(tmp_path):
         oc.load({"ids": ids}, tmp_path / "f.safetensors", strict=False)
 
 
-@pytest.mark.skip(
-    reason="bfloat16/float16 tensors need leaf dtypes (`oc.param(..., dtype=...)`, issue 8's dtype "
-    "work, not landed); the files' bit-exact 16-bit round trip is tested above"
-)
 def test_bfloat16_tensor_round_trips_exactly(tmp_path):
     values = np.array([1.0, -2.5, 3.140625], ml_dtypes.bfloat16)
     t = oc.param("t", values, dtype="bfloat16")
@@ -166,6 +162,23 @@ def test_bfloat16_tensor_round_trips_exactly(tmp_path):
     oc.load({"t": u}, tmp_path / "t.safetensors")
     assert u.value.dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(u.value.view(np.uint16), values.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int32"])
+def test_16_bit_and_int32_terms_round_trip_exactly(dtype, tmp_path):
+    """Every value of the type, saved and loaded back bit for bit (NaNs included)."""
+    numpy_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    if dtype == "int32":
+        values = np.array([0, 1, -1, 2**31 - 1, -(2**31), 12345], np.int32)
+    else:
+        values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(numpy_dtype)
+    t = oc.term("t", output_dims=[values.size], dtype=dtype)
+    u = oc.term("u", output_dims=[values.size], dtype=dtype)
+    t.set_value(values)
+    oc.save({"t": t}, tmp_path / "t.safetensors")
+    oc.load({"t": u}, tmp_path / "t.safetensors")
+    assert u.value.dtype == numpy_dtype
+    np.testing.assert_array_equal(u.value.view(np.uint8), values.view(np.uint8))
 
 
 # ---- dims settled from the file (issue 9 item 5) ------------------------------------------------

@@ -75,3 +75,16 @@ def test_streamed_stages_need_their_inputs_and_a_budget_for_one_stage():
         streamed.run()
     with pytest.raises(TypeError, match="stage 1 of compile_streamed is a str"):
         ctx.compile_streamed([outputs[0].forward, "relu"], "1MiB")
+
+
+def test_only_the_tensors_kept_stay_resident():
+    oc.set_seed(4)
+    n = 24
+    x, outputs, params = mlp(6, n)
+    x.set_value(np.linspace(-1, 1, n))
+    ctx = Context("c")
+    stages = oc.forward_stages(*outputs)
+    lean = ctx.compile_streamed(stages, ACTIVATIONS + STAGE0, keep=[outputs[-1]])
+    assert set(lean.plan.resident) == {outputs[-1].value_node}
+    lean.run()
+    np.testing.assert_allclose(outputs[-1].value, reference(x.value, params), rtol=1e-5, atol=1e-5)

@@ -43,6 +43,7 @@ class KernelFunction:
     grid: int | tuple[int, ...]
     block: int
     shared_bytes: int
+    checks: bool = False
 
     @property
     def symbol(self) -> str:
@@ -65,10 +66,14 @@ def kernel_tnodes(plan: KernelPlan) -> list[TNode]:
 
 @functools.cache
 def prelude(
-    dtypes: tuple[DType, ...], random: bool, async_copies: bool = False, tensor_cores: bool = False
+    dtypes: tuple[DType, ...],
+    random: bool,
+    async_copies: bool = False,
+    tensor_cores: bool = False,
+    checks: bool = False,
 ) -> str:
     used = set(ops.RANDOM_OPS) if random else set()
-    parts = [PRELUDE, VECTOR_TYPES, CudaSyntax().prelude(list(dtypes), used)]
+    parts = [PRELUDE, VECTOR_TYPES, CudaSyntax().prelude(list(dtypes), used, checks)]
     if async_copies:
         parts.append(ASYNC_COPY_HELPERS)
     if tensor_cores:
@@ -88,11 +93,12 @@ def kernel_function(
     random = bool(ops.RANDOM_OPS & ir.ops_used(stmts))
     async_copies = plan.matmul is not None
     tensor_cores = plan.matmul is not None and bool(plan.matmul.config.tensor_cores)
-    key = cache.key(prelude(dtypes, random, async_copies, tensor_cores), body, identity)
+    checks = bool(ir.index_checks(stmts))
+    key = cache.key(prelude(dtypes, random, async_copies, tensor_cores, checks), body, identity)
     labels = tuple(t.label for t in tnodes)
     return KernelFunction(
         key, body, labels, dtypes, random, async_copies, tensor_cores, launch.grid,
-        launch.block, launch.shared_bytes,
+        launch.block, launch.shared_bytes, checks,
     )  # fmt: skip
 
 
@@ -104,5 +110,6 @@ def module_source(kernels: Sequence[KernelFunction]) -> str:
         any(k.random for k in kernels),
         any(k.async_copies for k in kernels),
         any(k.tensor_cores for k in kernels),
+        any(k.checks for k in kernels),
     )
     return "\n".join([helpers, *(k.text() for k in kernels)]) + "\n"

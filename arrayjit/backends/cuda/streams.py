@@ -100,6 +100,7 @@ class CudaStreams:
         self.timing = EventOptions(timing_enabled=True)
         self.memory = None
         self.stagings: list[Staging] = []
+        self.staging_bytes = 0
         self._next_staging = 0
 
     def allocate(self, nbytes: int) -> int:
@@ -110,12 +111,15 @@ class CudaStreams:
         return int(self.memory.handle)
 
     def load(self, parts: list[tuple[int, TNode, np.ndarray]]) -> CudaLoad:
-        return CudaLoad(self, parts)
+        load = CudaLoad(self, parts)
+        self.staging_bytes = max(self.staging_bytes, load.nbytes)
+        return load
 
     def staging_for(self, nbytes: int) -> Staging:
-        """The next of two pinned staging buffers, once its last copy is done."""
-        if not self.stagings or self.stagings[0].memory.nbytes < nbytes:
-            self.stagings = [Staging(self.backend, nbytes) for _ in range(2)]
+        """The next of two pinned staging buffers (as large as the largest load, made when
+        first needed, after every load exists), once its last copy is done."""
+        if not self.stagings:
+            self.stagings = [Staging(self.backend, self.staging_bytes) for _ in range(2)]
         staging = self.stagings[self._next_staging % 2]
         self._next_staging += 1
         if staging.free is not None:
