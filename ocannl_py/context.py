@@ -56,7 +56,7 @@ class Routine:
         for t in fused:
             t.fused_into = self.name
         self._fused = [weakref.ref(t) for t in fused]
-        context.reads(self.inputs)
+        context.reads(fusion.values_read(code))
 
     @property
     def fused(self) -> list[Tensor]:

@@ -74,6 +74,22 @@ def _held(candidates: list[Tensor]) -> set[int]:
     return {t.id for t in candidates if sys.getrefcount(t) - 3 > t.graph_refs}
 
 
+def values_read(code: Code) -> list[Tensor]:
+    """The tensors whose values `code` reads but never writes (a gradient written does not
+    count): another routine computes them, so they must be stored there."""
+    read: dict[int, Tensor] = {}
+    written: set[int] = set()
+    for stmt in code.statements:
+        if isinstance(stmt, Raw):
+            written.update(t.id for t in stmt.tensors)
+            continue
+        if isinstance(stmt, Assign):
+            read.update((r.tensor.id, r.tensor) for r in stmt.rhses if not r.grad)
+        if not stmt.lhs.grad:
+            written.add(stmt.lhs.tensor.id)
+    return [t for i, t in read.items() if i not in written]
+
+
 def private_values(code: Code, tensors: list[Tensor]) -> dict[int, TNode]:
     """Tensor id -> a virtual value buffer of one routine, in place of the tensor's own, for
     `tensors` of `code` (whose shapes are closed together first)."""
