@@ -281,6 +281,17 @@ def walk(s: Stmt) -> PyIterator[Stmt]:
         stack.extend(reversed(children(node)))
 
 
+def walk_in_loops(s: Stmt) -> PyIterator[tuple[Stmt, tuple[For, ...]]]:
+    """Every statement of the tree with the loops around it inside `s` (outermost first),
+    parents before children, in program order."""
+    stack: list[tuple[Stmt, tuple[For, ...]]] = [(s, ())]
+    while stack:
+        node, around = stack.pop()
+        yield node, around
+        inner = (*around, node) if isinstance(node, For) else around
+        stack.extend((child, inner) for child in reversed(children(node)))
+
+
 def root_exprs(s: Stmt) -> tuple[Expr, ...]:
     """The expressions `s` itself evaluates (not those of statements inside it): for a store,
     its value and the values of its dynamic indices."""

@@ -4,7 +4,7 @@ projections come from shape inference. It turns into arrayjit assignments once s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,12 @@ class Slot:
 
     tensor: Tensor
     grad: bool = False
+
+    def __post_init__(self) -> None:
+        self.tensor.graph_refs += 1
+
+    def __del__(self) -> None:
+        self.tensor.graph_refs -= 1
 
     @property
     def tnode(self) -> TNode:
@@ -116,11 +122,13 @@ class Code:
                 constants = constants + t.forward_code
         return constants + self if constants else self
 
-    def lower(self) -> asg.Assignments:
-        """Close the shapes involved, then build arrayjit assignments."""
+    def lower(self, values: Mapping[int, TNode] | None = None) -> asg.Assignments:
+        """Close the shapes involved, then build arrayjit assignments. `values` replaces the
+        value buffers of some tensors (by tensor id) with others (`ocannl_py.fusion`)."""
         shape.close([t.shape for t in self.tensors()])
         cache: dict[int, Projections] = {}
-        return asg.seq([_lower_statement(s, cache) for s in self.statements])
+        nodes = values or {}
+        return asg.seq([_lower_statement(s, cache, nodes) for s in self.statements])
 
     def __str__(self) -> str:
         return "\n".join(_statement_text(s) for s in self.statements)
@@ -172,9 +180,13 @@ def _forward_projections(stmt: Assign, cache: dict) -> tuple[Projections, dict[i
     return forward[operand - 1], {operand: 1}
 
 
-def _lower_statement(stmt: Statement, cache: dict) -> asg.Assignments:
+def _node(slot: Slot, nodes: Mapping[int, TNode]) -> TNode:
+    return slot.tnode if slot.grad else nodes.get(slot.tensor.id) or slot.tnode
+
+
+def _lower_statement(stmt: Statement, cache: dict, nodes: Mapping[int, TNode]) -> asg.Assignments:
     if isinstance(stmt, Fill):
-        return asg.Fetch(stmt.lhs.tnode, stmt.source)
+        return asg.Fetch(_node(stmt.lhs, nodes), stmt.source)
     if isinstance(stmt, Raw):
         return stmt.build()
     forward, roles = _forward_projections(stmt, cache)
@@ -189,10 +201,10 @@ def _lower_statement(stmt: Statement, cache: dict) -> asg.Assignments:
         guarded=forward.guarded,
     )
     return asg.Accum(
-        stmt.lhs.tnode,
+        _node(stmt.lhs, nodes),
         stmt.accum,
         stmt.expr,
-        tuple(r.tnode for r in stmt.rhses),
+        tuple(_node(r, nodes) for r in stmt.rhses),
         proj,
         stmt.zero_first,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from arrayjit.runtime import residency
 from arrayjit.runtime.executable import Executable
 from arrayjit.runtime.runtime import Runtime
 from arrayjit.tnode import MemoryMode
+from ocannl_py import fusion
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
 from ocannl_py.tensor import Tensor
@@ -42,18 +44,51 @@ def _one_at_a_time(method):
 
 
 class Routine:
-    """A compiled unit of code; `run()` executes it."""
+    """A compiled unit of code; `run()` executes it. Its intermediates are fused
+    (`ocannl_py.fusion`); it is compiled again before a run when one of them has become kept."""
 
-    def __init__(self, executable: Executable, inputs: list[Tensor]) -> None:
-        self.executable = executable
-        # Inputs that no code computes: terms the user must fill with set_value.
-        self.inputs = inputs
+    def __init__(self, context: Context, code: Code, name: str) -> None:
+        self.context = context
+        self.code = code
+        self.name = name
+        self.build()
+
+    def build(self) -> None:
+        context, code = self.context, self.code
+        # Weak references: a routine must not itself hold what it fused (see `fusion._held`).
+        self._fused: list[weakref.ref[Tensor]] = []
+        fused = fusion.fused(code, context.read_elsewhere)
+        self.generation = fusion.generation()
+        lowered = code.lower(fusion.private_values(code, fused))
+        context.initialize(code.tensors())
+        written = code.written()
+        # What the code reads without computing it: data (terms) and results of other routines.
+        self.inputs: list[Tensor] = [
+            t for t in code.tensors()
+            if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
+        ]  # fmt: skip
+        self.executable = context.runtime.compile(lowered, self.name)
+        for t in fused:
+            t.fused_into = self.name
+        self._fused = [weakref.ref(t) for t in fused]
+        context.reads(fusion.values_read(code))
+
+    @property
+    def fused(self) -> list[Tensor]:
+        """The intermediates this routine computes without storing them (those still alive)."""
+        return [t for t in (r() for r in self._fused) if t is not None]
 
     @property
     def source_path(self) -> str:
         return self.executable.source_path
 
     def run(self) -> None:
+        if self.generation != fusion.generation():
+            self.generation = fusion.generation()
+            read = self.context.read_elsewhere
+            if any(t.kept or t.id in read for t in self.fused):
+                log.info("routine %s compiled again: a tensor it fused is kept now", self.name)
+                self.build()
         _check_inputs(self.inputs, f"routine {self.executable.name!r}")
         self.executable.run()
 
@@ -103,9 +138,15 @@ def forward_stages(*outputs: Tensor) -> list[Code]:
 def _check_inputs(inputs: list[Tensor], name: str) -> None:
     for t in inputs:
         if not residency.computed(t.value_node):
+            hint = (
+                f" (routine {t.fused_into!r} computed it without storing it; it stores it from "
+                "its next run on)"
+                if t.fused_into
+                else ""
+            )
             raise ValueError(
                 f"tensor {t.label!r} is read by {name} but has no value: fill it with "
-                "set_value(...), or run the code that computes it first"
+                "set_value(...), or run the code that computes it first" + hint
             )
 
 
@@ -118,6 +159,9 @@ class Context:
         self.runtime = Runtime(backend, device)
         self._forward_routines: dict[int, Routine] = {}
         self._c_runtime: Runtime | None = None
+        #: Ids of the tensors some routine of this context reads without computing them: they
+        #: are stored by the routines that compute them.
+        self.read_elsewhere: set[int] = set()
 
     @property
     def name(self) -> str:
@@ -144,17 +188,14 @@ class Context:
                 "Context.compile takes tensor code (t.forward, train.grad_update(loss), cd(...)) "
                 f"or arrayjit assignments, got {type(code).__name__}"
             )
-        name = name or code.label or "routine"
-        code = code.with_constants()
-        lowered = code.lower()
-        self.initialize(code.tensors())
-        written = code.written()
-        # What the code reads without computing it: data (terms) and results of other routines.
-        inputs = [
-            t for t in code.tensors()
-            if t.id not in written and not t.init_code and t.memory_mode is not MemoryMode.VIRTUAL
-        ]  # fmt: skip
-        return Routine(self.runtime.compile(lowered, name), inputs)
+        return Routine(self, code.with_constants(), name or code.label or "routine")
+
+    def reads(self, tensors: Iterable[Tensor]) -> None:
+        """Record that a routine reads `tensors` without computing them."""
+        new = {t.id for t in tensors} - self.read_elsewhere
+        if new:
+            self.read_elsewhere |= new
+            fusion.changed()
 
     @_one_at_a_time
     def compile_streamed(

@@ -10,6 +10,7 @@ import numpy as np
 from arrayjit.dtypes import DType, dtype_of, float32, holds_numbers
 from arrayjit.runtime import residency
 from arrayjit.tnode import MemoryMode, TNode
+from ocannl_py import fusion
 from ocannl_py import shape as shapes
 from ocannl_py.code import Code
 from ocannl_py.errors import ShapeError
@@ -41,7 +42,12 @@ class Tensor:
         self.dtype = dtype_of(dtype)
         self.label = label
         self.shape = shape
+        #: References to this tensor held by the graph itself: operand tuples of other tensors
+        #: and code slots (`ocannl_py.fusion` tells the user's references from these).
+        self.graph_refs = 0
         self.operands = operands
+        for o in operands:
+            o.graph_refs += 1
         self.is_param = is_param
         # A gradient exists for parameters and for what depends on them differentiably (floats).
         self.requires_grad = self.dtype.is_float and (
@@ -53,6 +59,23 @@ class Tensor:
         self.init_code = Code()  # run once before first use (parameters)
         self._value_node: TNode | None = None
         self._grad_node: TNode | None = None
+        #: Stored by every routine that computes it (see `keep`).
+        self.kept = False
+        #: The last routine that computed this tensor without storing it (`ocannl_py.fusion`).
+        self.fused_into: str | None = None
+
+    def __del__(self) -> None:
+        for o in getattr(self, "operands", ()):
+            o.graph_refs -= 1
+
+    def keep(self) -> Tensor:
+        """Store this tensor's values wherever they are computed, so that `value` can be read:
+        an intermediate of a routine is otherwise fused into the code that reads it. Routines
+        compiled before are compiled again at their next run. Returns the tensor."""
+        if not self.kept:
+            self.kept = True
+            fusion.changed()
+        return self
 
     # ---- buffers ---------------------------------------------------------------------------
 
@@ -79,6 +102,12 @@ class Tensor:
     def value(self) -> np.ndarray:
         """The values, axes in batch, output, input order."""
         node = self._value_node
+        if (node is None or not residency.computed(node)) and self.fused_into is not None:
+            raise ValueError(
+                f"tensor {self.label!r} has no stored value: routine {self.fused_into!r} "
+                "computes it as an intermediate, fused into the code that reads it. Call "
+                f"`.keep()` on it to store it (the routine is compiled again at its next run)"
+            )
         if node is None or not residency.computed(node):
             raise ValueError(
                 f"tensor {self.label!r} has no value yet: no routine has computed it. Run "

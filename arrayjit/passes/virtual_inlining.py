@@ -3,8 +3,11 @@ its defining expression is substituted where it is read.
 
 A definition is inlinable when it is a perfect loop nest around a single `Set` whose index uses
 each loop iterator once over the whole buffer. It is materialized instead (kept as a loop nest,
-in a scratch buffer) when the buffer is written elsewhere, or when a source of its expression is
-overwritten before a later read.
+in a scratch buffer) when the buffer is written elsewhere, when a source of its expression is
+overwritten before a later read, or when its expression calls an expensive function (`exp`,
+`log`...) and a pointwise nest would compute it again and again: inside a loop whose iterator the
+read's index does not use, around a loop whose iterator it uses (hoisting cannot lift it out of
+that loop; `rstd[b]` read in `for d: for b:`, or `exp(s)[d]` in `for b: for d:`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import logging
 from dataclasses import dataclass
 
 from arrayjit import loop_ir as ir
-from arrayjit.indexing import Fixed, Index, Iterator, substitute
+from arrayjit.indexing import Fixed, Index, Iterator, iterators_of, substitute
+from arrayjit.schedule.cpu_loops import EXPENSIVE
 from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
@@ -25,6 +29,8 @@ class Definition:
     expr: ir.Expr
     stmt: ir.Stmt  # the (already substituted) defining nest, to materialize it if needed
     sources: frozenset[TNode]
+    #: Whether the expression calls an expensive function (computing it again costs).
+    costly: bool
 
 
 def _as_definition(stmt: ir.Stmt) -> tuple[TNode, tuple[Index, ...], ir.Expr] | None:
@@ -69,6 +75,39 @@ def _inline(defs: dict[TNode, Definition]):
     return rewrite
 
 
+def _accumulates(s: ir.Stmt) -> bool:
+    """Whether `s` reduces (into a local, or into a buffer it reads at the cell it writes)."""
+    for x in ir.walk(s):
+        if isinstance(x, ir.SetLocal):
+            return True
+        if isinstance(x, ir.Set) and any(
+            isinstance(e, ir.Get) and e.tnode is x.tnode and e.index == x.index
+            for e in ir.walk_expr(x.value)
+        ):
+            return True
+    return False
+
+
+def _recomputed(s: ir.Stmt, defs: dict[TNode, Definition]) -> set[TNode]:
+    """The costly definitions that `s` reads inside a loop its index does not use, around a
+    loop its index uses: inlined, they would be computed once per iteration of that loop.
+    Reductions and products are left to their schedules, which compute an operand expression
+    once per tile or packing (C products, CUDA matmul kernels)."""
+    found: set[TNode] = set()
+    if _accumulates(s):
+        return found
+    for x, loops in ir.walk_in_loops(s):
+        for root in ir.root_exprs(x):
+            for e in ir.walk_expr(root):
+                if not (isinstance(e, ir.Get) and e.tnode in defs and defs[e.tnode].costly):
+                    continue
+                used = {it for idx in e.index for it in iterators_of(idx)}
+                depth = max((k for k, loop in enumerate(loops) if loop.iterator in used), default=0)
+                if any(loop.iterator not in used and loop.extent > 1 for loop in loops[:depth]):
+                    found.add(e.tnode)
+    return found
+
+
 def run(stmt: ir.Stmt) -> ir.Stmt:
     top = list(stmt.stmts) if isinstance(stmt, ir.Block) else [stmt]
     virtual_writes: dict[TNode, int] = {}
@@ -99,12 +138,16 @@ def run(stmt: ir.Stmt) -> ir.Stmt:
                         "virtual %s materialized: a source is overwritten before a read", v.label
                     )
                     out.append(d.stmt)
+        for v in _recomputed(s, defs) if defs else ():
+            log.info("virtual %s materialized: inlined, it would be computed again", v.label)
+            out.append(defs.pop(v).stmt)
         s = ir.map_stmt_exprs(s, _inline(defs)) if defs else s
         found = _as_definition(s)
         if found is not None and virtual_writes[found[0]] == 1:
             v, axes, expr = found
             sources = frozenset(e.tnode for e in ir.walk_expr(expr) if isinstance(e, ir.Get))
-            defs[v] = Definition(axes, expr, s, sources)
+            costly = any(isinstance(e, ir.Apply) and e.op in EXPENSIVE for e in ir.walk_expr(expr))
+            defs[v] = Definition(axes, expr, s, sources, costly)
             continue
         for t in written:
             if t.memory_mode is MemoryMode.VIRTUAL:

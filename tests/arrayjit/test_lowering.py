@@ -47,6 +47,35 @@ def c_name(routine, tnode) -> str:
     return f"{tnode.label}_{list(routine.compiled.tnodes).index(tnode)}"
 
 
+def broadcast_product(x: TNode, v: TNode, y: TNode, axis: int) -> Accum:
+    """y[b, d] = x[b, d] * v[b or d] (`axis` of y that v follows), loops b then d."""
+    b, d = Iterator(name="b"), Iterator(name="d")
+    p = Projections(y.dims, (b, d), (b, d), ((b, d), ((b, d)[axis],)))
+    return Accum(y, None, "mul", (x, v), p)
+
+
+@pytest.mark.parametrize(
+    ("op", "axis", "inlined"),
+    [("exp", 1, False), ("relu", 1, True), ("exp", 0, True)],
+)
+def test_costly_virtual_read_again_and_again_is_materialized(c_context, op, axis, inlined):
+    """exp(s)[d] read in `for b: for d:` would be computed once per b: it is stored first;
+    a cheap relu is inlined, and so is exp(s)[b], which hoisting lifts out of the d loop."""
+    rows, cols = 5, 7
+    rng = np.random.default_rng(5)
+    x, y = TNode("x", (rows, cols)), TNode("y", (rows, cols))
+    s = TNode("s", ((rows, cols)[axis],))
+    v = virtual("v", s.dims)
+    xs, ss = rng.normal(size=x.dims).astype(np.float32), rng.normal(size=s.dims).astype(np.float32)
+    x.set_host(xs), s.set_host(ss)
+    routine = c_context.compile(pointwise(v, op, s) + broadcast_product(x, v, y, axis))
+    assert (v in ir.written_tnodes(routine.ir)) is not inlined
+    scale = np.exp(ss) if op == "exp" else np.maximum(ss, 0)
+    routine.run()
+    expected = xs * (scale[None, :] if axis == 1 else scale[:, None])
+    np.testing.assert_allclose(y.host(), expected, rtol=1e-6)
+
+
 def test_virtual_chain_is_one_loop_nest_without_intermediate_buffers(context):
     x, y = TNode("x", (N,)), TNode("y", (N,))
     exp_x, times_x = virtual("exp_x"), virtual("times_x")
