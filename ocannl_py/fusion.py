@@ -11,8 +11,8 @@ routine uses (its results: `t` in `ctx.forward(t)`, the loss of a training step)
 optimizer state, gradients, tensors the user holds when the routine is compiled (a variable, a
 list, an attribute: any reference besides the graph's own, see `_held`), tensors marked with
 `t.keep()`, tensors another routine of the same `Context` reads, tensors of generated code
-(random initialisation), and tensors the routine reads before it writes them (values carried
-from run to run).
+(random initialisation), tensors the routine reads before it writes them (values carried
+from run to run), and the tables, ids and results of gathers (`oc.embed`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,19 @@ def fused(code: Code, read_elsewhere: Set[int]) -> list[Tensor]:
     computed = [t for t in code.tensors() if t.id in written]
     consumed = {o.id for t in computed for o in t.operands}
     clean = _written_first(code)
+    # A gather or scatter (`oc.embed`) indexes by data: its tensors stay stored.
+    looked_up = {
+        t.id
+        for stmt in code.statements
+        if isinstance(stmt, Assign) and stmt.lookup is not None
+        for t in (stmt.lhs.tensor, *(r.tensor for r in stmt.rhses))
+    }
     candidates = [
         t
         for t in computed
         if t.id in consumed
         and t.id in clean
+        and t.id not in looked_up
         and t.id not in read_elsewhere
         and t.memory_mode is MemoryMode.HOST
         and not (t.is_param or t.init_code or t.kept)

@@ -186,3 +186,24 @@ def test_fused_code_on_cuda(kind):
     np.testing.assert_allclose(
         total.value_node.host().reshape(5), chain_reference(values).sum(1), rtol=1e-5
     )
+
+
+def gathered_relu(vocab: int, dim: int, ids: np.ndarray):
+    """relu(embed(table, ids) * 2 - 1): the gather's result is an intermediate nobody holds."""
+    table_values = np.random.default_rng(vocab).normal(size=(dim, vocab)).astype(np.float32)
+    table = oc.term("table", batch_dims=[], input_dims=[vocab], output_dims=[dim])
+    table.set_value(table_values)
+    id_term = oc.term("ids", batch_dims=[len(ids)], input_dims=[], output_dims=[], dtype="int32")
+    id_term.set_value(ids.astype(np.int32))
+    return oc.relu(oc.embed(table, id_term) * 2.0 - 1.0), table_values
+
+
+def test_a_gather_feeding_other_operations_stays_stored_and_correct():
+    """Regression (found on the GPU run after merging fusion with gathers): the gather was made
+    virtual while its lowering wrote the tensor's own buffer, so the routine failed with 'virtual
+    buffer ... is read but never computed'."""
+    ids = np.array([3, 0, 3, 1])
+    y, table_values = gathered_relu(5, 7, ids)
+    Context("c").forward(y)
+    expected = np.maximum(table_values.T[ids].astype(np.float64) * 2 - 1, 0)
+    np.testing.assert_allclose(y.value, expected, rtol=1e-6)
