@@ -112,6 +112,17 @@ def test_a_read_only_empty_folder_is_a_clear_error():
                 pytest.skip("root writes anywhere, and setpriv (to run as another user) is missing")
             os.chown(folder, 65534, 65534)
             as_user = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+            probe = subprocess.run(
+                [*as_user, sys.executable, "-c", "import arrayjit"],
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                capture_output=True,
+                cwd="/",
+            )
+            if probe.returncode != 0:
+                pytest.skip(
+                    "the other user cannot import this Python environment (e.g. a virtual "
+                    "environment inside a folder only root may read)"
+                )
         script = (
             "from arrayjit.assignments import Constant, Fetch\n"
             "from arrayjit.runtime.runtime import Runtime\n"
