@@ -76,54 +76,12 @@ EXPECTED_GRADS = {
     't13': [[[1.0, 0.5], [-1.0, 2.0], [2.0, 2.0], [-1.0, 2.0]], [[-1.0, 0.5], [0.5, 2.0], [2.0, 1.0], [0.5, 2.0]], [[1.0, 1.0], [0.5, 1.0], [0.5, 0.5], [2.0, 0.5]], [[-1.0, -1.0], [1.0, 1.0], [0.5, 1.0], [0.5, 0.5]]],
 }
 
-def rows_of(name):
-    shape = globals()[name].shape
-    return [list(shape.batch), list(shape.output), list(shape.input)]
 
+# The checks the fuzzer appended (fuzz.scripts.CHECK), run from the package rather than copied.
+import sys
+from pathlib import Path
 
-def broadcast_axes(got_rows, want_rows):
-    """The layout of the expected value inside the computed one: ocannl_py may close an
-    intermediate tensor's rows to the greatest shape its uses allow (docs/shape_inference.md),
-    a broadcast of the reference's (right-aligned rows, dims of 1). None if it is not one."""
-    padded = []
-    for got, want in zip(got_rows, want_rows):
-        if len(want) > len(got) or any(w not in (g, 1) for g, w in zip(got[::-1], want[::-1])):
-            return None
-        padded += [1] * (len(got) - len(want)) + want
-    return padded
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from fuzz.scripts import CHECK  # noqa: E402
 
-
-def compare(what, name, got, want, grad):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    got_rows, want_rows = rows_of(name), TYPES[name]
-    if got_rows != want_rows:
-        padded = broadcast_axes(got_rows, want_rows)
-        if padded is None:
-            FAILURES.append(f"{what}: rows {got_rows} (batch, output, input), expected {want_rows}")
-            return
-        BROADCAST.append(name)
-        if grad:  # the gradient of each broadcast copy: their sum is the reference's
-            axes = tuple(k for k, (p, g) in enumerate(zip(padded, got.shape)) if p != g)
-            got = got.sum(axis=axes, keepdims=True).reshape(want.shape)
-        else:
-            want = np.broadcast_to(want.reshape(padded), got.shape)
-    if got.shape != want.shape:
-        FAILURES.append(f"{what}: shape {got.shape}, expected {want.shape}")
-        return
-    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
-    bad = ~np.isclose(got, want, rtol=RTOL, atol=ATOL * scale)
-    if bad.any():
-        FAILURES.append(
-            f"{what}: {int(bad.sum())} of {bad.size} cells differ: got {got[bad][:4].tolist()}, "
-            f"expected {want[bad][:4].tolist()}"
-        )
-
-
-FAILURES, BROADCAST = [], []
-for name, want in EXPECTED_VALUES.items():
-    compare(f"{name}.value", name, globals()[name].value, want, grad=False)
-for name, want in EXPECTED_GRADS.items():
-    compare(f"{name}.grad", name, globals()[name].grad, want, grad=True)
-if __name__ == "__main__":
-    print("\n".join(FAILURES) or "no difference")
-    raise SystemExit(1 if FAILURES else 0)
+exec(CHECK)
