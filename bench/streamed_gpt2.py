@@ -31,13 +31,12 @@ def decode(ckpt, budget, prompt, tokens, **options):
     from ocannl_py.models.generate import Decoder
 
     ctx = Context("cuda")
-    if options:
-        plain = ctx.compile_streamed
-        ctx.compile_streamed = lambda *a, **k: plain(*a, **k, **options)
     ctx.runtime.synchronize()
     free_before = free_device_bytes()
     start = time.perf_counter()
-    decoder = Decoder.from_checkpoint(ckpt, ctx, len(prompt) + tokens, budget=budget)
+    decoder = Decoder.from_checkpoint(
+        ckpt, ctx, len(prompt) + tokens, budget=budget, stream_options=options
+    )
     built = time.perf_counter() - start
     decoder.generate(prompt, 2)  # warm-up: weights packed, kernels loaded, graphs captured
     ctx.runtime.synchronize()

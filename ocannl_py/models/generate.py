@@ -46,7 +46,8 @@ class Decoder:
 
     With `budget` (device bytes, or a text such as "2GiB"), the step is streamed: one stage per
     layer (`layers`: the embeddings, each block, then `ln_f` and the head), the weights kept in
-    host memory and copied in while the stage before computes (`Context.compile_streamed`)."""
+    host memory and copied in while the stage before computes (`Context.compile_streamed`, given
+    `stream_options`: `slots`, `keep_resident`, `host_memory`)."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class Decoder:
         params: dict | None = None,
         load: Callable[[dict], None] | None = None,
         budget: int | str | None = None,
+        stream_options: dict | None = None,
         progress: bool = True,
     ) -> None:
         if max_len > config.n_positions:
@@ -88,12 +90,14 @@ class Decoder:
                 stages = forward_stages(*self.layers)
                 stages[-1] = stages[-1] + update
                 names = ["embeddings", *(f"layer{i}" for i in range(config.n_layer)), "head"]
-                self.step = ctx.compile_streamed(stages, budget, names=names)
+                self.step = ctx.compile_streamed(
+                    stages, budget, names=names, **(stream_options or {})
+                )
 
     @classmethod
     def from_checkpoint(
         cls, checkpoint, ctx: Context, max_len: int, *, budget: int | str | None = None,
-        progress: bool = True,
+        stream_options: dict | None = None, progress: bool = True,
     ) -> Decoder:  # fmt: skip
         """A decoder of a GPT-2 checkpoint (`models.checkpoint(...)`), its weights loaded."""
         if not isinstance(checkpoint.config, gpt2.GPT2Config):
@@ -103,7 +107,8 @@ class Decoder:
             with stage(f"loading {checkpoint.name}", progress):
                 checkpoint.load_into(params, progress=progress)
 
-        return cls(checkpoint.config, ctx, max_len, load=load, budget=budget, progress=progress)
+        return cls(checkpoint.config, ctx, max_len, load=load, budget=budget,
+                   stream_options=stream_options, progress=progress)  # fmt: skip
 
     def next_logits(self, token: int, position: int) -> np.ndarray:
         """Feed one token at `position` (the cache holds the ones before); its logits."""
