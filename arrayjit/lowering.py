@@ -34,6 +34,7 @@ from arrayjit.indexing import (
 from arrayjit.passes import (
     hoisting,
     matmul_blocking,
+    row_fusion,
     simplify,
     threads,
     vectorize,
@@ -48,6 +49,7 @@ log = logging.getLogger("arrayjit")
 PASSES = [
     ("virtual inlining", virtual_inlining.run),
     ("simplification", simplify.run),
+    ("row fusion", row_fusion.run),
     ("loop-invariant hoisting", hoisting.run),
 ]
 
@@ -59,6 +61,7 @@ def cpu_passes(target: CpuTarget) -> list[tuple[str, Callable[[ir.Stmt], ir.Stmt
     return [
         ("virtual inlining", generic["virtual inlining"]),
         ("simplification", generic["simplification"]),
+        ("row fusion", generic["row fusion"]),
         ("matmul blocking", functools.partial(matmul_blocking.run, target=target)),
         ("loop-invariant hoisting", generic["loop-invariant hoisting"]),
         ("threads", functools.partial(threads.run, target=target)),

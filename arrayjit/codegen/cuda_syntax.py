@@ -1,6 +1,6 @@
 """The CUDA C++ printer: the shared C printer with device helpers, and one kernel per
 `KernelPlan`: a grid-stride loop over the flattened grid loops (one thread per cell), a single
-thread, or one of the forms printed by `cuda_reductions` and `cuda_matmul`."""
+thread, or one of the forms printed by `cuda_reductions`, `cuda_rows` and `cuda_matmul`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from arrayjit import loop_ir as ir
-from arrayjit.codegen import cuda_matmul, cuda_reductions, cuda_wgmma
+from arrayjit.codegen import cuda_matmul, cuda_reductions, cuda_rows, cuda_wgmma
 from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax, index_type
 from arrayjit.codegen.cuda_device import (
     ASYNC_COPY_HELPERS,
@@ -95,6 +95,8 @@ OCANNL_FN int64_t ocannl_index(int64_t i, int64_t bound, int32_t *errors, int32_
             return cuda_matmul.matmul_kernel(self, plan, name, tnodes)
         if plan.reduction is not None:
             return cuda_reductions.reduction_kernel(self, plan, name, tnodes)
+        if plan.rows is not None:
+            return cuda_rows.rows_kernel(self, plan, name, tnodes)
         lines = [self.head(name, tnodes)]
         for decl in plan.prologue:
             lines += self.stmt(decl, 1)
