@@ -12,10 +12,17 @@ import math
 
 from arrayjit import loop_ir as ir
 from arrayjit import ops
-from arrayjit.codegen.c_syntax import INT32_MAX
-from arrayjit.codegen.cuda_device import Launch, letters
-from arrayjit.schedule.gpu_reductions import ReductionShape
-from arrayjit.schedule.gpu_rows import PointwiseStage
+from arrayjit.codegen.c_syntax import INT32_MAX, index_type
+from arrayjit.codegen.cuda_device import COMPONENTS, Launch, letters, vector_type
+from arrayjit.schedule.gpu_reductions import ReductionShape, vector_load
+from arrayjit.schedule.gpu_rows import (
+    ROW,
+    PointwiseStage,
+    RowPlan,
+    canonical,
+    stage_exprs,
+    stage_loop,
+)
 from arrayjit.schedule.kernel_plan import MAX_BLOCKS, THREADS, KernelPlan
 from arrayjit.tnode import TNode
 
@@ -50,6 +57,9 @@ def rows_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         f"    const {unit_t} unit = active ? base + team : 0;",
     ]
     lines += syntax.unflatten(plan.grid, "unit", 2)
+    for key, (cache, _) in rows_plan.cached.items():
+        names = ", ".join(f"{cache}_{k}" for k in range(rows_plan.per_thread))
+        lines.append(f"    {syntax.type_name(key.tnode.dtype)} {names};")
     last = len(rows_plan.stages) - 1
     for n, stage in enumerate(rows_plan.stages):
         # After a stage that stores, a barrier: later stages may read what it stored.
@@ -59,21 +69,104 @@ def rows_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         elif isinstance(stage, ir.Set):
             lines += ["    if (active && lane == 0) {", *syntax.stmt(stage, 3), "    }", *stored]
         elif isinstance(stage, ReductionShape):
-            lines += _reduction(syntax, stage, team, q_t, letters(n))
+            lines += _reduction(syntax, stage, rows_plan, q_t, n)
             if any(isinstance(s, ir.Set) for s in stage.post):
                 lines += stored
+        elif rows_plan.per_thread:
+            lines += _in_registers(syntax, rows_plan, n, q_t, None)
+            lines += stored
         else:
             lines += _pointwise(syntax, stage, team, q_t) + stored
     lines += ["  }", "}"]
     return "\n".join(lines), Launch(name, blocks, THREADS)
 
 
-def _reduction(syntax, shape: ReductionShape, team: int, q_t: str, tag: str) -> list[str]:
+def _in_registers(syntax, rows: RowPlan, n: int, q_t: str, per_value) -> list[str]:
+    """Lines running stage `n` over the member's values of the row in the register form: its
+    cached reads loaded into their registers (if it is the first to read them) or read from
+    them, `per_value()` giving the lines of one value (None for a pointwise stage: its cells,
+    each store contiguous along the row made `vector` values at a time)."""
+    stage = rows.stages[n]
+    loop = stage_loop(stage)
+    it, length = loop.iterator, loop.extent
+    team, vector = rows.team, rows.vector
+    reads = {}
+    for e in stage_exprs(stage):
+        if isinstance(e, ir.Get) and canonical(e, it) in rows.cached:
+            reads[e] = rows.cached[canonical(e, it)][0]
+    loads = {cache: get for get, cache in reads.items() if rows.cached[canonical(get, it)][1] == n}
+    name, kind = syntax.iterator(it), index_type(length)
+    stores: dict[ir.Set, str] = {}
+    if per_value is None:
+        read = ir.read_tnodes(ir.Block(tuple(stage.body)))
+        wide = [
+            x
+            for x in stage.body
+            if isinstance(x, ir.Set)
+            and x.tnode not in read
+            and vector > 1
+            and x.tnode.dtype.itemsize * vector == 16
+            and (key := canonical(ir.Get(x.tnode, x.index), it)) is not None
+            and vector_load(key, ROW, vector)
+        ]
+        stores = {x: f"store{letters(k)}" for k, x in enumerate(wide)}
+
+        def per_value(u: int) -> list[str]:
+            out = []
+            for x in [*stage.decls, *stage.body]:
+                if x in stores:
+                    out.append(f"          {stores[x]}.{COMPONENTS[u]} = {syntax.expr(x.value)};")
+                else:
+                    out += syntax.stmt(x, 5)
+            return out
+
+    lines = []
+    for chunk in range(rows.per_thread // vector):
+        start = (
+            f"{chunk * team * vector} + lane * {vector}" if vector > 1 else f"{chunk * team} + lane"
+        )
+        lines += [
+            "    {",
+            f"      const {q_t} q = {start};",
+            f"      if (active && q < {length}) {{",
+            f"        const {kind} {name} = ({kind})(q);",
+        ]
+        first = chunk * vector
+        for x, store in stores.items():
+            lines.append(f"        {vector_type(x.tnode.dtype.c_name, vector)} {store};")
+        for k, (cache, get) in enumerate(loads.items()):
+            if vector == 1:
+                lines.append(f"        {cache}_{first} = {syntax.expr(get)};")
+                continue
+            vt = vector_type(get.tnode.dtype.c_name, vector)
+            address = f"&{syntax.buffer(get.tnode)}[{syntax.offset(get.tnode, get.index)}]"
+            load = f"load{letters(k)}"
+            lines.append(f"        const {vt} {load} = *reinterpret_cast<const {vt} *>({address});")
+            lines += [
+                f"        {cache}_{first + u} = {load}.{COMPONENTS[u]};" for u in range(vector)
+            ]
+        for u in range(vector):
+            if u:
+                syntax.renamed[it] = f"({name} + {u})"
+            syntax.substituted = {get: f"{cache}_{first + u}" for get, cache in reads.items()}
+            lines += ["        {", *per_value(u), "        }"]
+        syntax.renamed.pop(it, None)
+        syntax.substituted = {}
+        for x, store in stores.items():
+            vt = vector_type(x.tnode.dtype.c_name, vector)
+            address = f"&{syntax.buffer(x.tnode)}[{syntax.offset(x.tnode, x.index)}]"
+            lines.append(f"        *reinterpret_cast<{vt} *>({address}) = {store};")
+        lines += ["      }", "    }"]
+    return lines
+
+
+def _reduction(syntax, shape: ReductionShape, rows: RowPlan, q_t: str, n: int) -> list[str]:
     """Lines of one reduction stage: every member ends up holding the row's total in `acc`."""
+    team = rows.team
     dtype = shape.acc.dtype
     t = dtype.c_name
     neutral = syntax.literal(ops.neutral(shape.op, dtype), dtype)
-    partial = f"partial{tag}"
+    partial = f"partial{letters(n)}"
 
     def fold(a: str, b: str) -> str:
         return syntax.apply(shape.op, dtype, a, b)
@@ -87,17 +180,28 @@ def _reduction(syntax, shape: ReductionShape, team: int, q_t: str, tag: str) -> 
             f"      {partial} = {fold(partial, f'__shfl_xor_sync(0xffffffffu, {partial}, offset, {width})')};",
         ]
 
+    def per_value(u: int) -> list[str]:
+        decls = [line for decl in shape.inner for line in syntax.stmt(decl, 5)]
+        return [*decls, f"          {partial} = {fold(partial, syntax.expr(shape.value))};"]
+
     lines = [line for decl in shape.pre for line in syntax.stmt(decl, 2)]
-    lines += [
-        f"    {t} {partial} = {neutral};",
-        "    if (active) {",
-        "      #pragma unroll 4",
-        f"      for ({q_t} q = lane; q < {shape.length}; q += {team}) {{",
-    ]
-    lines += syntax.unflatten(shape.loops, "q", 4)
-    for decl in shape.inner:
-        lines += syntax.stmt(decl, 4)
-    lines += [f"        {partial} = {fold(partial, syntax.expr(shape.value))};", "      }", "    }"]
+    lines.append(f"    {t} {partial} = {neutral};")
+    if rows.per_thread:
+        lines += _in_registers(syntax, rows, n, q_t, per_value)
+    else:
+        lines += [
+            "    if (active) {",
+            "      #pragma unroll 4",
+            f"      for ({q_t} q = lane; q < {shape.length}; q += {team}) {{",
+        ]
+        lines += syntax.unflatten(shape.loops, "q", 4)
+        for decl in shape.inner:
+            lines += syntax.stmt(decl, 4)
+        lines += [
+            f"        {partial} = {fold(partial, syntax.expr(shape.value))};",
+            "      }",
+            "    }",
+        ]
     if team <= 32:
         if team > 1:
             lines += shuffle(team)

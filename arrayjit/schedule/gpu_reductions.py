@@ -87,7 +87,7 @@ class ReductionPlan:
         if self.vector == 1:
             return {}
         reads = [e for e in ir.walk_expr(self.shape.value) if isinstance(e, ir.Get)]
-        loads = [e for e in reads if _vector_load(e, self.shape.innermost, self.vector)]
+        loads = [e for e in reads if vector_load(e, self.shape.innermost, self.vector)]
         return {get: k for k, get in enumerate(dict.fromkeys(loads))}
 
 
@@ -151,7 +151,7 @@ def _coefficient(get: ir.Get, it: Iterator) -> tuple[int | None, list[int], int]
     return own, others, offset
 
 
-def _vector_load(get: ir.Get, it: Iterator, vector: int) -> bool:
+def vector_load(get: ir.Get, it: Iterator, vector: int) -> bool:
     """Whether `vector` consecutive values of `it` (from a multiple of `vector`) are one aligned
     vector of `get`'s buffer."""
     own, others, offset = _coefficient(get, it)
@@ -174,7 +174,7 @@ def _vector_width(shape: ReductionShape) -> int:
     vector = 16 // max(sizes)
     if shape.loops[-1].extent % vector:
         return 1
-    if not any(_vector_load(get, shape.innermost, vector) for get in reads):
+    if not any(vector_load(get, shape.innermost, vector) for get in reads):
         return 1
     return vector
 

@@ -13,6 +13,14 @@ warps) so that every member holds the total, in the same order on every run; a *
 (the max, the sum) live in every member's registers; a store of one value per row is made by the
 team's first member. A barrier separates stages, so a stage reads what earlier stages of its row
 stored in memory.
+
+*Register form*: when every stage walks the row with one loop of the same length and a read
+(`x[row, j]`, not written by the kernel) recurs in several stages, each member holds its values
+of the row in registers (`per_thread` of them, at most `MAX_PER_THREAD`): the first stage reading
+it loads them, `vector` at a time (16 bytes) where the reads are contiguous and aligned, later
+stages read the registers. Softmax and layer norm then read their input from memory once. Member
+`lane` takes, in chunk `c`, the values `c * team * vector + lane * vector + u` (u < vector) in
+every stage, so each member reads back what it loaded itself.
 """
 
 from __future__ import annotations
@@ -21,11 +29,21 @@ import math
 from dataclasses import dataclass, field
 
 from arrayjit import loop_ir as ir
-from arrayjit.schedule.gpu_reductions import REDUCIBLE, ReductionShape, reduction_shape
+from arrayjit.indexing import Iterator, substitute
+from arrayjit.schedule.gpu_reductions import (
+    REDUCIBLE,
+    ReductionShape,
+    reduction_shape,
+    vector_load,
+)
 from arrayjit.schedule.kernel_plan import THREADS, KernelPlan
 
 #: Rows longer than this (values of a stage per row) get the whole block as their team.
 BLOCK_TEAM_LENGTH = 1024
+#: Values of a row one member may hold in registers per cached read.
+MAX_PER_THREAD = 32
+#: The iterator the reads of different stages are compared with (each stage's renamed to it).
+ROW = Iterator(name="q")
 
 
 @dataclass
@@ -51,6 +69,13 @@ class RowPlan:
     )
     #: Threads per row.
     team: int = 32
+    #: The register form: values of the row per member (0: each stage strides over the row).
+    per_thread: int = 0
+    #: Values per load of a cached read in the register form.
+    vector: int = 1
+    #: The register form's cached reads (with `ROW` for the stage's iterator): the name of their
+    #: registers and the stage that loads them.
+    cached: dict[ir.Get, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -137,6 +162,74 @@ def _stages(body: list[ir.Stmt]) -> list | None:
     return stages
 
 
+def stage_loop(stage) -> ir.For | None:
+    """The one loop of a reduction or pointwise stage, or None."""
+    loops = stage.loops if isinstance(stage, ReductionShape | PointwiseStage) else []
+    return loops[0] if len(loops) == 1 else None
+
+
+def canonical(get: ir.Get, it: Iterator) -> ir.Get | None:
+    """`get` with `it` renamed `ROW` (None for a read at a dynamic index)."""
+    if ir.is_dynamic(get.index):
+        return None
+    return ir.Get(get.tnode, tuple(substitute(i, {it: ROW}) for i in get.index))
+
+
+def stage_exprs(stage) -> list[ir.Expr]:
+    """The expressions a reduction or pointwise stage evaluates for each value of its row."""
+    if isinstance(stage, ReductionShape):
+        roots = [stage.value, *(d.init for d in stage.inner)]
+    else:
+        roots = [r for s in [*stage.decls, *stage.body] for r in ir.root_exprs(s)]
+    return [e for root in roots for e in ir.walk_expr(root)]
+
+
+def _stored(stages: list) -> set:
+    out = set()
+    for stage in stages:
+        if isinstance(stage, ir.Set):
+            out.add(stage.tnode)
+        elif isinstance(stage, ReductionShape):
+            out |= {s.tnode for s in stage.post if isinstance(s, ir.Set)}
+        elif isinstance(stage, PointwiseStage):
+            out |= ir.written_tnodes(ir.Block(tuple(stage.body)))
+    return out
+
+
+def _register_form(rows: RowPlan) -> None:
+    """Set the register form of `rows` where it applies (see the module docstring)."""
+    walking = [
+        (n, s) for n, s in enumerate(rows.stages) if isinstance(s, ReductionShape | PointwiseStage)
+    ]
+    loops = [stage_loop(s) for _, s in walking]
+    if None in loops or len({loop.extent for loop in loops}) != 1:
+        return
+    length = loops[0].extent
+    stored = _stored(rows.stages)
+    uses: dict[ir.Get, list[int]] = {}
+    for (n, stage), loop in zip(walking, loops, strict=True):
+        for e in stage_exprs(stage):
+            if not isinstance(e, ir.Get) or e.tnode in stored:
+                continue
+            if loop.iterator not in {it for i in e.index for it in ir.index_iterators(i)}:
+                continue
+            key = canonical(e, loop.iterator)
+            if key is not None and n not in uses.setdefault(key, []):
+                uses[key].append(n)
+    cached = [key for key, stages in uses.items() if len(stages) > 1]
+    if not cached:
+        return
+    sizes = {key.tnode.dtype.itemsize for key in cached}
+    vector = 16 // sizes.pop() if len(sizes) == 1 and sizes <= {4, 8} else 1
+    if vector > 1 and (length % vector or not all(vector_load(k, ROW, vector) for k in cached)):
+        vector = 1
+    per_thread = math.ceil(length / (rows.team * vector)) * vector
+    if per_thread > MAX_PER_THREAD:
+        return
+    rows.per_thread, rows.vector = per_thread, vector
+    rows.cached = {key: (f"cache{k}", uses[key][0]) for k, key in enumerate(cached)}
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
@@ -156,4 +249,5 @@ def plan_rows(plan: KernelPlan) -> RowPlan | None:
         rows.team = THREADS
     else:
         rows.team = min(32, max(4, _pow2_at_least(math.ceil(length / 4))))
+    _register_form(rows)
     return rows

@@ -120,6 +120,11 @@ def test_generated_cuda_source_of_softmax_holds_one_kernel():
     # A block per row: block reductions through shared memory, a barrier between stages.
     assert generated.launches[0].block == 256 and generated.launches[0].grid == 8192
     assert "__shfl_xor_sync" in generated.source and "__syncthreads();" in generated.source
+    # x is read by all three stages: each member keeps its 16 values of the row in registers,
+    # loaded once, 16 bytes at a time.
+    rows = generated.plans[0].rows
+    assert (rows.per_thread, rows.vector, len(rows.cached)) == (16, 4, 1)
+    assert generated.source.count("reinterpret_cast<const ocannl_float4 *>") == 4
 
 
 def test_row_kernels_compile_for_sm90_without_local_memory(tmp_path):
