@@ -124,7 +124,11 @@ def main() -> None:
     parser.add_argument("--single-thread", action="store_true",
                         help="one thread each, timed in thread CPU time")  # fmt: skip
     args = parser.parse_args()
+    run(args.only, args.repeats, args.backend, args.profile)
 
+
+def run(workloads: list[str], repeats: int, backend: str = "c", top: int = 0) -> None:
+    """Times `workloads` (names of `WORKLOADS`) against PyTorch; `top` > 0 adds a profile."""
     from arrayjit.schedule.cpu_target import thread_count
     from ocannl_py import Context, models
     from ocannl_py.models import hf
@@ -136,13 +140,13 @@ def main() -> None:
         return
     threads = thread_count()
     reference = Torch(str(folder), threads)
-    encoder = SentenceEncoder(models.checkpoint("all-MiniLM-L6-v2"), Context(args.backend),
+    encoder = SentenceEncoder(models.checkpoint("all-MiniLM-L6-v2"), Context(backend),
                               progress=False)  # fmt: skip
-    print(f"MiniLM-L6 (all-MiniLM-L6-v2), backend {args.backend}, {threads} threads on both "
+    print(f"MiniLM-L6 (all-MiniLM-L6-v2), backend {backend}, {threads} threads on both "
           f"sides (ARRAYJIT_NUM_THREADS / torch.set_num_threads), "
           f"{'thread CPU time' if SINGLE else 'wall clock'}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)  # fmt: skip
-    for name in args.only:
+    for name in workloads:
         batch, length = WORKLOADS[name]
         inputs = token_inputs(reference.tokenizer, batch, length)
 
@@ -167,20 +171,20 @@ def main() -> None:
         # Alternating blocks, so that a burst of load from other processes hits both.
         ours_times, theirs_times = [], []
         for _ in range(3):
-            ours_times += timed(checked(ours, reference_out), args.repeats)[0]
+            ours_times += timed(checked(ours, reference_out), repeats)[0]
             theirs_times += timed(checked(lambda inputs=inputs: reference(inputs), ours_out),
-                                  args.repeats)[0]  # fmt: skip
+                                  repeats)[0]  # fmt: skip
         assert worst[0] < 1e-5, f"{name}: embeddings differ from PyTorch's by {worst[0]:.2e}"
         a, b = min(ours_times), min(theirs_times)
         ma, mb = statistics.median(ours_times), statistics.median(theirs_times)
         print(f"{name}: {batch} x {length} tokens; first call (compile + run) {build:.1f} s; "
               f"max |ours - PyTorch| over every timed run {worst[0]:.1e}")  # fmt: skip
-        print(f"  ms per call, best (median) of {3 * args.repeats}: ocannl {1e3 * a:.2f} "
+        print(f"  ms per call, best (median) of {3 * repeats}: ocannl {1e3 * a:.2f} "
               f"({1e3 * ma:.2f}), PyTorch {1e3 * b:.2f} ({1e3 * mb:.2f}); "
               f"PyTorch / ocannl {b / a:.2f} ({mb / ma:.2f})", flush=True)  # fmt: skip
-        if args.profile:
+        if top:
             routine = encoder._routine(batch, -(-length // 16) * 16)[0]
-            profile(routine, max(3, args.repeats // 2), args.profile)
+            profile(routine, max(3, repeats // 2), top)
 
 
 if __name__ == "__main__":
