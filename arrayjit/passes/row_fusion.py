@@ -7,8 +7,10 @@ layer norm to three or four; each is its own pass over memory, and on a GPU its 
 order). A nest is a *stage* when, below those loops, it is either
 
 - a reduction to the row (`acc := init; for ...: acc := op(acc, term); out[row] := acc`) whose
-  terms read the row's own data (every read that moves with the reduction moves with every row
-  loop too: a matrix product, whose operand is shared between rows, is not a stage), or
+  terms read the row's own data or data common to all rows (a bias along the row): a read that
+  moves with the reduction and with some row loops but not all is a matrix product's operand
+  (`b[k, j]` under rows `i, j`), and the nest is not a stage; so is one whose row is not
+  contiguous in memory along its innermost loop (a column: `w[k, j]` under rows `j`); or
 - pointwise over the row (parallel loops around one store, nothing accumulated).
 
 A group is a run of stages, each after the first reading something an earlier one writes, with
@@ -33,7 +35,7 @@ import math
 from dataclasses import dataclass
 
 from arrayjit import loop_ir as ir
-from arrayjit.indexing import Fixed, Iterator
+from arrayjit.indexing import Fixed, Iterator, as_affine
 from arrayjit.schedule.gpu_reductions import reduction_shape
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -85,8 +87,10 @@ def _stage_kind(body: ir.Stmt, rows: list[Iterator]) -> str | None:
             if not isinstance(e, ir.Get):
                 continue
             its = {it for i in e.index for it in ir.index_iterators(i)}
-            if its & moving and not set(rows) <= its:
-                return None  # an operand shared between rows: a product, not a row reduction
+            if its & moving and its & set(rows) and not set(rows) <= its:
+                return None  # shared by some rows and not others: a product's operand
+            if its & set(rows) and shape.innermost in its and _stride(e, shape.innermost) != 1:
+                return None  # the row is not contiguous (a column): left to other forms
         return "reduction"
     node = body
     while isinstance(node, ir.For) and node.parallel:
@@ -94,6 +98,15 @@ def _stage_kind(body: ir.Stmt, rows: list[Iterator]) -> str | None:
     if isinstance(node, ir.Set):
         return "pointwise"
     return None
+
+
+def _stride(get: ir.Get, it: Iterator) -> int | None:
+    """The stride of `it` in `get`'s row-major offset (None where a dynamic index uses it)."""
+    if any(isinstance(i, ir.Dynamic) and it in ir.index_iterators(i) for i in get.index):
+        return None
+    offset, _ = ir.split_offset(get.tnode.dims, get.index)
+    terms, _ = as_affine(offset)
+    return sum(c for c, term in terms if term == it)
 
 
 def _row_length(body: ir.Stmt) -> int:

@@ -190,6 +190,34 @@ def test_a_product_and_its_consumer_stay_apart():
         assert not any({c, d} <= ir.written_tnodes(nest) for nest in nests)
 
 
+def test_a_vector_common_to_all_rows_groups_and_a_column_does_not():
+    """`s[i] = sum_j x[i, j] + bias[j]` reads the bias along every row: it groups with its
+    reader. `t[j] = sum_k v[k] * w[k, j]` walks a column of w: left to the other forms."""
+    x, bias, y = TNode("x", (6, 40)), TNode("bias", (40,)), TNode("y", (6, 40))
+    s = TNode("s", (6,), memory_mode=MemoryMode.VIRTUAL)
+    i, j = Iterator(name="i"), Iterator(name="j")
+    with_bias = Projections((6, 40), (i, j), (i,), ((i, j), (j,)))
+    code = Accum(s, "add", "add", (x, bias), with_bias, True) + rowwise(
+        y, "sub", (x, s), (False, True)
+    )
+    stmt = compile_to_ir(code, True)
+    assert len(top_nests(stmt)) == 1 and ir.written_tnodes(stmt) == {y}
+    rng = np.random.default_rng(3)
+    x.set_host(rng.integers(-8, 9, (6, 40))), bias.set_host(rng.integers(-8, 9, 40))
+    Runtime("c").compile(code).run()
+    expected = x.host() - (x.host() + bias.host()).sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(y.host(), expected)
+
+    v, w, out = TNode("v", (64,)), TNode("w", (64, 48)), TNode("out", (48,))
+    t = TNode("t", (48,), memory_mode=MemoryMode.VIRTUAL)
+    k = Iterator(name="k")
+    column = Accum(
+        t, "add", "mul", (v, w), Projections((64, 48), (k, j), (j,), ((k,), (k, j))), True
+    )
+    relu = Accum(out, None, "relu", (t,), Projections((48,), (j,), (j,), ((j,),)))
+    assert len(top_nests(compile_to_ir(column + relu, True))) == 2
+
+
 def test_a_reader_of_other_rows_stays_apart():
     """The reader's rows do not line up with the reduction's (it reads the sums across)."""
     x, out = TNode("x", (8, 5)), TNode("out", (8, 8))
