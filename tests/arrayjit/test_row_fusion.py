@@ -293,3 +293,22 @@ def test_nn_rows_on_cuda_are_one_kernel_matching_numpy(run, kind, rows, length):
     ran = run(lowered)
     assert len(ran.plans) == 1 and ran.plans[0].rows is not None
     np.testing.assert_allclose(y.value_node.host().reshape(rows, length), expected, **TOLERANCE)
+
+
+def test_on_c_a_row_loop_whose_stages_store_and_read_a_row_runs_on_threads():
+    """The stored pointwise stage writes `gy[i, j]` and the next stage reads `gy[i, d]`: rows
+    still touch disjoint cells, so the row loop gets the CPU schedule's threads."""
+    from arrayjit.lowering import lower, optimize
+    from arrayjit.schedule.cpu_target import CpuTarget
+
+    rows, length = 64, 4096
+    y, g, gx = TNode("y", (rows, length)), TNode("g", (rows, length)), TNode("gx", (rows, length))
+    gy = TNode("gy", (rows, length))
+    dot = TNode("dot", (rows,), memory_mode=MemoryMode.VIRTUAL)
+    code = (
+        rowwise(gy, "mul", (g, y), (False, False))
+        + reduce_rows(dot, "add", "identity", gy)
+        + rowwise(gx, "sub", (gy, dot), (False, True))
+    )
+    (nest,) = top_nests(optimize(lower(code), CpuTarget(threads=2)))
+    assert nest.threads == 2 and ir.written_tnodes(nest) == {gy, gx}
