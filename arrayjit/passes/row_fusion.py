@@ -9,8 +9,9 @@ order). A nest is a *stage* when, below those loops, it is either
 - a reduction to the row (`acc := init; for ...: acc := op(acc, term); out[row] := acc`) whose
   terms read the row's own data or data common to all rows (a bias along the row): a read that
   moves with the reduction and with some row loops but not all is a matrix product's operand
-  (`b[k, j]` under rows `i, j`), and the nest is not a stage; so is one whose row is not
-  contiguous in memory along its innermost loop (a column: `w[k, j]` under rows `j`); or
+  (`b[k, j]` under rows `i, j`), and the nest is not a stage; nor is a matrix-vector product
+  (the row times values common to every row, `w[i, j] * x[j]`, left to the product schedules),
+  nor a reduction whose row is not contiguous in memory along its innermost loop (a column); or
 - pointwise over the row (parallel loops around one store, nothing accumulated).
 
 A group is a run of stages, each after the first reading something an earlier one writes, with
@@ -91,6 +92,8 @@ def _stage_kind(body: ir.Stmt, rows: list[Iterator]) -> str | None:
                 return None  # shared by some rows and not others: a product's operand
             if its & set(rows) and shape.innermost in its and _stride(e, shape.innermost) != 1:
                 return None  # the row is not contiguous (a column): left to other forms
+        if _matrix_vector(shape.value, moving, set(rows)):
+            return None
         return "reduction"
     node = body
     while isinstance(node, ir.For) and node.parallel:
@@ -98,6 +101,31 @@ def _stage_kind(body: ir.Stmt, rows: list[Iterator]) -> str | None:
     if isinstance(node, ir.Set):
         return "pointwise"
     return None
+
+
+def _moving_reads(e: ir.Expr, moving: set[Iterator]) -> list[set[Iterator]]:
+    """The iterators of each read in `e` that moves with the reduction."""
+    found = []
+    for x in ir.walk_expr(e):
+        if isinstance(x, ir.Get):
+            its = {it for i in x.index for it in ir.index_iterators(i)}
+            if its & moving:
+                found.append(its)
+    return found
+
+
+def _matrix_vector(value: ir.Expr, moving: set[Iterator], rows: set[Iterator]) -> bool:
+    """Whether the term multiplies the row by values common to every row (`w[i, j] * x[j]`):
+    a matrix-vector product, left to the product schedules."""
+    for e in ir.walk_expr(value):
+        if not (isinstance(e, ir.Apply) and e.op == "mul"):
+            continue
+        reads = [_moving_reads(a, moving) for a in e.args]
+        common = any(r and not any(its & rows for its in r) for r in reads)
+        own = any(any(its & rows for its in r) for r in reads)
+        if common and own:
+            return True
+    return False
 
 
 def _stride(get: ir.Get, it: Iterator) -> int | None:

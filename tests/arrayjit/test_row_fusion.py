@@ -190,9 +190,10 @@ def test_a_product_and_its_consumer_stay_apart():
         assert not any({c, d} <= ir.written_tnodes(nest) for nest in nests)
 
 
-def test_a_vector_common_to_all_rows_groups_and_a_column_does_not():
+def test_a_vector_common_to_all_rows_groups_and_products_do_not():
     """`s[i] = sum_j x[i, j] + bias[j]` reads the bias along every row: it groups with its
-    reader. `t[j] = sum_k v[k] * w[k, j]` walks a column of w: left to the other forms."""
+    reader. `t[j] = sum_k v[k] * w[k, j]` walks a column of w, and a matrix-vector product is
+    left to the product schedules: neither groups."""
     x, bias, y = TNode("x", (6, 40)), TNode("bias", (40,)), TNode("y", (6, 40))
     s = TNode("s", (6,), memory_mode=MemoryMode.VIRTUAL)
     i, j = Iterator(name="i"), Iterator(name="j")
@@ -216,6 +217,12 @@ def test_a_vector_common_to_all_rows_groups_and_a_column_does_not():
     )
     relu = Accum(out, None, "relu", (t,), Projections((48,), (j,), (j,), ((j,),)))
     assert len(top_nests(compile_to_ir(column + relu, True))) == 2
+    # The same product over rows of w (`t[j] = sum_k w[j, k] * v[k]`): a matrix-vector product.
+    w2 = TNode("w2", (48, 64))
+    rows = Accum(
+        t, "add", "mul", (w2, v), Projections((48, 64), (j, k), (j,), ((j, k), (k,))), True
+    )
+    assert len(top_nests(compile_to_ir(rows + relu, True))) == 2
 
 
 def test_a_reader_of_other_rows_stays_apart():
