@@ -1,9 +1,13 @@
 """Closing the shapes of a routine before it is compiled: every variable gets a value.
 
-1. A pending broadcast whose cur side is known gives the subr all of it (the greatest solution):
-   a parameter takes the shape its use demands; a parameter's batch row and a number's input
-   row take no axes. The constraints are taken in the order they were created.
-2. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
+1. A variable that no pending broadcast bounds below any more takes its least value (a row no
+   axes, a dim 1 or above a fixed index) if it is a computed tensor's (not in a leaf's rows) or
+   a row that closes to no axes (a parameter's batch row, a number's input row): a computed
+   tensor is what its operands make it, however it is used.
+2. Otherwise a pending broadcast whose cur side is known gives the subr all of it (the greatest
+   solution): a parameter takes the shape its use demands, and a computed tensor that waits on
+   it passes that on. The constraints are taken in the order they were created. Back to 1.
+3. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
    a fixed index): first one that has a known lower bound and bounds nothing unknown, last the
    guesses. Then back to 1.
 

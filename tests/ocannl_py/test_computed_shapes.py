@@ -66,7 +66,7 @@ def param(dims: dict[str, list[int]], value: np.ndarray) -> oc.Tensor:
     )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     dims=shapes,
     extra=st.fixed_dictionaries(
@@ -119,7 +119,7 @@ def test_a_computed_tensor_broadcast_into_a_larger_one(dims, extra, op, constant
 FORMS = {"i...": (0,), "...i": (-1,), "i...j": (0, -1)}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     dims=shapes,
     kind=st.sampled_from(KINDS),
@@ -177,7 +177,7 @@ UNARY = {
 }
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     dims=shapes,
     extra=st.lists(st.sampled_from([2, 3]), min_size=1, max_size=2),
