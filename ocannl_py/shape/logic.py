@@ -246,7 +246,9 @@ def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transacti
     holds and no constraint waits on take their least value now (a row no more axes, a dim 1 or
     just above a fixed index) rather than growing later to fit a use."""
     held = {id(v) for s in operands for k in KINDS for v in t.row_unknowns(s.row(k))}
-    fewest = _fewest_axes_vars(operands)
+    # A number written in this expression (no other operation uses it) takes no input axes,
+    # since its row gets axes only from a compose in which it is the left operand.
+    fewest = _fewest_axes_vars(s for s in operands if s.single_use)
     for kind in KINDS:
         for var in t.row_unknowns(result.row(kind)):
             waited_on = any(c.alive and not _waits_on_fewest(c, fewest) for c in var.watchers)
@@ -272,8 +274,9 @@ def _fewest_axes_vars(shapes: Iterable[Shape]) -> set[int]:
 
 
 def _waits_on_fewest(constraint: sv.Constraint, fewest: set[int]) -> bool:
-    """Whether `constraint` only waits for a row that closes to no axes (`..r.., 3 >= ..n..`, n a
-    number's input row): it gives the result nothing, so the result does not wait for it."""
+    """Whether `constraint` only waits for a row of `fewest` (`..r.., 3 >= ..n..`, n the input
+    row of a number written in the expression): it gives the result nothing, so the result does
+    not wait for it."""
     if not isinstance(constraint, sv.RowBroadcast):
         return False
     subr = t.resolve_row(constraint.subr)

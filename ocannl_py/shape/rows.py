@@ -70,6 +70,8 @@ class Shape:
         # The result of an operation (not a leaf): it closes to the least shape its operands
         # allow, where a leaf whose dims are inferred takes the greatest its uses allow.
         self.computed = False
+        # A number written in an expression: only the operation it is written in uses it.
+        self.single_use = False
 
     def row(self, kind: str) -> terms.Row:
         """The row of `kind` as solved so far."""
