@@ -258,11 +258,6 @@ KNOWN_ISSUES = {
         "einsum giving it an empty output row (`b|i-> => b|i->`) fails with a ShapeError "
         "'output axes: 1 axes (1) vs 0 axes ()'"
     ),
-    "computed-tensor-takes-a-consumer-shape": (
-        "a computed tensor broadcast into a larger one (`t5 + t2`, t5 a scalar max) closes to "
-        "the larger shape (the greatest solution, meant for parameters), even when that consumer "
-        "is not computed; a reduction over row variables of it then sums the copies"
-    ),
 }
 
 

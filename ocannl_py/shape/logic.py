@@ -190,6 +190,8 @@ def propagate(
         tx.rollback()
         raise
     result.open_steps.append(step)
+    if result_is_new:
+        result.computed = True
     return step
 
 
@@ -244,9 +246,12 @@ def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transacti
     holds and no constraint waits on take their least value now (a row no more axes, a dim 1 or
     just above a fixed index) rather than growing later to fit a use."""
     held = {id(v) for s in operands for k in KINDS for v in t.row_unknowns(s.row(k))}
+    # A number written in this expression (no other operation uses it) takes no input axes,
+    # since its row gets axes only from a compose in which it is the left operand.
+    fewest = _fewest_axes_vars(s for s in operands if s.single_use)
     for kind in KINDS:
         for var in t.row_unknowns(result.row(kind)):
-            waited_on = any(c.alive for c in var.watchers)
+            waited_on = any(c.alive and not _waits_on_fewest(c, fewest) for c in var.watchers)
             if id(var) in held or waited_on or var.solution is not None:
                 continue
             if isinstance(var, t.RowVar):
@@ -254,6 +259,28 @@ def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transacti
             else:
                 tx.default_dim(var)
     tx.run()
+
+
+def _fewest_axes_vars(shapes: Iterable[Shape]) -> set[int]:
+    """The ids of the row variables of `shapes` that close to no axes (a parameter's batch row,
+    a number's input row) unless an equation gives them some."""
+    found = set()
+    for shape in shapes:
+        for kind in shape.fewest_axes:
+            var = shape.row(kind).var
+            if var is not None:
+                found.add(var.id)
+    return found
+
+
+def _waits_on_fewest(constraint: sv.Constraint, fewest: set[int]) -> bool:
+    """Whether `constraint` only waits for a row of `fewest` (`..r.., 3 >= ..n..`, n the input
+    row of a number written in the expression): it gives the result nothing, so the result does
+    not wait for it."""
+    if not isinstance(constraint, sv.RowBroadcast):
+        return False
+    subr = t.resolve_row(constraint.subr)
+    return not subr.beg and not subr.end and subr.var is not None and subr.var.id in fewest
 
 
 def _check_arity(logic: Logic, operands: list[Shape]) -> None:
@@ -415,15 +442,10 @@ def close(shapes: Iterable[Shape]) -> None:
     reached, steps = _reach(shapes)
     rows = [s.original_row(k) for s in reached for k in KINDS]
     rows.extend(r for step in steps for r in step.scope.extra_rows)
-    fewest_axes = set()
-    for shape in reached:
-        for kind in shape.fewest_axes:
-            var = shape.row(kind).var
-            if var is not None:
-                fewest_axes.add(var.id)
-    tx = Closing([step.scope for step in steps], fewest_axes)
+    leaf_rows = [s.original_row(k) for s in reached if not s.computed for k in KINDS]
+    tx = Closing([step.scope for step in steps], _fewest_axes_vars(reached))
     try:
-        tx.close(rows)
+        tx.close(rows, leaf_rows)
         for shape in reached:
             if shape.dims_required:
                 _check_param(shape)

@@ -67,6 +67,11 @@ class Shape:
                 self._rows[kind] = terms.Row((), None, tuple(given))  # type: ignore[arg-type]
         # The update steps that produce this shape and are not closed yet (shape/logic.py).
         self.open_steps: list = []
+        # The result of an operation (not a leaf): it closes to the least shape its operands
+        # allow, where a leaf whose dims are inferred takes the greatest its uses allow.
+        self.computed = False
+        # A number written in an expression: only the operation it is written in uses it.
+        self.single_use = False
 
     def row(self, kind: str) -> terms.Row:
         """The row of `kind` as solved so far."""
