@@ -3,7 +3,9 @@
 1. A pending broadcast whose cur side is known gives the subr all of it (the greatest solution):
    a parameter takes the shape its use demands; a parameter's batch row and a number's input
    row take no axes. The constraints are taken in the order they were created.
-2. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
+2. An equation of rows whose axes may or may not overlap (`..v.., 5 = b, ..w..`) takes the most
+   overlap the dims allow (the fewest axes). Then back to 1.
+3. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
    a fixed index): first one that has a known lower bound and bounds nothing unknown, last the
    guesses. Then back to 1.
 
@@ -23,6 +25,7 @@ from ocannl_py.shape.solver import (
     DimBroadcast,
     Mismatch,
     RowBroadcast,
+    RowEquation,
     Scope,
     Transaction,
     unknowns,
@@ -60,6 +63,7 @@ class Closing(Transaction):
         self._counted: dict[int, tuple[Var, ...]] = {}  # constraint id -> its subr variables
         self._subr_of: dict[int, list[Constraint]] = {}
         self._bounds_todo: list[Constraint] = []
+        self._equations: list[tuple[tuple[int, ...], int, RowEquation]] = []
 
     def close(self, rows: list[Row]) -> None:
         for i, row in enumerate(rows):
@@ -70,7 +74,7 @@ class Closing(Transaction):
             self._enqueue(constraint)
         while True:
             self.run()
-            if self._take_greatest():
+            if self._take_greatest() or self._settle_equation():
                 continue
             self._propagate_bounds()
             var = self._pick_default()
@@ -146,6 +150,8 @@ class Closing(Transaction):
         self._bounds_todo.append(constraint)
         if _has_greatest(constraint):
             heapq.heappush(self._greatest, (constraint.key, next(self._seq), constraint))
+        if isinstance(constraint, RowEquation):
+            heapq.heappush(self._equations, (constraint.key, next(self._seq), constraint))
 
     def on_retired(self, constraint: Constraint) -> None:
         self._uncount(constraint)
@@ -154,7 +160,7 @@ class Closing(Transaction):
         """A cur is bounded below when one of its subrs is."""
         while self._bounds_todo:
             constraint = self._bounds_todo.pop()
-            if not constraint.alive or isinstance(constraint, AffineDim | ConcatDim):
+            if not constraint.alive or isinstance(constraint, AffineDim | ConcatDim | RowEquation):
                 continue
             if isinstance(constraint, DimBroadcast):
                 cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
@@ -175,6 +181,22 @@ class Closing(Transaction):
                 continue
             try:
                 self._give_greatest(constraint)
+            except Mismatch as e:
+                if e.where is None:
+                    e.where = constraint.where
+                raise
+            return True
+        return False
+
+    def _settle_equation(self) -> bool:
+        """Settle the oldest pending equation of rows whose axes may overlap: the most overlap
+        that the dims allow, before any variable of it is guessed."""
+        while self._equations:
+            _, _, constraint = heapq.heappop(self._equations)
+            if not self.accepts(constraint):
+                continue
+            try:
+                self.settle_equation(constraint)
             except Mismatch as e:
                 if e.where is None:
                     e.where = constraint.where
@@ -216,7 +238,7 @@ def _kernel_size(constraint: AffineDim) -> int | None:
 
 
 def _has_greatest(constraint: Constraint) -> bool:
-    if isinstance(constraint, ConcatDim):
+    if isinstance(constraint, ConcatDim | RowEquation):
         return False
     if isinstance(constraint, AffineDim):
         input_, over = resolve_dim(constraint.input), resolve_dim(constraint.over)

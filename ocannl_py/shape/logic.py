@@ -205,7 +205,9 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
             tx.add(constraint, step.scope)
 
     def equal(r1: t.Row, r2: t.Row, kind: str, hint: str = "") -> None:
-        _reporting(where(kind, hint), lambda: tx.unify_rows(r1, r2))
+        w = where(kind, hint)
+        for constraint in _reporting(w, lambda: tx.unify_rows(r1, r2, w)):
+            tx.add(constraint, step.scope)
 
     if isinstance(logic, Pointwise):
         for kind in KINDS:
@@ -327,7 +329,9 @@ def _propagate_einsum(
                     broadcast = sv.RowBroadcast(t.Row((), shared, ()), t.Row((), own, ()), w)
                     tx.add(broadcast, step.scope)
             spec_row = t.Row(tuple(r.dim for r in beg), own, tuple(r.dim for r in end))
-            _reporting(w, lambda s=shape, k=kind, r=spec_row: tx.unify_rows(s.original_row(k), r))
+            row = shape.original_row(kind)
+            for constraint in _reporting(w, lambda r=row, s=spec_row, w=w: tx.unify_rows(r, s, w)):
+                tx.add(constraint, step.scope)
             layout[kind] = RowLayout(beg, own, shared, name, end)
         step.layouts.append(layout)
     in_operands = {

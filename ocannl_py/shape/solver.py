@@ -150,7 +150,22 @@ class ConcatDim:
     watching: tuple[Var, ...] = field(default=(), repr=False)
 
 
-Constraint = DimBroadcast | RowBroadcast | AffineDim | ConcatDim
+@dataclass(eq=False)
+class RowEquation:
+    """`r1` equals `r2`, each with a row variable and axes on opposite sides of it
+    (`..v.., 5 = b, ..w..`): the axes may be one (`b` is 5) or distinct (`b, 5`), which waits
+    until more is known; closing takes the most overlap their dims allow (the fewest axes)."""
+
+    r1: Row
+    r2: Row
+    where: Where
+    scope: Scope | None = None
+    key: tuple[int, ...] = ()
+    alive: bool = True
+    watching: tuple[Var, ...] = field(default=(), repr=False)
+
+
+Constraint = DimBroadcast | RowBroadcast | AffineDim | ConcatDim | RowEquation
 
 
 def unknowns(constraint: Constraint) -> tuple[list[Var], list[Var]]:
@@ -174,6 +189,10 @@ def unknowns(constraint: Constraint) -> tuple[list[Var], list[Var]]:
         return ([cur] if isinstance(cur, DimVar) else []), (
             [subr] if isinstance(subr, DimVar) else []
         )
+    if isinstance(constraint, RowEquation):
+        # Neither side bounds the other: both count as the cur side.
+        r1, r2 = resolve_row(constraint.r1), resolve_row(constraint.r2)
+        return [*row_unknowns(r1), *row_unknowns(r2)], []
     return row_unknowns(resolve_row(constraint.cur)), row_unknowns(resolve_row(constraint.subr))
 
 
@@ -285,14 +304,16 @@ class Transaction:
         elif a.label and b.label and a.label != b.label:
             raise Mismatch(f"axis labels {a.label!r} vs {b.label!r}")
 
-    def unify_rows(self, r1: Row, r2: Row) -> None:
+    def unify_rows(self, r1: Row, r2: Row, where: Where | None = None) -> list[Constraint]:
+        """Solve `r1 == r2` as far as it is decided; returns what is left pending (an equation
+        whose axes may or may not overlap: `where` names it)."""
         r1, r2 = resolve_row(r1), resolve_row(r2)
         if r1.closed and r2.closed:
             if len(r1.end) != len(r2.end):
                 raise Mismatch(f"{len(r1.end)} axes ({r1}) vs {len(r2.end)} axes ({r2})")
             for a, b in zip(r1.end, r2.end, strict=True):
                 self.unify_dims(a, b)
-            return
+            return []
         if r1.closed:
             r1, r2 = r2, r1
         assert r1.var is not None
@@ -308,7 +329,7 @@ class Transaction:
                 self.unify_dims(a, b)
             middle = dims[len(r1.beg) : len(dims) - len(r1.end)]
             self.bind_row(r1.var, Row((), None, tuple(middle)))
-            return
+            return []
         assert r2.var is not None
         k = min(len(r1.beg), len(r2.beg))
         for a, b in zip(r1.beg[:k], r2.beg[:k], strict=True):
@@ -321,19 +342,46 @@ class Transaction:
         if r1.var is r2.var:
             if b1 or b2 or e1 or e2:
                 raise Mismatch(f"the same row variable with different axes around it: {r1} vs {r2}")
-            return
+            return []
         if not b1 and not e1:
             self.bind_row(r1.var, Row(b2, r2.var, e2))
-        elif not b2 and not e2:
+            return []
+        if not b2 and not e2:
             self.bind_row(r2.var, Row(b1, r1.var, e1))
-        else:
-            fresh = RowVar()
-            if not b1:  # r1.var + e1 == b2 + r2.var
-                self.bind_row(r1.var, Row(b2, fresh, ()))
-                self.bind_row(r2.var, Row((), fresh, e1))
-            else:  # b1 + r1.var == r2.var + e2
-                self.bind_row(r2.var, Row(b1, fresh, ()))
-                self.bind_row(r1.var, Row((), fresh, e2))
+            return []
+        # `..x.., tail == head, ..y..`: the tail's first axes may be the head's last ones.
+        x, tail, head, y = (r1.var, e1, b2, r2.var) if not b1 else (r2.var, e2, b1, r1.var)
+        if any(_may_overlap(tail, head, o) for o in range(1, min(len(tail), len(head)) + 1)):
+            if where is None:
+                raise Mismatch(f"rows {r1} and {r2} can be equal in more than one way")
+            return [RowEquation(Row((), x, tail), Row(head, y, ()), where)]
+        self.equate_overlapping(x, tail, head, y, 0)
+        return []
+
+    def equate_overlapping(
+        self, x: RowVar, tail: tuple[DimLike, ...], head: tuple[DimLike, ...], y: RowVar, o: int
+    ) -> None:
+        """Solve `..x.., tail == head, ..y..` with the first `o` axes of the tail being the last
+        `o` of the head; with `o == 0`, any axes may lie between them."""
+        if o == 0:
+            between = RowVar()
+            self.bind_row(x, Row(head, between, ()))
+            self.bind_row(y, Row((), between, tail))
+            return
+        for a, b in zip(tail[:o], head[len(head) - o :], strict=True):
+            self.unify_dims(a, b)
+        self.bind_row(x, Row((), None, head[: len(head) - o]))
+        self.bind_row(y, Row((), None, tail[o:]))
+
+    def settle_equation(self, constraint: RowEquation) -> None:
+        """Closing: the most overlap the dims allow (the fewest axes)."""
+        r1, r2 = resolve_row(constraint.r1), resolve_row(constraint.r2)
+        assert r1.var is not None and r2.var is not None and not r1.beg and not r2.end
+        tail, head = r1.end, r2.beg
+        o = next(
+            (o for o in range(min(len(tail), len(head)), 0, -1) if _may_overlap(tail, head, o)), 0
+        )
+        self.equate_overlapping(r1.var, tail, head, r2.var, o)
 
     # ---- broadcasts ----------------------------------------------------------------------
 
@@ -488,6 +536,12 @@ class Transaction:
             if len(result) == 1 and _same_dims(result[0], constraint):
                 return None
             return result
+        if isinstance(constraint, RowEquation):
+            before = (resolve_row(constraint.r1), resolve_row(constraint.r2))
+            result = self.unify_rows(constraint.r1, constraint.r2, constraint.where)
+            if len(result) == 1 and (result[0].r1, result[0].r2) == before:  # type: ignore[union-attr]
+                return None
+            return result
         before = (resolve_row(constraint.cur), resolve_row(constraint.subr))
         result = self.broadcast_rows(constraint.cur, constraint.subr, constraint.where)
         if (
@@ -557,6 +611,16 @@ class Transaction:
                 self.add(derived, constraint.scope, (*constraint.key, i))  # type: ignore[arg-type]
 
 
+def _may_overlap(tail: tuple[DimLike, ...], head: tuple[DimLike, ...], o: int) -> bool:
+    """Whether the first `o` axes of `tail` can be the last `o` of `head`: no known dims differ."""
+    for a, b in zip(tail[:o], head[len(head) - o :], strict=True):
+        a, b = resolve_dim(a), resolve_dim(b)
+        if isinstance(a, Dim) and isinstance(b, Dim):
+            if a.size != b.size or (a.label and b.label and a.label != b.label):
+                return False
+    return True
+
+
 def _length(row: Row) -> int:
     return len(row.beg) + len(row.end)
 
@@ -576,6 +640,7 @@ __all__ = [
     "DimBroadcast",
     "Mismatch",
     "RowBroadcast",
+    "RowEquation",
     "Scope",
     "Transaction",
     "Where",
