@@ -4,7 +4,8 @@
    a parameter takes the shape its use demands; a parameter's batch row and a number's input
    row take no axes. The constraints are taken in the order they were created.
 2. An equation of rows whose axes may or may not overlap (`..v.., 5 = b, ..w..`) takes the most
-   overlap the dims allow (the fewest axes). Then back to 1.
+   overlap the dims allow (the fewest axes); a row that a number's axis waits on takes it if
+   nothing else gives the row axes. Then back to 1.
 3. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
    a fixed index): first one that has a known lower bound and bounds nothing unknown, last the
    guesses. Then back to 1.
@@ -28,6 +29,7 @@ from ocannl_py.shape.solver import (
     RowEquation,
     Scope,
     Transaction,
+    is_weak_growth,
     unknowns,
 )
 from ocannl_py.shape.terms import (
@@ -64,6 +66,7 @@ class Closing(Transaction):
         self._subr_of: dict[int, list[Constraint]] = {}
         self._bounds_todo: list[Constraint] = []
         self._equations: list[tuple[tuple[int, ...], int, RowEquation]] = []
+        self._weak: list[tuple[tuple[int, ...], int, RowBroadcast]] = []
 
     def close(self, rows: list[Row]) -> None:
         for i, row in enumerate(rows):
@@ -77,6 +80,8 @@ class Closing(Transaction):
             if self._take_greatest() or self._settle_equation():
                 continue
             self._propagate_bounds()
+            if self._grow_weak():
+                continue
             var = self._pick_default()
             if var is None:
                 break
@@ -152,6 +157,8 @@ class Closing(Transaction):
             heapq.heappush(self._greatest, (constraint.key, next(self._seq), constraint))
         if isinstance(constraint, RowEquation):
             heapq.heappush(self._equations, (constraint.key, next(self._seq), constraint))
+        elif is_weak_growth(constraint):
+            heapq.heappush(self._weak, (constraint.key, next(self._seq), constraint))  # type: ignore[arg-type]
 
     def on_retired(self, constraint: Constraint) -> None:
         self._uncount(constraint)
@@ -170,6 +177,8 @@ class Closing(Transaction):
             else:
                 cur_var = resolve_row(constraint.cur).var
                 subr_var = resolve_row(constraint.subr).var
+                if is_weak_growth(constraint):
+                    continue  # a number's axes bound nothing
                 if cur_var is not None and (subr_var is None or subr_var.bounded):
                     self.mark_bounded(cur_var)
 
@@ -202,6 +211,19 @@ class Closing(Transaction):
                     e.where = constraint.where
                 raise
             return True
+        return False
+
+    def _grow_weak(self) -> bool:
+        """Give a row the number's axes it waits on when nothing else gives it any (`2 *. {hey}`
+        has one output axis); a row that a known one is broadcast into closes without them."""
+        while self._weak:
+            _, _, constraint = heapq.heappop(self._weak)
+            if not self.accepts(constraint) or not is_weak_growth(constraint):
+                continue
+            var = resolve_row(constraint.cur).var
+            if var is not None and not var.bounded:
+                self.grow_weak(constraint)
+                return True
         return False
 
     def _give_greatest(self, constraint: Constraint) -> None:

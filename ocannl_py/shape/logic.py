@@ -244,14 +244,25 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
 def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transaction) -> None:
     """A new result is what its operands make it, as in numpy: its variables that no operand
     holds and no constraint waits on take their least value now (a row no more axes, a dim 1 or
-    just above a fixed index) rather than growing later to fit a use."""
+    just above a fixed index) rather than growing later to fit a use. A number's axis gives the
+    result's row an axis only if no other operand gives that row anything (`2 * m`, not
+    `p + 3.0` with p of no output axes)."""
     held = {id(v) for s in operands for k in KINDS for v in t.row_unknowns(s.row(k))}
     for kind in KINDS:
-        for var in t.row_unknowns(result.row(kind)):
-            waited_on = any(c.alive for c in var.watchers)
-            if id(var) in held or waited_on or var.solution is not None:
+        todo = t.row_unknowns(result.row(kind))
+        while todo:
+            var = todo.pop(0)
+            if id(var) in held or var.solution is not None:
                 continue
-            if isinstance(var, t.RowVar):
+            waiting = [c for c in var.watchers if c.alive]
+            weak = [c for c in waiting if sv.is_weak_growth(c)]
+            if len(weak) < len(waiting):
+                continue  # waited on
+            if weak and not var.bounded:
+                tx.grow_weak(weak[0])  # type: ignore[arg-type]
+                tx.run()
+                todo = t.row_unknowns(result.row(kind))
+            elif isinstance(var, t.RowVar):
                 tx.bind_row(var, t.Row())
             else:
                 tx.default_dim(var)

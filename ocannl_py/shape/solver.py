@@ -254,8 +254,10 @@ class Transaction:
             self._set(var, "watchers", [])
 
     def bind_dim(self, var: DimVar, value: DimLike) -> None:
-        if isinstance(value, Dim) and value.size < var.min_size:
-            raise Mismatch(f"dim {value.size} is too small for fixed index {var.min_size - 1}")
+        if isinstance(value, Dim):
+            if value.size < var.min_size:
+                raise Mismatch(f"dim {value.size} is too small for fixed index {var.min_size - 1}")
+            value = value.plain()
         if isinstance(value, DimVar):
             if var.min_size > value.min_size:
                 self._set(value, "min_size", var.min_size)
@@ -274,6 +276,8 @@ class Transaction:
     def bind_row(self, var: RowVar, value: Row) -> None:
         if value.var is var:
             raise Mismatch("a row variable would contain itself")
+        if any(isinstance(d, Dim) and d.weak for d in value.end):
+            value = Row(value.beg, value.var, tuple(_plain(d) for d in value.end))
         if value.var is not None:
             if var.bounded:
                 self.mark_bounded(value.var)
@@ -419,8 +423,11 @@ class Transaction:
             return []
         return [DimBroadcast(cur, subr, where)]
 
-    def broadcast_rows(self, cur: Row, subr: Row, where: Where) -> list[Constraint]:
-        """Solve `cur >= subr` as far as it is decided; returns what is left pending."""
+    def broadcast_rows(
+        self, cur: Row, subr: Row, where: Where, grow_weak: bool = False
+    ) -> list[Constraint]:
+        """Solve `cur >= subr` as far as it is decided; returns what is left pending. A number's
+        axes (weak) that cur may not have wait: they give cur axes only by `grow_weak`."""
         tainted = was_defaulted_row(cur)
         cur, subr = resolve_row(cur), resolve_row(subr)
         if cur == subr:
@@ -441,7 +448,7 @@ class Transaction:
                     )
                 self._squeeze((*subr.beg, *subr.end[:extra]), subr.var, detail)
                 subr = Row((), None, subr.end[extra:])
-            elif cur.beg:
+            elif cur.beg or (not grow_weak and _weak_excess(cur, subr)):
                 return [RowBroadcast(cur, subr, where)]
             else:
                 assert cur.var is not None
@@ -467,6 +474,15 @@ class Transaction:
             return pending
         pending.append(RowBroadcast(cur_rest, subr_rest, where))
         return pending
+
+    def grow_weak(self, constraint: RowBroadcast) -> None:
+        """Give cur the number's axes it waits on: nothing else gives its row any."""
+        derived = self.broadcast_rows(
+            constraint.cur, constraint.subr, constraint.where, grow_weak=True
+        )
+        self.retire(constraint)
+        for i, pending in enumerate(derived):
+            self.add(pending, constraint.scope, (*constraint.key, i))  # type: ignore[arg-type]
 
     def _squeeze(self, dims: tuple[DimLike, ...], var: RowVar | None, detail: str) -> None:
         """Axes of an operand that the result does not have: each must be of dim 1, which
@@ -611,6 +627,26 @@ class Transaction:
                 self.add(derived, constraint.scope, (*constraint.key, i))  # type: ignore[arg-type]
 
 
+def _plain(d: DimLike) -> DimLike:
+    return d.plain() if isinstance(d, Dim) else d
+
+
+def _weak_excess(cur: Row, subr: Row) -> bool:
+    """Whether the axes of `subr` beyond those of `cur` are all a number's (weak)."""
+    extra = len(subr.end) - len(cur.end)
+    return (
+        subr.closed and extra > 0 and all(isinstance(d, Dim) and d.weak for d in subr.end[:extra])
+    )
+
+
+def is_weak_growth(constraint: Constraint) -> bool:
+    """Whether `constraint` waits only to decide if a number's axes give its cur row axes."""
+    if not isinstance(constraint, RowBroadcast):
+        return False
+    cur, subr = resolve_row(constraint.cur), resolve_row(constraint.subr)
+    return cur.var is not None and not cur.beg and _weak_excess(cur, subr)
+
+
 def _may_overlap(tail: tuple[DimLike, ...], head: tuple[DimLike, ...], o: int) -> bool:
     """Whether the first `o` axes of `tail` can be the last `o` of `head`: no known dims differ."""
     for a, b in zip(tail[:o], head[len(head) - o :], strict=True):
@@ -644,5 +680,6 @@ __all__ = [
     "Scope",
     "Transaction",
     "Where",
+    "is_weak_growth",
     "unknowns",
 ]
