@@ -258,7 +258,7 @@ def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transacti
             weak = [c for c in waiting if sv.is_weak_growth(c)]
             if len(weak) < len(waiting):
                 continue  # waited on
-            if weak and not var.bounded:
+            if weak and isinstance(var, t.RowVar) and not var.bounded:
                 tx.grow_weak(weak[0])  # type: ignore[arg-type]
                 tx.run()
                 todo = t.row_unknowns(result.row(kind))
