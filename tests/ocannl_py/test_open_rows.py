@@ -25,7 +25,7 @@ LABELS = "abcdefgh"
 
 @st.composite
 def einsum_cases(draw):
-    """Two operands over the same labels and row variables, each row arranged its own way:
+    """One or two operands over the same labels and row variables, each row arranged its own way:
     labels, fixed indices and the kind's row variable in any order. Returns the operands' rows
     (items: ("label", name), ("fixed", index, dim), ("var", kind)), the label and row variable
     dims, and the result's rows."""
@@ -47,15 +47,12 @@ def einsum_cases(draw):
         if not rows["output"]:
             rows["output"] = [("fixed", 0, 1)]
         operands.append(rows)
-    used = [n for rows in operands for items in rows.values() for i in items if i[0] == "label"
-            for n in [i[1]]]  # fmt: skip
-    kept = draw(st.permutations(sorted(set(used))))
+    items = [i for rows in operands for row in rows.values() for i in row]
+    kept = draw(st.permutations(sorted({i[1] for i in items if i[0] == "label"})))
     result = {k: [] for k in KINDS}
     for name in kept[: draw(st.integers(0, len(kept)))]:
         result[draw(st.sampled_from(KINDS))].append(("label", name))
-    used_vars = sorted({i[1] for rows in operands for items in rows.values() for i in items
-                        if i[0] == "var"})  # fmt: skip
-    for kind in used_vars:
+    for kind in sorted({i[1] for i in items if i[0] == "var"}):
         if draw(st.booleans()):
             result[kind].insert(draw(st.integers(0, len(result[kind]))), ("var", kind))
     if not result["output"]:
