@@ -1,7 +1,8 @@
 """Programs on which the differential fuzzer found wrong values or a wrong ShapeError, kept as
 regression tests once fixed. Each file is the fuzzer's reproducer: the program, then the values
 and gradients that the fuzzer's numpy interpreter (float64, fuzz/reference.py) computed for it,
-recorded with the program, and the comparison (fuzz.scripts.CHECK)."""
+recorded with the program, and the comparison (fuzz.scripts.CHECK: rows equal to the
+reference's, values within the tolerance of the program's value mode)."""
 
 from __future__ import annotations
 
