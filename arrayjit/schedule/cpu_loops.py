@@ -21,7 +21,7 @@ REDUCIBLE = ("add", "sub", "mul", "max", "min")
 #: partial result of `-` (from zero) already holds the minus sign.
 COMBINE = {"sub": "add"}
 #: Ops that cost about this many simple ones (libm calls, even vectorized).
-EXPENSIVE = {"exp", "log", "exp2", "log2", "sin", "cos", "tanh", "pow", "uniform_at"}
+EXPENSIVE = {"exp", "log", "exp2", "log2", "sin", "cos", "tanh", "pow", "erf", "uniform_at"}
 
 
 def innermost(loop: ir.For) -> bool:

@@ -55,6 +55,9 @@ class Blocking:
     threads_n: int  # column slices
     rows_per_thread: int  # a multiple of MR_MULTIPLE
     cols_per_thread: int  # a multiple of `nr_multiple`
+    #: Threads of a loop around the product (a batch of products, each on one thread): each
+    #: packs into its own part of the buffers, at its thread number.
+    batch_threads: int = 1
 
     @property
     def threads(self) -> int:
@@ -63,27 +66,33 @@ class Blocking:
     @property
     def a_pack_size(self) -> int:
         """Elements of the packed-`a` buffer: one mc x kc block per thread."""
-        return self.threads * (self.mc * self.kc + PACK_SLACK)
+        return max(self.threads, self.batch_threads) * (self.mc * self.kc + PACK_SLACK)
 
     @property
     def b_pack_size(self) -> int:
         """Elements of the packed-`b` buffer: one kc x nc slice per thread."""
-        return self.threads * (self.kc * self.nc + PACK_SLACK)
+        return max(self.threads, self.batch_threads) * (self.kc * self.nc + PACK_SLACK)
 
     def __str__(self) -> str:
-        return f"mc={self.mc} kc={self.kc} nc={self.nc} threads={self.threads_m}x{self.threads_n}"
+        split = f"threads={self.threads_m}x{self.threads_n}"
+        if self.batch_threads > 1:
+            split = f"one thread each, {self.batch_threads} threads over the batch"
+        return f"mc={self.mc} kc={self.kc} nc={self.nc} {split}"
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def blocking(m: int, n: int, k: int, dtype: DType, target: CpuTarget) -> Blocking:
-    """Block sizes for an m x n x k product of `dtype` on `target`."""
+def blocking(
+    m: int, n: int, k: int, dtype: DType, target: CpuTarget, batch_threads: int = 1
+) -> Blocking:
+    """Block sizes for an m x n x k product of `dtype` on `target`; with `batch_threads` > 1,
+    for one of a batch of products that a loop around them splits over that many threads."""
     nr = nr_multiple(dtype)
     size = dtype.itemsize
     kc = -(-k // -(-k // KC))  # slices of equal depth, at most KC
-    threads_m, threads_n = _split(m, n, k, target, nr)
+    threads_m, threads_n = (1, 1) if batch_threads > 1 else _split(m, n, k, target, nr)
     rows = _round_up(-(-m // threads_m), MR_MULTIPLE)
     cols = _round_up(-(-n // threads_n), nr)
     mc_max = max(MR_MULTIPLE, L2_BYTES // (kc * size) // MR_MULTIPLE * MR_MULTIPLE)
@@ -91,7 +100,16 @@ def blocking(m: int, n: int, k: int, dtype: DType, target: CpuTarget) -> Blockin
     # Blocks of equal size (the last one not much smaller than the others).
     mc = _round_up(-(-rows // -(-rows // mc_max)), MR_MULTIPLE)
     nc = _round_up(-(-cols // -(-cols // nc_max)), nr)
-    return Blocking(mc, kc, nc, threads_m, threads_n, rows, cols)
+    return Blocking(mc, kc, nc, threads_m, threads_n, rows, cols, batch_threads)
+
+
+def batch_threads(batch: int, m: int, n: int, k: int, target: CpuTarget) -> int:
+    """Threads for a loop of `batch` products (m x n x k each) that may run at once: each
+    product on one thread when there are enough of them (at least two per thread, so that the
+    threads' shares differ by at most a third) and the whole batch is worth threads."""
+    if target.threads <= 1 or batch < 2 * target.threads:
+        return 1
+    return target.threads if batch * m * n * k >= target.parallel_min_work else 1
 
 
 def _split(m: int, n: int, k: int, target: CpuTarget, nr: int) -> tuple[int, int]:
