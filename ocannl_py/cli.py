@@ -137,8 +137,9 @@ def generate(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give a prompt, or its token ids with --ids")
     decoder = Decoder.from_checkpoint(
-        ckpt, context(args.backend), len(prompt) + args.tokens, budget=args.budget
-    )
+        ckpt, context(args.backend), len(prompt) + args.tokens, budget=args.budget,
+        weights_dtype=args.weights_dtype,
+    )  # fmt: skip
     result = decoder.generate(prompt, args.tokens)
     if args.json:
         print(json.dumps({"ids": result.ids, "ms_per_token": round(result.ms_per_token, 4),
@@ -218,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_gen.add_argument(
         "--budget", type=byte_size, help="device memory budget for streamed weights (e.g. 2GiB)"
+    )
+    p_gen.add_argument(
+        "--weights-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="store the weights in this type, converted once when loaded (default: float32); "
+        "bfloat16 or float16 halve the bytes held and streamed, computing still in float32",
     )
     p_gen.set_defaults(run=generate)
     for p in (p_embed, p_gen):

@@ -47,7 +47,9 @@ class Decoder:
     With `budget` (device bytes, or a text such as "2GiB"), the step is streamed: one stage per
     layer (`layers`: the embeddings, each block, then `ln_f` and the head), the weights kept in
     host memory and copied in while the stage before computes (`Context.compile_streamed`, given
-    `stream_options`: `slots`, `keep_resident`, `host_memory`)."""
+    `stream_options`: `slots`, `keep_resident`, `host_memory`). With `weights_dtype` ("bfloat16"
+    or "float16"), the parameters are stored in that type (`gpt2.parameters`: half the bytes to
+    hold and stream) and read widened: activations, the cache and every sum stay float32."""
 
     def __init__(
         self,
@@ -59,6 +61,7 @@ class Decoder:
         load: Callable[[dict], None] | None = None,
         budget: int | str | None = None,
         stream_options: dict | None = None,
+        weights_dtype: str | None = None,
         progress: bool = True,
     ) -> None:
         if max_len > config.n_positions:
@@ -73,6 +76,8 @@ class Decoder:
         self.token = ids_term("token", [1, 1])
         self.position = ids_term("position", [1, 1])
         self.params = {} if params is None else params
+        if weights_dtype is not None:
+            self.params = gpt2.parameters(config, weights_dtype, self.params)
         states = gpt2.hidden_states(
             self.token, self.position, config, cache=self.cache, params=self.params
         )
@@ -97,9 +102,11 @@ class Decoder:
     @classmethod
     def from_checkpoint(
         cls, checkpoint, ctx: Context, max_len: int, *, budget: int | str | None = None,
-        stream_options: dict | None = None, progress: bool = True,
+        stream_options: dict | None = None, weights_dtype: str | None = None,
+        progress: bool = True,
     ) -> Decoder:  # fmt: skip
-        """A decoder of a GPT-2 checkpoint (`models.checkpoint(...)`), its weights loaded."""
+        """A decoder of a GPT-2 checkpoint (`models.checkpoint(...)`), its weights loaded
+        (converted once to `weights_dtype` when given)."""
         if not isinstance(checkpoint.config, gpt2.GPT2Config):
             raise ValueError(f"generate: {checkpoint.name!r} is a {checkpoint.kind}, not a GPT-2")
 
@@ -108,7 +115,8 @@ class Decoder:
                 checkpoint.load_into(params, progress=progress)
 
         return cls(checkpoint.config, ctx, max_len, load=load, budget=budget,
-                   stream_options=stream_options, progress=progress)  # fmt: skip
+                   stream_options=stream_options, weights_dtype=weights_dtype,
+                   progress=progress)  # fmt: skip
 
     def next_logits(self, token: int, position: int) -> np.ndarray:
         """Feed one token at `position` (the cache holds the ones before); its logits."""
@@ -117,8 +125,11 @@ class Decoder:
         self.step.run()
         return self.logits.value.reshape(self.config.vocab_size)
 
-    def generate(self, prompt: Sequence[int], tokens: int) -> Generation:
-        """`tokens` new ids after `prompt`, each the argmax of the logits (ties: the first)."""
+    def generate(
+        self, prompt: Sequence[int], tokens: int, on_token: Callable[[int], None] | None = None
+    ) -> Generation:
+        """`tokens` new ids after `prompt`, each the argmax of the logits (ties: the first);
+        `on_token(n)` is called after the `n`-th new token (e.g. to watch memory)."""
         prompt = [int(i) for i in prompt]
         if not prompt:
             raise ValueError("generate: the prompt has no tokens (give at least one id)")
@@ -142,4 +153,6 @@ class Decoder:
             if position >= len(prompt) - 1:
                 out.append(int(np.argmax(logits)))
                 fed.append(out[-1])
+                if on_token is not None:
+                    on_token(len(out))
         return Generation(out, 1e3 * float(np.mean(times)), device_bytes(self.step))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arrayjit.dtypes import DType, dtype_of
 from ocannl_py import nn
 from ocannl_py import operation as ops
 from ocannl_py.models.weights import Entry, TensorSource, map_weights, our_rows
@@ -139,6 +140,28 @@ def rows(config: GPT2Config) -> dict[str, dict]:
     return our_rows(WEIGHTS, config.n_layer, axis_sizes(config))
 
 
+def parameters(
+    config: GPT2Config, dtype: str | DType, params: nn.init.Params = None
+) -> dict[str, Tensor]:
+    """Every parameter of the model stored in `dtype` (e.g. "bfloat16": half the bytes of
+    float32; kernels read them widened to float32), to pass as a builder's `params`: those in
+    `params` must already be of `dtype`, the others are created with the checkpoint's dims."""
+    dtype = dtype_of(dtype)
+    if not dtype.is_float:
+        raise ValueError(f"gpt2: weights must be floats, not {dtype}")
+    out = dict(params or {})
+    for label, dims in rows(config).items():
+        if label in out:
+            if out[label].dtype != dtype:
+                raise ValueError(
+                    f"gpt2: parameter {label!r} is {out[label].dtype}, not the weights' {dtype}"
+                )
+            continue
+        out[label] = ops.param(label, output_dims=dims["output"], input_dims=dims["input"],
+                               dtype=dtype)  # fmt: skip
+    return out
+
+
 def optional_labels(config: GPT2Config) -> set[str]:
     return set()
 
@@ -239,6 +262,10 @@ def position_embedding(
     return ops.embed(_table("embed.pos.w", config.n_positions, config, params), positions)
 
 
+def _widened(t: Tensor) -> Tensor:
+    return ops.cast(t, "float32") if t.dtype.itemsize < 4 else t
+
+
 def hidden_states(
     ids: Tensor,
     positions: Tensor,
@@ -249,7 +276,11 @@ def hidden_states(
 ) -> list[Tensor]:
     """GPT2Model's hidden states: the sum of the embeddings, each pre-norm causal block's
     output (`n_layer`), and `ln_f`'s; each `..b.., seq | embd`."""
-    x = token_embedding(ids, config, params) + position_embedding(positions, config, params)
+    # Activations are float32 whatever the weights' type: 16-bit embeddings are widened
+    # before they are summed (each row is exact in float32; only their sum would round).
+    x = _widened(token_embedding(ids, config, params)) + _widened(
+        position_embedding(positions, config, params)
+    )
     states = [nn.dims.with_rows(x, output=[config.n_embd])]
     for i in range(config.n_layer):
         states.append(nn.transformer_block(

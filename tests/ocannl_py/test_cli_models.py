@@ -71,6 +71,25 @@ def test_generate_streamed_with_a_budget(capsys, small_folder):
     assert 0 < record["peak_device_bytes"] <= 80 * 1024
 
 
+def test_generate_streamed_bf16_weights(capsys, small_folder):
+    """The ids of transformers' model holding the same bf16-rounded weights (in float32, as
+    tests/ocannl_py/test_generate_streamed.py explains), with half the peak's weights."""
+    argv = ["generate", "--model", SMALL, "--ids", "3,17,5", "--tokens", "6", "--json",
+            "--budget", "80KiB", "--backend", "c"]  # fmt: skip
+    code, out, _ = run(capsys, *argv, "--weights-dtype", "bfloat16")
+    assert code == 0
+    record = json.loads(out)
+    model = transformers.GPT2LMHeadModel.from_pretrained(small_folder).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+        expected = model.generate(torch.tensor([[3, 17, 5]]), max_new_tokens=6, do_sample=False,
+                                  pad_token_id=0)[0, 3:].tolist()  # fmt: skip
+    assert record["ids"] == expected
+    _, out32, _ = run(capsys, *argv)
+    assert 0 < record["peak_device_bytes"] < json.loads(out32)["peak_device_bytes"]
+
+
 def test_generate_text_prompt_through_the_folders_tokenizer(capsys, small_folder):
     code, out, _ = run(capsys, "generate", "--model", str(small_folder), "--tokens", "5",
                        "--backend", "c", "w3 w17 w5")  # fmt: skip
@@ -173,6 +192,10 @@ def test_argument_errors(capsys):
         (["generate", "--model", SMALL, "--ids", "1,x"], "expected comma-separated token ids"),
         (["generate", "--model", SMALL, "--ids", "1", "--tokens", "0"], "expected a positive"),
         (["generate", "--model", SMALL, "--ids", "1", "--budget", "2 lots"], "e.g. '2GiB'"),
+        (
+            ["generate", "--model", SMALL, "--ids", "1", "--weights-dtype", "int8"],
+            "argument --weights-dtype: invalid choice: 'int8'",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
