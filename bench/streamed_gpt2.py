@@ -8,13 +8,14 @@ that type, activations and sums in float32), prints for the streamed plan and th
 per token, the floor (those bytes at the pinned host-to-device bandwidth), the ratio, the share
 of copy time hidden behind compute, the plan's peak and the drop of the driver's free memory;
 then a table of all runs. The driver's free memory and the plan's peak are printed at tokens 10,
-500 and 1000 when the run reaches them (`--tokens 1000`: memory does not grow). With --check
-(default), the ids equal transformers' `GPT2LMHeadModel.generate(do_sample=False)` on the GPU
-with the same weights (for 16-bit ones: rounded to that type, then computed in float32).
+500 and 1000 when the run reaches them (`--tokens 1000`, or `--memory-tokens 1000` after the
+other runs: memory does not grow). With --check (default), the ids equal transformers'
+`GPT2LMHeadModel.generate(do_sample=False)` on the GPU with the same weights (for 16-bit ones:
+rounded to that type, then computed in float32).
 
     python bench/streamed_gpt2.py [--model gpt2-random:48,1600,25] [--budget 2GiB] [--prompt 4]
         [--tokens 16] [--weights-dtype float32 [bfloat16 ...]] [--no-naive] [--no-check]
-        [--backend cuda|c]
+        [--memory-tokens 1000] [--backend cuda|c]
 
 `--backend c` runs the same plans on the C backend (no floor, no driver figures: a dry run of
 this script on a machine without a GPU, with a small `--model`).
@@ -141,6 +142,9 @@ def main() -> None:
     parser.add_argument("--weights-dtype", nargs="+", default=["float32"],
                         choices=["float32", "bfloat16", "float16"])  # fmt: skip
     parser.add_argument("--no-naive", action="store_true", help="the streamed plan only")
+    parser.add_argument("--memory-tokens", type=int, default=0, metavar="N",
+                        help="then N tokens with the streamed plan and the last weights dtype "
+                        "(the free-memory watch of --tokens N, in the same process)")  # fmt: skip
     parser.add_argument("--no-check", action="store_true")
     parser.add_argument("--backend", default="cuda", choices=["cuda", "c"])
     args = parser.parse_args()
@@ -167,6 +171,11 @@ def main() -> None:
             if run["result"].ids != ids[dtype]:
                 print(f"  ids DIFFER from the streamed plan's: {run['result'].ids}")
                 failed = True
+    if args.memory_tokens:
+        dtype = args.weights_dtype[-1]
+        run = decode(ckpt, load, args.backend, args.budget, prompt, args.memory_tokens, dtype,
+                     PLANS["streamed"])  # fmt: skip
+        rows.append(report(f"streamed, {dtype} weights, {args.memory_tokens} tokens", run))
     print("\n| plan | ms per token | copied per token | floor | ratio | copy hidden | peak / "
           "driver's drop |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
     for r in rows:
@@ -175,7 +184,7 @@ def main() -> None:
               f"{r['peak']:.0f} MiB / {r['drop']:.0f} MiB |")  # fmt: skip
     if len(args.weights_dtype) > 1:
         base = rows[0]["ms"]
-        for r in rows[len(plans) :: len(plans)]:
+        for r in rows[len(plans) : len(plans) * len(args.weights_dtype) : len(plans)]:
             print(f"{r['plan']}: {r['ms'] / base:.3f} of the time per token of {rows[0]['plan']}")
     if not args.no_check:
         theirs = reference_ids(ckpt, args.backend, prompt, args.tokens, list(ids))

@@ -18,38 +18,20 @@ from fuzz.programs import Program, sinks, used
 #: integers, exact in float32 except the 1/n shares of tied gradients (one rounding).
 TOLERANCES = {"float": (1e-3, 1e-3), "ties": (1e-5, 1e-5)}
 
-CHECK = '''
+CHECK = """
 def rows_of(name):
     shape = globals()[name].shape
     return [list(shape.batch), list(shape.output), list(shape.input)]
 
 
-def broadcast_axes(got_rows, want_rows):
-    """The layout of the expected value inside the computed one: ocannl_py may close an
-    intermediate tensor's rows to the greatest shape its uses allow (docs/shape_inference.md),
-    a broadcast of the reference's (right-aligned rows, dims of 1). None if it is not one."""
-    padded = []
-    for got, want in zip(got_rows, want_rows):
-        if len(want) > len(got) or any(w not in (g, 1) for g, w in zip(got[::-1], want[::-1])):
-            return None
-        padded += [1] * (len(got) - len(want)) + want
-    return padded
-
-
 def compare(what, name, got, want, grad):
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    # Every tensor has the reference's rows: leaves are given all their dims, and a computed
+    # tensor takes the least shape its operands allow (docs/shape_inference.md).
     got_rows, want_rows = rows_of(name), TYPES[name]
     if got_rows != want_rows:
-        padded = broadcast_axes(got_rows, want_rows)
-        if padded is None:
-            FAILURES.append(f"{what}: rows {got_rows} (batch, output, input), expected {want_rows}")
-            return
-        BROADCAST.append(name)
-        if grad:  # the gradient of each broadcast copy: their sum is the reference's
-            axes = tuple(k for k, (p, g) in enumerate(zip(padded, got.shape)) if p != g)
-            got = got.sum(axis=axes, keepdims=True).reshape(want.shape)
-        else:
-            want = np.broadcast_to(want.reshape(padded), got.shape)
+        FAILURES.append(f"{what}: rows {got_rows} (batch, output, input), expected {want_rows}")
+        return
     if got.shape != want.shape:
         FAILURES.append(f"{what}: shape {got.shape}, expected {want.shape}")
         return
@@ -62,7 +44,7 @@ def compare(what, name, got, want, grad):
         )
 
 
-FAILURES, BROADCAST = [], []
+FAILURES = []
 for name, want in EXPECTED_VALUES.items():
     compare(f"{name}.value", name, globals()[name].value, want, grad=False)
 for name, want in EXPECTED_GRADS.items():
@@ -70,7 +52,7 @@ for name, want in EXPECTED_GRADS.items():
 if __name__ == "__main__":
     print("\\n".join(FAILURES) or "no difference")
     raise SystemExit(1 if FAILURES else 0)
-'''
+"""
 
 
 def program_script(program: Program, header: str) -> str:

@@ -104,13 +104,13 @@ class _Interpreter:
     def eval(self, e: syn.OpExpr) -> Tensor | float:
         match e:
             case syn.Number(value):
-                return ops.number(value)
+                return ops.inline_number(value)
             case syn.Name(name):
                 value = self.name(name, e.pos)
                 if isinstance(value, Tensor):
                     return value
                 if isinstance(value, int | float) and not isinstance(value, bool):
-                    return ops.number(float(value))
+                    return ops.inline_number(float(value))
                 raise self.error(
                     f"{name!r} must be a Tensor or a number, got {type(value).__name__}", e.pos
                 )

@@ -47,9 +47,10 @@ class Decoder:
     With `budget` (device bytes, or a text such as "2GiB"), the step is streamed: one stage per
     layer (`layers`: the embeddings, each block, then `ln_f` and the head), the weights kept in
     host memory and copied in while the stage before computes (`Context.compile_streamed`, given
-    `stream_options`: `slots`, `keep_resident`, `host_memory`). With `weights_dtype` ("bfloat16"
-    or "float16"), the parameters are stored in that type (`gpt2.parameters`: half the bytes to
-    hold and stream) and read widened: activations, the cache and every sum stay float32."""
+    `stream_options`: `slots`, `keep_resident`, `host_memory`, and `keep`, by default the logits).
+    With `weights_dtype` ("bfloat16" or "float16"), the parameters are stored in that type
+    (`gpt2.parameters`: half the bytes to hold and stream) and read widened: activations, the
+    cache and every sum stay float32."""
 
     def __init__(
         self,
@@ -95,9 +96,11 @@ class Decoder:
                 stages = forward_stages(*self.layers)
                 stages[-1] = stages[-1] + update
                 names = ["embeddings", *(f"layer{i}" for i in range(config.n_layer)), "head"]
-                self.step = ctx.compile_streamed(
-                    stages, budget, names=names, **(stream_options or {})
-                )
+                # Only the logits are read after a step; the cache's keys and values and its
+                # position are kept as state (read before the stage that writes them), the
+                # other activations share memory by live range.
+                options = {"keep": [self.logits], **(stream_options or {})}
+                self.step = ctx.compile_streamed(stages, budget, names=names, **options)
 
     @classmethod
     def from_checkpoint(

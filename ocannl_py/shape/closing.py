@@ -1,9 +1,16 @@
 """Closing the shapes of a routine before it is compiled: every variable gets a value.
 
-1. A pending broadcast whose cur side is known gives the subr all of it (the greatest solution):
-   a parameter takes the shape its use demands; a parameter's batch row and a number's input
-   row take no axes. The constraints are taken in the order they were created.
-2. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
+1. A variable that no pending broadcast bounds below any more takes its least value (a row no
+   axes, a dim 1 or above a fixed index) if it is a computed tensor's (not in a leaf's rows) or
+   a row that closes to no axes (a parameter's batch row, a number's input row): a computed
+   tensor is what its operands make it, however it is used.
+2. Otherwise a pending broadcast whose cur side is known gives the subr all of it (the greatest
+   solution): a parameter takes the shape its use demands, and a computed tensor that waits on
+   it passes that on. The constraints are taken in the order they were created. Back to 1.
+3. Otherwise an equation of rows whose axes may or may not overlap (`..v.., 5 = b, ..w..`)
+   takes the most overlap the dims allow (the fewest axes); a row that a number's axis waits on
+   takes it if nothing else gives the row axes. Then back to 1.
+4. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
    a fixed index): first one that has a known lower bound and bounds nothing unknown, last the
    guesses. Then back to 1.
 
@@ -23,8 +30,10 @@ from ocannl_py.shape.solver import (
     DimBroadcast,
     Mismatch,
     RowBroadcast,
+    RowEquation,
     Scope,
     Transaction,
+    is_weak_growth,
     unknowns,
 )
 from ocannl_py.shape.terms import (
@@ -57,11 +66,21 @@ class Closing(Transaction):
         self._order: dict[int, tuple[int, ...]] = {}  # variable id -> where it was first seen
         self._candidates: list[tuple[int, bool, tuple[int, ...], int, Var]] = []
         self._subr_count: dict[int, int] = {}
-        self._counted: dict[int, tuple[Var, ...]] = {}  # constraint id -> its subr variables
+        # constraint id -> its subr variables, and those it bounds below (held)
+        self._counted: dict[int, tuple[tuple[Var, ...], tuple[Var, ...]]] = {}
+        self._held_count: dict[int, int] = {}
+        self._leaf: set[int] = set()  # ids of the variables in the rows of leaves
+        self._least: list[Var] = []  # variables that may now close to their least value
         self._subr_of: dict[int, list[Constraint]] = {}
         self._bounds_todo: list[Constraint] = []
+        self._equations: list[tuple[tuple[int, ...], int, RowEquation]] = []
+        self._weak: list[tuple[tuple[int, ...], int, RowBroadcast]] = []
 
-    def close(self, rows: list[Row]) -> None:
+    def close(self, rows: list[Row], leaf_rows: list[Row]) -> None:
+        """Close `rows`; `leaf_rows` are the rows of leaves (their variables take the greatest
+        solution), the others are computed (theirs take the least)."""
+        for row in leaf_rows:
+            self._leaf.update(id(var) for var in row_unknowns(resolve_row(row)))
         for i, row in enumerate(rows):
             for j, var in enumerate(row_unknowns(resolve_row(row))):
                 self._know(var, (0, i, j))
@@ -70,9 +89,11 @@ class Closing(Transaction):
             self._enqueue(constraint)
         while True:
             self.run()
-            if self._take_greatest():
+            if self._take_least() or self._take_greatest() or self._settle_equation():
                 continue
             self._propagate_bounds()
+            if self._grow_weak():
+                continue
             var = self._pick_default()
             if var is None:
                 break
@@ -111,14 +132,16 @@ class Closing(Transaction):
         return None
 
     def on_bound(self, var: Var) -> None:
-        order = self._order.get(id(var))
-        if order is None:
-            return
         if isinstance(var, DimVar):
             found = resolve_dim(var)
             news = [found] if isinstance(found, DimVar) else []
         else:
             news = row_unknowns(resolve_row(Row((), var, ())))
+        if id(var) in self._leaf:
+            self._leaf.update(id(new) for new in news)
+        order = self._order.get(id(var))
+        if order is None:
+            return
         for i, new in enumerate(news):
             self._know(new, (*order, i))
 
@@ -129,9 +152,14 @@ class Closing(Transaction):
     # ---- pending constraints -------------------------------------------------------------
 
     def _uncount(self, constraint: Constraint) -> None:
-        for var in self._counted.pop(id(constraint), ()):
+        subr, held = self._counted.pop(id(constraint), ((), ()))
+        for var in subr:
             self._subr_count[id(var)] -= 1
             self._push_candidate(var)
+        for var in held:
+            self._held_count[id(var)] -= 1
+            if not self._held_count[id(var)]:
+                self._least.append(var)
 
     def on_registered(self, constraint: Constraint) -> None:
         self._uncount(constraint)
@@ -142,10 +170,21 @@ class Closing(Transaction):
             self._subr_count[id(var)] = self._subr_count.get(id(var), 0) + 1
             self._subr_of.setdefault(id(var), []).append(constraint)
             self._push_candidate(var)  # its class changed: its older entry is stale
-        self._counted[id(constraint)] = tuple(subr)
+        # A broadcast bounds its cur below; an affine or concatenated axis ties all its dims.
+        broadcast = isinstance(constraint, DimBroadcast | RowBroadcast)
+        held = cur if broadcast else [*cur, *subr]
+        for var in held:
+            self._held_count[id(var)] = self._held_count.get(id(var), 0) + 1
+        if broadcast:
+            self._least.extend(subr)
+        self._counted[id(constraint)] = (tuple(subr), tuple(held))
         self._bounds_todo.append(constraint)
         if _has_greatest(constraint):
             heapq.heappush(self._greatest, (constraint.key, next(self._seq), constraint))
+        if isinstance(constraint, RowEquation):
+            heapq.heappush(self._equations, (constraint.key, next(self._seq), constraint))
+        elif is_weak_growth(constraint):
+            heapq.heappush(self._weak, (constraint.key, next(self._seq), constraint))  # type: ignore[arg-type]
 
     def on_retired(self, constraint: Constraint) -> None:
         self._uncount(constraint)
@@ -154,7 +193,7 @@ class Closing(Transaction):
         """A cur is bounded below when one of its subrs is."""
         while self._bounds_todo:
             constraint = self._bounds_todo.pop()
-            if not constraint.alive or isinstance(constraint, AffineDim | ConcatDim):
+            if not constraint.alive or isinstance(constraint, AffineDim | ConcatDim | RowEquation):
                 continue
             if isinstance(constraint, DimBroadcast):
                 cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
@@ -164,8 +203,31 @@ class Closing(Transaction):
             else:
                 cur_var = resolve_row(constraint.cur).var
                 subr_var = resolve_row(constraint.subr).var
+                if is_weak_growth(constraint):
+                    continue  # a number's axes bound nothing
                 if cur_var is not None and (subr_var is None or subr_var.bounded):
                     self.mark_bounded(cur_var)
+
+    def _take_least(self) -> bool:
+        """Close a variable that nothing bounds below any more to its least value (a row to no
+        axes, a dim to 1 or above a fixed index) before a broadcast could give it the greatest
+        one: a computed tensor is what its operands make it, and so is a row that closes to no
+        axes (a number's input row) when no equation or compose gives it axes."""
+        while self._least:
+            var = self._least.pop()
+            if (
+                var.solution is not None
+                or self._held_count.get(id(var), 0)
+                or (id(var) in self._leaf and var.id not in self._fewest_axes)
+            ):
+                continue
+            if isinstance(var, RowVar):
+                self.bind_row(var, Row())
+            else:
+                self.default_dim(var)
+            self.mark_defaulted(var, not var.bounded)
+            return True
+        return False
 
     def _take_greatest(self) -> bool:
         """Solve the oldest pending broadcast whose cur is known by giving the subr all of cur."""
@@ -180,6 +242,35 @@ class Closing(Transaction):
                     e.where = constraint.where
                 raise
             return True
+        return False
+
+    def _settle_equation(self) -> bool:
+        """Settle the oldest pending equation of rows whose axes may overlap: the most overlap
+        that the dims allow, before any variable of it is guessed."""
+        while self._equations:
+            _, _, constraint = heapq.heappop(self._equations)
+            if not self.accepts(constraint):
+                continue
+            try:
+                self.settle_equation(constraint)
+            except Mismatch as e:
+                if e.where is None:
+                    e.where = constraint.where
+                raise
+            return True
+        return False
+
+    def _grow_weak(self) -> bool:
+        """Give a row the number's axes it waits on when nothing else gives it any (`2 *. {hey}`
+        has one output axis); a row that a known one is broadcast into closes without them."""
+        while self._weak:
+            _, _, constraint = heapq.heappop(self._weak)
+            if not self.accepts(constraint) or not is_weak_growth(constraint):
+                continue
+            var = resolve_row(constraint.cur).var
+            if var is not None and not var.bounded:
+                self.grow_weak(constraint)
+                return True
         return False
 
     def _give_greatest(self, constraint: Constraint) -> None:
@@ -216,7 +307,7 @@ def _kernel_size(constraint: AffineDim) -> int | None:
 
 
 def _has_greatest(constraint: Constraint) -> bool:
-    if isinstance(constraint, ConcatDim):
+    if isinstance(constraint, ConcatDim | RowEquation):
         return False
     if isinstance(constraint, AffineDim):
         input_, over = resolve_dim(constraint.input), resolve_dim(constraint.over)

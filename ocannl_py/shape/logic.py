@@ -190,6 +190,8 @@ def propagate(
         tx.rollback()
         raise
     result.open_steps.append(step)
+    if result_is_new:
+        result.computed = True
     return step
 
 
@@ -205,7 +207,9 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
             tx.add(constraint, step.scope)
 
     def equal(r1: t.Row, r2: t.Row, kind: str, hint: str = "") -> None:
-        _reporting(where(kind, hint), lambda: tx.unify_rows(r1, r2))
+        w = where(kind, hint)
+        for constraint in _reporting(w, lambda: tx.unify_rows(r1, r2, w)):
+            tx.add(constraint, step.scope)
 
     if isinstance(logic, Pointwise):
         for kind in KINDS:
@@ -242,18 +246,54 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
 def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transaction) -> None:
     """A new result is what its operands make it, as in numpy: its variables that no operand
     holds and no constraint waits on take their least value now (a row no more axes, a dim 1 or
-    just above a fixed index) rather than growing later to fit a use."""
+    just above a fixed index) rather than growing later to fit a use. A number's axis gives the
+    result's row an axis only if no other operand gives that row anything (`2 * m`, not
+    `p + 3.0` with p of no output axes)."""
     held = {id(v) for s in operands for k in KINDS for v in t.row_unknowns(s.row(k))}
+    # A number written in this expression (no other operation uses it) takes no input axes,
+    # since its row gets axes only from a compose in which it is the left operand.
+    fewest = _fewest_axes_vars(s for s in operands if s.single_use)
     for kind in KINDS:
-        for var in t.row_unknowns(result.row(kind)):
-            waited_on = any(c.alive for c in var.watchers)
-            if id(var) in held or waited_on or var.solution is not None:
+        todo = t.row_unknowns(result.row(kind))
+        while todo:
+            var = todo.pop(0)
+            if id(var) in held or var.solution is not None:
                 continue
-            if isinstance(var, t.RowVar):
+            waiting = [c for c in var.watchers if c.alive and not _waits_on_fewest(c, fewest)]
+            weak = [c for c in waiting if sv.is_weak_growth(c)]
+            if len(weak) < len(waiting):
+                continue  # waited on
+            if weak and isinstance(var, t.RowVar) and not var.bounded:
+                tx.grow_weak(weak[0])  # type: ignore[arg-type]
+                tx.run()
+                todo = t.row_unknowns(result.row(kind))
+            elif isinstance(var, t.RowVar):
                 tx.bind_row(var, t.Row())
             else:
                 tx.default_dim(var)
     tx.run()
+
+
+def _fewest_axes_vars(shapes: Iterable[Shape]) -> set[int]:
+    """The ids of the row variables of `shapes` that close to no axes (a parameter's batch row,
+    a number's input row) unless an equation gives them some."""
+    found = set()
+    for shape in shapes:
+        for kind in shape.fewest_axes:
+            var = shape.row(kind).var
+            if var is not None:
+                found.add(var.id)
+    return found
+
+
+def _waits_on_fewest(constraint: sv.Constraint, fewest: set[int]) -> bool:
+    """Whether `constraint` only waits for a row of `fewest` (`..r.., 3 >= ..n..`, n the input
+    row of a number written in the expression): it gives the result nothing, so the result does
+    not wait for it."""
+    if not isinstance(constraint, sv.RowBroadcast):
+        return False
+    subr = t.resolve_row(constraint.subr)
+    return not subr.beg and not subr.end and subr.var is not None and subr.var.id in fewest
 
 
 def _check_arity(logic: Logic, operands: list[Shape]) -> None:
@@ -327,7 +367,9 @@ def _propagate_einsum(
                     broadcast = sv.RowBroadcast(t.Row((), shared, ()), t.Row((), own, ()), w)
                     tx.add(broadcast, step.scope)
             spec_row = t.Row(tuple(r.dim for r in beg), own, tuple(r.dim for r in end))
-            _reporting(w, lambda s=shape, k=kind, r=spec_row: tx.unify_rows(s.original_row(k), r))
+            row = shape.original_row(kind)
+            for constraint in _reporting(w, lambda r=row, s=spec_row, w=w: tx.unify_rows(r, s, w)):
+                tx.add(constraint, step.scope)
             layout[kind] = RowLayout(beg, own, shared, name, end)
         step.layouts.append(layout)
     in_operands = {
@@ -415,15 +457,10 @@ def close(shapes: Iterable[Shape]) -> None:
     reached, steps = _reach(shapes)
     rows = [s.original_row(k) for s in reached for k in KINDS]
     rows.extend(r for step in steps for r in step.scope.extra_rows)
-    fewest_axes = set()
-    for shape in reached:
-        for kind in shape.fewest_axes:
-            var = shape.row(kind).var
-            if var is not None:
-                fewest_axes.add(var.id)
-    tx = Closing([step.scope for step in steps], fewest_axes)
+    leaf_rows = [s.original_row(k) for s in reached if not s.computed for k in KINDS]
+    tx = Closing([step.scope for step in steps], _fewest_axes_vars(reached))
     try:
-        tx.close(rows)
+        tx.close(rows, leaf_rows)
         for shape in reached:
             if shape.dims_required:
                 _check_param(shape)

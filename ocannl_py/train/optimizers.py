@@ -21,9 +21,9 @@ def _buffer_like(p: Tensor, name: str) -> Tensor:
 
 
 def _scalar(value: float | Tensor, label: str) -> Tensor:
-    from ocannl_py.operation import number
+    from ocannl_py.operation import inline_number
 
-    return value if isinstance(value, Tensor) else number(float(value), label)
+    return value if isinstance(value, Tensor) else inline_number(float(value), label)
 
 
 def sgd_update(

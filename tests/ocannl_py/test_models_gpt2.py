@@ -83,7 +83,7 @@ def test_streamed_generation_within_a_budget(small):
     ids and every step's logits are those of the step compiled whole."""
     ckpt, _ = small
     whole = Decoder.from_checkpoint(ckpt, Context("c"), 16, progress=False)
-    streamed = Decoder.from_checkpoint(ckpt, Context("c"), 16, budget="80KiB", progress=False)
+    streamed = Decoder.from_checkpoint(ckpt, Context("c"), 16, budget="60KiB", progress=False)
     assert len(streamed.layers) == ckpt.config.n_layer + 2  # embeddings, blocks, ln_f + head
     expected = whole.generate(PROMPT, 10)
     result = streamed.generate(PROMPT, 10)
@@ -91,7 +91,7 @@ def test_streamed_generation_within_a_budget(small):
     stats = streamed.step.stats
     assert stats.streamed_stages + stats.resident_stages == 4
     assert stats.streamed_stages >= 1 and stats.bytes_copied > 0  # weights did stream
-    assert result.peak_device_bytes == stats.peak_device_bytes <= 80 * 1024
+    assert result.peak_device_bytes == stats.peak_device_bytes <= 60 * 1024
     whole.cache.reset()
     streamed.cache.reset()
     for position, token in enumerate(PROMPT + result.ids[:3]):
