@@ -166,7 +166,7 @@ class Generator:
             if fn == "pow" and np.any(np.asarray(a) < 0.1):
                 raise Rejected("domain")
         if node.op == "einsum" and node.attrs["form"].reduce == "max":
-            _no_near_ties(node.attrs["form"], values, value)
+            _no_near_ties(node.attrs["form"], values, value, self.mode == "ties")
 
     # ---- operations ---------------------------------------------------------------------
 
@@ -246,8 +246,6 @@ class Generator:
     def with_number(self) -> None:
         """A pointwise operation with a Python number (a constant that broadcasts)."""
         a = self.operand()
-        if not a.type.output and not self.include_known:
-            raise Rejected("known issue: a number's output axis on a tensor without any")
         rng = self.rng
         fns = ["add", "sub", "mul"] + ([] if self.mode == "ties" else ["div", "pow", "max"])
         fn = rng.choice(fns)
@@ -384,17 +382,27 @@ def _away_from(x: np.ndarray, kink: float) -> None:
         raise Rejected("near a kink")
 
 
-def _no_near_ties(form: ref.EinsumForm, values: list[np.ndarray], result: np.ndarray) -> None:
-    """Every candidate of a max is the max exactly or clearly below it."""
+def _no_near_ties(
+    form: ref.EinsumForm, values: list[np.ndarray], result: np.ndarray, exact_ties: bool
+) -> None:
+    """Every candidate of a max is the max exactly or clearly below it. Without `exact_ties`
+    (float values), candidates tied for one result cell must read the same operand cells
+    (broadcast copies): an exact tie of different cells in float64 may be broken by float32's
+    rounding (`p / (c * p)`), and the gradient then goes to one of them."""
     space = ref.ProductSpace(form)
-    points = [
-        v.reshape(-1)[space.flat(a, v.shape)] for v, a in zip(values, form.operands, strict=True)
-    ]
+    reads = [space.flat(a, v.shape) for v, a in zip(values, form.operands, strict=True)]
+    points = [v.reshape(-1)[r] for v, r in zip(values, reads, strict=True)]
     combined = ref._combine(form.combine, points)
-    best = result.reshape(-1)[space.flat(form.result, result.shape)]
+    target = space.flat(form.result, result.shape)
+    best = result.reshape(-1)[target]
     gap = best - combined
     if np.any((gap > 0) & (gap < KINK_GAP * (1 + np.abs(best)))):
         raise Rejected("near tie")
+    if not exact_ties:
+        tied = gap == 0
+        keys = np.stack([target[tied]] + [r[tied] for r in reads], axis=1)
+        if len(np.unique(keys, axis=0)) > len(np.unique(target[tied])):
+            raise Rejected("tie of different cells")
 
 
 def _array_text(values: np.ndarray) -> str:

@@ -252,13 +252,7 @@ class SpecBuilder:
 #: Open bugs the generator steers clear of unless asked (`python -m fuzz --include-known`),
 #: so that the CI run stays green while they are open; each has an xfail regression test in
 #: tests/ocannl_py/test_fuzz_findings.py.
-KNOWN_ISSUES = {
-    "number-axis-on-a-tensor-without-output-axes": (
-        "`p + 3.0` with `p` of no output axes keeps the number's output axis of dim 1, so an "
-        "einsum giving it an empty output row (`b|i-> => b|i->`) fails with a ShapeError "
-        "'output axes: 1 axes (1) vs 0 axes ()'"
-    ),
-}
+KNOWN_ISSUES: dict[str, str] = {}
 
 
 def random_einsum(

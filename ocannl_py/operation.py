@@ -276,11 +276,13 @@ def _leaf_shape(
 
 @public()
 def number(value: float, label: str | None = None) -> Tensor:
-    """A constant with one output axis of dim 1 (as in OCANNL), which broadcasts; its input row
-    takes no axes unless compose asks for some (`2 * m` sums m's output axes). Computed inline,
-    never stored."""
+    """A constant with one output axis of dim 1 (as in OCANNL), which broadcasts, even into no
+    axis (`p + 3.0` has p's shape); its input row takes no axes unless compose asks for some
+    (`2 * m` sums m's output axes). Computed inline, never stored."""
     label = label or f"{value:g}"
-    shape = shapes.Shape(label, batch_dims=[], output_dims=[1], fewest_axes=("input",))
+    shape = shapes.Shape(
+        label, batch_dims=[], output_dims=[1], fewest_axes=("input",), weak_axes=("output",)
+    )
     t = Tensor(label, shape, differentiable=False, memory_mode=MemoryMode.VIRTUAL)
     t.weak_dtype = True  # takes the type of what it is combined with
     t.forward_code = Code([Fill(Slot(t), asg.Constant(float(value)))])

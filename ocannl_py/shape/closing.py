@@ -7,7 +7,10 @@
 2. Otherwise a pending broadcast whose cur side is known gives the subr all of it (the greatest
    solution): a parameter takes the shape its use demands, and a computed tensor that waits on
    it passes that on. The constraints are taken in the order they were created. Back to 1.
-3. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
+3. Otherwise an equation of rows whose axes may or may not overlap (`..v.., 5 = b, ..w..`)
+   takes the most overlap the dims allow (the fewest axes); a row that a number's axis waits on
+   takes it if nothing else gives the row axes. Then back to 1.
+4. When none is left, one variable is closed by default (a row to no axes, a dim to 1, or above
    a fixed index): first one that has a known lower bound and bounds nothing unknown, last the
    guesses. Then back to 1.
 
@@ -27,8 +30,10 @@ from ocannl_py.shape.solver import (
     DimBroadcast,
     Mismatch,
     RowBroadcast,
+    RowEquation,
     Scope,
     Transaction,
+    is_weak_growth,
     unknowns,
 )
 from ocannl_py.shape.terms import (
@@ -68,6 +73,8 @@ class Closing(Transaction):
         self._least: list[Var] = []  # variables that may now close to their least value
         self._subr_of: dict[int, list[Constraint]] = {}
         self._bounds_todo: list[Constraint] = []
+        self._equations: list[tuple[tuple[int, ...], int, RowEquation]] = []
+        self._weak: list[tuple[tuple[int, ...], int, RowBroadcast]] = []
 
     def close(self, rows: list[Row], leaf_rows: list[Row]) -> None:
         """Close `rows`; `leaf_rows` are the rows of leaves (their variables take the greatest
@@ -82,9 +89,11 @@ class Closing(Transaction):
             self._enqueue(constraint)
         while True:
             self.run()
-            if self._take_least() or self._take_greatest():
+            if self._take_least() or self._take_greatest() or self._settle_equation():
                 continue
             self._propagate_bounds()
+            if self._grow_weak():
+                continue
             var = self._pick_default()
             if var is None:
                 break
@@ -172,6 +181,10 @@ class Closing(Transaction):
         self._bounds_todo.append(constraint)
         if _has_greatest(constraint):
             heapq.heappush(self._greatest, (constraint.key, next(self._seq), constraint))
+        if isinstance(constraint, RowEquation):
+            heapq.heappush(self._equations, (constraint.key, next(self._seq), constraint))
+        elif is_weak_growth(constraint):
+            heapq.heappush(self._weak, (constraint.key, next(self._seq), constraint))  # type: ignore[arg-type]
 
     def on_retired(self, constraint: Constraint) -> None:
         self._uncount(constraint)
@@ -180,7 +193,7 @@ class Closing(Transaction):
         """A cur is bounded below when one of its subrs is."""
         while self._bounds_todo:
             constraint = self._bounds_todo.pop()
-            if not constraint.alive or isinstance(constraint, AffineDim | ConcatDim):
+            if not constraint.alive or isinstance(constraint, AffineDim | ConcatDim | RowEquation):
                 continue
             if isinstance(constraint, DimBroadcast):
                 cur, subr = resolve_dim(constraint.cur), resolve_dim(constraint.subr)
@@ -190,6 +203,8 @@ class Closing(Transaction):
             else:
                 cur_var = resolve_row(constraint.cur).var
                 subr_var = resolve_row(constraint.subr).var
+                if is_weak_growth(constraint):
+                    continue  # a number's axes bound nothing
                 if cur_var is not None and (subr_var is None or subr_var.bounded):
                     self.mark_bounded(cur_var)
 
@@ -229,6 +244,35 @@ class Closing(Transaction):
             return True
         return False
 
+    def _settle_equation(self) -> bool:
+        """Settle the oldest pending equation of rows whose axes may overlap: the most overlap
+        that the dims allow, before any variable of it is guessed."""
+        while self._equations:
+            _, _, constraint = heapq.heappop(self._equations)
+            if not self.accepts(constraint):
+                continue
+            try:
+                self.settle_equation(constraint)
+            except Mismatch as e:
+                if e.where is None:
+                    e.where = constraint.where
+                raise
+            return True
+        return False
+
+    def _grow_weak(self) -> bool:
+        """Give a row the number's axes it waits on when nothing else gives it any (`2 *. {hey}`
+        has one output axis); a row that a known one is broadcast into closes without them."""
+        while self._weak:
+            _, _, constraint = heapq.heappop(self._weak)
+            if not self.accepts(constraint) or not is_weak_growth(constraint):
+                continue
+            var = resolve_row(constraint.cur).var
+            if var is not None and not var.bounded:
+                self.grow_weak(constraint)
+                return True
+        return False
+
     def _give_greatest(self, constraint: Constraint) -> None:
         if isinstance(constraint, AffineDim):
             # An input whose output and kernel are known: the fewest cells that give them.
@@ -263,7 +307,7 @@ def _kernel_size(constraint: AffineDim) -> int | None:
 
 
 def _has_greatest(constraint: Constraint) -> bool:
-    if isinstance(constraint, ConcatDim):
+    if isinstance(constraint, ConcatDim | RowEquation):
         return False
     if isinstance(constraint, AffineDim):
         input_, over = resolve_dim(constraint.input), resolve_dim(constraint.over)

@@ -207,7 +207,9 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
             tx.add(constraint, step.scope)
 
     def equal(r1: t.Row, r2: t.Row, kind: str, hint: str = "") -> None:
-        _reporting(where(kind, hint), lambda: tx.unify_rows(r1, r2))
+        w = where(kind, hint)
+        for constraint in _reporting(w, lambda: tx.unify_rows(r1, r2, w)):
+            tx.add(constraint, step.scope)
 
     if isinstance(logic, Pointwise):
         for kind in KINDS:
@@ -244,17 +246,28 @@ def _constrain(step: UpdateStep, tx: sv.Transaction, result_is_new: bool) -> Non
 def _settle_own_variables(result: Shape, operands: list[Shape], tx: sv.Transaction) -> None:
     """A new result is what its operands make it, as in numpy: its variables that no operand
     holds and no constraint waits on take their least value now (a row no more axes, a dim 1 or
-    just above a fixed index) rather than growing later to fit a use."""
+    just above a fixed index) rather than growing later to fit a use. A number's axis gives the
+    result's row an axis only if no other operand gives that row anything (`2 * m`, not
+    `p + 3.0` with p of no output axes)."""
     held = {id(v) for s in operands for k in KINDS for v in t.row_unknowns(s.row(k))}
     # A number written in this expression (no other operation uses it) takes no input axes,
     # since its row gets axes only from a compose in which it is the left operand.
     fewest = _fewest_axes_vars(s for s in operands if s.single_use)
     for kind in KINDS:
-        for var in t.row_unknowns(result.row(kind)):
-            waited_on = any(c.alive and not _waits_on_fewest(c, fewest) for c in var.watchers)
-            if id(var) in held or waited_on or var.solution is not None:
+        todo = t.row_unknowns(result.row(kind))
+        while todo:
+            var = todo.pop(0)
+            if id(var) in held or var.solution is not None:
                 continue
-            if isinstance(var, t.RowVar):
+            waiting = [c for c in var.watchers if c.alive and not _waits_on_fewest(c, fewest)]
+            weak = [c for c in waiting if sv.is_weak_growth(c)]
+            if len(weak) < len(waiting):
+                continue  # waited on
+            if weak and isinstance(var, t.RowVar) and not var.bounded:
+                tx.grow_weak(weak[0])  # type: ignore[arg-type]
+                tx.run()
+                todo = t.row_unknowns(result.row(kind))
+            elif isinstance(var, t.RowVar):
                 tx.bind_row(var, t.Row())
             else:
                 tx.default_dim(var)
@@ -354,7 +367,9 @@ def _propagate_einsum(
                     broadcast = sv.RowBroadcast(t.Row((), shared, ()), t.Row((), own, ()), w)
                     tx.add(broadcast, step.scope)
             spec_row = t.Row(tuple(r.dim for r in beg), own, tuple(r.dim for r in end))
-            _reporting(w, lambda s=shape, k=kind, r=spec_row: tx.unify_rows(s.original_row(k), r))
+            row = shape.original_row(kind)
+            for constraint in _reporting(w, lambda r=row, s=spec_row, w=w: tx.unify_rows(r, s, w)):
+                tx.add(constraint, step.scope)
             layout[kind] = RowLayout(beg, own, shared, name, end)
         step.layouts.append(layout)
     in_operands = {

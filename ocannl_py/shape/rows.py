@@ -44,6 +44,7 @@ class Shape:
         is_param: bool = False,
         dims_required: bool = True,
         fewest_axes: Sequence[str] = (),
+        weak_axes: Sequence[str] = (),
     ) -> None:
         self.label = label
         self.serial = next(_serials)  # creation order: closing takes shapes in this order
@@ -64,6 +65,8 @@ class Shape:
                         f"tensor {label!r}: {kind} dims must be positive ints or (label, int) "
                         f"pairs, got {list(dims)!r}"
                     )
+                if kind in weak_axes:  # a number's axes (terms.Dim.weak)
+                    given = [terms.Dim(d.size, d.label, weak=d.size == 1) for d in given]
                 self._rows[kind] = terms.Row((), None, tuple(given))  # type: ignore[arg-type]
         # The update steps that produce this shape and are not closed yet (shape/logic.py).
         self.open_steps: list = []

@@ -150,7 +150,22 @@ class ConcatDim:
     watching: tuple[Var, ...] = field(default=(), repr=False)
 
 
-Constraint = DimBroadcast | RowBroadcast | AffineDim | ConcatDim
+@dataclass(eq=False)
+class RowEquation:
+    """`r1` equals `r2`, each with a row variable and axes on opposite sides of it
+    (`..v.., 5 = b, ..w..`): the axes may be one (`b` is 5) or distinct (`b, 5`), which waits
+    until more is known; closing takes the most overlap their dims allow (the fewest axes)."""
+
+    r1: Row
+    r2: Row
+    where: Where
+    scope: Scope | None = None
+    key: tuple[int, ...] = ()
+    alive: bool = True
+    watching: tuple[Var, ...] = field(default=(), repr=False)
+
+
+Constraint = DimBroadcast | RowBroadcast | AffineDim | ConcatDim | RowEquation
 
 
 def unknowns(constraint: Constraint) -> tuple[list[Var], list[Var]]:
@@ -174,6 +189,10 @@ def unknowns(constraint: Constraint) -> tuple[list[Var], list[Var]]:
         return ([cur] if isinstance(cur, DimVar) else []), (
             [subr] if isinstance(subr, DimVar) else []
         )
+    if isinstance(constraint, RowEquation):
+        # Neither side bounds the other: both count as the cur side.
+        r1, r2 = resolve_row(constraint.r1), resolve_row(constraint.r2)
+        return [*row_unknowns(r1), *row_unknowns(r2)], []
     return row_unknowns(resolve_row(constraint.cur)), row_unknowns(resolve_row(constraint.subr))
 
 
@@ -235,8 +254,10 @@ class Transaction:
             self._set(var, "watchers", [])
 
     def bind_dim(self, var: DimVar, value: DimLike) -> None:
-        if isinstance(value, Dim) and value.size < var.min_size:
-            raise Mismatch(f"dim {value.size} is too small for fixed index {var.min_size - 1}")
+        if isinstance(value, Dim):
+            if value.size < var.min_size:
+                raise Mismatch(f"dim {value.size} is too small for fixed index {var.min_size - 1}")
+            value = value.plain()
         if isinstance(value, DimVar):
             if var.min_size > value.min_size:
                 self._set(value, "min_size", var.min_size)
@@ -255,6 +276,8 @@ class Transaction:
     def bind_row(self, var: RowVar, value: Row) -> None:
         if value.var is var:
             raise Mismatch("a row variable would contain itself")
+        if any(isinstance(d, Dim) and d.weak for d in value.end):
+            value = Row(value.beg, value.var, tuple(_plain(d) for d in value.end))
         if value.var is not None:
             if var.bounded:
                 self.mark_bounded(value.var)
@@ -285,14 +308,16 @@ class Transaction:
         elif a.label and b.label and a.label != b.label:
             raise Mismatch(f"axis labels {a.label!r} vs {b.label!r}")
 
-    def unify_rows(self, r1: Row, r2: Row) -> None:
+    def unify_rows(self, r1: Row, r2: Row, where: Where | None = None) -> list[Constraint]:
+        """Solve `r1 == r2` as far as it is decided; returns what is left pending (an equation
+        whose axes may or may not overlap: `where` names it)."""
         r1, r2 = resolve_row(r1), resolve_row(r2)
         if r1.closed and r2.closed:
             if len(r1.end) != len(r2.end):
                 raise Mismatch(f"{len(r1.end)} axes ({r1}) vs {len(r2.end)} axes ({r2})")
             for a, b in zip(r1.end, r2.end, strict=True):
                 self.unify_dims(a, b)
-            return
+            return []
         if r1.closed:
             r1, r2 = r2, r1
         assert r1.var is not None
@@ -308,7 +333,7 @@ class Transaction:
                 self.unify_dims(a, b)
             middle = dims[len(r1.beg) : len(dims) - len(r1.end)]
             self.bind_row(r1.var, Row((), None, tuple(middle)))
-            return
+            return []
         assert r2.var is not None
         k = min(len(r1.beg), len(r2.beg))
         for a, b in zip(r1.beg[:k], r2.beg[:k], strict=True):
@@ -321,19 +346,46 @@ class Transaction:
         if r1.var is r2.var:
             if b1 or b2 or e1 or e2:
                 raise Mismatch(f"the same row variable with different axes around it: {r1} vs {r2}")
-            return
+            return []
         if not b1 and not e1:
             self.bind_row(r1.var, Row(b2, r2.var, e2))
-        elif not b2 and not e2:
+            return []
+        if not b2 and not e2:
             self.bind_row(r2.var, Row(b1, r1.var, e1))
-        else:
-            fresh = RowVar()
-            if not b1:  # r1.var + e1 == b2 + r2.var
-                self.bind_row(r1.var, Row(b2, fresh, ()))
-                self.bind_row(r2.var, Row((), fresh, e1))
-            else:  # b1 + r1.var == r2.var + e2
-                self.bind_row(r2.var, Row(b1, fresh, ()))
-                self.bind_row(r1.var, Row((), fresh, e2))
+            return []
+        # `..x.., tail == head, ..y..`: the tail's first axes may be the head's last ones.
+        x, tail, head, y = (r1.var, e1, b2, r2.var) if not b1 else (r2.var, e2, b1, r1.var)
+        if any(_may_overlap(tail, head, o) for o in range(1, min(len(tail), len(head)) + 1)):
+            if where is None:
+                raise Mismatch(f"rows {r1} and {r2} can be equal in more than one way")
+            return [RowEquation(Row((), x, tail), Row(head, y, ()), where)]
+        self.equate_overlapping(x, tail, head, y, 0)
+        return []
+
+    def equate_overlapping(
+        self, x: RowVar, tail: tuple[DimLike, ...], head: tuple[DimLike, ...], y: RowVar, o: int
+    ) -> None:
+        """Solve `..x.., tail == head, ..y..` with the first `o` axes of the tail being the last
+        `o` of the head; with `o == 0`, any axes may lie between them."""
+        if o == 0:
+            between = RowVar()
+            self.bind_row(x, Row(head, between, ()))
+            self.bind_row(y, Row((), between, tail))
+            return
+        for a, b in zip(tail[:o], head[len(head) - o :], strict=True):
+            self.unify_dims(a, b)
+        self.bind_row(x, Row((), None, head[: len(head) - o]))
+        self.bind_row(y, Row((), None, tail[o:]))
+
+    def settle_equation(self, constraint: RowEquation) -> None:
+        """Closing: the most overlap the dims allow (the fewest axes)."""
+        r1, r2 = resolve_row(constraint.r1), resolve_row(constraint.r2)
+        assert r1.var is not None and r2.var is not None and not r1.beg and not r2.end
+        tail, head = r1.end, r2.beg
+        o = next(
+            (o for o in range(min(len(tail), len(head)), 0, -1) if _may_overlap(tail, head, o)), 0
+        )
+        self.equate_overlapping(r1.var, tail, head, r2.var, o)
 
     # ---- broadcasts ----------------------------------------------------------------------
 
@@ -371,8 +423,11 @@ class Transaction:
             return []
         return [DimBroadcast(cur, subr, where)]
 
-    def broadcast_rows(self, cur: Row, subr: Row, where: Where) -> list[Constraint]:
-        """Solve `cur >= subr` as far as it is decided; returns what is left pending."""
+    def broadcast_rows(
+        self, cur: Row, subr: Row, where: Where, grow_weak: bool = False
+    ) -> list[Constraint]:
+        """Solve `cur >= subr` as far as it is decided; returns what is left pending. A number's
+        axes (weak) that cur may not have wait: they give cur axes only by `grow_weak`."""
         tainted = was_defaulted_row(cur)
         cur, subr = resolve_row(cur), resolve_row(subr)
         if cur == subr:
@@ -393,7 +448,7 @@ class Transaction:
                     )
                 self._squeeze((*subr.beg, *subr.end[:extra]), subr.var, detail)
                 subr = Row((), None, subr.end[extra:])
-            elif cur.beg:
+            elif cur.beg or (not grow_weak and _weak_excess(cur, subr)):
                 return [RowBroadcast(cur, subr, where)]
             else:
                 assert cur.var is not None
@@ -419,6 +474,15 @@ class Transaction:
             return pending
         pending.append(RowBroadcast(cur_rest, subr_rest, where))
         return pending
+
+    def grow_weak(self, constraint: RowBroadcast) -> None:
+        """Give cur the number's axes it waits on: nothing else gives its row any."""
+        derived = self.broadcast_rows(
+            constraint.cur, constraint.subr, constraint.where, grow_weak=True
+        )
+        self.retire(constraint)
+        for i, pending in enumerate(derived):
+            self.add(pending, constraint.scope, (*constraint.key, i))  # type: ignore[arg-type]
 
     def _squeeze(self, dims: tuple[DimLike, ...], var: RowVar | None, detail: str) -> None:
         """Axes of an operand that the result does not have: each must be of dim 1, which
@@ -486,6 +550,12 @@ class Transaction:
         if isinstance(constraint, DimBroadcast):
             result = self.broadcast_dims(constraint.cur, constraint.subr, constraint.where)
             if len(result) == 1 and _same_dims(result[0], constraint):
+                return None
+            return result
+        if isinstance(constraint, RowEquation):
+            before = (resolve_row(constraint.r1), resolve_row(constraint.r2))
+            result = self.unify_rows(constraint.r1, constraint.r2, constraint.where)
+            if len(result) == 1 and (result[0].r1, result[0].r2) == before:  # type: ignore[union-attr]
                 return None
             return result
         before = (resolve_row(constraint.cur), resolve_row(constraint.subr))
@@ -557,6 +627,36 @@ class Transaction:
                 self.add(derived, constraint.scope, (*constraint.key, i))  # type: ignore[arg-type]
 
 
+def _plain(d: DimLike) -> DimLike:
+    return d.plain() if isinstance(d, Dim) else d
+
+
+def _weak_excess(cur: Row, subr: Row) -> bool:
+    """Whether the axes of `subr` beyond those of `cur` are all a number's (weak)."""
+    extra = len(subr.end) - len(cur.end)
+    return (
+        subr.closed and extra > 0 and all(isinstance(d, Dim) and d.weak for d in subr.end[:extra])
+    )
+
+
+def is_weak_growth(constraint: Constraint) -> bool:
+    """Whether `constraint` waits only to decide if a number's axes give its cur row axes."""
+    if not isinstance(constraint, RowBroadcast):
+        return False
+    cur, subr = resolve_row(constraint.cur), resolve_row(constraint.subr)
+    return cur.var is not None and not cur.beg and _weak_excess(cur, subr)
+
+
+def _may_overlap(tail: tuple[DimLike, ...], head: tuple[DimLike, ...], o: int) -> bool:
+    """Whether the first `o` axes of `tail` can be the last `o` of `head`: no known dims differ."""
+    for a, b in zip(tail[:o], head[len(head) - o :], strict=True):
+        a, b = resolve_dim(a), resolve_dim(b)
+        if isinstance(a, Dim) and isinstance(b, Dim):
+            if a.size != b.size or (a.label and b.label and a.label != b.label):
+                return False
+    return True
+
+
 def _length(row: Row) -> int:
     return len(row.beg) + len(row.end)
 
@@ -576,8 +676,10 @@ __all__ = [
     "DimBroadcast",
     "Mismatch",
     "RowBroadcast",
+    "RowEquation",
     "Scope",
     "Transaction",
     "Where",
+    "is_weak_growth",
     "unknowns",
 ]

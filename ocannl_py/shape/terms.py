@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _ids = itertools.count(1)
 
 
 @dataclass(frozen=True)
 class Dim:
-    """A solved axis."""
+    """A solved axis. `weak`: a number's axis of dim 1, which broadcasts into any row, even one
+    without axes, and gives a result an axis only when nothing else gives that row any; it is
+    the number's own (a variable bound to it gets a plain dim 1)."""
 
     size: int
     label: str | None = None
+    weak: bool = field(default=False, compare=False)
+
+    def plain(self) -> Dim:
+        return Dim(self.size, self.label) if self.weak else self
 
     def __str__(self) -> str:
         return f"{self.label}={self.size}" if self.label else str(self.size)

@@ -152,3 +152,19 @@ def test_signature_groups_failures_by_cause():
     two = signature("program", "t12.grad: 3 of 9 cells differ: got [0.1], expected [7.0]")
     assert one == two
     assert one != signature("program", "ShapeError (x): mismatch")
+
+
+def test_float_programs_reject_a_max_over_equal_values_of_different_cells():
+    """Finding of the 60-minute run (seed 20261124): `t7 = p / (c * p)` is `1 / c` in every
+    cell in float64, not in float32, so a max over t7's cells picked one cell where the
+    reference split the gradient. Float programs reject such ties; broadcast copies of one cell
+    and exact ties in "ties" programs stay."""
+    from fuzz.programs import Rejected, _no_near_ties
+
+    form = EinsumForm("max", None, (("i",),), (), {"i": 3})
+    values = [np.array([2.0, 2.0, 1.0])]
+    with pytest.raises(Rejected, match="tie of different cells"):
+        _no_near_ties(form, values, np.array([2.0]), exact_ties=False)
+    _no_near_ties(form, values, np.array([2.0]), exact_ties=True)
+    copies = EinsumForm("max", None, (("i",),), ("i",), {"i": 3, "j": 2})
+    _no_near_ties(copies, [np.array([1.0, 2.0, 3.0])], np.array([1.0, 2.0, 3.0]), exact_ties=False)
