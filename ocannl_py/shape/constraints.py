@@ -47,26 +47,12 @@ class Scope:
         self.extra_rows: list[Row] = []
 
 
-@dataclass(eq=False)
-class DimBroadcast:
-    """`subr` equals `cur`, or is 1."""
+@dataclass(eq=False, kw_only=True)
+class Pending:
+    """What the worklist keeps on every constraint: its operation's scope, its order of creation
+    (`key`; derived constraints take their parent's), whether it still waits, and the variables
+    it waits on."""
 
-    cur: DimLike
-    subr: DimLike
-    where: Where
-    scope: Scope | None = None
-    key: tuple[int, ...] = ()  # the order of creation; derived constraints take their parent's
-    alive: bool = True
-    watching: tuple[Var, ...] = field(default=(), repr=False)
-
-
-@dataclass(eq=False)
-class RowBroadcast:
-    """`subr` is aligned on the right with `cur`; each of its dims broadcasts into cur's."""
-
-    cur: Row
-    subr: Row
-    where: Where
     scope: Scope | None = None
     key: tuple[int, ...] = ()
     alive: bool = True
@@ -74,7 +60,25 @@ class RowBroadcast:
 
 
 @dataclass(eq=False)
-class AffineDim:
+class DimBroadcast(Pending):
+    """`subr` equals `cur`, or is 1."""
+
+    cur: DimLike
+    subr: DimLike
+    where: Where
+
+
+@dataclass(eq=False)
+class RowBroadcast(Pending):
+    """`subr` is aligned on the right with `cur`; each of its dims broadcasts into cur's."""
+
+    cur: Row
+    subr: Row
+    where: Where
+
+
+@dataclass(eq=False)
+class AffineDim(Pending):
     """An operand axis read at `stride*over + offset + dilation*kernel` (a convolution or a
     pooling): `input` is that axis's dim, `over` the output's, `kernel` the kernel's (None: no
     kernel term). `padding` "<" (valid): `over` takes the windows that fit in `input`; "=": padded
@@ -88,10 +92,6 @@ class AffineDim:
     dilation: int
     padding: str
     where: Where
-    scope: Scope | None = None
-    key: tuple[int, ...] = ()
-    alive: bool = True
-    watching: tuple[Var, ...] = field(default=(), repr=False)
 
     def span(self, kernel: int) -> int:
         """The input cells one output cell's window spans, offset included."""
@@ -120,20 +120,16 @@ class AffineDim:
 
 
 @dataclass(eq=False)
-class ConcatDim:
+class ConcatDim(Pending):
     """A concatenated axis (`a^b^c`): `total` is the sum of the `parts`."""
 
     total: DimLike
     parts: tuple[DimLike, ...]
     where: Where
-    scope: Scope | None = None
-    key: tuple[int, ...] = ()
-    alive: bool = True
-    watching: tuple[Var, ...] = field(default=(), repr=False)
 
 
 @dataclass(eq=False)
-class RowEquation:
+class RowEquation(Pending):
     """`r1` equals `r2`, each with a row variable and axes on opposite sides of it
     (`..v.., 5 = b, ..w..`): the axes may be one (`b` is 5) or distinct (`b, 5`), which waits
     until more is known; closing takes the most overlap their dims allow (the fewest axes)."""
@@ -141,10 +137,6 @@ class RowEquation:
     r1: Row
     r2: Row
     where: Where
-    scope: Scope | None = None
-    key: tuple[int, ...] = ()
-    alive: bool = True
-    watching: tuple[Var, ...] = field(default=(), repr=False)
 
 
 Constraint = DimBroadcast | RowBroadcast | AffineDim | ConcatDim | RowEquation
