@@ -92,6 +92,18 @@ class Routine:
         _check_inputs(self.inputs, f"routine {self.executable.name!r}")
         self.executable.run()
 
+    def profile(self, repeats: int = 3) -> list:
+        """Each kernel's median time (`arrayjit.backends.cuda.KernelTime`: name, form, grid,
+        block, ms), the kernels launched one by one; a CUDA routine only."""
+        profile = getattr(self.executable.compiled, "profile", None)
+        if profile is None:
+            raise TypeError(
+                f"routine {self.executable.name!r}: profile() times CUDA kernels; this routine "
+                "runs on the C backend (time its run() instead)"
+            )
+        _check_inputs(self.inputs, f"routine {self.executable.name!r}")
+        return profile(repeats)
+
     def __repr__(self) -> str:
         return f"<routine {self.executable.name!r} source={self.source_path}>"
 

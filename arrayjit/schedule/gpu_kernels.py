@@ -111,6 +111,11 @@ def plan_kernels(stmt: ir.Stmt, options: GpuOptions | None = None) -> list[Kerne
             return True
         return False
 
+    def private(serial: list[ir.Stmt]) -> set[str]:
+        # The locals of a one-thread kernel that a later kernel cannot recompute (a shared local
+        # declared there, e.g. a hoisted read of a value it has just written, can be).
+        return _declared_in(serial) - set(shared)
+
     def invalidate(s: ir.Stmt) -> None:
         # A shared local whose buffers this statement writes would be stale in later kernels.
         written = ir.written_tnodes(s)
@@ -123,7 +128,7 @@ def plan_kernels(stmt: ir.Stmt, options: GpuOptions | None = None) -> list[Kerne
     while k < len(stmts):
         s = stmts[k]
         unit = _reduction_unit(stmts, k, mutated) if options.parallel_reductions else 0
-        if unit and not (_read_locals(stmts[k : k + unit]) & _declared_in(serial)):
+        if unit and not (_read_locals(stmts[k : k + unit]) & private(serial)):
             # A reduction to one value is a kernel of its own, so it can get a team of threads.
             serial = []
             body = stmts[k : k + unit]
@@ -138,7 +143,7 @@ def plan_kernels(stmt: ir.Stmt, options: GpuOptions | None = None) -> list[Kerne
             if serial:
                 serial.append(s)  # later statements of the same one-thread kernel read it here
             continue
-        if isinstance(s, ir.For) and s.parallel and not (_read_locals([s]) & _declared_in(serial)):
+        if isinstance(s, ir.For) and s.parallel and not (_read_locals([s]) & private(serial)):
             serial = []
             grid, body = _grid_run(s, mutated)
             plans.append((KernelPlan(grid, body), dict(shared)))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from ocannl_py.shape.solver import (
+from ocannl_py.shape.constraints import (
     AffineDim,
     ConcatDim,
     Constraint,
@@ -32,10 +32,9 @@ from ocannl_py.shape.solver import (
     RowBroadcast,
     RowEquation,
     Scope,
-    Transaction,
-    is_weak_growth,
     unknowns,
 )
+from ocannl_py.shape.solver import Transaction, is_weak_growth
 from ocannl_py.shape.terms import (
     Dim,
     DimVar,

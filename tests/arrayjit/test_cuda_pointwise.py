@@ -110,3 +110,26 @@ def test_index_values_and_constants_per_cell(run):
     assert [p.vector for p in ran.plans] == [4, 4]
     np.testing.assert_array_equal(r.host(), np.arange(96, dtype=np.float32).reshape(12, 8))
     np.testing.assert_array_equal(c.host(), np.full((12, 8), 2.5, np.float32))
+
+
+def test_a_broadcast_of_a_value_just_computed_gets_a_grid(run):
+    """`s = 2 + x[0]` (one thread), then `y[i, j] += s`: the nest reads `s` through a hoisted
+    local declared after the one-thread statements; it is recomputed in the nest's own kernel,
+    which gets a grid (it ran as one thread for a whole 2048 x 50257 gradient in GPT-2)."""
+    from arrayjit.indexing import Fixed
+
+    s, x, y = TNode("s", (1,)), TNode("x", (1,)), TNode("y", (37, 64))
+    i, j = Iterator(name="i"), Iterator(name="j")
+    scalar = Projections((), (), (Fixed(0),), ((Fixed(0),),))
+    code = (
+        Fetch(s, Constant(2.0))
+        + Accum(s, "add", "identity", (x,), scalar)
+        + Accum(y, "add", "identity", (s,), Projections((37, 64), (i, j), (i, j), ((Fixed(0),),)))
+    )
+    plans = plan_kernels(compile_to_ir(code, reductions_innermost=True))
+    assert [p.cells for p in plans] == [1, 37 * 64]
+    x.set_host(np.array([0.25], np.float32))
+    start = np.random.default_rng(4).standard_normal((37, 64)).astype(np.float32)
+    y.set_host(start)
+    run(code)
+    np.testing.assert_array_equal(y.host(), start + np.float32(2.25))

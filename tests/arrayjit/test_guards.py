@@ -157,7 +157,7 @@ def test_guarded_kernels_compile_with_nvcc(tmp_path):
 def test_conv2d_training_step_on_cuda_kernels(run):
     """A padded, strided conv2d's forward and both gradients, built by ocannl_py, lowered as
     the CUDA backend does and run on its kernels, against PyTorch."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference (test extra)")
     import ocannl_py as oc
     from ocannl_py import train
 

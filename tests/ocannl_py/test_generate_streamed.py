@@ -170,8 +170,10 @@ def test_1000_tokens_streamed_do_not_grow_memory(dtype):
     process's RSS grows by less than 1 KiB per token (the decoder's lists of ids and times, and
     tracemalloc's records of them, take ~100 B per token: a buffer leaked per step by generated
     code or ctypes would show); from token 500 to 1000, the Python heap (tracemalloc, numpy's
-    arrays included) outside those lists grows by less than a byte per token (before, it grows
-    once as the plan's version counters pass 256 and become int objects)."""
+    arrays included) outside those lists grows by less than 8 bytes per token (before, it grows
+    once as the plan's version counters pass 256 and become int objects). A leak of one object
+    per step, the smallest there is (24 B or more), grows it by 12 KB or more; the whole
+    process's heap moves by a few hundred bytes with what else runs (504 B seen under load)."""
     ckpt = models.checkpoint("gpt2-random:2,16,4,vocab=50,positions=1024,seed=1")
     decoder = Decoder.from_checkpoint(ckpt, Context("c"), 1003, budget="1150KiB",
                                       stream_options={"keep_resident": False},
@@ -204,4 +206,4 @@ def test_1000_tokens_streamed_do_not_grow_memory(dtype):
         assert peak <= 1150 * 1024
         assert rss_n - rss < 1024 * (n - 10), f"RSS grew by {rss_n - rss} bytes by token {n}"
     grown = samples[1000][0] - samples[500][0]
-    assert grown < 500, f"the Python heap grew by {grown} bytes over 500 tokens"
+    assert grown < 8 * 500, f"the Python heap grew by {grown} bytes over 500 tokens"

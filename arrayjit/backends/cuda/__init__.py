@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,33 @@ def cuda_available() -> bool:
 
 
 # ---- compiled routines and the backend ---------------------------------------------------
+
+
+@dataclass
+class KernelTime:
+    """One kernel's launch and its median time (`CudaCompiled.profile`)."""
+
+    name: str
+    form: str
+    grid: object
+    block: int
+    ms: float
+
+
+def describe_plan(plan: KernelPlan | None) -> str:
+    """A kernel plan's form in a few words."""
+    if plan is None:
+        return "?"
+    if plan.matmul is not None:
+        config = getattr(plan.matmul, "config", None)
+        return "matmul " + (config.describe() if config is not None else "")
+    if plan.reduction is not None:
+        r = plan.reduction
+        return (
+            f"reduction {r.shape.op} of {r.shape.length} over {plan.cells} cells, team {r.team}"
+            f", parts {r.parts}, vector {r.vector}"
+        )
+    return f"{plan.cells} cells, {len(plan.body)} statements, vector {plan.vector}"
 
 
 class CudaCompiled(Compiled):
@@ -214,6 +242,35 @@ class CudaCompiled(Compiled):
 
         for kernel, config, arguments in self.launches:
             launch(stream, config, kernel, *arguments)
+
+    def profile(self, repeats: int = 3) -> list[KernelTime]:
+        """Each kernel's median time over `repeats` runs, launched one by one between timing
+        events (not as a graph), in launch order; for finding where a routine's time goes."""
+        import statistics
+
+        from cuda.core import EventOptions, launch
+
+        if self.unbound:
+            self.run()  # raises the error naming the unbound buffers
+        backend = self.backend
+        backend.upload_stale(self.persistent)
+        stream, timing = backend.stream, EventOptions(timing_enabled=True)
+        plans = self.plans if len(self.plans) == len(self.launches) else [None] * len(self.launches)
+        times: list[list[float]] = [[] for _ in self.launches]
+        for _ in range(max(1, repeats)):
+            for n, (kernel, config, arguments) in enumerate(self.launches):
+                start = stream.record(options=timing)
+                launch(stream, config, kernel, *arguments)
+                end = stream.record(options=timing)
+                end.sync()
+                times[n].append(end - start)
+        backend.mark_written(self.written_persistent)
+        return [
+            KernelTime(symbol, describe_plan(plan), grid, block, statistics.median(ms))
+            for (_, symbol, grid, block, _, _), plan, ms in zip(
+                self.plan["kernels"], plans, times, strict=True
+            )
+        ]
 
     def _capture(self):
         """The launches as one CUDA graph, replayed by later runs with a single call (a launch
