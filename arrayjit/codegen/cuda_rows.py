@@ -1,9 +1,17 @@
 """The row-fused kernel (see `arrayjit.schedule.gpu_rows`).
 
 The loop over rows advances a whole block at a time, so every thread reaches every shuffle and
-barrier; a team whose row is past the end takes row 0's indices for its row locals, and neither
-reads the row's values nor stores anything. Names the kernel declares itself are plain words
-(see `cuda_reductions`).
+barrier; a team whose row is past the end takes row 0's indices, and neither reads the row's
+values nor stores anything: its row locals that read what the kernel writes are zero (reading
+them would race with row 0's team). Names the kernel declares itself are plain words (see
+`cuda_reductions`).
+
+Threads of a row pass values to one another through the buffers the kernel writes (a row value
+stored by the team's first member, a stage's stores read at other cells by a later stage), with a
+barrier between: those buffers are parameters without `__restrict__`. With it, NVCC may move a
+read of such a buffer above the barrier and above another lane's store (it did: the lanes of a
+softmax gradient's row read the row's maximum before the first lane had stored it, giving wrong
+values and NaN on an H100); the emulator holds `__restrict__` parameters to that contract.
 """
 
 from __future__ import annotations
@@ -42,7 +50,8 @@ def rows_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     # a warp or less never waits on other warps).
     barrier = "__syncthreads();" if team > 32 else "__syncwarp();"
 
-    lines = [syntax.head(name, tnodes)]
+    written = ir.written_tnodes(ir.Block(tuple(plan.body)))
+    lines = [syntax.head(name, tnodes, shared=written)]
     for decl in plan.prologue:
         lines += syntax.stmt(decl, 1)
     if team > 32:
@@ -65,11 +74,11 @@ def rows_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         # After a stage that stores, a barrier: later stages may read what it stored.
         stored = [f"    {barrier}"] if n < last else []
         if isinstance(stage, ir.DeclLocal):
-            lines += syntax.stmt(stage, 2)
+            lines += _row_local(syntax, stage, written)
         elif isinstance(stage, ir.Set):
             lines += ["    if (active && lane == 0) {", *syntax.stmt(stage, 3), "    }", *stored]
         elif isinstance(stage, ReductionShape):
-            lines += _reduction(syntax, stage, rows_plan, q_t, n)
+            lines += _reduction(syntax, stage, rows_plan, q_t, n, written)
             if any(isinstance(s, ir.Set) for s in stage.post):
                 lines += stored
         elif rows_plan.per_thread:
@@ -160,7 +169,19 @@ def _in_registers(syntax, rows: RowPlan, n: int, q_t: str, per_value) -> list[st
     return lines
 
 
-def _reduction(syntax, shape: ReductionShape, rows: RowPlan, q_t: str, n: int) -> list[str]:
+def _row_local(syntax, decl: ir.DeclLocal, written: set[TNode]) -> list[str]:
+    """A row local every member declares; one reading a buffer the kernel writes is zero in a
+    team past the last row (whose indices are row 0's)."""
+    if not ir.read_tnodes(decl) & written:
+        return syntax.stmt(decl, 2)
+    zero = syntax.literal(0, decl.dtype)
+    value = f"active ? {syntax.expr(decl.init)} : {zero}"
+    return [f"    {syntax.type_name(decl.dtype)} {syntax.local(decl.name)} = {value};"]
+
+
+def _reduction(
+    syntax, shape: ReductionShape, rows: RowPlan, q_t: str, n: int, written: set[TNode]
+) -> list[str]:
     """Lines of one reduction stage: every member ends up holding the row's total in `acc`."""
     team = rows.team
     dtype = shape.acc.dtype
@@ -184,7 +205,7 @@ def _reduction(syntax, shape: ReductionShape, rows: RowPlan, q_t: str, n: int) -
         decls = [line for decl in shape.inner for line in syntax.stmt(decl, 5)]
         return [*decls, f"          {partial} = {fold(partial, syntax.expr(shape.value))};"]
 
-    lines = [line for decl in shape.pre for line in syntax.stmt(decl, 2)]
+    lines = [line for decl in shape.pre for line in _row_local(syntax, decl, written)]
     lines.append(f"    {t} {partial} = {neutral};")
     if rows.per_thread:
         lines += _in_registers(syntax, rows, n, q_t, per_value)
@@ -222,7 +243,7 @@ def _reduction(syntax, shape: ReductionShape, rows: RowPlan, q_t: str, n: int) -
         if isinstance(s, ir.Set):
             lines += ["    if (active && lane == 0) {", *syntax.stmt(s, 3), "    }"]
         else:
-            lines += syntax.stmt(s, 2)
+            lines += _row_local(syntax, s, written)
     return lines
 
 

@@ -164,6 +164,43 @@ def test_stored_intermediate_and_backward_shape(run, c_context):
         np.testing.assert_array_equal(gx.host(), yv * (gv - (gv * yv).sum(axis=1, keepdims=True)))
 
 
+def stored_softmax_case(rows: int, length: int) -> tuple[TNode, TNode, np.ndarray, Accum]:
+    """(max, y, x's values, code): `softmax_case` with the row's max and sum stored (as a gradient routine keeps them for its
+    backward): the team's first member stores each, the others read it back after a barrier."""
+    x, y = TNode("x", (rows, length)), TNode("y", (rows, length))
+    top, total = TNode("top", (rows,)), TNode("total", (rows,))
+    e = TNode("e", x.dims, memory_mode=MemoryMode.VIRTUAL)
+    values = np.random.default_rng(rows * 31 + length).normal(size=(rows, length)) * 4
+    x.set_host(values.astype(np.float32))
+    y.set_host(np.full((rows, length), np.nan))
+    shifted_exp = Call("exp", (Call("sub", (Arg(0), Arg(1))),))
+    code = (
+        reduce_rows(top, "max", "identity", x)
+        + rowwise(e, shifted_exp, (x, top), (False, True))
+        + reduce_rows(total, "add", "identity", e)
+        + rowwise(y, "div", (e, total), (False, True))
+    )
+    return top, y, x.host().copy(), code
+
+
+#: Rows fewer than a block's teams (1, 3), short rows whose last chunk one lane holds (5, 17, 33),
+#: a warp per row (1000), a block per row (4096).
+STORED_SIZES = [(1, 5), (3, 5), (3, 17), (17, 17), (3, 33), (17, 1000), (3, 4096), (1000, 3)]
+
+
+@pytest.mark.parametrize(("rows", "length"), STORED_SIZES)
+def test_row_values_stored_by_one_member_and_read_by_the_others(run, rows, length):
+    """Regression (H100, gpu3's kernels): the buffers holding the row's max and sum were
+    `__restrict__` parameters, so NVCC read them before the first lane had stored them (wrong
+    values and NaN gradients for short rows); the emulator now fails such a kernel."""
+    top, y, values, code = stored_softmax_case(rows, length)
+    ran = run(code)
+    assert len(ran.plans) == 1 and ran.plans[0].rows is not None
+    assert "__restrict__ top" not in ran.source and "__restrict__ total" not in ran.source
+    np.testing.assert_array_equal(top.host(), values.max(axis=1))
+    np.testing.assert_allclose(y.host(), softmax_reference(values), **TOLERANCE)
+
+
 # ---- what does not group ---------------------------------------------------------------------
 
 
