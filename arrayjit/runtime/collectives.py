@@ -13,6 +13,7 @@ nccl4py and cuda-python are imported inside `NcclMean` only.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -130,6 +131,12 @@ class NcclMean:
         devices = [b.device.device_id for b in self.backends]
         if len(set(devices)) != len(devices):
             raise ValueError(f"NcclMean: one replica per GPU, got the devices {devices}")
+        # The replicas' buffers come from each GPU's stream-ordered memory pool, which the other
+        # GPUs are not given access to, while NCCL's direct mode for ranks of one process lets a
+        # GPU read its peer's user buffer. On the H200 pair the first all-reduce of such buffers
+        # never returned (arrays from cudaMalloc reduced fine); without direct mode NCCL copies
+        # through its own buffers. Not yet confirmed on the GPUs: docs/data_parallel.md.
+        os.environ.setdefault("NCCL_P2P_DIRECT_DISABLE", "1")
         self.comms = nccl.Communicator.init_all(devices)
 
     def all_reduce(self, buffers: Sequence[Sequence[TNode]], streams: Sequence | None = None):
@@ -141,6 +148,14 @@ class NcclMean:
                     f"{', '.join(_NCCL_TYPES)} here"
                 )
         streams = [b.stream for b in self.backends] if streams is None else list(streams)
+        for r, (backend, stream) in enumerate(zip(self.backends, streams, strict=True)):
+            device = getattr(getattr(stream, "device", None), "device_id", None)
+            if device is not None and device != backend.device.device_id:
+                # NCCL would run replica r's reduction on another GPU's stream: a hang.
+                raise ValueError(
+                    f"all_reduce: stream {r} belongs to GPU {device}, replica {r} is on GPU "
+                    f"{backend.device.device_id} (create it with that device current)"
+                )
         arrays = []
         for backend, stream, tnodes in zip(self.backends, streams, buffers, strict=True):
             backend.device.set_current()
@@ -155,7 +170,11 @@ class NcclMean:
         nccl.group_start()
         try:
             for i in range(len(buffers[0])):
-                for comm, stream, replica in zip(self.comms, streams, arrays, strict=True):
+                for backend, comm, stream, replica in zip(
+                    self.backends, self.comms, streams, arrays, strict=True
+                ):
+                    # nccl4py takes a buffer given by its address to be on the current GPU.
+                    backend.device.set_current()
                     comm.allreduce(replica[i], replica[i], nccl.AVG, stream=stream)
         finally:
             nccl.group_end()
