@@ -16,9 +16,18 @@ from ocannl_py.models.token_ids import ids_term, set_ids
 from ocannl_py.tensor import Tensor
 
 #: Texts per batch (sentence-transformers' default) and the multiple that a batch's token count
-#: is padded to, so that batches of similar lengths share one compiled routine.
+#: is padded to, so that batches of similar lengths share one compiled routine; a finer one up
+#: to SHORT tokens, where the work grows with every padded token (a text of 10 tokens runs as
+#: 12: 25% less work than 16; 8 routines at most cover the short lengths).
 BATCH = 32
 LENGTH_STEP = 16
+SHORT, SHORT_STEP = 32, 4
+
+
+def padded_length(length: int, max_positions: int) -> int:
+    """The token count that a batch of `length` tokens runs as."""
+    step = SHORT_STEP if length <= SHORT else LENGTH_STEP
+    return min(-(-length // step) * step, max_positions)
 
 
 class SentenceEncoder:
@@ -49,7 +58,7 @@ class SentenceEncoder:
     def _run(self, ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         batch, length = ids.shape
         # Padding more tokens changes nothing (they are masked out) and reuses routines.
-        padded = min(-(-length // LENGTH_STEP) * LENGTH_STEP, self.config.max_positions)
+        padded = padded_length(length, self.config.max_positions)
         fill = ((0, 0), (0, padded - length))
         ids = np.pad(ids, fill, constant_values=self.tokenizer.pad_id)
         type_ids, mask = np.pad(type_ids, fill), np.pad(mask, fill)
