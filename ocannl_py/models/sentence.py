@@ -59,17 +59,15 @@ class SentenceEncoder:
         batch, length = ids.shape
         # Padding more tokens changes nothing (they are masked out) and reuses routines.
         padded = padded_length(length, self.config.max_positions)
-        fill = ((0, 0), (0, padded - length))
-        ids = np.pad(ids, fill, constant_values=self.tokenizer.pad_id)
-        type_ids, mask = np.pad(type_ids, fill), np.pad(mask, fill)
         routine, terms, pooled = self._routine(batch, padded)
         config = self.config
-        set_ids(terms["ids"], ids, config.vocab_size, "embed: token ids")
-        set_ids(terms["type_ids"], type_ids, config.type_vocab_size, "embed: token type ids")
-        positions = np.broadcast_to(np.arange(padded), (batch, padded))
-        set_ids(terms["positions"], positions, config.max_positions, "embed: positions")
-        terms["mask"].set_value(mask.reshape(batch, 1, 1, padded).astype(np.float32))
-        terms["token_mask"].set_value(mask.astype(np.float32))
+        set_ids(terms["ids"], _padded(ids, padded, self.tokenizer.pad_id), config.vocab_size,
+                "embed: token ids")  # fmt: skip
+        set_ids(terms["type_ids"], _padded(type_ids, padded, 0), config.type_vocab_size,
+                "embed: token type ids")  # fmt: skip
+        mask = _padded(mask, padded, 0).astype(np.float32)
+        terms["mask"].set_value(mask.reshape(batch, 1, 1, padded))
+        terms["token_mask"].set_value(mask)
         routine.run()
         return np.array(pooled.value, np.float32)
 
@@ -94,5 +92,16 @@ class SentenceEncoder:
                 self._loaded = True
             with stage(f"compiling the encoder for {batch} x {length} tokens", self.progress):
                 routine = self.ctx.compile(pooled.forward, "sentence_embeddings")
+            # The same on every run of this shape.
+            positions = np.broadcast_to(np.arange(length), (batch, length))
+            set_ids(terms["positions"], positions, self.config.max_positions, "embed: positions")
             self._built[key] = (routine, terms, pooled)
         return self._built[key]
+
+
+def _padded(values: np.ndarray, length: int, fill: int) -> np.ndarray:
+    """`values` (batch x tokens) with `fill` appended up to `length` tokens (faster than np.pad,
+    which costs more than a short text's other host work)."""
+    out = np.full((values.shape[0], length), fill, dtype=np.asarray(values).dtype)
+    out[:, : values.shape[1]] = values
+    return out

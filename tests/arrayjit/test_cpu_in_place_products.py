@@ -141,3 +141,23 @@ def test_in_place_with_sixteen_byte_vectors(monkeypatch, tmp_path, dtype):
     A64, B64 = A.astype(np.float64), B.T.astype(np.float64)
     bound = sum_bound(k, np.abs(A64) @ np.abs(B64), dtype)
     assert (np.abs(c.host() - A64 @ B64) <= bound).all()
+
+
+@pytest.mark.parametrize("zero_first", [True, False])
+def test_in_place_into_a_transposed_result(zero_first):
+    """`c[j, i] (=:+ | =+) a[i, k] * w[j, k]`: the result's rows are the product's columns."""
+    m, n, k = 7, 11, 29
+    rng = np.random.default_rng(3)
+    a, w, c = TNode("a", (m, k)), TNode("w", (n, k)), TNode("c", (n, m))
+    A, W, C = (rng.normal(size=t.dims).astype(np.float32) for t in (a, w, c))
+    a.set_host(A), w.set_host(W), c.set_host(C)
+    i, j, r = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
+    projections = Projections((m, n, k), (i, j, r), (j, i), ((i, r), (j, r)))
+    routine = context(2).compile(Accum(c, "add", "mul", (a, w), projections, zero_first))
+    (product,) = matmuls(routine.ir)
+    assert product.blocking.in_place
+    routine.run()
+    A64, W64 = A.astype(np.float64), W.astype(np.float64)
+    expected = W64 @ A64.T + (0 if zero_first else C)
+    magnitude = np.abs(W64) @ np.abs(A64).T + (0 if zero_first else np.abs(C))
+    assert (np.abs(c.host() - expected) <= sum_bound(k, magnitude, np.float32)).all()
