@@ -1,0 +1,134 @@
+"""Products written through ocannl_py take the CUDA backend's tiled matmul kernel once their loops
+are merged (`arrayjit.passes.loop_merging`) and the hoisted locals of a fused operand are
+substituted into it (`gpu_matmul.matmul_shape`): a `b t c; c -> h d => b t h d` projection, a
+layer norm feeding a linear layer, and the products of a small GPT-2 (planned, no GPU needed).
+Values against numpy on the C backend and on CUDA (emulator, and a GPU where one is usable)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cuda_runners import RUNNERS, runner
+
+import ocannl_py as oc
+from arrayjit.lowering import compile_to_ir
+from arrayjit.schedule.gpu_kernels import plan_kernels
+from ocannl_py import Context, fusion, nn, train
+from ocannl_py.models import gpt2
+
+BACKENDS = ["c", *(f"cuda-{kind}" for kind in RUNNERS)]
+
+
+def lowered(code, ctx: Context):
+    """What a routine of `ctx` compiles for `code`: intermediates fused, parameters set."""
+    code = code.with_constants()
+    fused = fusion.fused(code, ctx.read_elsewhere)
+    out = code.lower(fusion.private_values(code, fused))
+    ctx.initialize(code.tensors())
+    return out
+
+
+def compute(y: oc.Tensor, backend: str):
+    """y's value computed by `backend`, and the CUDA kernel plans (None on C)."""
+    if backend == "c":
+        Context("c").forward(y)
+        return y.value, None
+    ran = runner(backend.removeprefix("cuda-"))(lowered(y.forward, Context("c")))
+    return y.value_node.host(), ran.plans
+
+
+def term(label, rng, batch, inputs, outputs):
+    t = oc.term(label, batch_dims=batch, input_dims=inputs, output_dims=outputs)
+    values = rng.integers(-3, 4, (*batch, *outputs, *inputs)).astype(np.float32)
+    t.set_value(values)
+    return t, values
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("b", "t", "c", "h", "d"), [(3, 17, 5, 3, 17), (1, 40, 3, 1, 33)])
+def test_projection_to_heads(backend, b, t, c, h, d):
+    """`w @ x` with x over (b, t | c) and w (c -> h, d): one 2-D product of (b t) x (h d)."""
+    rng = np.random.default_rng(b * t + c)
+    x, xv = term("x", rng, [b, t], [], [c])
+    w, wv = term("w", rng, [], [c], [h, d])
+    value, plans = compute(w @ x, backend)
+    np.testing.assert_array_equal(value, np.einsum("btc,hdc->bthd", xv, wv))
+    if plans is not None:
+        assert [p.matmul.extents for p in plans if p.matmul] == [(1, b * t, h * d, c)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("b", "t", "c", "o"), [(3, 17, 17, 33), (2, 20, 1, 40)])
+def test_layer_norm_then_linear(backend, b, t, c, o):
+    """The layer norm is fused into the product's operand, reading the row's mean and scale:
+    still the tiled kernel, the normalization computed as the tiles are filled."""
+    rng = np.random.default_rng(c + o)
+    x, xv = term("x", rng, [b, t], [], [c])
+    xv = xv + rng.normal(size=xv.shape).astype(np.float32)
+    x.set_value(xv)
+    gain = oc.param("ln.w", 0.0, batch_dims=[], input_dims=[], output_dims=[c])
+    gv = rng.normal(size=c).astype(np.float32)
+    gain.set_value(gv)
+    w, wv = term("w", rng, [], [c], [o])
+    value, plans = compute(w @ nn.layer_norm(x, "ln", params={"ln.w": gain}), backend)
+    x64 = xv.astype(np.float64)
+    mean = x64.mean(-1, keepdims=True)
+    normed = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * gv
+    np.testing.assert_allclose(value, np.einsum("btc,oc->bto", normed, wv), rtol=2e-5, atol=2e-5)
+    if plans is not None and c > 1:
+        assert [p.matmul.extents for p in plans if p.matmul] == [(1, b * t, o, c)]
+
+
+# ---- a small GPT-2, planned ----------------------------------------------------------------
+
+BATCH, SEQ, EMBD, HEADS, VOCAB = 2, 40, 64, 2, 97
+ROWS = BATCH * SEQ
+
+
+def gpt2_plans(step: bool):
+    """The CUDA kernel plans of a one-layer GPT-2's forward (or training step)."""
+    config = gpt2.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=EMBD, n_layer=1,
+                             n_head=HEADS, n_inner=4 * EMBD)  # fmt: skip
+    rows = {"batch_dims": [BATCH, SEQ], "input_dims": []}
+    ids = oc.term("ids", output_dims=[], dtype="int32", **rows)
+    positions = oc.term("positions", output_dims=[], dtype="int32", **rows)
+    logits = gpt2.logits(ids, positions, config)
+    code = logits.forward
+    if step:
+        targets = oc.term("targets", output_dims=[VOCAB], **rows)
+        loss = nn.cross_entropy(logits, targets)
+        code = train.grad_update(loss) + train.adam_update(loss, 1e-4)
+    stmt = compile_to_ir(lowered(code, Context("c")), reductions_innermost=True)
+    return plan_kernels(stmt)
+
+
+def products(plans) -> list[tuple[int, int, int, int]]:
+    return sorted(p.matmul.extents for p in plans if p.matmul is not None)
+
+
+def test_gpt2_forward_plans_its_projections_and_head_as_matmuls():
+    found = products(gpt2_plans(step=False))
+    projections = [
+        *[(1, ROWS, EMBD, EMBD)] * 4,  # q, k, v; the output projection
+        (1, ROWS, 4 * EMBD, EMBD),  # MLP fc, the layer norm fused into its operand
+        (1, ROWS, EMBD, 4 * EMBD),  # MLP proj
+        (1, ROWS, VOCAB, EMBD),  # the tied head, the final layer norm fused
+    ]
+    for shape in projections:
+        assert found.count(shape) >= projections.count(shape), (shape, found)
+    # Attention: scores and their mix with the values, batched over (batch, heads).
+    head_dim = EMBD // HEADS
+    assert (BATCH * HEADS, SEQ, SEQ, head_dim) in found
+    assert (BATCH * HEADS, SEQ, head_dim, SEQ) in found
+
+
+def test_gpt2_training_step_plans_its_weight_gradients_as_matmuls():
+    found = products(gpt2_plans(step=True))
+    gradients = [
+        (1, EMBD, EMBD, ROWS),  # q, k, v, o: dW[o, c] = sum over (b, t)
+        (1, 4 * EMBD, EMBD, ROWS),  # fc
+        (1, EMBD, 4 * EMBD, ROWS),  # proj
+    ]
+    for shape in gradients:
+        assert shape in found, (shape, found)
+    assert any(e[1:] in ((EMBD, VOCAB, ROWS), (VOCAB, EMBD, ROWS)) for e in found), found
