@@ -11,6 +11,7 @@ import pytest
 from cuda_runners import RUNNERS, runner
 
 import ocannl_py as oc
+from arrayjit import loop_ir as ir
 from arrayjit.lowering import compile_to_ir
 from arrayjit.schedule.gpu_kernels import plan_kernels
 from ocannl_py import Context, fusion, nn, train
@@ -85,19 +86,28 @@ BATCH, SEQ, EMBD, HEADS, VOCAB = 2, 40, 64, 2, 97
 ROWS = BATCH * SEQ
 
 
-def gpt2_plans(step: bool):
-    """The CUDA kernel plans of a one-layer GPT-2's forward (or training step)."""
+def gpt2_loss(seed: int = 0):
+    """A one-layer GPT-2's logits and cross-entropy loss on random tokens."""
     config = gpt2.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=EMBD, n_layer=1,
                              n_head=HEADS, n_inner=4 * EMBD)  # fmt: skip
     rows = {"batch_dims": [BATCH, SEQ], "input_dims": []}
     ids = oc.term("ids", output_dims=[], dtype="int32", **rows)
     positions = oc.term("positions", output_dims=[], dtype="int32", **rows)
     logits = gpt2.logits(ids, positions, config)
-    code = logits.forward
-    if step:
-        targets = oc.term("targets", output_dims=[VOCAB], **rows)
-        loss = nn.cross_entropy(logits, targets)
-        code = train.grad_update(loss) + train.adam_update(loss, 1e-4)
+    tokens = np.random.default_rng(seed).integers(0, VOCAB, (BATCH, SEQ + 1))
+    ids.set_value(tokens[:, :-1].astype(np.int32))
+    positions.set_value(np.broadcast_to(np.arange(SEQ, dtype=np.int32), (BATCH, SEQ)).copy())
+    targets = oc.term("targets", output_dims=[VOCAB], **rows)
+    one_hot = np.zeros((BATCH, SEQ, VOCAB), np.float32)
+    np.put_along_axis(one_hot, tokens[:, 1:, None], 1.0, axis=-1)
+    targets.set_value(one_hot)
+    return logits, nn.cross_entropy(logits, targets)
+
+
+def gpt2_plans(step: bool):
+    """The CUDA kernel plans of a one-layer GPT-2's forward (or training step)."""
+    logits, loss = gpt2_loss()
+    code = train.grad_update(loss) + train.adam_update(loss, 1e-4) if step else logits.forward
     stmt = compile_to_ir(lowered(code, Context("c")), reductions_innermost=True)
     return plan_kernels(stmt)
 
@@ -132,3 +142,28 @@ def test_gpt2_training_step_plans_its_weight_gradients_as_matmuls():
     for shape in gradients:
         assert shape in found, (shape, found)
     assert any(e[1:] in ((EMBD, VOCAB, ROWS), (VOCAB, EMBD, ROWS)) for e in found), found
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_gpt2_gradients_on_cuda_equal_the_c_backends(kind):
+    """Every kernel of a one-layer GPT-2's forward and backward, products tiled, against the C
+    backend from the same parameters (gradients poisoned first: each must be written)."""
+    run = runner(kind)
+    _, loss = gpt2_loss()
+    ctx = Context("c")
+    code = train.grad_update(loss)
+    cuda_code = lowered(code, ctx)
+    start = {t: t.host().copy() for t in ir.tnodes_in(compile_to_ir(cuda_code, True))}
+    ctx.compile(code).run()
+    params = [t for t in code.tensors() if t.is_param]
+    expected = {p.label: p.grad_node.host().copy() for p in params}
+    for t, values in start.items():
+        t.set_host(values)
+    for p in params:
+        p.grad_node.set_host(np.full(p.grad_node.dims, np.nan, np.float32))
+    ran = run(cuda_code)
+    assert sum(p.matmul is not None for p in ran.plans) >= 20
+    for p in params:
+        np.testing.assert_allclose(
+            p.grad_node.host(), expected[p.label], rtol=1e-4, atol=1e-6, err_msg=p.label
+        )
