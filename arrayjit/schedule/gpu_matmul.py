@@ -258,6 +258,10 @@ def _substituted(e: ir.Expr, definitions: dict[str, ir.Expr]) -> ir.Expr:
     return ir.map_expr(e, replace_local)
 
 
+def _reads(*exprs: ir.Expr) -> set:
+    return {x.tnode for e in exprs for x in ir.walk_expr(e) if isinstance(x, ir.Get)}
+
+
 def _cell_parts(plan: KernelPlan) -> tuple[ir.DeclLocal, ir.For, ir.Set, dict] | None:
     """The accumulator, reduction loop and store of a cell `(locals); for k: acc := ...; out[..]
     := acc`, with the definitions of the other locals (the cell's and the prologue's)."""
@@ -310,6 +314,8 @@ def matmul_shape(plan: KernelPlan) -> MatmulShape | None:
     first, second = (_substituted(e, definitions) for e in update.args[1].args)
     if _has_local(first) or _has_local(second):
         return None
+    if store.tnode in _reads(first, second) - _reads(*update.args[1].args):
+        return None  # a local read the output before the nest: the tiles must not read it
     sides = _sides(plan.grid, _expr_iterators(first), _expr_iterators(second), loop.iterator)
     if sides is None:
         return None

@@ -12,8 +12,13 @@ from cuda_runners import RUNNERS, runner
 
 import ocannl_py as oc
 from arrayjit import loop_ir as ir
+from arrayjit.dtypes import float32
+from arrayjit.indexing import Fixed, Iterator
 from arrayjit.lowering import compile_to_ir
 from arrayjit.schedule.gpu_kernels import plan_kernels
+from arrayjit.schedule.gpu_matmul import matmul_shape
+from arrayjit.schedule.kernel_plan import KernelPlan
+from arrayjit.tnode import TNode
 from ocannl_py import Context, fusion, nn, train
 from ocannl_py.models import gpt2
 
@@ -78,6 +83,64 @@ def test_layer_norm_then_linear(backend, b, t, c, o):
     np.testing.assert_allclose(value, np.einsum("btc,oc->bto", normed, wv), rtol=2e-5, atol=2e-5)
     if plans is not None and c > 1:
         assert [p.matmul.extents for p in plans if p.matmul] == [(1, b * t, o, c)]
+
+
+# ---- the recognizer: locals of a side, rows and columns among the grid loops ------------------
+
+
+def cell(grid, locals_, x, y, out, index):
+    """The plan of `(locals); acc := 0; for k < 8: acc += x * y; out[index] := acc`."""
+    acc = ir.Local("acc", float32)
+    product = ir.Apply("add", (acc, ir.Apply("mul", (x, y), float32)), float32)
+    body = [
+        *(ir.DeclLocal(name, float32, init) for name, init in locals_),
+        ir.DeclLocal("acc", float32, ir.Const(0.0, float32)),
+        ir.For(Kt, 8, ir.SetLocal("acc", product)),
+        ir.Set(out, index, acc),
+    ]
+    return KernelPlan([ir.For(it, n, ir.Block()) for it, n in grid], body)
+
+
+It, Jt, Kt, Ht = (Iterator(name=n) for n in "ijkh")  # row, column, reduction, heads
+
+
+def test_locals_of_the_row_are_substituted_into_x():
+    x, y, mean, out = (
+        TNode("x", (64, 8)),
+        TNode("y", (8, 48)),
+        TNode("mean", (64,)),
+        TNode("out", (64, 48)),
+    )
+    centred = ir.Apply("sub", (ir.Get(x, (It, Kt)), ir.Local("m", float32)), float32)
+    plan = cell([(It, 64), (Jt, 48)], [("h", ir.Get(mean, (It,))), ("m", ir.Local("h", float32))],
+                centred, ir.Get(y, (Kt, Jt)), out, (It, Jt))  # fmt: skip
+    shape = matmul_shape(plan)
+    assert shape is not None and (shape.row.iterator, shape.col.iterator) == (It, Jt)
+    assert shape.x == ir.Apply("sub", (ir.Get(x, (It, Kt)), ir.Get(mean, (It,))), float32)
+
+
+@pytest.mark.parametrize("bad", ["column", "output"])
+def test_a_local_of_the_other_side_or_of_the_output_is_refused(bad):
+    x, y, out = TNode("x", (64, 8)), TNode("y", (8, 48)), TNode("out", (64, 48))
+    if bad == "column":
+        local = ir.Get(TNode("scale", (48,)), (Jt,))
+    else:
+        local = ir.Get(out, (It, Fixed(0)))
+    scaled = ir.Apply("mul", (ir.Get(x, (It, Kt)), ir.Local("s", float32)), float32)
+    plan = cell([(It, 64), (Jt, 48)], [("s", local)], scaled, ir.Get(y, (Kt, Jt)), out, (It, Jt))
+    assert matmul_shape(plan) is None
+
+
+def test_rows_and_columns_are_the_grid_loops_one_operand_reads():
+    """`out[i, h, j] = sum_k p[h, i, k] * v[k, h, j]`: heads `h` are a batch axis between rows
+    and columns."""
+    p, v, out = TNode("p", (4, 40, 8)), TNode("v", (8, 4, 32)), TNode("out", (40, 4, 32))
+    plan = cell([(It, 40), (Ht, 4), (Jt, 32)], [], ir.Get(p, (Ht, It, Kt)), ir.Get(v, (Kt, Ht, Jt)),
+                out, (It, Ht, Jt))  # fmt: skip
+    shape = matmul_shape(plan)
+    assert shape is not None
+    assert (shape.row.iterator, shape.col.iterator) == (It, Jt)
+    assert [b.iterator for b in shape.batch] == [Ht]
 
 
 # ---- a small GPT-2, planned ----------------------------------------------------------------
