@@ -13,7 +13,6 @@ nccl4py and cuda-python are imported inside `NcclMean` only.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -96,19 +95,6 @@ def gpu_count() -> int:
     return count if err == driver.CUresult.CUDA_SUCCESS else 0
 
 
-class _DeviceArray:
-    """A device buffer seen through the CUDA array interface, as nccl4py takes buffers."""
-
-    def __init__(self, address: int, tnode: TNode) -> None:
-        self.__cuda_array_interface__ = {
-            "shape": (tnode.size,),
-            "typestr": np.dtype(tnode.dtype.numpy).str,
-            "data": (address, False),
-            "strides": None,
-            "version": 3,
-        }
-
-
 #: Buffer types NCCL reduces (the CUDA array interface names them by numpy's type string).
 _NCCL_TYPES = ("float16", "float32", "float64")
 
@@ -121,22 +107,17 @@ class NcclMean:
     def __init__(self, backends: Sequence[CudaBackend]) -> None:
         try:
             from nccl import core as nccl
+            from nccl.bindings import nccl as raw
         except ImportError as exc:
             raise RuntimeError(
                 f"NcclMean needs nccl4py (pip install 'ocannl-py[cuda]'): {exc}"
             ) from None
-        self.nccl = nccl
+        self.nccl, self.raw = nccl, raw
         self.backends = list(backends)
         self.replicas = len(self.backends)
         devices = [b.device.device_id for b in self.backends]
         if len(set(devices)) != len(devices):
             raise ValueError(f"NcclMean: one replica per GPU, got the devices {devices}")
-        # The replicas' buffers come from each GPU's stream-ordered memory pool, which the other
-        # GPUs are not given access to, while NCCL's direct mode for ranks of one process lets a
-        # GPU read its peer's user buffer. On the H200 pair the first all-reduce of such buffers
-        # never returned (arrays from cudaMalloc reduced fine); without direct mode NCCL copies
-        # through its own buffers. Not yet confirmed on the GPUs: docs/data_parallel.md.
-        os.environ.setdefault("NCCL_P2P_DIRECT_DISABLE", "1")
         self.comms = nccl.Communicator.init_all(devices)
 
     def all_reduce(self, buffers: Sequence[Sequence[TNode]], streams: Sequence | None = None):
@@ -165,17 +146,29 @@ class NcclMean:
             backend.upload_stale(list(tnodes))
             if stream is not backend.stream:
                 stream.wait(backend.stream.record())
-            arrays.append([_DeviceArray(int(backend.copies[t].buffer.handle), t) for t in tnodes])
-        nccl = self.nccl
+            arrays.append([int(backend.copies[t].buffer.handle) for t in tnodes])
+        # The raw ncclAllReduce: nccl4py's Communicator.allreduce infers a buffer's device from
+        # its address through cuda.core, which placed pool memory of GPU 1 on GPU 0 (H200 pair).
+        nccl, raw = self.nccl, self.raw
+        kinds = [
+            int(nccl.NcclDataType.from_numpy_dtype(np.dtype(t.dtype.numpy))) for t in buffers[0]
+        ]
         nccl.group_start()
         try:
-            for i in range(len(buffers[0])):
+            for i, t in enumerate(buffers[0]):
                 for backend, comm, stream, replica in zip(
                     self.backends, self.comms, streams, arrays, strict=True
                 ):
-                    # nccl4py takes a buffer given by its address to be on the current GPU.
                     backend.device.set_current()
-                    comm.allreduce(replica[i], replica[i], nccl.AVG, stream=stream)
+                    raw.all_reduce(
+                        replica[i],
+                        replica[i],
+                        t.size,
+                        kinds[i],
+                        int(nccl.AVG),
+                        comm._comm,
+                        int(stream.handle),
+                    )
         finally:
             nccl.group_end()
         events = []
