@@ -119,6 +119,18 @@ def breakdown(args, dp, queued: float, seconds: float) -> None:
     print(
         f"  host queueing {1e3 * queued / args.steps:.1f} ms/step of {1e3 * seconds / args.steps:.1f}"
     )
+    import cProfile
+    import io
+    import pstats
+
+    dp.synchronize()
+    profiler = cProfile.Profile()
+    profiler.runcall(lambda: [dp.run() for _ in range(3)])
+    dp.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+    print("  host profile of 3 steps (by own time):")
+    print("\n".join("    " + line for line in text.getvalue().splitlines()[-20:] if line.strip()))
     if len(dp.replicas) < 2:
         return
     collective = dp.collective
