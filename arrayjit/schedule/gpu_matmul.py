@@ -109,6 +109,12 @@ class MatmulConfig:
 #: CUTLASS's SM80 SIMT (128x128x8, 4 stages) and TF32 (128x128x32, 3 stages) GEMMs.
 DEFAULT = MatmulConfig(128, 128, 8, 4)
 DEFAULT_TF32 = MatmulConfig(128, 128, 32, 3, "tf32")
+#: The default for products too small for 128 x 128 tiles to fill the GPU: 64 x 64 tiles, four
+#: times the blocks (SIMT: 8 x 4 patches, 4 warps; several blocks a multiprocessor).
+SMALL = MatmulConfig(64, 64, 16, 3, thread_cols=4)
+SMALL_TF32 = MatmulConfig(64, 64, 32, 4, "tf32")
+#: Multiprocessors of the GPUs the defaults are chosen for (H100 and H200 SXM: 132).
+MULTIPROCESSORS = 132
 #: What tuning times (see `arrayjit.backends.cuda.tuning`): for large products 128 x 128 tiles,
 #: deeper ones spending fewer of the issue slots on copies and barriers (a 32-deep tile's main
 #: loop is 88% FFMA on sm_90, an 8-deep one's 85%), 128 x 256 ones reading a quarter fewer
@@ -457,8 +463,19 @@ def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
     if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind and not tuned.wgmma:
         shape.config = tuned
     else:
-        shape.config = replace(DEFAULT_TF32, tensor_cores=kind) if kind else DEFAULT
+        shape.config = default_config(shape, kind)
     return shape
+
+
+def default_config(shape: MatmulShape, kind: str | None) -> MatmulConfig:
+    """128 x 128 tiles, or 64 x 64 ones where the larger would not give every multiprocessor
+    two blocks (GPT-2 124M's 2048 x 768 products: 96 blocks of 128 x 128, 384 of 64 x 64)."""
+    large = replace(DEFAULT_TF32, tensor_cores=kind) if kind else DEFAULT
+    batch, rows, cols, _ = shape.extents
+    blocks = batch * -(-rows // large.block_rows) * -(-cols // large.block_cols)
+    if blocks >= 2 * MULTIPROCESSORS:
+        return large
+    return replace(SMALL_TF32, tensor_cores=kind) if kind else SMALL
 
 
 def _plan_wgmma(plan: KernelPlan, shape: MatmulShape, kind: str, options: GpuOptions) -> bool:

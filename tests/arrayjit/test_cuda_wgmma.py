@@ -106,10 +106,11 @@ def test_small_products_get_tiles_that_fill_the_gpu():
 
 def test_a_wgmma_configuration_is_never_taken_as_an_mma_sync_one():
     code, *_ = matmul(200, 300, 150)  # b's stride of 150 floats is not 16-byte aligned
-    key = gpu_matmul.config_key(matmul_plan(code, WGMMA), "tf32")
+    shape = matmul_plan(code, WGMMA)
+    key = gpu_matmul.config_key(shape, "tf32")
     config = MatmulConfig(128, 128, 32, 4, "tf32", True)
     options = GpuOptions(allow_tf32=True, wgmma=True, matmul_configs={key: config})
-    assert matmul_plan(code, options).config == gpu_matmul.DEFAULT_TF32
+    assert matmul_plan(code, options).config == gpu_matmul.default_config(shape, "tf32")
 
 
 def test_batch_loops_become_tensor_map_dimensions(monkeypatch):
