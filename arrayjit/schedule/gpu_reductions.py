@@ -122,19 +122,21 @@ def reduction_shape(body: list[ir.Stmt]) -> ReductionShape | None:
     update = node.value
     if acc is None or not (
         isinstance(update, ir.Apply)
-        and update.op in REDUCIBLE
+        and update.op in (*REDUCIBLE, "sub")
         and len(update.args) == 2
         and update.args[0] == ir.Local(acc.name, acc.dtype)
         and update.dtype == acc.dtype
     ):
         return None
-    value = update.args[1]
+    op, value = update.op, update.args[1]
+    if op == "sub":  # `acc - v` is exactly `acc + (-v)`: a sum of negated values
+        op, value = "add", ir.Apply("neg", (value,), acc.dtype)
     readers = [*(d for d in pre if d is not acc), *inner]
     if any(acc.name in ir.read_locals(d) for d in readers):
         return None
     if any(isinstance(e, ir.Local) and e.name == acc.name for e in ir.walk_expr(value)):
         return None
-    return ReductionShape(pre, acc, loops, inner, update.op, value, post)
+    return ReductionShape(pre, acc, loops, inner, op, value, post)
 
 
 def _coefficient(get: ir.Get, it: Iterator) -> tuple[int | None, list[int], int]:

@@ -120,13 +120,18 @@ def test_short_or_unregroupable_reductions_stay_in_one_thread():
     x, rows = TNode("x", (100, 15)), TNode("rows", (100,))
     assert forms(plans_of(row_reduction(x, rows))) == [None]
     x, rows = TNode("x", (100, 500)), TNode("rows", (100,))
-    # `sub` accumulates as acc - v1 - v2 ...: not regrouped.
-    assert forms(plans_of(row_reduction(x, rows, "sub"))) == [None]
     assert forms(
         plan_kernels(
             compile_to_ir(row_reduction(x, rows), True), GpuOptions(parallel_reductions=False)
         )
     ) == [None]
+
+
+def test_subtracting_reductions_are_sums_of_negated_values():
+    # acc - v1 - v2 ... is exactly acc + (-v1) + (-v2) ...: regrouped as a sum is.
+    x, rows = TNode("x", (100, 500)), TNode("rows", (100,))
+    assert forms(plans_of(row_reduction(x, rows, "sub"))) == forms(plans_of(row_reduction(x, rows)))
+    assert forms(plans_of(row_reduction(x, rows, "sub"))) != [None]
 
 
 def test_misaligned_rows_use_scalar_loads():
@@ -279,6 +284,18 @@ def test_accumulating_into_existing_values_adds_the_old_value_once(run):
     total.set_host(5.0)
     run(full_reduction(y, total, zero_first=False))
     assert total.host()[0] == 5 + y.host().sum()
+
+
+@pytest.mark.parametrize("rows, length", [(3, 50_257), (17, 1000), (1, 3)])
+def test_subtracting_from_existing_values_matches_numpy(run, rows, length):
+    # The loss gradient of a cross-entropy: `log_grad[row] -= sum of the row`.
+    rng = np.random.default_rng(rows)
+    x, out = TNode("x", (rows, length)), TNode("out", (rows,))
+    x.set_host(integers(rng, (rows, length)))
+    start = integers(rng, rows)
+    out.set_host(start)
+    run(row_reduction(x, out, "sub", zero_first=False))
+    np.testing.assert_array_equal(out.host(), start - x.host().sum(axis=1))
 
 
 def test_dot_product_and_matrix_vector_product(run):
