@@ -40,6 +40,7 @@ from arrayjit.passes import (
     threads,
     vectorize,
     virtual_inlining,
+    zero_fill,
 )
 from arrayjit.runtime import index_checks
 from arrayjit.schedule.cpu_target import CpuTarget
@@ -48,12 +49,13 @@ from arrayjit.tnode import MemoryMode, TNode
 log = logging.getLogger("arrayjit")
 
 PASSES = [
+    ("zero fills", zero_fill.run),
     ("virtual inlining", virtual_inlining.run),
     ("simplification", simplify.run),
     ("loop-invariant hoisting", hoisting.run),
 ]
 #: Nested loops merge before hoisting, which would put locals between them.
-GPU_PASSES = [*PASSES[:2], ("loop merging", loop_merging.run), *PASSES[2:]]
+GPU_PASSES = [*PASSES[:3], ("loop merging", loop_merging.run), *PASSES[3:]]
 
 
 def cpu_passes(target: CpuTarget) -> list[tuple[str, Callable[[ir.Stmt], ir.Stmt]]]:
@@ -61,6 +63,7 @@ def cpu_passes(target: CpuTarget) -> list[tuple[str, Callable[[ir.Stmt], ir.Stmt
     would split their nests); threads and vectorization mark the loops hoisting leaves."""
     generic = dict(PASSES)
     return [
+        ("zero fills", generic["zero fills"]),
         ("virtual inlining", generic["virtual inlining"]),
         ("simplification", generic["simplification"]),
         ("matmul blocking", functools.partial(matmul_blocking.run, target=target)),
