@@ -99,13 +99,13 @@ def _items(stmt: ir.Stmt) -> list[ir.Stmt]:
 def reduction_shape(body: list[ir.Stmt]) -> ReductionShape | None:
     """Recognize a cell body as a reduction; None for anything else."""
     body = [s for s in body if not isinstance(s, ir.Comment)]
-    at = [k for k, s in enumerate(body) if isinstance(s, ir.For)]
-    if len(at) != 1:
+    at = next((k for k, s in enumerate(body) if isinstance(s, ir.For)), None)
+    if at is None:
         return None
-    pre, loop, post = body[: at[0]], body[at[0]], body[at[0] + 1 :]
+    pre, loop, post = body[:at], body[at], body[at + 1 :]
     if not all(isinstance(s, ir.DeclLocal) for s in pre):
         return None
-    if not all(isinstance(s, ir.Set | ir.DeclLocal) for s in post):
+    if not all(isinstance(s, ir.DeclLocal) or one_store(s) for s in post):
         return None
     loops: list[ir.For] = []
     inner: list[ir.DeclLocal] = []
@@ -137,6 +137,14 @@ def reduction_shape(body: list[ir.Stmt]) -> ReductionShape | None:
     if any(isinstance(e, ir.Local) and e.name == acc.name for e in ir.walk_expr(value)):
         return None
     return ReductionShape(pre, acc, loops, inner, op, value, post)
+
+
+def one_store(s: ir.Stmt) -> bool:
+    """Whether `s` stores one cell: a `Set`, or one inside loops of extent 1 (a result of one
+    cell in a buffer of dims (1,))."""
+    while isinstance(s, ir.For) and s.extent == 1:
+        s = s.body
+    return isinstance(s, ir.Set)
 
 
 def _coefficient(get: ir.Get, it: Iterator) -> tuple[int | None, list[int], int]:

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arrayjit import loop_ir as ir
-from arrayjit.assignments import Accum
+from arrayjit.assignments import Accum, Arg, Call, Constant, Fetch, Lit, seq
 from arrayjit.codegen.cuda_syntax import generate
 from arrayjit.indexing import Fixed, Iterator, Projections
 from arrayjit.lowering import compile_to_ir
 from arrayjit.schedule import gpu_reductions
 from arrayjit.schedule.gpu_kernels import GpuOptions, plan_kernels
-from arrayjit.tnode import TNode
+from arrayjit.tnode import MemoryMode, TNode
 
 REFERENCE = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
 
@@ -175,6 +175,48 @@ def test_recognizer_needs_the_accumulator_only_in_its_update():
         ir.SetLocal(acc.name, ir.Apply("add", (acc, bad_value), acc.dtype)),
     )
     assert gpu_reductions.reduction_shape([*shape.pre, bad_loop, *shape.post]) is None
+
+
+def mean_then(x: TNode, mean: TNode, after_reads_mean: bool):
+    """`mean = sum(x) / 1024` (the sum virtual: a local divided once it is done), then a scalar
+    store (of 1, or of `2 * mean`)."""
+    total = TNode("total", (1,), "float32", MemoryMode.VIRTUAL)
+    its = tuple(Iterator(name=f"r{k}") for k in range(len(x.dims)))
+    sum_all = Accum(
+        total, "add", "identity", (x,), Projections(x.dims, its, (Fixed(0),), (its,)), True
+    )
+    o = Iterator(name="o")
+    one = Projections((1,), (o,), (o,), ((o,),))
+    divide = Accum(mean, None, Call("div", (Arg(0), Lit(1024.0))), (total,), one)
+    flag = TNode("flag", (1,))
+    after = (
+        Accum(flag, None, Call("mul", (Arg(0), Lit(2.0))), (total,), one)
+        if after_reads_mean
+        else Fetch(flag, Constant(1.0))
+    )
+    return seq([sum_all, divide, after]), flag
+
+
+def test_a_mean_to_one_value_is_a_team_reduction():
+    # An MLP's loss: the sum's local divided into a (1,) buffer, then the loss gradient's fill.
+    x, mean = TNode("x", (4, 2560)), TNode("mean", (1,))
+    code, _ = mean_then(x, mean, after_reads_mean=False)
+    assert forms(plans_of(code)) == [(256, 1, 4, False), None]
+    # A later store reading the sum too: both stores follow the one team reduction.
+    code, _ = mean_then(x, mean, after_reads_mean=True)
+    assert forms(plans_of(code)) == [(256, 1, 4, False)]
+
+
+@pytest.mark.parametrize("after_reads_mean", [False, True])
+def test_a_mean_to_one_value_matches_numpy(run, after_reads_mean):
+    rng = np.random.default_rng(5)
+    x, mean = TNode("x", (4, 2560)), TNode("mean", (1,))
+    x.set_host(integers(rng, (4, 2560)))
+    code, flag = mean_then(x, mean, after_reads_mean)
+    run(code)
+    total = x.host().sum()  # exact: small integers
+    assert mean.host()[0] == np.float32(total / 1024)
+    assert flag.host()[0] == (2 * total if after_reads_mean else 1)
 
 
 # ---- values ------------------------------------------------------------------------------
