@@ -174,33 +174,43 @@ def _vector_load(get: ir.Get, it: Iterator, vector: int) -> bool:
 
 
 def _vector_width(shape: ReductionShape) -> int:
-    """16 bytes' worth of values when some read of the innermost loop can load them at once."""
+    """16 bytes' worth of values of the largest buffer read along the innermost loop, when it
+    can load them at once (a matrix-vector product's 16-bit weights: 8 a load; the vector, too
+    wide to load 8 float32 values at once, is read one value at a time)."""
     reads = [e for e in ir.walk_expr(shape.value) if isinstance(e, ir.Get)]
-    sizes = {
-        get.tnode.dtype.itemsize for get in reads if _coefficient(get, shape.innermost)[0] == 1
-    }
-    if not sizes or not sizes <= {4, 8}:
+    along = [get for get in reads if _coefficient(get, shape.innermost)[0] == 1]
+    if not along:
         return 1
-    vector = 16 // max(sizes)
-    if shape.loops[-1].extent % vector:
+    largest = max(along, key=lambda get: get.tnode.size)
+    if largest.tnode.dtype.itemsize not in (2, 4, 8):
         return 1
-    if not any(_vector_load(get, shape.innermost, vector) for get in reads):
-        return 1
+    vector = 16 // largest.tnode.dtype.itemsize
+    while vector > 1 and (
+        shape.loops[-1].extent % vector or not _vector_load(largest, shape.innermost, vector)
+    ):
+        vector //= 2
     return vector
 
 
 def _across_cells(plan: KernelPlan, shape: ReductionShape) -> bool:
-    """Whether the reads are contiguous along the cells rather than along the reduction."""
+    """Whether the reads are contiguous along the cells rather than along the reduction: those
+    of the largest buffer moving with the reduction decide (a product of a vector and a matrix
+    whose rows are the cells' neighbours reads the matrix across cells, however many small
+    vectors are read along the reduction)."""
     if not plan.grid:
         return False
     cell = plan.grid[-1].iterator
-    along_cells = along_reduction = 0
+    moving = []
     for get in (e for e in ir.walk_expr(shape.value) if isinstance(e, ir.Get)):
         own, _, _ = _coefficient(get, shape.innermost)
         if own == 0 or own is None:
             continue
-        along_reduction += abs(own) == 1
-        along_cells += _coefficient(get, cell)[0] in (1, -1)
+        moving.append((get.tnode.size, abs(own) == 1, _coefficient(get, cell)[0] in (1, -1)))
+    if not moving:
+        return False
+    largest = max(size for size, _, _ in moving)
+    along_reduction = sum(a for size, a, _ in moving if size == largest)
+    along_cells = sum(c for size, _, c in moving if size == largest)
     return along_cells > along_reduction
 
 

@@ -360,6 +360,46 @@ def test_dot_product_and_matrix_vector_product(run):
     np.testing.assert_array_equal(out.host(), mat.host() @ b.host())
 
 
+def matrix_vector(rows: int, k: int, dtype: str, k_contiguous: bool):
+    """`out[i] = sum over j of x[j] * w[i, j]` (`w` stored (rows, k)) or `x[j] * w[j, i]`
+    (stored (k, rows)): one token's product with a weight matrix of `dtype`."""
+    w = TNode("w", (rows, k) if k_contiguous else (k, rows), dtype)
+    x, out = TNode("x", (k,)), TNode("out", (rows,))
+    i, j = Iterator(name="i"), Iterator(name="j")
+    wi = (i, j) if k_contiguous else (j, i)
+    code = Accum(out, "add", "mul", (x, w), Projections((rows, k), (i, j), (i,), ((j,), wi)), True)
+    return code, x, w, out
+
+
+@pytest.mark.parametrize(
+    "dtype, k_contiguous, form",
+    [
+        ("bfloat16", True, [(32, 1, 8, False)]),  # 16 bytes of weights a load
+        ("float16", True, [(32, 1, 8, False)]),
+        ("float32", True, [(32, 1, 4, False)]),
+        # The weights' rows are the cells' neighbours (two passes: 1600 cells are few threads).
+        ("bfloat16", False, [(8, 13, 1, True), None]),
+    ],
+)
+def test_matrix_vector_products_read_the_matrix_wide_and_coalesced(dtype, k_contiguous, form):
+    code, *_ = matrix_vector(1600, 1600, dtype, k_contiguous)
+    assert forms(plans_of(code)) == form
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("k_contiguous", [True, False])
+@pytest.mark.parametrize("rows, k", [(1, 16), (3, 1000), (17, 1608), (1001, 24)])
+def test_matrix_vector_products_match_numpy(run, dtype, k_contiguous, rows, k):
+    rng = np.random.default_rng(rows + k)
+    code, x, w, out = matrix_vector(rows, k, dtype, k_contiguous)
+    x.set_host(integers(rng, k))
+    w.set_host(integers(rng, w.dims))  # small integers: exact in 16 bits and in any order
+    run(code)
+    weights = w.host().astype(np.float64)
+    expected = (weights if k_contiguous else weights.T) @ x.host().astype(np.float64)
+    np.testing.assert_array_equal(out.host(), expected.astype(np.float32))
+
+
 def test_reduction_over_two_axes_with_a_hoisted_factor(run):
     """out[j] = sum over i, k of x[i, j, k] * w[i]: w[i] is hoisted between the reduction loops."""
     rng = np.random.default_rng(9)
@@ -418,3 +458,18 @@ def test_reduction_kernels_compile_for_sm90_with_vector_loads_and_no_local_memor
     # The row maxima (kernel 2) load 16 bytes at a time and combine with butterfly shuffles.
     assert "LDG.E.128" in code_of["ocannl_r_k2"] and "SHFL.BFLY" in code_of["ocannl_r_k2"]
     assert "LDG.E.128" in code_of["ocannl_r_k0"]
+
+
+def test_16_bit_matrix_vector_kernels_load_16_bytes_of_weights(tmp_path):
+    from cuda_runners import nvcc_cubin, resources, sass
+
+    code, *_ = matrix_vector(1600, 1600, "bfloat16", True)
+    other, *_ = matrix_vector(1600, 6400, "float16", True)
+    generated = generate(compile_to_ir(code + other, True), "ocannl_r")
+    cubin = nvcc_cubin(
+        generated.source, tmp_path, headers="#include <cuda_fp16.h>\n#include <cuda_bf16.h>"
+    )
+    usage = resources(cubin)
+    assert all(u["LOCAL"] == 0 and u["STACK"] == 0 for u in usage.values())
+    code_of = sass(cubin)
+    assert all("LDG.E.128" in code_of[name] for name in ("ocannl_r_k0", "ocannl_r_k1"))
