@@ -2,8 +2,9 @@
 
 Read top to bottom, this file is the pipeline: `lower` turns each assignment into a loop nest
 (choosing a loop order, see `loop_order`), then `optimize` runs the passes of `arrayjit.passes`:
-`PASSES`, or for the C backend (given a `CpuTarget`) `cpu_passes`: the same with the CPU
-schedule's passes in between. With `ARRAYJIT_DEBUG=1` the IR is logged after each step.
+`PASSES`; for the C backend (given a `CpuTarget`) `cpu_passes`: the same with the CPU
+schedule's passes in between; for the GPU (reductions innermost) `GPU_PASSES`: the same with
+loop merging before hoisting. With `ARRAYJIT_DEBUG=1` the IR is logged after each step.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from arrayjit.indexing import (
 )
 from arrayjit.passes import (
     hoisting,
+    loop_merging,
     matmul_blocking,
     row_fusion,
     simplify,
     threads,
     vectorize,
     virtual_inlining,
+    zero_fill,
 )
 from arrayjit.runtime import index_checks
 from arrayjit.schedule.cpu_target import CpuTarget
@@ -47,11 +50,14 @@ from arrayjit.tnode import MemoryMode, TNode
 log = logging.getLogger("arrayjit")
 
 PASSES = [
+    ("zero fills", zero_fill.run),
     ("virtual inlining", virtual_inlining.run),
     ("simplification", simplify.run),
     ("row fusion", row_fusion.run),
     ("loop-invariant hoisting", hoisting.run),
 ]
+#: Nested loops merge before hoisting, which would put locals between them.
+GPU_PASSES = [*PASSES[:3], ("loop merging", loop_merging.run), *PASSES[3:]]
 
 
 def cpu_passes(target: CpuTarget) -> list[tuple[str, Callable[[ir.Stmt], ir.Stmt]]]:
@@ -59,6 +65,7 @@ def cpu_passes(target: CpuTarget) -> list[tuple[str, Callable[[ir.Stmt], ir.Stmt
     would split their nests); threads and vectorization mark the loops hoisting leaves."""
     generic = dict(PASSES)
     return [
+        ("zero fills", generic["zero fills"]),
         ("virtual inlining", generic["virtual inlining"]),
         ("simplification", generic["simplification"]),
         ("row fusion", generic["row fusion"]),
@@ -81,11 +88,13 @@ def compile_to_ir(
     for that target."""
     lowered = lower(code, reductions_innermost)
     _log("lowering", lowered)
-    return optimize(lowered, cpu)
+    return optimize(lowered, cpu, gpu=reductions_innermost and cpu is None)
 
 
-def optimize(stmt: ir.Stmt, cpu: CpuTarget | None = None) -> ir.Stmt:
-    for name, run in PASSES if cpu is None else cpu_passes(cpu):
+def optimize(stmt: ir.Stmt, cpu: CpuTarget | None = None, gpu: bool = False) -> ir.Stmt:
+    """Run the passes: `PASSES`, `cpu_passes(cpu)`, or with `gpu` `GPU_PASSES`."""
+    passes = cpu_passes(cpu) if cpu is not None else GPU_PASSES if gpu else PASSES
+    for name, run in passes:
         stmt = run(stmt)
         _log(name, stmt)
     return stmt

@@ -85,10 +85,13 @@ def measure(args, gpus: int) -> tuple[float, float, float]:
     start = time.perf_counter()
     for _ in range(args.steps):
         dp.run()
+    queued = time.perf_counter() - start
     dp.synchronize()
     seconds = time.perf_counter() - start
     dp.activate(dp.replicas[0])
     loss = dp.loss.item()
+    if args.breakdown:
+        breakdown(args, dp, queued, seconds)
     dp.close()
     print(
         f"{gpus} GPU(s): {len(dp.replicas)} replicas, {len(dp.replicas[0].backward)} buckets, "
@@ -98,6 +101,63 @@ def measure(args, gpus: int) -> tuple[float, float, float]:
         flush=True,
     )
     return args.steps * batch / seconds, compile_s, loss
+
+
+def _timed(dp, action, steps: int) -> float:
+    """Milliseconds per call of `action`, all replicas synchronized before and after."""
+    dp.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        action()
+    dp.synchronize()
+    return 1e3 * (time.perf_counter() - start) / steps
+
+
+def breakdown(args, dp, queued: float, seconds: float) -> None:
+    """Where a step's time goes: the host's queueing, the step without its all-reduces, the
+    all-reduces alone (every bucket, back to back). Runs after the timed steps."""
+    print(
+        f"  host queueing {1e3 * queued / args.steps:.1f} ms/step of {1e3 * seconds / args.steps:.1f}"
+    )
+    import cProfile
+    import io
+    import pstats
+
+    dp.synchronize()
+    profiler = cProfile.Profile()
+    profiler.runcall(lambda: [dp.run() for _ in range(3)])
+    dp.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+    print("  host profile of 3 steps (by own time):")
+    print("\n".join("    " + line for line in text.getvalue().splitlines()[-20:] if line.strip()))
+    if len(dp.replicas) < 2:
+        return
+    collective = dp.collective
+    buckets = range(len(dp.replicas[0].backward))
+
+    class _Skip:
+        replicas = collective.replicas
+
+        def all_reduce(self, buffers, streams=None):
+            return None
+
+    dp.collective = _Skip()
+    print(f"  step without all-reduces {_timed(dp, dp.run, args.steps):.1f} ms")
+    dp.collective = collective
+
+    def reduce_all() -> None:
+        for n in buckets:
+            collective.all_reduce([r.buckets[n] for r in dp.replicas], dp.comm_streams)
+
+    gib = (
+        sum(t.size * t.dtype.itemsize for r in dp.replicas[:1] for b in r.buckets for t in b)
+        / 2**30
+    )
+    ms = _timed(dp, reduce_all, args.steps)
+    print(
+        f"  all-reduces alone {ms:.1f} ms for {gib:.3f} GiB per replica ({gib / ms * 1e3:.1f} GiB/s)"
+    )
 
 
 def _torch_gpt2(args):
@@ -211,6 +271,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bucket-mib", type=int, default=25)
     parser.add_argument("--torch", action="store_true", help="also PyTorch DDP on 1 and 2 GPUs")
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="host queueing time, the step without all-reduces, the all-reduces alone",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

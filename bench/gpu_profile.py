@@ -2,7 +2,7 @@
 the slowest first. The workload is a GPT-2 training step (forward, backward, Adam) or its forward
 alone, on one GPU, with random weights and data.
 
-    python bench/gpu_profile.py [--layers 12 --embd 768 --heads 12 --vocab 50257 --seq 256
+    python bench/gpu_profile.py [--mlp] [--layers 12 --embd 768 --heads 12 --vocab 50257 --seq 256
                                  --batch 8 --forward --top 25]
 """
 
@@ -15,10 +15,30 @@ import time
 import numpy as np
 
 
+def build_mlp(args):
+    """The MLP 784-1024-1024-10 training step of issue 11 (batch 1024, squared error, SGD)."""
+    import ocannl_py as oc
+    from ocannl_py import train
+
+    x = oc.term("x", batch_dims=[1024], input_dims=[], output_dims=[784])
+    y = oc.term("y", batch_dims=[1024], input_dims=[], output_dims=[10])
+    mlp = oc.op("{w3} * relu({b2; o = [1024]} + {w2} * relu({b1; o = [1024]} + {w1} * x)) "
+                "+ {b3; o = [10]}", x=x)  # fmt: skip
+    loss = oc.op('((mlp - y) **. 2 ++ "...|... => 0") /. 1024', mlp=mlp, y=y)
+    rng = np.random.default_rng(0)
+    x.set_value(rng.standard_normal((1024, 784), dtype=np.float32))
+    y.set_value(rng.standard_normal((1024, 10), dtype=np.float32))
+    ctx = oc.Context("cuda")
+    return ctx, [ctx.compile(train.grad_update(loss) + train.sgd_update(loss, 0.01), "mlp_step")]
+
+
 def build(args):
     import ocannl_py as oc
     from ocannl_py import nn, train
     from ocannl_py.models import gpt2
+
+    if args.mlp:
+        return build_mlp(args)
 
     config = gpt2.GPT2Config(
         vocab_size=args.vocab, n_positions=max(1024, args.seq), n_embd=args.embd,
@@ -53,6 +73,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--forward", action="store_true", help="the forward pass alone")
+    parser.add_argument("--mlp", action="store_true", help="the MLP 784-1024-1024-10 step instead")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     start = time.perf_counter()

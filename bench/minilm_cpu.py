@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ if SINGLE:  # before the first compile and torch read them
     os.environ.update(ARRAYJIT_NUM_THREADS="1", OMP_NUM_THREADS="1")
 CLOCK = time.thread_time if SINGLE else time.perf_counter
 
-#: Padding to a multiple of 16 tokens: the 10-token text runs as 16 on our side (as a user's
+#: The 10-token text runs as 12 tokens on our side (`sentence.padded_length`, as a user's
 #: `SentenceEncoder.encode` does); PyTorch runs it as 10.
 WORKLOADS = {"batch": (32, 128), "latency": (1, 10)}
 TEXT = (
@@ -87,31 +86,21 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
 
 
 def profile(routine, repeats: int, top: int) -> None:
-    """Times each chunk function of a compiled C routine (called one by one, as its runner
-    does) and prints the `top` slowest groups of identical functions."""
+    """Times each chunk function of a compiled C routine (`CCompiled.profile`: called one by
+    one, as its runner does) and prints the `top` slowest groups of identical functions."""
     compiled = routine.executable.compiled
-    n, functions, tables = compiled.arguments
-    fns = ctypes.cast(functions, ctypes.POINTER(ctypes.c_void_p))
-    tabs = ctypes.cast(tables, ctypes.POINTER(ctypes.c_void_p))
-    symbols = [s for _, s, _ in compiled.plan["chunks"]]
-    calls = [(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(fns[i]), tabs[i]) for i in range(n)]
-    per = [[] for _ in range(n)]
-    for _ in range(repeats):
-        for i, (fn, table) in enumerate(calls):
-            start = CLOCK()
-            fn(table)
-            per[i].append(CLOCK() - start)
+    calls = compiled.profile(repeats, CLOCK)
     groups: dict[str, list[float]] = collections.defaultdict(list)
-    for symbol, times in zip(symbols, per, strict=True):
-        groups[symbol].append(min(times))
-    total = sum(sum(v) for v in groups.values())
-    print(f"  profile: {n} chunk calls of {len(groups)} functions, {1e3 * total:.1f} ms "
-          f"(sum of each call's best of {repeats}); source {compiled.source_path}")  # fmt: skip
+    for call in calls:
+        groups[call.name].append(call.ms)
+    total = sum(call.ms for call in calls)
+    print(f"  profile: {len(calls)} chunk calls of {len(groups)} functions, {total:.1f} ms "
+          f"(sum of each call's median of {repeats}); source {compiled.source_path}")  # fmt: skip
     print(f"  {'function':<22} {'calls':>5} {'ms':>8} {'share':>6}")
     ranked = sorted(groups.items(), key=lambda kv: -sum(kv[1]))
     for symbol, times in ranked[:top]:
-        ms = 1e3 * sum(times)
-        print(f"  {symbol:<22} {len(times):>5} {ms:>8.2f} {ms / (1e3 * total):>6.1%}", flush=True)
+        ms = sum(times)
+        print(f"  {symbol:<22} {len(times):>5} {ms:>8.2f} {ms / total:>6.1%}", flush=True)
 
 
 def main() -> None:
@@ -132,7 +121,7 @@ def run(workloads: list[str], repeats: int, backend: str = "c", top: int = 0) ->
     from arrayjit.schedule.cpu_target import thread_count
     from ocannl_py import Context, models
     from ocannl_py.models import hf
-    from ocannl_py.models.sentence import SentenceEncoder
+    from ocannl_py.models.sentence import SentenceEncoder, padded_length
 
     folder = hf.minilm_folder()
     if folder is None:
@@ -183,7 +172,9 @@ def run(workloads: list[str], repeats: int, backend: str = "c", top: int = 0) ->
               f"({1e3 * ma:.2f}), PyTorch {1e3 * b:.2f} ({1e3 * mb:.2f}); "
               f"PyTorch / ocannl {b / a:.2f} ({mb / ma:.2f})", flush=True)  # fmt: skip
         if top:
-            routine = encoder._routine(batch, -(-length // 16) * 16)[0]
+            routine = encoder._routine(batch, padded_length(length, encoder.config.max_positions))[
+                0
+            ]
             profile(routine, max(3, repeats // 2), top)
 
 

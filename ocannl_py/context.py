@@ -94,12 +94,13 @@ class Routine:
 
     def profile(self, repeats: int = 3) -> list:
         """Each kernel's median time (`arrayjit.backends.cuda.KernelTime`: name, form, grid,
-        block, ms), the kernels launched one by one; a CUDA routine only."""
+        block, ms), the kernels launched one by one; on the C backend each chunk function's
+        (`arrayjit.backends.cc.ChunkTime`: name, ms), called one by one."""
         profile = getattr(self.executable.compiled, "profile", None)
         if profile is None:
             raise TypeError(
-                f"routine {self.executable.name!r}: profile() times CUDA kernels; this routine "
-                "runs on the C backend (time its run() instead)"
+                f"routine {self.executable.name!r}: profile() times CUDA kernels and C chunk "
+                "functions; this routine's backend has neither (time its run() instead)"
             )
         _check_inputs(self.inputs, f"routine {self.executable.name!r}")
         return profile(repeats)

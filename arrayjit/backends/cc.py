@@ -28,9 +28,11 @@ import logging
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,6 +260,14 @@ def _union_dtypes(functions: Sequence[ChunkFunction]) -> tuple[DType, ...]:
     return tuple(sorted({d for f in functions for d in f.dtypes}, key=lambda d: d.name))
 
 
+@dataclass(frozen=True)
+class ChunkTime:
+    """One chunk function's call and its median time (`CCompiled.profile`)."""
+
+    name: str  # the function's symbol, shared by equal nests (each layer's, each routine's)
+    ms: float
+
+
 class CCompiled(Compiled):
     """The chunk functions of a routine and their buffer tables, run by one call. A `bound`
     routine owns no buffers: `bind` writes each buffer's address into the tables that use it."""
@@ -358,6 +368,31 @@ class CCompiled(Compiled):
     def call(self) -> None:
         if self.runner is not None:
             self.runner(*self.arguments)
+
+    def profile(
+        self, repeats: int = 3, clock: Callable[[], float] = time.perf_counter
+    ) -> list[ChunkTime]:
+        """Each chunk function's median time over `repeats` calls, called one by one (as a run
+        calls them, in order), after one ordinary run; for finding where a routine's time goes.
+        The buffers change as `repeats + 1` runs would change them. `clock`: e.g.
+        `time.thread_time` for the CPU time of one thread."""
+        self.run()  # names unbound buffers; brings the host arrays up to date
+        call = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+        calls = [
+            (call(self.function_array[n]), ctypes.addressof(self.tables[n]))
+            for n in range(self.arguments[0])
+        ]
+        times: list[list[float]] = [[] for _ in calls]
+        for _ in range(max(1, repeats)):
+            for n, (function, table) in enumerate(calls):
+                start = clock()
+                function(table)
+                times[n].append(clock() - start)
+        symbols = [symbol for _, symbol, _ in self.plan["chunks"]]
+        return [
+            ChunkTime(symbol, 1e3 * statistics.median(t))
+            for symbol, t in zip(symbols, times, strict=True)
+        ]
 
 
 class CBackend(Backend):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from arrayjit import loop_ir as ir
 from arrayjit.dtypes import DType
 from arrayjit.indexing import Iterator, affine, as_affine, row_major_offset
-from arrayjit.schedule.cpu_matmul import PACK_SLACK
+from arrayjit.schedule.cpu_matmul import IN_PLACE_COLS, IN_PLACE_ROWS, PACK_SLACK
 
 if TYPE_CHECKING:
     from arrayjit.codegen.c_syntax import CSyntax
@@ -41,6 +41,7 @@ def matmul_call(syntax: CSyntax, node: ir.Matmul) -> str:
         b_pack += f" + OCANNL_THREAD_NUM * (int64_t){b.kc * b.nc + PACK_SLACK}"
     args += [
         "1" if node.accumulate else "0",
+        "1" if b.in_place else "0",
         a_pack,
         b_pack,
         *map(str, (b.mc, b.kc, b.nc, b.threads, b.threads_n)),
@@ -81,10 +82,19 @@ def _function(dtype: DType) -> str:
             f"aligned({dtype.itemsize}), may_alias));",
             "#ifdef OCANNL_SHUFFLE",
             _transpose(t, lanes),
+            _lane_sums(t, lanes),
             "#endif",
         ]
     isa.append("#endif")
-    text = _TEMPLATE.replace("$ISA", "\n".join(isa)).replace("$T", t)
+    # The tile's size, then a switch case per row count of a tile (the last may be short).
+    cases = "\n".join(
+        f"        case {r}: ocannl_in_place_tile_$T({r}, $COLS, K, ai, a_m, bj, b_n, cij, c_m, "
+        "c_n, accumulate, pf); break;"
+        for r in range(IN_PLACE_ROWS, 0, -1)
+    )
+    text = _TEMPLATE.replace("$ISA", "\n".join(isa)).replace("$IN_PLACE", _IN_PLACE)
+    text = text.replace("$CASES", cases).replace("$ROWS", str(IN_PLACE_ROWS))
+    text = text.replace("$COLS", str(IN_PLACE_COLS)).replace("$T", t)
     return text.replace("$SLACK", str(PACK_SLACK))
 
 
@@ -110,6 +120,35 @@ def _transpose(t: str, lanes: int) -> str:
     return "\n".join([*lines, "}"])
 
 
+def _lane_sums(t: str, lanes: int) -> str:
+    """`ocannl_lane_sums_<t>(v, out)`: out[i] = the sum of v[i]'s lanes, for v[0..lanes). Each
+    level adds the halves of two vectors' partial sums into one vector: lanes - 1 steps of two
+    shuffles and an addition instead of lanes - 1 scalar additions per vector."""
+    lines = [
+        "static inline __attribute__((always_inline)) void "
+        f"ocannl_lane_sums_{t}(ocannl_vec_{t} *v, {t} *out) {{"
+    ]
+    count, size = lanes, lanes  # vectors at this level, lanes of each one's partial sums
+    while count > 1:
+        half = size // 2
+        per = lanes // size  # partial sums each input vector holds
+        low, high = [], []
+        for i in range(lanes):
+            segment, offset = divmod(i, half)
+            base = 0 if segment < per else lanes
+            start = (segment % per) * size + offset
+            low.append(base + start)
+            high.append(base + start + half)
+        for j in range(count // 2):
+            lines.append(
+                f"  v[{j}] = OCANNL_SHUFFLE(v[{2 * j}], v[{2 * j + 1}], {', '.join(map(str, low))})"
+                f" + OCANNL_SHUFFLE(v[{2 * j}], v[{2 * j + 1}], {', '.join(map(str, high))});"
+            )
+        count, size = count // 2, half
+    lines.append(f"  *(ocannl_vec_{t} *)out = v[0];")
+    return "\n".join([*lines, "}"])
+
+
 _PRELUDE = """
 #ifdef _OPENMP
 #include <omp.h>
@@ -120,6 +159,93 @@ _PRELUDE = """
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
 #define OCANNL_SHUFFLE __builtin_shufflevector
 #endif
+"""
+
+_IN_PLACE = r"""
+/* A tile of R rows x C columns of c (R, C <= the tile's size) from operands contiguous along k:
+   one vector of partial sums per cell, along k, added up (halves onto halves) at the end, then
+   the last K % LANES terms. `next` (or 0): the columns of b the following tile reads, fetched
+   meanwhile (a weight streams from memory, in runs too short for the hardware to foresee). */
+static inline __attribute__((always_inline)) void ocannl_in_place_tile_$T(
+    const int R, const int C, int K, const $T *restrict a, int64_t a_m, const $T *restrict b,
+    int64_t b_n, $T *restrict c, int64_t c_m, int64_t c_n, int accumulate, const $T *next) {
+  enum { LANES_ = OCANNL_LANES_$T };
+  typedef ocannl_vec_$T vec_;
+  vec_ acc[$ROWS][$COLS];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) acc[r][j] = (vec_){0};
+  int k = 0;
+  for (; k + LANES_ <= K; k += LANES_) {
+    vec_ bv[$COLS];
+    for (int j = 0; j < C; ++j) bv[j] = *(const vec_ *)(b + j * b_n + k);
+    if (next)
+      for (int j = 0; j < C; ++j) __builtin_prefetch(next + j * b_n + k);
+    for (int r = 0; r < R; ++r) {
+      const vec_ av = *(const vec_ *)(a + r * a_m + k);
+      for (int j = 0; j < C; ++j) acc[r][j] += av * bv[j];
+    }
+  }
+  $T sums[$ROWS * $COLS + LANES_];
+#ifdef OCANNL_SHUFFLE
+  /* LANES cells at a time (the last group padded with zeros). */
+  for (int g = 0; g < R * C; g += LANES_) {
+    vec_ v[LANES_];
+#pragma GCC unroll 16
+    for (int i = 0; i < LANES_; ++i) v[i] = g + i < R * C ? acc[(g + i) / C][(g + i) % C] : (vec_){0};
+    ocannl_lane_sums_$T(v, sums + g);
+  }
+#else
+  for (int cell = 0; cell < R * C; ++cell) {
+    $T lane[LANES_];
+    *(vec_ *)lane = acc[cell / C][cell % C];
+    for (int h = LANES_ / 2; h >= 1; h /= 2)
+      for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
+    sums[cell] = lane[0];
+  }
+#endif
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) {
+      $T sum = sums[r * C + j];
+      for (int i = k; i < K; ++i) sum += a[r * a_m + i] * b[j * b_n + i];
+      $T *cell = c + r * c_m + j * c_n;
+      *cell = accumulate ? *cell + sum : sum;
+    }
+}
+
+/* Not inlined: the last columns, one at a time. */
+__attribute__((noinline)) static void ocannl_in_place_column_$T(
+    int R, int K, const $T *restrict a, int64_t a_m, const $T *restrict b, $T *restrict c,
+    int64_t c_m, int accumulate) {
+  for (int r = 0; r < R; ++r)
+    ocannl_in_place_tile_$T(1, 1, K, a + r * a_m, a_m, b, 0, c + r * c_m, c_m, 0, accumulate,
+                            0);
+}
+
+/* Rows [0, M) and columns [lo, hi) of c (see ocannl_matmul_$T), operands read in place. Each
+   cell's sum is computed alike wherever its tile falls: the bits do not depend on the threads. */
+static void ocannl_in_place_$T(int M, int lo, int hi, int K, const $T *restrict a, int64_t a_m,
+                               const $T *restrict b, int64_t b_n, $T *restrict c, int64_t c_m,
+                               int64_t c_n, int accumulate) {
+  enum { TR = $ROWS, TC = $COLS };
+  for (int j = lo; j < hi; j += TC) {
+    const $T *bj = b + j * b_n;
+    if (hi - j < TC) {
+      for (int col = j; col < hi; ++col)
+        ocannl_in_place_column_$T(M, K, a, a_m, b + col * b_n, c + col * c_n, c_m, accumulate);
+      break;
+    }
+    /* The first row tile fetches the next columns; the others find these in cache. */
+    const $T *next = j + 2 * TC <= hi ? bj + TC * b_n : 0;
+    for (int i = 0; i < M; i += TR) {
+      const $T *ai = a + i * a_m;
+      $T *cij = c + i * c_m + j * c_n;
+      const $T *pf = i == 0 ? next : 0;
+      switch (M - i < TR ? M - i : TR) {
+$CASES
+      }
+    }
+  }
+}
 """
 
 _TEMPLATE = r"""
@@ -173,18 +299,34 @@ __attribute__((noinline)) static void ocannl_pack_$T($T *restrict dst, const $T 
   }
 }
 
+$IN_PLACE
+
 /* c[m, n] := (accumulate ? c[m, n] : 0) + sum_k a[m, k] * b[k, n] for m < M, n < N, k < K, where
    x[i, j] is x[i * x_i + j * x_j]. Each of the threads_m x threads_n threads (thread t takes
    row slice t / threads_n and column slice t % threads_n) packs its operands into its own part
-   of a_pack and b_pack and sums over k in the same order, whatever the thread count. */
+   of a_pack and b_pack and sums over k in the same order, whatever the thread count. With
+   `in_place` (a_k == b_k == 1), thread t takes the t-th of `threads` runs of columns and reads
+   the operands where they are. */
 static void ocannl_matmul_$T(int M, int N, int K, const $T *restrict a, int64_t a_m,
                              int64_t a_k, const $T *restrict b, int64_t b_k, int64_t b_n,
                              $T *restrict c, int64_t c_m, int64_t c_n, int accumulate,
-                             $T *restrict a_pack, $T *restrict b_pack, int mc, int kc_max,
-                             int nc_max, int threads, int threads_n, int rows_per_thread,
-                             int cols_per_thread) {
+                             int in_place, $T *restrict a_pack, $T *restrict b_pack, int mc,
+                             int kc_max, int nc_max, int threads, int threads_n,
+                             int rows_per_thread, int cols_per_thread) {
   enum { MR_ = OCANNL_MR_$T, NR_ = OCANNL_NR_$T, LANES_ = OCANNL_LANES_$T };
   typedef ocannl_vec_$T vec_;
+  if (in_place) {
+    /* Runs of whole tiles, as equal as they can be. */
+    const int tiles = (N + $COLS - 1) / $COLS;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1 && ocannl_threads_ok)
+    for (int t = 0; t < threads; ++t) {
+      const int lo = (int)((int64_t)tiles * t / threads) * $COLS;
+      const int hi_tile = (int)((int64_t)tiles * (t + 1) / threads) * $COLS;
+      ocannl_in_place_$T(M, lo, hi_tile < N ? hi_tile : N, K, a, a_m, b, b_n, c, c_m, c_n,
+                         accumulate);
+    }
+    return;
+  }
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1 && ocannl_threads_ok)
   for (int t = 0; t < threads; ++t) {
     const int m_lo = t / threads_n * rows_per_thread;

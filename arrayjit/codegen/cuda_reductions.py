@@ -21,6 +21,21 @@ def _load_name(n: int) -> str:
     return f"load{letters(n)}"
 
 
+def _load_type(tnode: TNode, vector: int) -> str:
+    """The type of one load of `vector` values of `tnode`: a vector type of its own, or for
+    16-bit values integers of the same bytes (their halves read back as 16-bit values)."""
+    if tnode.dtype.itemsize != 2:
+        return vector_type(tnode.dtype.c_name, vector)
+    return {2: "int", 4: "ocannl_int2", 8: "ocannl_int4"}[vector]
+
+
+def _component(syntax, tnode: TNode, load: str, u: int) -> str:
+    """Value `u` of a load of `tnode`'s values."""
+    if tnode.dtype.itemsize != 2:
+        return f"{load}.{COMPONENTS[u]}"
+    return f"reinterpret_cast<const {syntax.type_name(tnode.dtype)} *>(&{load})[{u}]"
+
+
 def reduction_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     red = plan.reduction
     shape = red.shape
@@ -93,7 +108,7 @@ def reduction_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
         lines += syntax.stmt(decl, 4)
     loads = red.vectorized
     for get, n in loads.items():
-        vt = vector_type(get.tnode.dtype.c_name, vector)
+        vt = _load_type(get.tnode, vector)
         address = f"&{syntax.buffer(get.tnode)}[{syntax.offset(get.tnode, get.index)}]"
         lines.append(
             f"        const {vt} {_load_name(n)} = *reinterpret_cast<const {vt} *>({address});"
@@ -103,7 +118,9 @@ def reduction_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
     for u in range(vector):
         if u:
             syntax.renamed[innermost] = f"({first} + {u})"
-        syntax.substituted = {get: f"{_load_name(n)}.{COMPONENTS[u]}" for get, n in loads.items()}
+        syntax.substituted = {
+            get: _component(syntax, get.tnode, _load_name(n), u) for get, n in loads.items()
+        }
         lines.append(f"        partial = {fold('partial', syntax.expr(shape.value))};")
     syntax.renamed.pop(innermost, None)
     syntax.substituted = {}

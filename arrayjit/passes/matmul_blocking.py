@@ -44,9 +44,31 @@ class Product:
     accumulate: bool  # adds to the existing values (else the product overwrites)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A product with its roles, and its operands as reads of buffers (`x` reads m, `y` n),
+    each with the nest computing it into a scratch buffer first, if it needs one."""
+
+    p: Product
+    m: Iterator
+    n: Iterator
+    k: Iterator
+    x: ir.Get
+    y: ir.Get
+    x_nest: ir.Stmt | None
+    y_nest: ir.Stmt | None
+
+
+def _plan(p: Product, roles: tuple[Iterator, Iterator, Iterator]) -> Plan:
+    m, n, k = roles
+    x, y = (p.x, p.y) if m in _iterators(p.x) else (p.y, p.x)
+    (x, x_nest), (y, y_nest) = _stored(x, p.loops), _stored(y, p.loops)
+    return Plan(p, m, n, k, x, y, x_nest, y_nest)
+
+
 def run(stmt: ir.Stmt, target: CpuTarget) -> ir.Stmt:
     top = list(stmt.stmts) if isinstance(stmt, ir.Block) else [stmt]
-    plans: dict[int, tuple[Product, Iterator, Iterator, Iterator]] = {}
+    plans: dict[int, Plan] = {}
     last_touch: dict[TNode, int] = {}  # the last statement so far reading or writing a buffer
     for pos, s in enumerate(top):
         product = _as_product(s)
@@ -59,16 +81,15 @@ def run(stmt: ir.Stmt, target: CpuTarget) -> ir.Stmt:
                 # the product overwrites instead.
                 top[previous] = ir.Block(())
                 product = replace(product, accumulate=False)
-            product, roles = _merged(product, *roles)
-            plans[pos] = (product, *roles)
+            plans[pos] = _plan(*_merged(product, *roles))
         for t in ir.written_tnodes(s) | ir.read_tnodes(s):
             last_touch[t] = pos
     if not plans:
         return stmt
-    blockings = {pos: _blocking(*plan, target) for pos, plan in plans.items()}
-    packs = _pack_buffers([(plan[0].tnode.dtype, blockings[pos]) for pos, plan in plans.items()])
+    blockings = {pos: _blocking(plan, target) for pos, plan in plans.items()}
+    packs = _pack_buffers([(plan.p.tnode.dtype, blockings[pos]) for pos, plan in plans.items()])
     out = [
-        _rewrite(*plans[pos], blockings[pos], packs) if pos in plans else s
+        _rewrite(plans[pos], blockings[pos], packs) if pos in plans else s
         for pos, s in enumerate(top)
     ]
     return ir.block(out)
@@ -292,15 +313,22 @@ def _substituted(e: ir.Expr, env: dict[Iterator, Index]) -> ir.Expr:
     return ir.map_expr(e, f)
 
 
-def _blocking(
-    p: Product, m: Iterator, n: Iterator, k: Iterator, target: CpuTarget
-) -> cpu_matmul.Blocking:
+def _blocking(plan: Plan, target: CpuTarget) -> cpu_matmul.Blocking:
+    p, m, n, k = plan.p, plan.m, plan.n, plan.k
     extent = {loop.iterator: loop.extent for loop in p.loops}
     outer = _batch_loop(p, (m, n, k))
     batch = cpu_matmul.batch_threads(
         outer.extent if outer else 1, extent[m], extent[n], extent[k], target
     )
-    return cpu_matmul.blocking(extent[m], extent[n], extent[k], p.tnode.dtype, target, batch)
+    contiguous = all(_stride(read, k) == 1 for read in (plan.x, plan.y))
+    return cpu_matmul.blocking(
+        extent[m], extent[n], extent[k], p.tnode.dtype, target, batch, contiguous
+    )
+
+
+def _stride(read: ir.Get, it: Iterator) -> int:
+    terms, _ = as_affine(row_major_offset(read.tnode.dims, read.index))
+    return sum(c for c, term in terms if term == it)
 
 
 def _batch_loop(p: Product, roles: tuple[Iterator, Iterator, Iterator]) -> ir.For | None:
@@ -321,8 +349,9 @@ def _pack_buffers(
     after the other), as large as the largest needs."""
     packs: dict[DType, tuple[TNode, TNode]] = {}
     for dtype in {d for d, _ in needs}:
-        a_size = max(b.a_pack_size for d, b in needs if d == dtype)
-        b_size = max(b.b_pack_size for d, b in needs if d == dtype)
+        # One element at least: products read in place pack nothing.
+        a_size = max(1, *(b.a_pack_size for d, b in needs if d == dtype))
+        b_size = max(1, *(b.b_pack_size for d, b in needs if d == dtype))
         packs[dtype] = (
             TNode("a_pack", (a_size,), dtype, MemoryMode.LOCAL),
             TNode("b_pack", (b_size,), dtype, MemoryMode.LOCAL),
@@ -331,17 +360,10 @@ def _pack_buffers(
 
 
 def _rewrite(
-    p: Product,
-    m: Iterator,
-    n: Iterator,
-    k: Iterator,
-    blocking: cpu_matmul.Blocking,
-    packs: dict[DType, tuple[TNode, TNode]],
+    plan: Plan, blocking: cpu_matmul.Blocking, packs: dict[DType, tuple[TNode, TNode]]
 ) -> ir.Stmt:
+    p, m, n, k, x, y = plan.p, plan.m, plan.n, plan.k, plan.x, plan.y
     extent = {loop.iterator: loop.extent for loop in p.loops}
-    x, y = (p.x, p.y) if m in _iterators(p.x) else (p.y, p.x)
-    stored = [_stored(operand, p.loops) for operand in (x, y)]
-    (x, x_nest), (y, y_nest) = stored
     outer = [loop for loop in p.loops if loop.iterator not in (m, n, k)]
     in_lhs = {it for idx in p.index for it in iterators_of(idx)}
     # Further reductions run around the product, which then adds to values cleared first.
@@ -371,10 +393,10 @@ def _rewrite(
     for pos, loop in reversed(list(enumerate(outer))):
         threads = blocking.batch_threads if pos == 0 else 1
         body = ir.For(loop.iterator, loop.extent, body, loop.parallel, threads=threads)
-    return ir.block([s for s in (x_nest, y_nest, fill, body) if s is not None])
+    return ir.block([s for s in (plan.x_nest, plan.y_nest, fill, body) if s is not None])
 
 
-def _stored(operand: ir.Expr, loops: tuple[ir.For, ...]) -> tuple[ir.Expr, ir.Stmt | None]:
+def _stored(operand: ir.Expr, loops: tuple[ir.For, ...]) -> tuple[ir.Get, ir.Stmt | None]:
     """`operand` as a read of a buffer: itself, or a read of a scratch buffer over the
     iterators it uses, and the loop nest that computes it there."""
     if isinstance(operand, ir.Get):

@@ -95,19 +95,6 @@ def gpu_count() -> int:
     return count if err == driver.CUresult.CUDA_SUCCESS else 0
 
 
-class _DeviceArray:
-    """A device buffer seen through the CUDA array interface, as nccl4py takes buffers."""
-
-    def __init__(self, address: int, tnode: TNode) -> None:
-        self.__cuda_array_interface__ = {
-            "shape": (tnode.size,),
-            "typestr": np.dtype(tnode.dtype.numpy).str,
-            "data": (address, False),
-            "strides": None,
-            "version": 3,
-        }
-
-
 #: Buffer types NCCL reduces (the CUDA array interface names them by numpy's type string).
 _NCCL_TYPES = ("float16", "float32", "float64")
 
@@ -120,11 +107,12 @@ class NcclMean:
     def __init__(self, backends: Sequence[CudaBackend]) -> None:
         try:
             from nccl import core as nccl
+            from nccl.bindings import nccl as raw
         except ImportError as exc:
             raise RuntimeError(
                 f"NcclMean needs nccl4py (pip install 'ocannl-py[cuda]'): {exc}"
             ) from None
-        self.nccl = nccl
+        self.nccl, self.raw = nccl, raw
         self.backends = list(backends)
         self.replicas = len(self.backends)
         devices = [b.device.device_id for b in self.backends]
@@ -141,6 +129,14 @@ class NcclMean:
                     f"{', '.join(_NCCL_TYPES)} here"
                 )
         streams = [b.stream for b in self.backends] if streams is None else list(streams)
+        for r, (backend, stream) in enumerate(zip(self.backends, streams, strict=True)):
+            device = getattr(getattr(stream, "device", None), "device_id", None)
+            if device is not None and device != backend.device.device_id:
+                # NCCL would run replica r's reduction on another GPU's stream: a hang.
+                raise ValueError(
+                    f"all_reduce: stream {r} belongs to GPU {device}, replica {r} is on GPU "
+                    f"{backend.device.device_id} (create it with that device current)"
+                )
         arrays = []
         for backend, stream, tnodes in zip(self.backends, streams, buffers, strict=True):
             backend.device.set_current()
@@ -150,13 +146,29 @@ class NcclMean:
             backend.upload_stale(list(tnodes))
             if stream is not backend.stream:
                 stream.wait(backend.stream.record())
-            arrays.append([_DeviceArray(int(backend.copies[t].buffer.handle), t) for t in tnodes])
-        nccl = self.nccl
+            arrays.append([int(backend.copies[t].buffer.handle) for t in tnodes])
+        # The raw ncclAllReduce: nccl4py's Communicator.allreduce infers a buffer's device from
+        # its address through cuda.core, which placed pool memory of GPU 1 on GPU 0 (H200 pair).
+        nccl, raw = self.nccl, self.raw
+        kinds = [
+            int(nccl.NcclDataType.from_numpy_dtype(np.dtype(t.dtype.numpy))) for t in buffers[0]
+        ]
         nccl.group_start()
         try:
-            for i in range(len(buffers[0])):
-                for comm, stream, replica in zip(self.comms, streams, arrays, strict=True):
-                    comm.allreduce(replica[i], replica[i], nccl.AVG, stream=stream)
+            for i, t in enumerate(buffers[0]):
+                for backend, comm, stream, replica in zip(
+                    self.backends, self.comms, streams, arrays, strict=True
+                ):
+                    backend.device.set_current()
+                    raw.all_reduce(
+                        replica[i],
+                        replica[i],
+                        t.size,
+                        kinds[i],
+                        int(nccl.AVG),
+                        comm._comm,
+                        int(stream.handle),
+                    )
         finally:
             nccl.group_end()
         events = []

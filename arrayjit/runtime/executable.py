@@ -64,17 +64,34 @@ class Executable:
 
     def run(self) -> None:
         """Run the routine; an index read from data outside its axis raises `IndexOutOfRange`
-        after the run (on a GPU, reading the check waits for the routine)."""
+        after the run (on a GPU, reading the check waits for the routine). With
+        `Runtime.defer_index_checks`, the check is read later: a run first raises for its
+        previous run's bad index, and then does not run."""
         # ctypes releases the GIL while the code runs: without the lock, two threads would
         # share the scratch buffers (wrong values, no error).
         with self._lock:
+            self._raise_pending()
             self.compiled.run()
             if self._unmarked:
                 for t in self._unmarked:
                     residency.of(t).computed = True
                 self._unmarked = []
-            if self.checks:
+            if not self.checks:
+                return
+            if self.runtime.defer_index_checks:
+                self.runtime.pending_checks.add(self)
+            else:
                 index_checks.raise_errors(self.checks)
+
+    def raise_index_errors(self) -> None:
+        """Read the checks of the last run if they were deferred (`Runtime.defer_index_checks`)."""
+        with self._lock:
+            self._raise_pending()
+
+    def _raise_pending(self) -> None:
+        if self in self.runtime.pending_checks:
+            self.runtime.pending_checks.discard(self)
+            index_checks.raise_errors(self.checks)
 
     def __repr__(self) -> str:
         return f"Executable({self.name!r}, {len(self.compiled.tnodes)} buffers, source={self.source_path})"

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,12 @@ class Runtime:
         self.backend = make_backend(backend, device)
         # The backend's printer and records are shared state: one compile at a time.
         self._compile_lock = threading.Lock()
+        #: Off: a run reads its index checks at once (on a GPU, waiting for it). On: a GPU run's
+        #: checks are read at the routine's next run or at `synchronize`/`raise_index_errors`,
+        #: so the host can queue work ahead (data-parallel steps); the error comes late, but
+        #: nothing is ever read or written outside a buffer.
+        self.defer_index_checks = False
+        self.pending_checks: weakref.WeakSet[Executable] = weakref.WeakSet()
 
     @property
     def name(self) -> str:
@@ -168,6 +175,13 @@ class Runtime:
 
     def synchronize(self) -> None:
         self.backend.synchronize()
+        self.raise_index_errors()
+
+    def raise_index_errors(self) -> None:
+        """Read the deferred index checks of past runs; raise `IndexOutOfRange` for the first
+        that found an index outside its axis."""
+        for executable in list(self.pending_checks):
+            executable.raise_index_errors()
 
     def __repr__(self) -> str:
         return f"Runtime({self.name!r})"

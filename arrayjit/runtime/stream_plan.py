@@ -10,7 +10,7 @@ stage's scratch, serves every stage in turn (stages run one after the other).
 
 The budget rule: activations + scratch + the weights of the stages kept resident + `slots` ring
 slots of the largest streamed stage's weights <= budget. Stages are kept resident largest first
-while the rest still fit; the others stream through the ring, streamed stage `j` in slot
+while the rest still fit (among equal stages, the streamed ones spread evenly); the others stream through the ring, streamed stage `j` in slot
 `j % slots`, so the copy of stage `j + 1` runs while stage `j` computes. Slots are fixed-size
 regions at fixed offsets: no allocation happens after the plan is built, so a long run cannot
 fragment memory. A budget that cannot hold one stage (with the activations and scratch) is a
@@ -291,7 +291,30 @@ def _choose_resident(stages: Sequence[StageBuffers], available: int, ring: int) 
     for i in order:
         if fits(resident | {i}):
             resident.add(i)
-    return resident
+    spread = _spread(stages, resident)
+    return spread if fits(spread) else resident
+
+
+def _spread(stages: Sequence[StageBuffers], resident: set[int]) -> set[int]:
+    """`resident` with, among stages of equal weight bytes (a model's layers), the streamed ones
+    spread evenly rather than last: each streamed stage's copy then runs while the resident
+    stages before it compute, and the copy stream is not left idle while a run of resident
+    stages computes (same bytes resident, so the budget holds)."""
+    groups: dict[int, list[int]] = {}
+    for i, stage in enumerate(stages):
+        groups.setdefault(sum(aligned(nbytes(t)) for t in stage.weights), []).append(i)
+    spread = set(resident)
+    for members in groups.values():
+        streamed = [i for i in members if i not in resident]
+        if not streamed or len(streamed) == len(members):
+            continue
+        step = len(members) / len(streamed)
+        chosen = {
+            members[min(len(members) - 1, int((k + 0.5) * step))] for k in range(len(streamed))
+        }
+        spread -= set(members)
+        spread |= set(members) - chosen
+    return spread
 
 
 def _steps(stage_count: int, streamed: list[int], slots: int) -> list[Step]:

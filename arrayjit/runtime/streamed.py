@@ -156,6 +156,12 @@ class StreamedExecutable:
         ]
         # Slots free once the last compute that used them is done (kept across runs).
         self.free: list = [None] * len(self.plan.slot_offsets)
+        # The copies before the first compute: issued at the end of a run for the next one (the
+        # same weights), so the copy stream works while the host takes the results and starts
+        # the next run. Table index -> the copy's (begin, end) events, until that run uses it.
+        first = next((k for k, row in enumerate(self.table) if row[0] is _COMPUTE), 0)
+        self.leading = [k for k in range(first) if self.table[k][0] is _COPY]
+        self.ahead: dict[int, tuple] = {}
         # The stages' checks of indices read from data (error buffers are activations of the
         # plan: reading them after the run waits for it and fetches them).
         self.checks = [c for e in self.executables for c in e.checks]
@@ -175,15 +181,21 @@ class StreamedExecutable:
 
     def _run(self) -> None:
         streams = self.streams
-        copied = self._refresh()
+        copied, changed = self._refresh()
+        ahead = {k: v for k, v in self.ahead.items() if self.table[k][1] not in changed}
+        self.ahead = {}
         start = streams.record_compute()
         ready: list = [None] * len(self.free)
         done: list = [None] * len(self.executables)
         copies, computes = [], []
         free, previous = self.free, start
         record_copy, record_compute = streams.record_copy, streams.record_compute
-        for kind, stage, slot, work in self.table:
-            if kind is _COPY:
+        for k, (kind, stage, slot, work) in enumerate(self.table):
+            if kind is _COPY and k in ahead:  # copied at the end of the last run
+                begin, ready[slot] = ahead[k]
+                copies.append((begin, ready[slot]))
+                copied += work.nbytes
+            elif kind is _COPY:
                 if free[slot] is not None:
                     streams.copy_waits(free[slot])
                 begin = record_copy()
@@ -200,6 +212,12 @@ class StreamedExecutable:
                 computes.append((begin, previous))
             else:
                 free[slot] = done[stage]
+        for k in self.leading:
+            _, _, slot, work = self.table[k]
+            streams.copy_waits(free[slot])
+            begin = record_copy()
+            streams.copy(work)
+            self.ahead[k] = (begin, record_copy())
         for state, place in self.written:
             state.write_at(place)
         self._events = (start, previous, copies, computes)
@@ -210,16 +228,19 @@ class StreamedExecutable:
         if self.checks:
             index_checks.raise_errors(self.checks)
 
-    def _refresh(self) -> int:
+    def _refresh(self) -> tuple[int, set[int]]:
         """Bring host-sourced weights whose tnodes changed into the loads, send stale
-        activations and resident weights; the bytes of weights sent."""
+        activations and resident weights; the bytes of weights sent, and the stages whose
+        streamed weights changed."""
         streams = self.streams
+        changed: set[int] = set()
         for k, (t, state) in enumerate(self.host_states):
             if state.latest != self.versions[k]:
                 self.versions[k] = state.latest
                 source = self.sources[t] = t.host()
                 for stage, part in self.uses.get(t, ()):
                     self.loads[stage].refresh(part, source)
+                    changed.add(stage)
                 if t in self.plan.resident:
                     self.stale.add(t)
         for state, place in self.written:
@@ -231,7 +252,7 @@ class StreamedExecutable:
             streams.upload(self.base + self.plan.resident[t], t, self.sources[t])
             sent += nbytes(t)
         self.stale.clear()
-        return sent
+        return sent, changed
 
     @property
     def stats(self) -> StreamStats:

@@ -79,16 +79,26 @@ def _reduction_unit(stmts: list[ir.Stmt], start: int, mutated: set[str]) -> int:
         k += 1
     if k + 1 >= len(stmts):
         return 0
-    loop, store = stmts[k], stmts[k + 1]
+    loop = stmts[k]
     if not (
-        isinstance(loop, ir.For)
-        and not loop.parallel
-        and first.name in ir.assigned_locals(loop)
-        and isinstance(store, ir.Set)
-        and first.name in ir.read_locals(store)
+        isinstance(loop, ir.For) and not loop.parallel and first.name in ir.assigned_locals(loop)
     ):
         return 0
-    return k + 2 - start
+    # Locals computed from the result (a mean: `h := acc / n`), then its store.
+    results = {first.name}
+    k += 1
+    while k < len(stmts) and isinstance(stmts[k], ir.DeclLocal) and stmts[k].name not in mutated:
+        if not ir.read_locals(stmts[k]) & results:
+            return 0
+        results.add(stmts[k].name)
+        k += 1
+    if k >= len(stmts) or not gpu_reductions.one_store(stmts[k]):
+        return 0
+    if not ir.read_locals(stmts[k]) & results:
+        return 0
+    if _read_locals(stmts[k + 1 :]) & results:
+        return 0  # read by a later kernel, which could not recompute them
+    return k + 1 - start
 
 
 def plan_kernels(stmt: ir.Stmt, options: GpuOptions | None = None) -> list[KernelPlan]:

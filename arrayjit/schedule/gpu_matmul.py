@@ -109,6 +109,12 @@ class MatmulConfig:
 #: CUTLASS's SM80 SIMT (128x128x8, 4 stages) and TF32 (128x128x32, 3 stages) GEMMs.
 DEFAULT = MatmulConfig(128, 128, 8, 4)
 DEFAULT_TF32 = MatmulConfig(128, 128, 32, 3, "tf32")
+#: The default for products too small for 128 x 128 tiles to fill the GPU: 64 x 64 tiles, four
+#: times the blocks (SIMT: 8 x 4 patches, 4 warps; several blocks a multiprocessor).
+SMALL = MatmulConfig(64, 64, 16, 3, thread_cols=4)
+SMALL_TF32 = MatmulConfig(64, 64, 32, 4, "tf32")
+#: Multiprocessors of the GPUs the defaults are chosen for (H100 and H200 SXM: 132).
+MULTIPROCESSORS = 132
 #: What tuning times (see `arrayjit.backends.cuda.tuning`): for large products 128 x 128 tiles,
 #: deeper ones spending fewer of the issue slots on copies and barriers (a 32-deep tile's main
 #: loop is 88% FFMA on sm_90, an 8-deep one's 85%), 128 x 256 ones reading a quarter fewer
@@ -242,19 +248,62 @@ def _has_local(e: ir.Expr) -> bool:
     return any(isinstance(x, ir.Local) for x in ir.walk_expr(e))
 
 
-def matmul_shape(plan: KernelPlan) -> MatmulShape | None:
-    """Recognize the nest that the tiled kernel computes; None for anything else."""
-    if len(plan.grid) < 2 or plan.prologue or len(plan.body) != 3:
+def _substituted(e: ir.Expr, definitions: dict[str, ir.Expr]) -> ir.Expr:
+    """`e` with each local of `definitions` replaced by its defining expression (which may read
+    other such locals); other locals stay."""
+    memo: dict[str, ir.Expr] = {}
+
+    def resolve(name: str) -> ir.Expr:
+        if name not in memo:
+            memo[name] = ir.map_expr(definitions[name], replace_local)
+        return memo[name]
+
+    def replace_local(x: ir.Expr) -> ir.Expr:
+        return resolve(x.name) if isinstance(x, ir.Local) and x.name in definitions else x
+
+    return ir.map_expr(e, replace_local)
+
+
+def _reads(*exprs: ir.Expr) -> set:
+    return {x.tnode for e in exprs for x in ir.walk_expr(e) if isinstance(x, ir.Get)}
+
+
+def _cell_parts(plan: KernelPlan) -> tuple[ir.DeclLocal, ir.For, ir.Set, dict] | None:
+    """The accumulator, reduction loop and store of a cell `(locals); for k: acc := ...; out[..]
+    := acc`, with the definitions of the other locals (the cell's and the prologue's)."""
+    if len(plan.body) < 3:
         return None
-    decl, loop, store = plan.body
+    *decls, loop, store = plan.body
     if not (
-        isinstance(decl, ir.DeclLocal)
+        all(isinstance(d, ir.DeclLocal) for d in decls)
         and isinstance(loop, ir.For)
         and not loop.parallel
         and isinstance(loop.body, ir.SetLocal)
-        and loop.body.name == decl.name
         and isinstance(store, ir.Set)
-        and _stored_local(store) == ir.Local(decl.name, decl.dtype)
+    ):
+        return None
+    acc = next((d for d in decls if d.name == loop.body.name), None)
+    if acc is None:
+        return None
+    definitions = {d.name: d.init for d in [*plan.prologue, *decls] if d is not acc}
+    if len(definitions) != len(plan.prologue) + len(decls) - 1:
+        return None  # a name declared twice
+    return acc, loop, store, definitions
+
+
+def matmul_shape(plan: KernelPlan) -> MatmulShape | None:
+    """Recognize the nest that the tiled kernel computes; None for anything else. Locals the
+    cell declares before the reduction (hoisted parts of a fused operand, such as a layer norm's
+    mean and scale of the row) are substituted into the operands: the tile loaders compute them
+    per tile element, which is right as long as each depends only on its operand's side."""
+    if len(plan.grid) < 2:
+        return None
+    parts = _cell_parts(plan)
+    if parts is None:
+        return None
+    decl, loop, store, definitions = parts
+    if not (
+        _stored_local(store) == ir.Local(decl.name, decl.dtype)
         and decl.dtype.is_float
         and not _has_local(decl.init)
     ):
@@ -268,24 +317,47 @@ def matmul_shape(plan: KernelPlan) -> MatmulShape | None:
         and len(update.args[1].args) == 2
     ):
         return None
-    *batch, row, col = plan.grid
-    first, second = update.args[1].args
-    k = loop.iterator
-    outer = {b.iterator for b in batch}
+    first, second = (_substituted(e, definitions) for e in update.args[1].args)
     if _has_local(first) or _has_local(second):
         return None
-    first_its, second_its = _expr_iterators(first), _expr_iterators(second)
-    if first_its <= outer | {row.iterator, k} and second_its <= outer | {k, col.iterator}:
-        x, y = first, second
-    elif second_its <= outer | {row.iterator, k} and first_its <= outer | {k, col.iterator}:
-        x, y = second, first
-    else:
+    if store.tnode in _reads(first, second) - _reads(*update.args[1].args):
+        return None  # a local read the output before the nest: the tiles must not read it
+    sides = _sides(plan.grid, _expr_iterators(first), _expr_iterators(second), loop.iterator)
+    if sides is None:
         return None
+    swap, batch, row, col = sides
+    x, y = (second, first) if swap else (first, second)
     if row.extent < 32 or col.extent < 32 or math.prod(b.extent for b in batch) > 65535:
         return None
     if math.ceil(row.extent / 64) > 65535:
         return None
     return MatmulShape(batch, row, col, loop, decl, update, x, y, store)
+
+
+def _sides(
+    grid: list[ir.For], first: set[Iterator], second: set[Iterator], k: Iterator
+) -> tuple[bool, list[ir.For], ir.For, ir.For] | None:
+    """Which operand is x (`swap`: the second), and the batch, row and column loops: the last
+    two grid loops when x is free of the last and y of the one before; else the one grid loop
+    that only x reads and the one that only y reads (a product over `b, s, h, d` whose heads `h`
+    are a batch axis of both operands), columns the later of the two."""
+    *batch, row, col = grid
+    outer = {b.iterator for b in batch}
+    for swap, (x_its, y_its) in ((False, (first, second)), (True, (second, first))):
+        if x_its <= outer | {row.iterator, k} and y_its <= outer | {k, col.iterator}:
+            return swap, batch, row, col
+    only_first = [g for g in grid if g.iterator in first - second]
+    only_second = [g for g in grid if g.iterator in second - first]
+    if len(only_first) != 1 or len(only_second) != 1:
+        return None
+    (a,), (b,) = only_first, only_second
+    swap = grid.index(a) > grid.index(b)  # x's side is the rows: the earlier loop
+    row, col = (b, a) if swap else (a, b)
+    batch = [g for g in grid if g is not row and g is not col]
+    bound = {g.iterator for g in grid} | {k}
+    if not (first | second) <= bound:
+        return None
+    return swap, batch, row, col
 
 
 def _operand_dtype(e: ir.Expr):
@@ -391,8 +463,19 @@ def plan_matmul(plan: KernelPlan, options: GpuOptions) -> MatmulShape | None:
     if isinstance(tuned, MatmulConfig) and tuned.tensor_cores == kind and not tuned.wgmma:
         shape.config = tuned
     else:
-        shape.config = replace(DEFAULT_TF32, tensor_cores=kind) if kind else DEFAULT
+        shape.config = default_config(shape, kind)
     return shape
+
+
+def default_config(shape: MatmulShape, kind: str | None) -> MatmulConfig:
+    """128 x 128 tiles, or 64 x 64 ones where the larger would not give every multiprocessor
+    two blocks (GPT-2 124M's 2048 x 768 products: 96 blocks of 128 x 128, 384 of 64 x 64)."""
+    large = replace(DEFAULT_TF32, tensor_cores=kind) if kind else DEFAULT
+    batch, rows, cols, _ = shape.extents
+    blocks = batch * -(-rows // large.block_rows) * -(-cols // large.block_cols)
+    if blocks >= 2 * MULTIPROCESSORS:
+        return large
+    return replace(SMALL_TF32, tensor_cores=kind) if kind else SMALL
 
 
 def _plan_wgmma(plan: KernelPlan, shape: MatmulShape, kind: str, options: GpuOptions) -> bool:

@@ -99,13 +99,13 @@ def _items(stmt: ir.Stmt) -> list[ir.Stmt]:
 def reduction_shape(body: list[ir.Stmt]) -> ReductionShape | None:
     """Recognize a cell body as a reduction; None for anything else."""
     body = [s for s in body if not isinstance(s, ir.Comment)]
-    at = [k for k, s in enumerate(body) if isinstance(s, ir.For)]
-    if len(at) != 1:
+    at = next((k for k, s in enumerate(body) if isinstance(s, ir.For)), None)
+    if at is None:
         return None
-    pre, loop, post = body[: at[0]], body[at[0]], body[at[0] + 1 :]
+    pre, loop, post = body[:at], body[at], body[at + 1 :]
     if not all(isinstance(s, ir.DeclLocal) for s in pre):
         return None
-    if not all(isinstance(s, ir.Set | ir.DeclLocal) for s in post):
+    if not all(isinstance(s, ir.DeclLocal) or one_store(s) for s in post):
         return None
     loops: list[ir.For] = []
     inner: list[ir.DeclLocal] = []
@@ -122,19 +122,29 @@ def reduction_shape(body: list[ir.Stmt]) -> ReductionShape | None:
     update = node.value
     if acc is None or not (
         isinstance(update, ir.Apply)
-        and update.op in REDUCIBLE
+        and update.op in (*REDUCIBLE, "sub")
         and len(update.args) == 2
         and update.args[0] == ir.Local(acc.name, acc.dtype)
         and update.dtype == acc.dtype
     ):
         return None
-    value = update.args[1]
+    op, value = update.op, update.args[1]
+    if op == "sub":  # `acc - v` is exactly `acc + (-v)`: a sum of negated values
+        op, value = "add", ir.Apply("neg", (value,), acc.dtype)
     readers = [*(d for d in pre if d is not acc), *inner]
     if any(acc.name in ir.read_locals(d) for d in readers):
         return None
     if any(isinstance(e, ir.Local) and e.name == acc.name for e in ir.walk_expr(value)):
         return None
-    return ReductionShape(pre, acc, loops, inner, update.op, value, post)
+    return ReductionShape(pre, acc, loops, inner, op, value, post)
+
+
+def one_store(s: ir.Stmt) -> bool:
+    """Whether `s` stores one cell: a `Set`, or one inside loops of extent 1 (a result of one
+    cell in a buffer of dims (1,))."""
+    while isinstance(s, ir.For) and s.extent == 1:
+        s = s.body
+    return isinstance(s, ir.Set)
 
 
 def _coefficient(get: ir.Get, it: Iterator) -> tuple[int | None, list[int], int]:
@@ -164,33 +174,43 @@ def vector_load(get: ir.Get, it: Iterator, vector: int) -> bool:
 
 
 def _vector_width(shape: ReductionShape) -> int:
-    """16 bytes' worth of values when some read of the innermost loop can load them at once."""
+    """16 bytes' worth of values of the largest buffer read along the innermost loop, when it
+    can load them at once (a matrix-vector product's 16-bit weights: 8 a load; the vector, too
+    wide to load 8 float32 values at once, is read one value at a time)."""
     reads = [e for e in ir.walk_expr(shape.value) if isinstance(e, ir.Get)]
-    sizes = {
-        get.tnode.dtype.itemsize for get in reads if _coefficient(get, shape.innermost)[0] == 1
-    }
-    if not sizes or not sizes <= {4, 8}:
+    along = [get for get in reads if _coefficient(get, shape.innermost)[0] == 1]
+    if not along:
         return 1
-    vector = 16 // max(sizes)
-    if shape.loops[-1].extent % vector:
+    largest = max(along, key=lambda get: get.tnode.size)
+    if largest.tnode.dtype.itemsize not in (2, 4, 8):
         return 1
-    if not any(vector_load(get, shape.innermost, vector) for get in reads):
-        return 1
+    vector = 16 // largest.tnode.dtype.itemsize
+    while vector > 1 and (
+        shape.loops[-1].extent % vector or not vector_load(largest, shape.innermost, vector)
+    ):
+        vector //= 2
     return vector
 
 
 def _across_cells(plan: KernelPlan, shape: ReductionShape) -> bool:
-    """Whether the reads are contiguous along the cells rather than along the reduction."""
+    """Whether the reads are contiguous along the cells rather than along the reduction: those
+    of the largest buffer moving with the reduction decide (a product of a vector and a matrix
+    whose rows are the cells' neighbours reads the matrix across cells, however many small
+    vectors are read along the reduction)."""
     if not plan.grid:
         return False
     cell = plan.grid[-1].iterator
-    along_cells = along_reduction = 0
+    moving = []
     for get in (e for e in ir.walk_expr(shape.value) if isinstance(e, ir.Get)):
         own, _, _ = _coefficient(get, shape.innermost)
         if own == 0 or own is None:
             continue
-        along_reduction += abs(own) == 1
-        along_cells += _coefficient(get, cell)[0] in (1, -1)
+        moving.append((get.tnode.size, abs(own) == 1, _coefficient(get, cell)[0] in (1, -1)))
+    if not moving:
+        return False
+    largest = max(size for size, _, _ in moving)
+    along_reduction = sum(a for size, a, _ in moving if size == largest)
+    along_cells = sum(c for size, _, c in moving if size == largest)
     return along_cells > along_reduction
 
 

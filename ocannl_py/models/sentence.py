@@ -16,9 +16,18 @@ from ocannl_py.models.token_ids import ids_term, set_ids
 from ocannl_py.tensor import Tensor
 
 #: Texts per batch (sentence-transformers' default) and the multiple that a batch's token count
-#: is padded to, so that batches of similar lengths share one compiled routine.
+#: is padded to, so that batches of similar lengths share one compiled routine; a finer one up
+#: to SHORT tokens, where the work grows with every padded token (a text of 10 tokens runs as
+#: 12: 25% less work than 16; 8 routines at most cover the short lengths).
 BATCH = 32
 LENGTH_STEP = 16
+SHORT, SHORT_STEP = 32, 4
+
+
+def padded_length(length: int, max_positions: int) -> int:
+    """The token count that a batch of `length` tokens runs as."""
+    step = SHORT_STEP if length <= SHORT else LENGTH_STEP
+    return min(-(-length // step) * step, max_positions)
 
 
 class SentenceEncoder:
@@ -49,18 +58,16 @@ class SentenceEncoder:
     def _run(self, ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         batch, length = ids.shape
         # Padding more tokens changes nothing (they are masked out) and reuses routines.
-        padded = min(-(-length // LENGTH_STEP) * LENGTH_STEP, self.config.max_positions)
-        fill = ((0, 0), (0, padded - length))
-        ids = np.pad(ids, fill, constant_values=self.tokenizer.pad_id)
-        type_ids, mask = np.pad(type_ids, fill), np.pad(mask, fill)
+        padded = padded_length(length, self.config.max_positions)
         routine, terms, pooled = self._routine(batch, padded)
         config = self.config
-        set_ids(terms["ids"], ids, config.vocab_size, "embed: token ids")
-        set_ids(terms["type_ids"], type_ids, config.type_vocab_size, "embed: token type ids")
-        positions = np.broadcast_to(np.arange(padded), (batch, padded))
-        set_ids(terms["positions"], positions, config.max_positions, "embed: positions")
-        terms["mask"].set_value(mask.reshape(batch, 1, 1, padded).astype(np.float32))
-        terms["token_mask"].set_value(mask.astype(np.float32))
+        set_ids(terms["ids"], _padded(ids, padded, self.tokenizer.pad_id), config.vocab_size,
+                "embed: token ids")  # fmt: skip
+        set_ids(terms["type_ids"], _padded(type_ids, padded, 0), config.type_vocab_size,
+                "embed: token type ids")  # fmt: skip
+        mask = _padded(mask, padded, 0).astype(np.float32)
+        terms["mask"].set_value(mask.reshape(batch, 1, 1, padded))
+        terms["token_mask"].set_value(mask)
         routine.run()
         return np.array(pooled.value, np.float32)
 
@@ -85,5 +92,16 @@ class SentenceEncoder:
                 self._loaded = True
             with stage(f"compiling the encoder for {batch} x {length} tokens", self.progress):
                 routine = self.ctx.compile(pooled.forward, "sentence_embeddings")
+            # The same on every run of this shape.
+            positions = np.broadcast_to(np.arange(length), (batch, length))
+            set_ids(terms["positions"], positions, self.config.max_positions, "embed: positions")
             self._built[key] = (routine, terms, pooled)
         return self._built[key]
+
+
+def _padded(values: np.ndarray, length: int, fill: int) -> np.ndarray:
+    """`values` (batch x tokens) with `fill` appended up to `length` tokens (faster than np.pad,
+    which costs more than a short text's other host work)."""
+    out = np.full((values.shape[0], length), fill, dtype=np.asarray(values).dtype)
+    out[:, : values.shape[1]] = values
+    return out

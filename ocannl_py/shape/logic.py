@@ -455,6 +455,8 @@ def close(shapes: Iterable[Shape]) -> None:
     a parameter left undetermined is an error. Operations that none of them reaches (an
     abandoned expression) are left alone. On an error, the shapes are left as they were."""
     reached, steps = _reach(shapes)
+    if not steps and all(s.is_solved for s in reached):
+        return  # closed already (compiling closes the code's shapes again)
     rows = [s.original_row(k) for s in reached for k in KINDS]
     rows.extend(r for step in steps for r in step.scope.extra_rows)
     leaf_rows = [s.original_row(k) for s in reached if not s.computed for k in KINDS]

@@ -78,16 +78,17 @@ def derive_parts(step: UpdateStep) -> list[Projections]:
 
 
 def _checked(step, space, lhs, rhs, operands) -> Projections:
+    what = step.describe()
     projections = Projections(
         tuple(space.extents),
         tuple(space.iterators),
         tuple(lhs),
         tuple(tuple(r) for r in rhs),
-        debug=step.describe(),
+        debug=what,
         guarded=space.padded,
     )
     try:
-        projections.check_against(step.result.dims(), [s.dims() for s in operands], step.describe())
+        projections.check_against(step.result.dims(), [s.dims() for s in operands], what)
     except ValueError as e:
         raise ShapeError(str(e)) from None
     return projections

@@ -75,6 +75,9 @@ class Shape:
         self.computed = False
         # A number written in an expression: only the operation it is written in uses it.
         self.single_use = False
+        # (terms.undone() when seen, sizes per kind) once every row is solved: a solution stays
+        # unless a transaction is undone, and compiling reads the sizes many times.
+        self._solved: tuple[int, dict[str, list[int]]] | None = None
 
     def row(self, kind: str) -> terms.Row:
         """The row of `kind` as solved so far."""
@@ -95,7 +98,21 @@ class Shape:
     def rows(self) -> list[terms.Row]:
         return [self.row(k) for k in KINDS]
 
+    def _solved_sizes(self) -> dict[str, list[int]] | None:
+        """The sizes of every row, or None while one is not solved."""
+        cached = self._solved
+        if cached is not None and cached[0] == terms.undone():
+            return cached[1]
+        sizes = {k: terms.row_sizes(self._rows[k]) for k in KINDS}
+        if any(v is None for v in sizes.values()):
+            return None
+        self._solved = (terms.undone(), sizes)  # type: ignore[assignment]
+        return sizes  # type: ignore[return-value]
+
     def _sizes(self, kind: str) -> list[int]:
+        solved = self._solved_sizes()
+        if solved is not None:
+            return list(solved[kind])
         sizes = terms.row_sizes(self._rows[kind])
         if sizes is None:
             raise ShapeError(
@@ -118,10 +135,13 @@ class Shape:
 
     @property
     def is_solved(self) -> bool:
-        return all(terms.is_solved(r) for r in self.rows())
+        return self._solved_sizes() is not None
 
     def dims(self) -> tuple[int, ...]:
         """Memory order: batch dims, then output dims, then input dims."""
+        solved = self._solved_sizes()
+        if solved is not None:
+            return (*solved["batch"], *solved["output"], *solved["input"])
         return tuple(self.batch + self.output + self.input)
 
     def __str__(self) -> str:

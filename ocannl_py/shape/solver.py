@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
+from ocannl_py.shape import terms
 from ocannl_py.shape.constraints import (
     AffineDim,
     ConcatDim,
@@ -66,6 +67,8 @@ class Transaction:
 
     def rollback(self) -> None:
         """Undo everything this transaction did, latest first."""
+        if self._trail:
+            terms.note_undone()
         while self._trail:
             undo, *args = self._trail.pop()
             undo(*args)

@@ -105,6 +105,21 @@ def resolve_dim(d: DimLike) -> DimLike:
     return d
 
 
+#: How many transactions have been undone: a solution seen before may be gone since.
+_undone = itertools.count()
+_undone_now = 0
+
+
+def note_undone() -> None:
+    """Record that a transaction undid its bindings (cached solutions become stale)."""
+    global _undone_now
+    _undone_now = next(_undone) + 1
+
+
+def undone() -> int:
+    return _undone_now
+
+
 def resolve_row(row: Row) -> Row:
     if row.var is None or row.var.solution is None:
         # Common case: nothing to substitute but solved dim variables, often none at all.

@@ -133,6 +133,11 @@ class DataParallel:
         self.comm_streams = comm_streams
         first = replicas[0]
         self._on_gpus = first.context.name == "cuda"
+        if self._on_gpus:
+            # A run's index checks (embedding lookups) are read at the next step or at
+            # `synchronize`: reading them at once would make the host wait for each GPU in turn.
+            for replica in replicas:
+                replica.context.runtime.defer_index_checks = True
         self.activate(first)
         for r, replica in enumerate(replicas[1:], 1):
             if replica.bucket_labels != first.bucket_labels or [p.value_node.dims for p in replica.params] != [p.value_node.dims for p in first.params]:  # fmt: skip
@@ -189,6 +194,7 @@ class DataParallel:
         losses = []
         for replica in self.replicas:
             self.activate(replica)
+            replica.context.runtime.raise_index_errors()
             losses.append(replica.loss.item())
         return float(np.mean(losses))
 

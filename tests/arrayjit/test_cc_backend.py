@@ -189,3 +189,19 @@ def test_float16_is_stored_as_bits_where_the_compiler_cannot_build_loops_over_it
     flags = [f for f in cc.flags() if f != "-shared"]
     native = [cc.compiler(), *flags, "-c", str(source), "-o", str(tmp_path / "q.o")]
     assert cc.has_float16() == (subprocess.run(native, capture_output=True).returncode == 0)
+
+
+def test_profile_times_each_chunk_function(c_context):
+    """`profile` calls each chunk function alone, in order, and leaves the values a run gives."""
+    n = 64
+    x, y, z = TNode("x", (n,)), TNode("y", (n,)), TNode("z", (n,))
+    code = Accum(y, None, "exp", (x,), identity_projections((n,), 1)) + Accum(
+        z, None, "tanh", (y,), identity_projections((n,), 1)
+    )
+    values = np.linspace(-2, 1, n, dtype=np.float32)
+    x.set_host(values)
+    routine = c_context.compile(code)
+    times = routine.compiled.profile(repeats=2, clock=time.thread_time)
+    assert [t.name for t in times] == [symbol for _, symbol, _ in routine.compiled.plan["chunks"]]
+    assert len(times) >= 1 and all(t.ms >= 0 for t in times)
+    np.testing.assert_allclose(z.host(), np.tanh(np.exp(values)), rtol=1e-6)

@@ -67,7 +67,10 @@ def test_nccl_mean_on_two_gpus():
         backend.device.set_current()
         for i in range(len(dims)):
             buffers[r][i].set_host(values[r][i])
-    streams = [b.device.create_stream() for b in backends]
+    streams = []
+    for backend in backends:
+        backend.device.set_current()  # a stream belongs to the current device
+        streams.append(backend.device.create_stream())
     events = nccl.all_reduce(buffers, streams)
     for backend, event in zip(backends, events, strict=True):
         backend.device.set_current()

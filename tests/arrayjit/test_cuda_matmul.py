@@ -129,7 +129,7 @@ def test_tuned_configuration_is_taken_by_key():
     assert matmul_plan(code, GpuOptions(matmul_configs={key: chosen})).config == chosen
     # A TF32 choice for a SIMT key is ignored.
     bad = GpuOptions(matmul_configs={key: CANDIDATES_TF32[0]})
-    assert matmul_plan(code, bad).config == gpu_matmul.DEFAULT
+    assert matmul_plan(code, bad).config == gpu_matmul.default_config(shape, None)
 
 
 def test_source_has_asynchronous_copies_and_dynamic_shared_memory():
@@ -279,3 +279,19 @@ def test_computed_operand_matches_numpy(run):
     assert ran.plans[0].matmul.loads[0].mode == "compute"
     expected = np.exp(x.astype(np.float64)) @ y
     assert np.linalg.norm(c.host() - expected) / np.linalg.norm(expected) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "rows, cols, large",
+    [
+        (2048, 768, False),
+        (768, 768, False),
+        (2048, 3072, True),
+        (300, 100, False),
+        (4096, 4096, True),
+    ],
+)
+def test_products_too_small_to_fill_the_gpu_take_small_tiles(rows, cols, large):
+    code, *_ = matmul(rows, 64, cols)
+    shape = matmul_plan(code)
+    assert shape.config == (gpu_matmul.DEFAULT if large else gpu_matmul.SMALL)

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arrayjit import loop_ir as ir
-from arrayjit.assignments import Accum
+from arrayjit.assignments import Accum, Arg, Call, Constant, Fetch, Lit, seq
 from arrayjit.codegen.cuda_syntax import generate
 from arrayjit.indexing import Fixed, Iterator, Projections
 from arrayjit.lowering import compile_to_ir
 from arrayjit.schedule import gpu_reductions
 from arrayjit.schedule.gpu_kernels import GpuOptions, plan_kernels
-from arrayjit.tnode import TNode
+from arrayjit.tnode import MemoryMode, TNode
 
 REFERENCE = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
 
@@ -120,13 +120,18 @@ def test_short_or_unregroupable_reductions_stay_in_one_thread():
     x, rows = TNode("x", (100, 15)), TNode("rows", (100,))
     assert forms(plans_of(row_reduction(x, rows))) == [None]
     x, rows = TNode("x", (100, 500)), TNode("rows", (100,))
-    # `sub` accumulates as acc - v1 - v2 ...: not regrouped.
-    assert forms(plans_of(row_reduction(x, rows, "sub"))) == [None]
     assert forms(
         plan_kernels(
             compile_to_ir(row_reduction(x, rows), True), GpuOptions(parallel_reductions=False)
         )
     ) == [None]
+
+
+def test_subtracting_reductions_are_sums_of_negated_values():
+    # acc - v1 - v2 ... is exactly acc + (-v1) + (-v2) ...: regrouped as a sum is.
+    x, rows = TNode("x", (100, 500)), TNode("rows", (100,))
+    assert forms(plans_of(row_reduction(x, rows, "sub"))) == forms(plans_of(row_reduction(x, rows)))
+    assert forms(plans_of(row_reduction(x, rows, "sub"))) != [None]
 
 
 def test_misaligned_rows_use_scalar_loads():
@@ -170,6 +175,48 @@ def test_recognizer_needs_the_accumulator_only_in_its_update():
         ir.SetLocal(acc.name, ir.Apply("add", (acc, bad_value), acc.dtype)),
     )
     assert gpu_reductions.reduction_shape([*shape.pre, bad_loop, *shape.post]) is None
+
+
+def mean_then(x: TNode, mean: TNode, after_reads_mean: bool):
+    """`mean = sum(x) / 1024` (the sum virtual: a local divided once it is done), then a scalar
+    store (of 1, or of `2 * mean`)."""
+    total = TNode("total", (1,), "float32", MemoryMode.VIRTUAL)
+    its = tuple(Iterator(name=f"r{k}") for k in range(len(x.dims)))
+    sum_all = Accum(
+        total, "add", "identity", (x,), Projections(x.dims, its, (Fixed(0),), (its,)), True
+    )
+    o = Iterator(name="o")
+    one = Projections((1,), (o,), (o,), ((o,),))
+    divide = Accum(mean, None, Call("div", (Arg(0), Lit(1024.0))), (total,), one)
+    flag = TNode("flag", (1,))
+    after = (
+        Accum(flag, None, Call("mul", (Arg(0), Lit(2.0))), (total,), one)
+        if after_reads_mean
+        else Fetch(flag, Constant(1.0))
+    )
+    return seq([sum_all, divide, after]), flag
+
+
+def test_a_mean_to_one_value_is_a_team_reduction():
+    # An MLP's loss: the sum's local divided into a (1,) buffer, then the loss gradient's fill.
+    x, mean = TNode("x", (4, 2560)), TNode("mean", (1,))
+    code, _ = mean_then(x, mean, after_reads_mean=False)
+    assert forms(plans_of(code)) == [(256, 1, 4, False), None]
+    # A later store reading the sum too: both stores follow the one team reduction.
+    code, _ = mean_then(x, mean, after_reads_mean=True)
+    assert forms(plans_of(code)) == [(256, 1, 4, False)]
+
+
+@pytest.mark.parametrize("after_reads_mean", [False, True])
+def test_a_mean_to_one_value_matches_numpy(run, after_reads_mean):
+    rng = np.random.default_rng(5)
+    x, mean = TNode("x", (4, 2560)), TNode("mean", (1,))
+    x.set_host(integers(rng, (4, 2560)))
+    code, flag = mean_then(x, mean, after_reads_mean)
+    run(code)
+    total = x.host().sum()  # exact: small integers
+    assert mean.host()[0] == np.float32(total / 1024)
+    assert flag.host()[0] == (2 * total if after_reads_mean else 1)
 
 
 # ---- values ------------------------------------------------------------------------------
@@ -281,6 +328,18 @@ def test_accumulating_into_existing_values_adds_the_old_value_once(run):
     assert total.host()[0] == 5 + y.host().sum()
 
 
+@pytest.mark.parametrize("rows, length", [(3, 50_257), (17, 1000), (1, 3)])
+def test_subtracting_from_existing_values_matches_numpy(run, rows, length):
+    # The loss gradient of a cross-entropy: `log_grad[row] -= sum of the row`.
+    rng = np.random.default_rng(rows)
+    x, out = TNode("x", (rows, length)), TNode("out", (rows,))
+    x.set_host(integers(rng, (rows, length)))
+    start = integers(rng, rows)
+    out.set_host(start)
+    run(row_reduction(x, out, "sub", zero_first=False))
+    np.testing.assert_array_equal(out.host(), start - x.host().sum(axis=1))
+
+
 def test_dot_product_and_matrix_vector_product(run):
     rng = np.random.default_rng(5)
     n, m = 10_000, 30
@@ -299,6 +358,46 @@ def test_dot_product_and_matrix_vector_product(run):
     assert all(p.reduction is not None for p in ran.plans)
     assert dot.host()[0] == a.host() @ b.host()
     np.testing.assert_array_equal(out.host(), mat.host() @ b.host())
+
+
+def matrix_vector(rows: int, k: int, dtype: str, k_contiguous: bool):
+    """`out[i] = sum over j of x[j] * w[i, j]` (`w` stored (rows, k)) or `x[j] * w[j, i]`
+    (stored (k, rows)): one token's product with a weight matrix of `dtype`."""
+    w = TNode("w", (rows, k) if k_contiguous else (k, rows), dtype)
+    x, out = TNode("x", (k,)), TNode("out", (rows,))
+    i, j = Iterator(name="i"), Iterator(name="j")
+    wi = (i, j) if k_contiguous else (j, i)
+    code = Accum(out, "add", "mul", (x, w), Projections((rows, k), (i, j), (i,), ((j,), wi)), True)
+    return code, x, w, out
+
+
+@pytest.mark.parametrize(
+    "dtype, k_contiguous, form",
+    [
+        ("bfloat16", True, [(32, 1, 8, False)]),  # 16 bytes of weights a load
+        ("float16", True, [(32, 1, 8, False)]),
+        ("float32", True, [(32, 1, 4, False)]),
+        # The weights' rows are the cells' neighbours (two passes: 1600 cells are few threads).
+        ("bfloat16", False, [(8, 13, 1, True), None]),
+    ],
+)
+def test_matrix_vector_products_read_the_matrix_wide_and_coalesced(dtype, k_contiguous, form):
+    code, *_ = matrix_vector(1600, 1600, dtype, k_contiguous)
+    assert forms(plans_of(code)) == form
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("k_contiguous", [True, False])
+@pytest.mark.parametrize("rows, k", [(1, 16), (3, 1000), (17, 1608), (1001, 24)])
+def test_matrix_vector_products_match_numpy(run, dtype, k_contiguous, rows, k):
+    rng = np.random.default_rng(rows + k)
+    code, x, w, out = matrix_vector(rows, k, dtype, k_contiguous)
+    x.set_host(integers(rng, k))
+    w.set_host(integers(rng, w.dims))  # small integers: exact in 16 bits and in any order
+    run(code)
+    weights = w.host().astype(np.float64)
+    expected = (weights if k_contiguous else weights.T) @ x.host().astype(np.float64)
+    np.testing.assert_array_equal(out.host(), expected.astype(np.float32))
 
 
 def test_reduction_over_two_axes_with_a_hoisted_factor(run):
@@ -359,3 +458,18 @@ def test_reduction_kernels_compile_for_sm90_with_vector_loads_and_no_local_memor
     # The row maxima (kernel 2) load 16 bytes at a time and combine with butterfly shuffles.
     assert "LDG.E.128" in code_of["ocannl_r_k2"] and "SHFL.BFLY" in code_of["ocannl_r_k2"]
     assert "LDG.E.128" in code_of["ocannl_r_k0"]
+
+
+def test_16_bit_matrix_vector_kernels_load_16_bytes_of_weights(tmp_path):
+    from cuda_runners import nvcc_cubin, resources, sass
+
+    code, *_ = matrix_vector(1600, 1600, "bfloat16", True)
+    other, *_ = matrix_vector(1600, 6400, "float16", True)
+    generated = generate(compile_to_ir(code + other, True), "ocannl_r")
+    cubin = nvcc_cubin(
+        generated.source, tmp_path, headers="#include <cuda_fp16.h>\n#include <cuda_bf16.h>"
+    )
+    usage = resources(cubin)
+    assert all(u["LOCAL"] == 0 and u["STACK"] == 0 for u in usage.values())
+    code_of = sass(cubin)
+    assert all("LDG.E.128" in code_of[name] for name in ("ocannl_r_k0", "ocannl_r_k1"))

@@ -177,3 +177,28 @@ def test_cpu_schedule_threads_and_vectorizes_only_across_the_row():
     ids.set_host(id_values)
     runtime.compile(code).run()
     np.testing.assert_array_equal(out.host(), table.host()[id_values])
+
+
+@pytest.mark.parametrize("backend", ["c", "cuda"])
+def test_deferred_checks_raise_at_the_next_run_or_synchronize(backend):
+    from arrayjit.runtime.runtime import Runtime, cuda_usable
+
+    if backend == "cuda" and not cuda_usable():
+        pytest.skip("no usable GPU here")
+    runtime = Runtime(backend)
+    runtime.defer_index_checks = True
+    code, table, ids, out = gather(4, 7, 3)
+    table.set_host(np.arange(21, dtype=np.float32).reshape(7, 3))
+    ids.set_host(np.array([1, 9, 6, 0], np.int32))
+    routine = runtime.compile(code)
+    routine.run()  # queued: the check is read later
+    with pytest.raises(IndexOutOfRange, match=r"index 9 read from 'ids'"):
+        routine.run()  # reads the previous run's check first
+    routine.run()  # the failed run's check was read: this one is pending
+    with pytest.raises(IndexOutOfRange, match=r"index 9 read from 'ids'"):
+        runtime.synchronize()
+    runtime.synchronize()  # nothing pending any more
+    ids.set_host(np.array([1, 2, 6, 0], np.int32))
+    routine.run()
+    runtime.synchronize()
+    np.testing.assert_array_equal(out.host()[:, 0], [3, 6, 18, 0])

@@ -95,6 +95,26 @@ def test_new_host_values_of_weights_and_inputs_are_used_by_the_next_run():
     np.testing.assert_allclose(y.host(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_new_weights_of_the_stages_copied_ahead_are_used_by_the_next_run():
+    # The first streamed stages' copies for a run are issued at the end of the one before:
+    # weights changed in between must be copied again.
+    n = 17
+    codes, x, weights, y = stages(5, n)
+    streamed = Runtime("c").compile_streamed(codes, ring_budget(n, 5, 2))
+    leading = [streamed.table[k][1] for k in streamed.leading]
+    assert leading == streamed.plan.streamed[:2]
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        streamed.run()
+        for stage in leading:
+            (weights[stage] if stage else x).set_host(
+                rng.standard_normal(weights[stage].dims if stage else n)
+            )
+    streamed.run()
+    expected = reference(x.host(), [w.host() for w in weights])
+    np.testing.assert_allclose(y.host(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_state_written_by_a_stage_persists_between_runs():
     """A buffer a stage both reads and writes (as a KV cache) keeps its values across runs, and
     values set from the host reach it."""

@@ -138,9 +138,20 @@ def test_a_long_run_does_not_grow_device_memory():
         streamed.run()
     streamed.synchronize()
     first = y.host().copy()
-    before = free_device_bytes()
+    # The backend's own pool, not the device-wide free memory other test processes move.
+    before = pool_used_bytes(gpu.backend)
     for _ in range(1000):
         streamed.run()
     streamed.synchronize()
-    assert before - free_device_bytes() < 2 << 20  # nothing allocated per run
+    assert pool_used_bytes(gpu.backend) == before  # nothing allocated per run
     np.testing.assert_array_equal(y.host(), first)
+
+
+def pool_used_bytes(backend) -> int:
+    """Bytes in use in the backend's stream-ordered memory pool."""
+    from cuda.bindings import driver
+
+    attribute = driver.CUmemPool_attribute.CU_MEMPOOL_ATTR_USED_MEM_CURRENT
+    err, value = driver.cuMemPoolGetAttribute(backend.pool.handle, attribute)
+    assert err == driver.CUresult.CUDA_SUCCESS, err
+    return int(value)

@@ -294,7 +294,8 @@ def test_copies_and_computes_follow_the_plan_without_races(gpu, slots, host_memo
     assert stats.bytes_copied == plan.streamed_bytes() and stats.runs == 3
     assert 0 <= stats.hidden_copy_seconds <= stats.copy_seconds
     copies = [op for op in gpu.ops if op[0] == "copy" and op[1] == streamed.streams.copier.name]
-    assert len(copies) == 3 * 5  # one copy per streamed stage and run
+    # One copy per streamed stage and run, and the next run's first copies, issued ahead.
+    assert len(streamed.leading) == slots and len(copies) == 3 * 5 + slots
     # Values set on the host reach the next run: a streamed weight and the input.
     weights[3].set_host(np.full((n, n), 0.5))
     x.set_host(np.arange(n))

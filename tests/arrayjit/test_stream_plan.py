@@ -225,3 +225,18 @@ def test_sizes_read_as_bytes():
             parse_bytes(bad)
     with pytest.raises(TypeError):
         parse_bytes(2.5)
+
+
+@pytest.mark.parametrize(
+    "kept, streamed", [(5, [2, 6]), (3, [1, 3, 5, 7]), (1, [1, 2, 3, 5, 6, 7])]
+)
+def test_streamed_layers_are_spread_among_the_resident_ones(kept, streamed):
+    # Eight stages (stage 0, reading x too, is the largest) and room for stage 0 and `kept` of
+    # the seven equal layers: the others stream evenly spaced (before: the last ones), so each
+    # copy runs while resident layers compute.
+    stages = stack([256] * 8)
+    activations = plan(stages, budget=10**6).total_bytes - 7 * 1024 - 1280
+    p = plan(stages, budget=activations + 1280 + kept * 1024 + 2 * 1024)
+    assert p.streamed == streamed
+    check_table(p)
+    check_layout(p)

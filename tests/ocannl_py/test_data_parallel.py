@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import ocannl_py as oc
 from arrayjit.runtime import collectives
+from arrayjit.runtime.index_checks import IndexOutOfRange
 from ocannl_py import Context, train
 from ocannl_py.code import Code
 from ocannl_py.train.autodiff import grad_update
@@ -249,16 +250,29 @@ def token_batch(rng, batch: int) -> dict[str, np.ndarray]:
     }
 
 
-def test_small_gpt2_replicas_train_as_one_routine():
+C_AND_TWO_GPUS = [
+    "c",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(collectives.gpu_count() < 2, reason="needs two CUDA GPUs (NCCL)"),
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", C_AND_TWO_GPUS)
+def test_small_gpt2_replicas_train_as_one_routine(backend):
+    # On GPUs: NCCL buckets, and the embedding lookups' index checks deferred to the next step.
     batch, steps = 4, 20
     rng = np.random.default_rng(2)
-    dp = train.data_parallel(small_gpt2, momentum, batch_size=batch, replicas=2, backend="c",
+    dp = train.data_parallel(small_gpt2, momentum, batch_size=batch, replicas=2, backend=backend,
                              bucket_bytes=2000)  # fmt: skip
     assert len(dp.replicas[0].backward) > 2
     loss, inputs = small_gpt2(batch)
+    dp.activate(dp.replicas[0])
+    initial = [p0.value for p0 in dp.params]
     step = Context("c").compile(grad_update(loss) + momentum(loss))
-    for p, p0 in zip(loss.param_list(), dp.params, strict=True):
-        p.set_value(p0.value)
+    for p, value in zip(loss.param_list(), initial, strict=True):
+        p.set_value(value)
     for _ in range(steps):
         arrays = token_batch(rng, batch)
         got = dp.step(arrays)
@@ -266,8 +280,21 @@ def test_small_gpt2_replicas_train_as_one_routine():
             inputs[name].set_value(array)
         step.run()
         np.testing.assert_allclose(got, loss.item(), rtol=2e-5)
-    for p_ref, p in zip(loss.param_list(), dp.params, strict=True):
-        np.testing.assert_allclose(p.value, p_ref.value, rtol=1e-4, atol=2e-6, err_msg=p.label)
+    for r, replica in enumerate(dp.replicas):
+        dp.activate(replica)
+        for p_ref, p in zip(loss.param_list(), replica.params, strict=True):
+            np.testing.assert_allclose(
+                p.value, p_ref.value, rtol=1e-4, atol=2e-6, err_msg=f"replica {r}: {p.label}"
+            )
+
+
+@pytest.mark.parametrize("backend", C_AND_TWO_GPUS)
+def test_a_bad_token_id_of_a_replica_is_reported(backend):
+    dp = train.data_parallel(small_gpt2, momentum, batch_size=4, replicas=2, backend=backend)
+    arrays = token_batch(np.random.default_rng(0), 4)
+    arrays["ids"][3, 1] = 11  # replica 1's shard, outside the vocabulary of 11
+    with pytest.raises(IndexOutOfRange, match="index 11 read from"):
+        dp.step(arrays)
 
 
 def test_each_bucket_reduced_once_its_routines_ran_and_before_the_next():

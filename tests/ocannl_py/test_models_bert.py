@@ -12,7 +12,7 @@ import pytest
 import ocannl_py as oc
 from ocannl_py import Context, models
 from ocannl_py.models import bert, hf
-from ocannl_py.models.sentence import SentenceEncoder
+from ocannl_py.models.sentence import SentenceEncoder, padded_length
 from ocannl_py.models.token_ids import ids_term, set_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,6 +47,13 @@ def test_minilm_embeddings_equal_sentence_transformers(backend, minilm_folder):
     with pytest.raises(ValueError, match=r"text 1 \('word word .*\.\.\.'\) has 302 tokens; the "
                        r"model takes at most 256"):  # fmt: skip
         encoder.encode(["fine", "word " * 300])
+
+
+def test_padded_lengths():
+    """Multiples of 4 up to 32 tokens, of 16 above, never past the model's positions."""
+    lengths = [1, 4, 5, 10, 32, 33, 48, 49, 500, 512]
+    assert [padded_length(n, 512) for n in lengths] == [4, 4, 8, 12, 32, 48, 48, 64, 512, 512]
+    assert padded_length(30, 30) == 30
 
 
 def tiny_bert_folder(folder, gelu: str):
