@@ -7,7 +7,11 @@ in a scratch buffer) when the buffer is written elsewhere, when a source of its 
 overwritten before a later read, or when its expression calls an expensive function (`exp`,
 `log`...) and a pointwise nest would compute it again and again: inside a loop whose iterator the
 read's index does not use, around a loop whose iterator it uses (hoisting cannot lift it out of
-that loop; `rstd[b]` read in `for d: for b:`, or `exp(s)[d]` in `for b: for d:`).
+that loop; `rstd[b]` read in `for d: for b:`, or `exp(s)[d]` in `for b: for d:`); or when
+it reads several buffers of its own size and several statements read it: inlined, each of them
+would load all of those (see `_cheaper_stored`; a residual stream `x + a` read by a layer norm's
+stages and the next residual sum, which inlined down a deep model would sum every layer's output
+again in each reader).
 """
 
 from __future__ import annotations
@@ -108,15 +112,37 @@ def _recomputed(s: ir.Stmt, defs: dict[TNode, Definition]) -> set[TNode]:
     return found
 
 
+def _reads(s: ir.Stmt) -> dict[TNode, int]:
+    """How many reads of each buffer the text of `s` holds."""
+    counts: dict[TNode, int] = {}
+    for x in ir.walk(s):
+        for root in ir.root_exprs(x):
+            for e in ir.walk_expr(root):
+                if isinstance(e, ir.Get):
+                    counts[e.tnode] = counts.get(e.tnode, 0) + 1
+    return counts
+
+
+def _cheaper_stored(v: TNode, expr: ir.Expr, readers: int) -> bool:
+    """Whether storing `v` once moves fewer values than inlining `expr` into its `readers`
+    reads: with `loads` distinct reads of buffers at least as large as `v` (smaller ones, a bias
+    or a row statistic, stay in caches), inlining loads `readers * loads` values where storing
+    loads `loads`, writes one and reads it `readers` times."""
+    loads = {e for e in ir.walk_expr(expr) if isinstance(e, ir.Get) and e.tnode.size >= v.size}
+    return (readers - 1) * (len(loads) - 1) > 2
+
+
 def run(stmt: ir.Stmt) -> ir.Stmt:
     top = list(stmt.stmts) if isinstance(stmt, ir.Block) else [stmt]
     virtual_writes: dict[TNode, int] = {}
     last_read: dict[TNode, int] = {}
+    readers: dict[TNode, int] = {}
     for pos, s in enumerate(top):
         for t in ir.written_tnodes(s):
             virtual_writes[t] = virtual_writes.get(t, 0) + 1
-        for t in ir.read_tnodes(s):
+        for t, n in _reads(s).items():
             last_read[t] = pos
+            readers[t] = readers.get(t, 0) + n
 
     for t in last_read:
         if t.memory_mode is MemoryMode.VIRTUAL and t not in virtual_writes:
@@ -145,6 +171,12 @@ def run(stmt: ir.Stmt) -> ir.Stmt:
         found = _as_definition(s)
         if found is not None and virtual_writes[found[0]] == 1:
             v, axes, expr = found
+            if _cheaper_stored(v, expr, readers.get(v, 0)):
+                log.info(
+                    "virtual %s materialized: cheaper stored than loaded by each reader", v.label
+                )
+                out.append(s)
+                continue
             sources = frozenset(e.tnode for e in ir.walk_expr(expr) if isinstance(e, ir.Get))
             costly = any(isinstance(e, ir.Apply) and e.op in EXPENSIVE for e in ir.walk_expr(expr))
             defs[v] = Definition(axes, expr, s, sources, costly)

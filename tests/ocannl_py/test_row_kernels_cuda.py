@@ -77,7 +77,9 @@ def row_plans(plans: list) -> list:
 
 def team_for(length: int) -> int:
     """The team gpu_rows gives a row of `length` values."""
-    return 256 if length > 1024 else min(32, max(4, 1 << max(0, (-(-length // 4) - 1).bit_length())))
+    return (
+        256 if length > 1024 else min(32, max(4, 1 << max(0, (-(-length // 4) - 1).bit_length())))
+    )
 
 
 def build_and_reference(kind: str, features: list[int]):
