@@ -36,6 +36,7 @@ from arrayjit.passes import (
     hoisting,
     loop_merging,
     matmul_blocking,
+    row_fusion,
     simplify,
     threads,
     vectorize,
@@ -52,6 +53,7 @@ PASSES = [
     ("zero fills", zero_fill.run),
     ("virtual inlining", virtual_inlining.run),
     ("simplification", simplify.run),
+    ("row fusion", row_fusion.run),
     ("loop-invariant hoisting", hoisting.run),
 ]
 #: Nested loops merge before hoisting, which would put locals between them.
@@ -66,6 +68,7 @@ def cpu_passes(target: CpuTarget) -> list[tuple[str, Callable[[ir.Stmt], ir.Stmt
         ("zero fills", generic["zero fills"]),
         ("virtual inlining", generic["virtual inlining"]),
         ("simplification", generic["simplification"]),
+        ("row fusion", generic["row fusion"]),
         ("matmul blocking", functools.partial(matmul_blocking.run, target=target)),
         ("loop-invariant hoisting", generic["loop-invariant hoisting"]),
         ("threads", functools.partial(threads.run, target=target)),

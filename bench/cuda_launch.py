@@ -52,15 +52,15 @@ def best_microseconds(fn, sync, repeats: int) -> float:
     return 1e6 * best
 
 
-def launch_overhead() -> None:
+def launch_figures(counts=(1, 10, 100)) -> list[tuple[int, float, float, float]]:
+    """(kernels, graph us, one by one us, torch us) per run of each routine."""
     import torch
 
     gpu = Runtime("cuda")
     sync = gpu.backend.synchronize
     x = torch.zeros(N, device="cuda")
-    print("per-run time of a routine of small kernels (us; best of 5)")
-    print(f"{'kernels':>8}{'graph':>10}{'one by one':>12}{'torch':>10}{'torch/graph':>13}")
-    for kernels in (1, 10, 100):
+    rows = []
+    for kernels in counts:
         graph = gpu.compile(negations(kernels), f"neg{kernels}")
         gpu.backend.cuda_graphs = False
         eager = gpu.compile(negations(kernels), f"neg{kernels}")
@@ -75,6 +75,14 @@ def launch_overhead() -> None:
                 y = torch.neg(y)
 
         theirs = best_microseconds(torch_run, torch.cuda.synchronize, repeats)
+        rows.append((kernels, ours, one_by_one, theirs))
+    return rows
+
+
+def launch_overhead() -> None:
+    print("per-run time of a routine of small kernels (us; best of 5)")
+    print(f"{'kernels':>8}{'graph':>10}{'one by one':>12}{'torch':>10}{'torch/graph':>13}")
+    for kernels, ours, one_by_one, theirs in launch_figures():
         print(f"{kernels:>8}{ours:>10.1f}{one_by_one:>12.1f}{theirs:>10.1f}{theirs / ours:>13.2f}")
 
 
@@ -154,12 +162,18 @@ def torch_mlp_ms() -> float:
     return best_microseconds(step, torch.cuda.synchronize, 20) / 1e3
 
 
-def mlp_step() -> None:
+def mlp_figures() -> tuple[dict, float, dict, float]:
+    """The MLP step's compile (empty cache), best cached compile (s), its timing (fresh
+    processes) and torch eager's step (ms)."""
     with tempfile.TemporaryDirectory() as cache:
         cold = run_child(cache, "compile")
         cached = min(run_child(cache, "compile")["compile_s"] for _ in range(3))
         timed = run_child(cache, "time")
-    theirs = torch_mlp_ms()
+    return cold, cached, timed, torch_mlp_ms()
+
+
+def mlp_step() -> None:
+    cold, cached, timed, theirs = mlp_figures()
     print("MLP 784-1024-1024-10, batch 1024, squared error + SGD, one training step")
     print(f"  compile: empty cache {cold['compile_s']:.2f} s, cached (fresh process) "
           f"{1e3 * cached:.1f} ms")  # fmt: skip

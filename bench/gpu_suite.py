@@ -22,10 +22,10 @@ from common import gpu_median_seconds, matmul, torch_median_seconds
 from elementwise_cuda import bench as pointwise_chain
 
 from arrayjit import dtypes
-from arrayjit.assignments import Accum
+from arrayjit.assignments import Accum, Arg, Call, Lit
 from arrayjit.indexing import Fixed, Iterator, Projections
 from arrayjit.runtime.runtime import Runtime
-from arrayjit.tnode import TNode
+from arrayjit.tnode import MemoryMode, TNode
 
 REPEATS = 15
 
@@ -172,6 +172,102 @@ def reduction_item(ctx: Runtime, label: str, dims: tuple[int, ...], keep: int | 
     )
 
 
+# ---- rows: a reduction fused with its pointwise consumers (row fusion) --------------------
+
+
+def _over_rows(lhs: TNode, accum: str | None, op, rhses: tuple[TNode, ...], reads: str) -> Accum:
+    """`lhs[i, j] (accum)= op(...)` over the rows i and columns j of the first operand (or of
+    `lhs`); `reads` says where each operand is read: "r" at [i], "c" at [j], "x" at [i, j]. A
+    reduction (accum, 1-D lhs) reduces each row."""
+    i, j = Iterator(name="i"), Iterator(name="j")
+    at = {"r": (i,), "c": (j,), "x": (i, j)}
+    dims = rhses[0].dims if len(lhs.dims) == 1 else lhs.dims
+    lhs_index = (i,) if len(lhs.dims) == 1 else (i, j)
+    projections = Projections(dims, (i, j), lhs_index, tuple(at[r] for r in reads))
+    return Accum(lhs, accum, op, rhses, projections, accum is not None)
+
+
+def _private(label: str, dims: tuple[int, ...]) -> TNode:
+    return TNode(label, dims, memory_mode=MemoryMode.VIRTUAL)
+
+
+def softmax_code(x: TNode, y: TNode) -> Accum:
+    """`y = softmax(x)` over rows, as nn.softmax lowers it: max, exp(x - max), sum, divide."""
+    rows, length = x.dims
+    top, e, total = _private("max", (rows,)), _private("e", x.dims), _private("sum", (rows,))
+    shifted_exp = Call("exp", (Call("sub", (Arg(0), Arg(1))),))
+    return (
+        _over_rows(top, "max", "identity", (x,), "x")
+        + _over_rows(e, None, shifted_exp, (x, top), "xr")
+        + _over_rows(total, "add", "identity", (e,), "x")
+        + _over_rows(y, None, "div", (e, total), "xr")
+    )
+
+
+def layer_norm_code(x: TNode, w: TNode, b: TNode, y: TNode, eps: float) -> Accum:
+    """`y = (x - mean) / sqrt(var + eps) * w + b` over rows, as nn.layer_norm lowers it."""
+    rows, length = x.dims
+    total, centred, squares = (
+        _private("sum", (rows,)),
+        _private("c", x.dims),
+        _private("sq", (rows,)),
+    )
+    inverse = 1.0 / length
+    centre = Call("sub", (Arg(0), Call("mul", (Arg(1), Lit(inverse)))))
+    square = Call("mul", (Arg(0), Arg(0)))
+    rstd = Call("recip_sqrt", (Call("add", (Call("mul", (Arg(1), Lit(inverse))), Lit(eps))),))
+    scaled = Call("add", (Call("mul", (Call("mul", (Arg(0), rstd)), Arg(2))), Arg(3)))
+    return (
+        _over_rows(total, "add", "identity", (x,), "x")
+        + _over_rows(centred, None, centre, (x, total), "xr")
+        + _over_rows(squares, "add", square, (centred,), "x")
+        + _over_rows(y, None, scaled, (centred, squares, w, b), "xrcc")
+    )
+
+
+def row_item(ctx: Runtime, label: str, rows: int, length: int, norm: bool) -> Row:
+    """Softmax (or layer norm) over the rows of a `rows` x `length` float32 array: one
+    row-fused kernel, its values checked against torch, timed against torch.softmax (or
+    torch.nn.functional.layer_norm)."""
+    rng = np.random.default_rng(rows + length)
+    x, y = TNode("x", (rows, length)), TNode("y", (rows, length))
+    values = rng.standard_normal((rows, length), dtype=np.float32) * 3
+    x.set_host(values)
+    y.set_host(np.full((rows, length), np.nan, np.float32))
+    tx = torch.from_numpy(values).cuda()
+    if norm:
+        w, b = TNode("w", (length,)), TNode("b", (length,))
+        wv = rng.standard_normal(length, dtype=np.float32)
+        bv = rng.standard_normal(length, dtype=np.float32)
+        w.set_host(wv), b.set_host(bv)
+        code = layer_norm_code(x, w, b, y, 1e-5)
+        tw, tb = torch.from_numpy(wv).cuda(), torch.from_numpy(bv).cuda()
+        reference_fn = lambda: torch.nn.functional.layer_norm(tx, (length,), tw, tb, 1e-5)  # noqa: E731
+        name = "F.layer_norm"
+    else:
+        code = softmax_code(x, y)
+        reference_fn = lambda: torch.softmax(tx, dim=1)  # noqa: E731
+        name = "torch.softmax"
+    routine = ctx.compile(code, f"suite_{label.replace(' ', '_')}")
+    kernels = len(routine.compiled.kernels)
+    assert kernels == 1, f"{label}: {kernels} kernels, expected one row-fused kernel"
+    routine.run()
+    expected = reference_fn().cpu().numpy()
+    error = float(np.max(np.abs(y.host() - expected)))
+    assert error < 2e-5 * max(1.0, float(np.abs(expected).max())), f"{label}: error {error:.2e}"
+    ours = timed(ctx, routine.run, 10)
+    reference = torch_timed(reference_fn, 10)
+    nbytes = 2 * values.nbytes  # read once, written once
+    team = routine.compiled.plans[0].rows.team
+    return Row(
+        label,
+        f"{1e6 * ours:.1f} us, {nbytes / ours / 1e9:.0f} GB/s (team of {team} per row)",
+        f"{1e6 * reference:.1f} us, {nbytes / reference / 1e9:.0f} GB/s ({name})",
+        reference / ours,
+        None,
+    )
+
+
 def pointwise_item(ctx: Runtime) -> Row:
     chain, copy = pointwise_chain(26, ctx)
     return Row(
@@ -183,13 +279,39 @@ def pointwise_item(ctx: Runtime) -> Row:
     )
 
 
-NOT_YET = [
-    "row softmax 8192x4096 (needs reduction + pointwise fusion)",
-    "layer norm (needs reduction + pointwise fusion)",
-    "causal attention b8 h12 t1024 d64 bf16 (needs flash-style fusion)",
-    "MLP 784-1024-1024-10 SGD step (needs the above and CUDA graphs)",
-    "launch overhead of small routines (needs CUDA graph replay)",
-]
+def mlp_item() -> Row:
+    """The MLP training step of `cuda_launch.py` (compiled in fresh processes), vs torch eager."""
+    from cuda_launch import mlp_figures
+
+    cold, cached, timed, theirs = mlp_figures()
+    print(
+        f"MLP step: ours {timed['step_ms']:.3f} ms (compile {cold['compile_s']:.2f} s cold, "
+        f"{1e3 * cached:.1f} ms cached), reference {theirs:.3f} ms (torch eager)",
+        flush=True,
+    )
+    return Row(
+        "MLP 784-1024-1024-10 SGD step",
+        f"{timed['step_ms']:.3f} ms",
+        f"{theirs:.3f} ms (torch eager)",
+        theirs / timed["step_ms"],
+        None,
+    )
+
+
+def launch_item() -> Row:
+    """A routine of 100 small kernels replayed as a CUDA graph vs torch launching as many."""
+    from cuda_launch import launch_figures
+
+    ((kernels, ours, one_by_one, theirs),) = launch_figures((100,))
+    print(
+        f"{kernels} small kernels a run: ours {ours:.1f} us (graph; {one_by_one:.1f} us launched "
+        f"one by one), reference {theirs:.1f} us (torch eager)",
+        flush=True,
+    )
+    return Row("100 small kernels a run", f"{ours:.1f} us", f"{theirs:.1f} us", theirs / ours, None)
+
+
+NOT_YET = ["causal attention b8 h12 t1024 d64 bf16 (needs flash-style fusion)"]
 TARGETS = {
     "fp32 matmul 4096": 0.9,
     "tf32 matmul 4096": 0.7,
@@ -197,7 +319,10 @@ TARGETS = {
     "bf16 matmul 8192": 0.7,
     "sum of 2^24": 0.9,
     "row sums 8192x4096": 0.9,
+    "row softmax 8192x4096": 1.0,
+    "layer norm 8192x4096": 1.0,
     "relu(exp(x)*x+1), 2^26 floats": 0.9,
+    "MLP 784-1024-1024-10 SGD step": 1.5,
 }
 
 
@@ -237,7 +362,17 @@ def _items(ctx: Runtime, groups: set[str]) -> tuple[list, list[str]]:
                 "column sums 8192x4096",
                 lambda: reduction_item(ctx, "column sums 8192x4096", (8192, 4096), 1),
             ),
+            (
+                "row softmax 8192x4096",
+                lambda: row_item(ctx, "row softmax 8192x4096", 8192, 4096, False),
+            ),
+            (
+                "layer norm 8192x4096",
+                lambda: row_item(ctx, "layer norm 8192x4096", 8192, 4096, True),
+            ),
             ("relu(exp(x)*x+1), 2^26 floats", lambda: pointwise_item(ctx)),
+            ("MLP 784-1024-1024-10 SGD step", mlp_item),
+            ("100 small kernels a run", launch_item),
         ]
         missing += NOT_YET
     return items, missing

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from arrayjit import loop_ir as ir
 from arrayjit import ops
 from arrayjit.codegen.c_syntax import INT32_MAX
 from arrayjit.codegen.cuda_device import COMPONENTS, Launch, letters, vector_type
@@ -62,7 +63,10 @@ def reduction_kernel(syntax, plan: KernelPlan, name: str, tnodes: list[TNode]):
             f"      partial = {fold('partial', f'__shfl_xor_sync(0xffffffffu, partial, offset, {width})')};",
         ]
 
-    lines = [syntax.head(name, tnodes)]
+    # A cell the team's first member stores after the others read it (`out[row] += ...`): its
+    # buffer is passed without `__restrict__` (see `cuda_syntax.CudaSyntax.params`).
+    body = ir.Block((*plan.prologue, *plan.body))
+    lines = [syntax.head(name, tnodes, shared=ir.written_tnodes(body) & ir.read_tnodes(body))]
     for decl in plan.prologue:
         lines += syntax.stmt(decl, 1)
     if red.across_cells:

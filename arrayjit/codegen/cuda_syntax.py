@@ -1,14 +1,15 @@
 """The CUDA C++ printer: the shared C printer with device helpers, and one kernel per
 `KernelPlan`: a grid-stride loop over the flattened grid loops (one thread per cell), a single
-thread, or one of the forms printed by `cuda_reductions` and `cuda_matmul`."""
+thread, or one of the forms printed by `cuda_reductions`, `cuda_rows` and `cuda_matmul`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from arrayjit import loop_ir as ir
-from arrayjit.codegen import cuda_matmul, cuda_reductions, cuda_wgmma
+from arrayjit.codegen import cuda_matmul, cuda_reductions, cuda_rows, cuda_wgmma
 from arrayjit.codegen.c_syntax import INT32_MAX, CSyntax, index_type
 from arrayjit.codegen.cuda_device import (
     ASYNC_COPY_HELPERS,
@@ -73,18 +74,29 @@ OCANNL_FN int64_t ocannl_index(int64_t i, int64_t bound, int32_t *errors, int32_
             return self.substituted[e]
         return super().expr(e)
 
-    def params(self, tnodes: list[TNode]) -> str:
+    def params(self, tnodes: list[TNode], shared: Collection[TNode] = ()) -> str:
+        """The buffer parameters; those in `shared` (through which the kernel's threads pass
+        values to one another) without `__restrict__`, which would let the compiler move their
+        reads across barriers."""
         return ", ".join(
-            f"{self.type_name(t.dtype)} *__restrict__ {self.buffer(t)}" for t in tnodes
+            f"{self.type_name(t.dtype)} *{'' if t in shared else '__restrict__ '}{self.buffer(t)}"
+            for t in tnodes
         )
 
-    def head(self, name: str, tnodes: list[TNode], threads: int = THREADS, blocks: int = 0) -> str:
+    def head(
+        self,
+        name: str,
+        tnodes: list[TNode],
+        threads: int = THREADS,
+        blocks: int = 0,
+        shared: Collection[TNode] = (),
+    ) -> str:
         """A kernel's first line; `blocks`: resident blocks per multiprocessor to keep registers
-        for (the compiler caps each thread's registers accordingly)."""
+        for (the compiler caps each thread's registers accordingly); `shared`: see `params`."""
         bounds = f"{threads}, {blocks}" if blocks else f"{threads}"
         return (
             f'extern "C" __global__ void __launch_bounds__({bounds}) {name}'
-            f"({self.params(tnodes)}) {{"
+            f"({self.params(tnodes, shared)}) {{"
         )
 
     def kernel(self, plan: KernelPlan, name: str, tnodes: list[TNode]) -> tuple[str, Launch]:
@@ -95,6 +107,8 @@ OCANNL_FN int64_t ocannl_index(int64_t i, int64_t bound, int32_t *errors, int32_
             return cuda_matmul.matmul_kernel(self, plan, name, tnodes)
         if plan.reduction is not None:
             return cuda_reductions.reduction_kernel(self, plan, name, tnodes)
+        if plan.rows is not None:
+            return cuda_rows.rows_kernel(self, plan, name, tnodes)
         lines = [self.head(name, tnodes)]
         for decl in plan.prologue:
             lines += self.stmt(decl, 1)

@@ -2,11 +2,12 @@
 schedule's thread and vectorization passes decide with.
 
 A loop's iterations are *independent* when running them in any order, or at once, gives the
-result of running them in order: every buffer the loop writes is read and written at one index
-only, an index with the loop's iterator in exactly one axis, next to no iterator of an inner
-loop (so different iterations touch different cells), and every scalar local it assigns is
-declared inside it, or is a *reduction* (`acc := acc op term`, read nowhere else in the loop)
-that the vector or thread code combines.
+result of running them in order: every buffer the loop writes is read and written at indices
+with the loop's iterator in exactly one axis, the same axis with the same index there in all of
+them, next to no iterator of an inner loop (so different iterations touch different cells: the
+stages of a row-fused nest may write a row at `[i, j]` and read it at `[i, d]`), and every
+scalar local it assigns is declared inside it, or is a *reduction* (`acc := acc op term`, read
+nowhere else in the loop) that the vector or thread code combines.
 """
 
 from __future__ import annotations
@@ -63,16 +64,22 @@ def independent(loop: ir.For) -> bool:
     if reductions(loop) is None:
         return False
     written = ir.written_tnodes(loop.body)
-    index_of: dict[object, tuple] = {}
+    inner = ir.bound_iterators(loop.body)
+    # Each written buffer: the axis holding the loop's iterator, and its index there.
+    axis_of: dict[object, tuple] = {}
     for s in ir.walk(loop.body):
         accesses = [(s.tnode, s.index)] if isinstance(s, ir.Set) else []
         for root in ir.root_exprs(s):
             accesses += [(e.tnode, e.index) for e in ir.walk_expr(root) if isinstance(e, ir.Get)]
         for tnode, index in accesses:
-            if tnode in written and index_of.setdefault(tnode, index) != index:
+            if tnode not in written:
+                continue
+            if not _separates(index, loop.iterator, inner):
                 return False
-    inner = ir.bound_iterators(loop.body)
-    return all(_separates(index, loop.iterator, inner) for index in index_of.values())
+            k = next(k for k, i in enumerate(index) if loop.iterator in ir.index_iterators(i))
+            if axis_of.setdefault(tnode, (k, index[k])) != (k, index[k]):
+                return False
+    return True
 
 
 def _separates(index: tuple, it: Iterator, inner: set[Iterator]) -> bool:

@@ -7,6 +7,8 @@ runs per cell picks the form:
 
 - a matrix product (`acc = acc op f(x[.., i, k], y[.., k, j])` over an innermost reduction `k`,
   under parallel `i, j`): the tiled kernel of `arrayjit.schedule.gpu_matmul`;
+- a row of stages, reductions and pointwise loops (`arrayjit.passes.row_fusion` groups them):
+  a team of threads per row running the stages in order (`arrayjit.schedule.gpu_rows`);
 - a reduction over many values (`acc = acc op value` with op add, mul, max or min), per cell or
   over the whole space: a team of threads per cell (`arrayjit.schedule.gpu_reductions`);
 - anything else with a grid: one thread per cell (a grid-stride loop over the flattened grid).
@@ -21,7 +23,7 @@ import logging
 from collections.abc import Sequence
 
 from arrayjit import loop_ir as ir
-from arrayjit.schedule import gpu_matmul, gpu_pointwise, gpu_reductions
+from arrayjit.schedule import gpu_matmul, gpu_pointwise, gpu_reductions, gpu_rows
 from arrayjit.schedule.kernel_plan import MAX_BLOCKS, THREADS, GpuOptions, KernelPlan
 
 __all__ = ["MAX_BLOCKS", "THREADS", "GpuOptions", "KernelPlan", "plan_kernels"]
@@ -176,6 +178,10 @@ def _choose_form(plan: KernelPlan, options: GpuOptions) -> list[KernelPlan]:
     if options.tile_matmul:
         plan.matmul = gpu_matmul.plan_matmul(plan, options)
         if plan.matmul is not None:
+            return [plan]
+    if options.parallel_reductions:
+        plan.rows = gpu_rows.plan_rows(plan)
+        if plan.rows is not None:
             return [plan]
     plans = gpu_reductions.plan_reduction(plan) if options.parallel_reductions else [plan]
     for p in plans:

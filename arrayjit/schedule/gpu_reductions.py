@@ -87,7 +87,7 @@ class ReductionPlan:
         if self.vector == 1:
             return {}
         reads = [e for e in ir.walk_expr(self.shape.value) if isinstance(e, ir.Get)]
-        loads = [e for e in reads if _vector_load(e, self.shape.innermost, self.vector)]
+        loads = [e for e in reads if vector_load(e, self.shape.innermost, self.vector)]
         return {get: k for k, get in enumerate(dict.fromkeys(loads))}
 
 
@@ -161,7 +161,7 @@ def _coefficient(get: ir.Get, it: Iterator) -> tuple[int | None, list[int], int]
     return own, others, offset
 
 
-def _vector_load(get: ir.Get, it: Iterator, vector: int) -> bool:
+def vector_load(get: ir.Get, it: Iterator, vector: int) -> bool:
     """Whether `vector` consecutive values of `it` (from a multiple of `vector`) are one aligned
     vector of `get`'s buffer."""
     own, others, offset = _coefficient(get, it)
@@ -186,7 +186,7 @@ def _vector_width(shape: ReductionShape) -> int:
         return 1
     vector = 16 // largest.tnode.dtype.itemsize
     while vector > 1 and (
-        shape.loops[-1].extent % vector or not _vector_load(largest, shape.innermost, vector)
+        shape.loops[-1].extent % vector or not vector_load(largest, shape.innermost, vector)
     ):
         vector //= 2
     return vector

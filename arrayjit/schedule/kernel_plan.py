@@ -13,6 +13,7 @@ from arrayjit.tnode import TNode
 if TYPE_CHECKING:
     from arrayjit.schedule.gpu_matmul import MatmulShape
     from arrayjit.schedule.gpu_reductions import ReductionPlan
+    from arrayjit.schedule.gpu_rows import RowPlan
 
 THREADS = 256
 #: The grid-stride loop caps the grid at this many blocks.
@@ -46,6 +47,8 @@ class KernelPlan:
     prologue: list[ir.DeclLocal] = field(default_factory=list)
     matmul: MatmulShape | None = None
     reduction: ReductionPlan | None = None
+    #: A team of threads per grid cell (a row) running the row's stages (row fusion).
+    rows: RowPlan | None = None
     #: Buffers this kernel reads or writes that are not in the routine's IR (partial results).
     scratch: list[TNode] = field(default_factory=list)
     #: Neighbouring cells per thread of a one-thread-per-cell kernel (vector loads and stores).

@@ -50,7 +50,9 @@ def with_rows(t: Tensor, **rows: list[int]) -> Tensor:
 
 def count(*rows: tuple[Tensor, str]) -> Callable[[], int]:
     """A function giving the number of cells of the given rows (tensor, kind), once solved."""
-    return lambda: math.prod(d for t, kind in rows for d in getattr(t.shape, kind))
+    # The shapes, not the tensors: a closure holding a tensor would keep it from being fused.
+    held = [(t.shape, kind) for t, kind in rows]
+    return lambda: math.prod(d for shape, kind in held for d in getattr(shape, kind))
 
 
 def constant(label: str, value: Callable[[], float]) -> Tensor:

@@ -11,7 +11,8 @@ from ocannl_py.tensor import Tensor
 
 def _mean(x: Tensor) -> Tensor:
     """The mean over the output axes of `x`, for each batch (and input) index."""
-    inverse = dims.constant("1/n", lambda: 1.0 / dims.count((x, "output"))())
+    count = dims.count((x, "output"))  # a closure over `x` itself would keep `x` stored
+    inverse = dims.constant("1/n", lambda: 1.0 / count())
     return ops.einsum1(SPEC, x) * inverse
 
 

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -57,6 +58,12 @@ struct Fiber {
   std::vector<std::vector<Copy>> groups;  // committed groups, oldest first
   void *wait_bar = nullptr;               // AT_MBARRIER: the mbarrier and the phase parity
   unsigned wait_parity = 0;
+  // The barrier or collective the thread waits at: the source line of the call, what else tells
+  // it apart (a shuffle's lane mask and width), and how many of its kind the thread has reached,
+  // this one included: the threads it waits for must be at the same one.
+  int site = 0;
+  unsigned detail = 0;
+  unsigned long long reached[2] = {0, 0};  // warp collectives, block barriers
 };
 
 constexpr size_t STACK_BYTES = 256 * 1024;
@@ -94,7 +101,34 @@ inline void trampoline() {
 // Deposit `bytes` of this lane's data, wait for the warp, then read lane `lane`'s deposit.
 inline unsigned char *warp_slot(int thread) { return &exchange[size_t(thread) * SLOT_BYTES]; }
 
-inline void warp_barrier() { yield(AT_WARP_BARRIER); }
+// Wait for the warp's other lanes at the collective called from line `site` of the source.
+inline void warp_barrier(int site = __builtin_LINE(), unsigned detail = 0) {
+  Fiber &f = fibers[current];
+  f.site = site;
+  f.detail = detail;
+  ++f.reached[0];
+  yield(AT_WARP_BARRIER);
+}
+
+inline void block_barrier(int site) {
+  Fiber &f = fibers[current];
+  f.site = site;
+  f.detail = 0;
+  ++f.reached[1];
+  yield(AT_BLOCK_BARRIER);
+}
+
+// Whether threads `a` and `b` wait at the same barrier or collective (else `error` says where).
+inline bool same_instance(unsigned a, unsigned b, int kind, const char *what) {
+  const Fiber &x = fibers[a], &y = fibers[b];
+  if (x.site == y.site && x.detail == y.detail && x.reached[kind] == y.reached[kind]) return true;
+  std::snprintf(error, sizeof error,
+                "%s: thread %u waits at line %d (its %llu-th, detail %u), thread %u at line %d"
+                " (its %llu-th, detail %u) (block %u,%u,%u)",
+                what, a, x.site, x.reached[kind], x.detail, b, y.site, y.reached[kind], y.detail,
+                blockIdx.x, blockIdx.y, blockIdx.z);
+  return false;
+}
 
 // Defined in cuda_emulator_sm90.h: the block's mbarriers, TMA and wgmma state start afresh; whether
 // a thread waiting for the phase of `bar` with parity `parity` may go on.
@@ -127,6 +161,7 @@ inline bool run_block(unsigned threads, Order &rng) {
     f.state = RUNNABLE;
     f.pending.clear();
     f.groups.clear();
+    f.reached[0] = f.reached[1] = 0;
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack.data();
     f.context.uc_stack.ss_size = f.stack.size();
@@ -158,6 +193,15 @@ inline bool run_block(unsigned threads, Order &rng) {
       }
     if (error[0]) return false;
     if (at_block == live) {
+      if (live < threads) {
+        std::snprintf(error, sizeof error,
+                      "a __syncthreads that %u exited threads of the block never reach (block"
+                      " %u,%u,%u)",
+                      threads - live, blockIdx.x, blockIdx.y, blockIdx.z);
+        return false;
+      }
+      for (unsigned t = 1; t < threads; ++t)
+        if (!same_instance(0, t, 1, "threads of a block at different __syncthreads")) return false;
       for (auto &f : fibers)
         if (f.state == AT_BLOCK_BARRIER) f.state = RUNNABLE;
       released = true;
@@ -170,6 +214,9 @@ inline bool run_block(unsigned threads, Order &rng) {
         done += fibers[l].state == DONE;
       }
       if (waiting == 32) {
+        for (unsigned l = w * 32 + 1; l < w * 32 + 32; ++l)
+          if (!same_instance(w * 32, l, 0, "lanes of a warp at different warp collectives"))
+            return false;
         for (unsigned l = w * 32; l < w * 32 + 32; ++l) fibers[l].state = RUNNABLE;
         released = true;
       } else if (waiting > 0 && waiting + done == lanes) {
@@ -193,8 +240,11 @@ inline bool run_block(unsigned threads, Order &rng) {
 
 // ---- intrinsics ------------------------------------------------------------------------------
 
-inline void __syncthreads() { emu::yield(emu::AT_BLOCK_BARRIER); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
+inline void __syncthreads(int site = __builtin_LINE()) { emu::block_barrier(site); }
+inline void __syncwarp(unsigned mask = 0xffffffffu, int site = __builtin_LINE()) {
+  if (mask != 0xffffffffu) emu::fail("__syncwarp with a partial mask");
+  emu::warp_barrier(site);
+}
 inline void __threadfence_block() {}
 inline void __threadfence() {}
 // Fibers of one launch run one at a time and switch only at barriers: plain code is atomic.
@@ -205,11 +255,12 @@ inline int atomicCAS(int *address, int compare, int value) {
 }
 
 template <class T>
-T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32,
+                  int site = __builtin_LINE()) {
   if (mask != 0xffffffffu) emu::fail("shuffle with a partial mask");
   static_assert(sizeof(T) <= 16, "shuffle of a large type");
   std::memcpy(emu::warp_slot(emu::current), &value, sizeof(T));
-  emu::warp_barrier();
+  emu::warp_barrier(site, unsigned(lane_mask) << 8 | unsigned(width));
   int lane = emu::current % 32, base = emu::current - lane;
   int source = lane ^ lane_mask;
   // Beyond the lane's segment of `width` lanes the hardware returns the lane's own value.
@@ -221,10 +272,11 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
 }
 
 template <class T>
-T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32,
+                   int site = __builtin_LINE()) {
   if (mask != 0xffffffffu) emu::fail("shuffle with a partial mask");
   std::memcpy(emu::warp_slot(emu::current), &value, sizeof(T));
-  emu::warp_barrier();
+  emu::warp_barrier(site, delta << 8 | unsigned(width));
   int lane = emu::current % 32, base = emu::current - lane;
   int source = lane + int(delta);
   if (source / width != lane / width) source = lane;
@@ -408,6 +460,82 @@ inline void emu_ldmatrix_x4(unsigned *out, const void *row_address, bool transpo
   emu::warp_barrier();
 }
 
+// ---- the __restrict__ contract ---------------------------------------------------------------
+
+// A kernel parameter declared `T *__restrict__` promises the compiler that, within one launch, the
+// memory it reaches changes only through the thread's own accesses: NVCC may then move a read of it
+// across __syncwarp / __syncthreads (and above another lane's store), so threads must not
+// communicate through it. The emulator holds such a parameter as `Restrict<T>`, which records
+// which thread of the launch read or wrote each element, and fails at an element that one thread
+// writes and another reads or writes. (Accesses through a pointer taken from it are not seen.)
+namespace emu {
+
+struct Touch {
+  unsigned long long first;  // the first thread (block * threads + thread) to reach the element
+  bool several = false;      // reached by other threads too
+  bool written = false;
+};
+
+inline std::unordered_map<const void *, Touch> touched;
+
+inline void touch(const void *at, bool write) {
+  unsigned long long who =
+      ((unsigned long long)(blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) *
+          blockDim.x +
+      unsigned(current);
+  auto [it, fresh] = touched.try_emplace(at, Touch{who, false, write});
+  if (fresh) return;
+  Touch &t = it->second;
+  bool other = t.several || t.first != who;
+  if (other && (write || t.written)) {
+    char message[200];
+    std::snprintf(message, sizeof message,
+                  "threads %llu and %llu of the launch share %p, of a __restrict__ parameter,"
+                  " one writing it",
+                  t.first, who, at);
+    fail(message);
+  }
+  t.several |= other;
+  t.written |= write;
+}
+
+template <class T>
+struct Element {
+  T *at;
+  operator T() const {
+    touch(at, false);
+    return *at;
+  }
+  const Element &operator=(const T &value) const {
+    touch(at, true);
+    *at = value;
+    return *this;
+  }
+  const Element &operator=(const Element &other) const { return *this = T(other); }
+  T *operator&() const { return at; }
+};
+
+template <class T>
+struct Restrict {
+  T *p;
+  Restrict(T *p) : p(p) {}
+  Element<T> operator[](long long i) const { return {p + i}; }
+  operator T *() const { return p; }
+  T *get() const { return p; }
+};
+
+}  // namespace emu
+
+// A pointer given to reinterpret_cast: a `Restrict` parameter's own.
+template <class T>
+T *emu_pointer(const emu::Restrict<T> &r) {
+  return r.p;
+}
+template <class T>
+T emu_pointer(T value) {
+  return value;
+}
+
 // ---- launching -------------------------------------------------------------------------------
 
 // Runs a kernel over a grid; returns an error message, or nullptr.
@@ -415,6 +543,7 @@ template <class Kernel>
 const char *emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned seed,
                        Kernel kernel) {
   emu::error[0] = 0;
+  emu::touched.clear();
   emu::body = [](void *k) { (*static_cast<Kernel *>(k))(); };
   emu::body_context = &kernel;
   gridDim = {gx, gy, gz};

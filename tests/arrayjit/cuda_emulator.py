@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import hashlib
+import re
 import shutil
 import struct
 import subprocess
@@ -22,9 +23,12 @@ import numpy as np
 
 from arrayjit import loop_ir as ir
 from arrayjit.assignments import Assignments
+from arrayjit.backends.base import Backend, Compiled
 from arrayjit.codegen import cuda_device, cuda_syntax
+from arrayjit.codegen.inert_text import identifier
 from arrayjit.lowering import compile_to_ir
 from arrayjit.runtime import residency
+from arrayjit.runtime.runtime import Runtime
 from arrayjit.schedule.gpu_kernels import GpuOptions
 from arrayjit.tnode import MemoryMode, TNode
 
@@ -145,6 +149,9 @@ def emulated_source(source: str) -> str:
         "ocannl_float4 *const ocannl_smem ="
         " reinterpret_cast<ocannl_float4 *>(emu_shared_window + EMU_DYNAMIC_OFFSET);",
     )
+    # Parameters declared __restrict__ check the contract they state (see the header).
+    source = re.sub(r"(\w+(?: \w+)*) \*__restrict__ (\w+)", r"emu::Restrict<\1> \2", source)
+    source = re.sub(r"(reinterpret_cast<[^>]*>)\((\w+)\)", r"\1(emu_pointer(\2))", source)
     if "asm" in source:
         raise AssertionError("inline PTX left in the source: the emulator cannot run it")
     return source
@@ -219,9 +226,25 @@ class EmulatedRoutine:
             function.restype = ctypes.c_char_p
             error = function(args, *grid, launch.block, seed)
             if error:
-                raise AssertionError(f"{launch.name}: {error.decode()}")
+                message = _name_addresses(error.decode(), self.tnodes, arrays)
+                raise AssertionError(f"{launch.name}: {message}")
         for t in ir.written_tnodes(self.generated.stmt):
             residency.host_written(t)
+
+
+def _name_addresses(message: str, tnodes: list[TNode], arrays: list[np.ndarray]) -> str:
+    """`message` with each address in a buffer named as the buffer's cell (`x[2, 4]`)."""
+
+    def name(match: re.Match) -> str:
+        address = int(match.group(0), 16)
+        for t, a in zip(tnodes, arrays, strict=True):
+            start = a.ctypes.data
+            if start <= address < start + a.nbytes:
+                cell = np.unravel_index((address - start) // a.itemsize, a.shape)
+                return f"{t.label}[{', '.join(str(int(i)) for i in cell)}]"
+        return match.group(0)
+
+    return re.sub(r"0x[0-9a-f]+", name, message)
 
 
 def tensor_map_bytes(spec, address: int) -> bytes:
@@ -244,3 +267,59 @@ def emulate(
     routine = EmulatedRoutine(stmt, options or GpuOptions(), name)
     routine.run(seed)
     return routine
+
+
+# ---- a backend for runtimes and contexts --------------------------------------------------
+
+
+class EmulatedCompiled(Compiled):
+    """A routine of `EmulatedCudaBackend`: its kernels in the emulator, over the host arrays."""
+
+    def __init__(self, stmt: ir.Stmt, options: GpuOptions, name: str) -> None:
+        self.routine = EmulatedRoutine(stmt, options, identifier(name, 60))
+        self.tnodes = self.routine.tnodes
+        self.written = sorted(ir.written_tnodes(stmt), key=self.tnodes.index)
+        digest = hashlib.sha256(self.routine.source.encode()).hexdigest()[:24]
+        self.source_path = str(_build_dir / f"{digest}.cu")
+        Path(self.source_path).write_text(self.routine.source)
+        self.plan = {}
+
+    @property
+    def plans(self):
+        return self.routine.plans
+
+    def run(self) -> None:
+        self.routine.run()
+
+    def bind(self, position: int, address: int) -> None:
+        raise NotImplementedError("the emulated CUDA backend runs over the host arrays only")
+
+
+class EmulatedCudaBackend(Backend):
+    """The CUDA backend's lowering and kernels (with an sm_90 device's options), run by the
+    emulator over the host arrays: `emulated_runtime()` for tests of code through a Context."""
+
+    name = "cuda-emulator"
+    reductions_innermost = True
+
+    def __init__(self, options: GpuOptions | None = None) -> None:
+        self.options = options or GpuOptions(wgmma=True)
+
+    def identity(self) -> str:
+        headers = hashlib.sha256(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:16]
+        return f"CUDA emulator {headers} {self.options!r}"
+
+    def compile(self, stmt: ir.Stmt, name: str, bound: bool = False) -> EmulatedCompiled:
+        if bound:
+            raise NotImplementedError("the emulated CUDA backend runs over the host arrays only")
+        return EmulatedCompiled(stmt, self.options, name)
+
+    def load(self, plan, tnodes, bound=False):
+        return None  # never recorded: compiled each time
+
+
+def emulated_runtime() -> Runtime:
+    """A runtime whose routines run on `EmulatedCudaBackend` (what `Runtime("cuda")` would run)."""
+    runtime = Runtime("c")
+    runtime.backend = EmulatedCudaBackend()
+    return runtime

@@ -98,19 +98,63 @@ def test_virtual_chain_is_one_loop_nest_without_intermediate_buffers(context):
     np.testing.assert_allclose(y.host(), np.maximum(np.exp(X) * X, 0), rtol=4e-7)
 
 
+@pytest.mark.parametrize("readers", [1, 2, 4])
+def test_residual_chain_read_by_several_statements_is_stored(context, readers):
+    """`x1 = x0 + a0`, `x2 = x1 + a1`, ... (a residual stream), each read by `readers`
+    statements. Read once, the chain is inlined whole; read by four, each sum is stored (that
+    moves fewer values than loading both operands in each reader); read by two, the inlined
+    chain grows until a sum would load four buffers in each reader (x3 = x0 + a0 + a1 + a2),
+    which is stored, and the chain starts again from it. Inlined whole, the last sums would add
+    every earlier layer's output again in each reader."""
+    layers = 5
+    rng = np.random.default_rng(readers)
+    x0 = TNode("x0", (N,))
+    adds = [TNode(f"a{k}", (N,)) for k in range(layers)]
+    outs = [[TNode(f"y{k}_{r}", (N,)) for r in range(readers - 1)] for k in range(layers)]
+    xs = [virtual(f"x{k + 1}") for k in range(layers - 1)]
+    last = TNode(f"x{layers}", (N,))
+    chain = [x0, *xs, last]
+    code = None
+    for k in range(layers):
+        step = pointwise(chain[k + 1], "add", chain[k], adds[k])
+        for r, y in enumerate(outs[k]):
+            step = step + pointwise(y, "mul" if r % 2 else "sub", chain[k + 1], adds[k])
+        code = step if code is None else code + step
+    routine = context.compile(code)
+    stored = [x for x in xs if x in ir.written_tnodes(routine.ir)]
+    assert stored == {1: [], 2: [xs[2]], 4: xs}[readers]
+    values = [rng.normal(size=N).astype(np.float32) for _ in range(layers + 1)]
+    x0.set_host(values[0])
+    for a, value in zip(adds, values[1:], strict=True):
+        a.set_host(value)
+    routine.run()
+    total = values[0].astype(np.float64)
+    for k in range(layers):
+        total = total + values[k + 1]
+        for r, y in enumerate(outs[k]):
+            expected = total * values[k + 1] if r % 2 else total - values[k + 1]
+            np.testing.assert_allclose(y.host(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last.host(), total, rtol=1e-5, atol=1e-5)
+
+
 def test_virtual_defined_by_a_reduction_is_materialized(context):
-    x, y = TNode("x", (N, 3)), TNode("y", (N,))
+    # The reader's loops (j, then i) are not the reduction's rows: row fusion cannot make the
+    # sums locals of a row (see test_row_fusion.py for a reader over the same rows).
+    x, y = TNode("x", (N, 3)), TNode("y", (2, N))
     row_sum = virtual("row_sum")
-    i, k = Iterator(name="i"), Iterator(name="k")
+    i, j, k = Iterator(name="i"), Iterator(name="j"), Iterator(name="k")
     reduce_rows = Projections((N, 3), (i, k), (i,), ((i, k),))
-    code = Accum(row_sum, "add", "identity", (x,), reduce_rows, True) + pointwise(y, "neg", row_sum)
+    read_across = Projections((2, N), (j, i), (j, i), ((i,),))
+    code = Accum(row_sum, "add", "identity", (x,), reduce_rows, True) + Accum(
+        y, None, "neg", (row_sum,), read_across
+    )
     routine = context.compile(code)
     assert c_name(routine, row_sum) in source_of(routine)
     assert len(loop_nests(routine.ir)) == 2
     X = np.arange(3 * N, dtype=np.float32).reshape(N, 3)
     x.set_host(X)
     routine.run()
-    np.testing.assert_array_equal(y.host(), -X.sum(axis=1))
+    np.testing.assert_array_equal(y.host(), np.broadcast_to(-X.sum(axis=1), (2, N)))
 
 
 def test_virtual_whose_source_is_overwritten_before_a_later_read_is_materialized(context):
