@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torch_reference import close, leaf, torch
+from torch_reference import compare_routine, torch
 
 import ocannl_py as oc
 from arrayjit.runtime.runtime import cuda_usable
-from ocannl_py import Context, nn, train
+from ocannl_py import Context, nn
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "arrayjit"))
 from cuda_runners import RUNNERS  # noqa: E402
@@ -44,28 +44,9 @@ def context(request) -> Context:
 
 def check(ctx: Context, build, reference, inputs: dict, rtol: float = 1e-4) -> list:
     """`build(**leaves)`'s value and the gradients of `sum(y * W)` (random W) w.r.t. the inputs
-    and the block's parameters against `reference(**inputs, params=...)` in float64, as
-    torch_reference.compare does; the kernel plans of the gradient routine."""
-    leaves = {name: leaf(name, value, batch) for name, (value, batch) in inputs.items()}
-    y = build(**leaves)
-    w = oc.term("W")
-    routine = ctx.compile(train.grad_update(y * w))
-    weights = np.random.default_rng(1).normal(size=w.shape.dims())
-    w.set_value(weights)
-    routine.run()
-
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.tensor(np.asarray(a, np.float32).astype(np.float64), requires_grad=True)
-
-    torch_inputs = {name: tensor(value) for name, (value, _) in inputs.items()}
-    params = {label: tensor(p.value) for label, p in y.params.items() if label not in inputs}
-    expected = reference(**torch_inputs, params=params)
-    (expected * torch.tensor(weights)).sum().backward()
-    close(y.value, expected.detach().numpy(), rtol, "value")
-    for name, t in torch_inputs.items():
-        close(leaves[name].grad, t.grad.numpy(), rtol, f"gradient of input {name!r}")
-    for label, t in params.items():
-        close(y.params[label].grad, t.grad.numpy(), rtol, f"gradient of parameter {label!r}")
+    and the block's parameters against `reference(**inputs, params=...)` in float64
+    (torch_reference.compare); the kernel plans of the gradient routine."""
+    _, routine = compare_routine(ctx, build, reference, inputs, rtol=rtol)
     return routine.executable.compiled.plans
 
 

@@ -30,7 +30,7 @@ def leaf(name: str, value: np.ndarray, batch: int) -> oc.Tensor:
 
 
 def compare(
-    backend: str,
+    backend: str | Context,
     build: Callable[..., oc.Tensor],
     reference: Callable[..., torch.Tensor],
     inputs: dict[str, tuple[np.ndarray, int]],
@@ -41,7 +41,20 @@ def compare(
     """`build(**leaves)` against `reference(**inputs, params=...)`: the values, the gradients of
     every input and of every parameter (by label). `inputs` maps names to (array, batch axes);
     `atol` is `rtol` times the largest magnitude of what is compared."""
-    ctx = Context(backend)
+    return compare_routine(backend, build, reference, inputs, rtol=rtol, seed=seed)[0]
+
+
+def compare_routine(
+    backend: str | Context,
+    build: Callable[..., oc.Tensor],
+    reference: Callable[..., torch.Tensor],
+    inputs: dict[str, tuple[np.ndarray, int]],
+    *,
+    rtol: float = 1e-4,
+    seed: int = 0,
+):
+    """`compare` (on a backend's name or a given context), and the routine it compiled."""
+    ctx = Context(backend) if isinstance(backend, str) else backend
     oc.set_seed(seed)
     leaves = {name: leaf(name, value, batch) for name, (value, batch) in inputs.items()}
     y = build(**leaves)
@@ -64,7 +77,7 @@ def compare(
     for label, t in params.items():
         grad = np.zeros_like(t.detach().numpy()) if t.grad is None else t.grad.numpy()
         close(y.params[label].grad, grad, rtol, f"gradient of parameter {label!r}")
-    return y
+    return y, routine
 
 
 def close(actual: np.ndarray, expected: np.ndarray, rtol: float, what: str) -> None:
