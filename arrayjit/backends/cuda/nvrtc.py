@@ -4,6 +4,7 @@ disk through `arrayjit.cache` like the C backend's shared objects."""
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import logging
 import os
@@ -20,13 +21,72 @@ log = logging.getLogger("arrayjit")
 NVRTC_OPTIONS = {"std": "c++17"}
 
 
+@functools.cache
 def nvrtc_version() -> str:
+    """NVRTC's version, part of every cubin's cache key. Asking NVRTC loads its library (7 ms
+    warm, over half a second from a cold disk), which a routine found in the cache would not
+    need otherwise: the answer is kept in the cache under a fingerprint of every NVRTC library
+    file that could be the one loaded (`_nvrtc_files`); a file added, removed or changed asks
+    NVRTC again."""
+    fingerprint = cache.key(repr(_nvrtc_files()))
+    path = cache.cache_dir() / f"nvrtc-version-{fingerprint}.txt"
+    try:
+        known = path.read_text().strip()
+    except OSError:
+        known = ""
+    if known:
+        return known
+    version = _ask_nvrtc()
+    cache.write_atomic(path, version.encode())
+    return version
+
+
+def _ask_nvrtc() -> str:
     from cuda.bindings import nvrtc
 
     err, major, minor = nvrtc.nvrtcVersion()
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         raise RuntimeError(f"nvrtcVersion failed: {err.name}")
     return f"{major}.{minor}"
+
+
+#: NVRTC library names cuda-python's loader may open (CUDA 11 to 14).
+NVRTC_NAMES = ("libnvrtc.so", *(f"libnvrtc.so.{major}" for major in range(11, 15)))
+
+
+def _nvrtc_files() -> list[tuple[str, int, int]]:
+    """(path, size, mtime in ns) of each NVRTC library where cuda-python may find one: NVIDIA's
+    wheels on sys.path, CUDA_PATH / CUDA_HOME, LD_LIBRARY_PATH, the system's CUDA toolkits and
+    library folders; with the versions of cuda-bindings and cuda-pathfinder, which choose."""
+    folders: list[Path] = []
+    for entry in sys.path:
+        nvidia = Path(entry or ".") / "nvidia"
+        if nvidia.is_dir():
+            folders += nvidia.glob("*/lib")
+    for variable in ("CUDA_PATH", "CUDA_HOME"):
+        if os.environ.get(variable):
+            folders += [Path(os.environ[variable]) / "lib64", Path(os.environ[variable]) / "lib"]
+    folders += [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+    folders += sorted(Path("/usr/local").glob("cuda*/lib64"))
+    folders += [Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/lib64"), Path("/usr/lib")]
+    found: list[tuple[str, int, int]] = []
+    for folder in folders:
+        # The names a loader asks for (links to the versioned file, whose size and time count):
+        # a few lookups, where listing a system library folder would take milliseconds.
+        for name in NVRTC_NAMES:
+            try:
+                stat = (folder / name).stat()
+            except OSError:
+                continue
+            found.append((str((folder / name).resolve()), stat.st_size, stat.st_mtime_ns))
+    for package in ("cuda.bindings", "cuda.pathfinder"):
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            found.append((f"{package} absent", 0, 0))
+        else:
+            found.append((f"{package} {getattr(module, '__version__', '?')}", 0, 0))
+    return found
 
 
 #: Headers of the CUDA toolkit that generated code may include (16-bit types). NVRTC has no
