@@ -78,7 +78,9 @@ def _nvrtc_files() -> list[tuple[str, int, int]]:
                 stat = (folder / name).stat()
             except OSError:
                 continue
-            found.append((str((folder / name).resolve()), stat.st_size, stat.st_mtime_ns))
+            entry = (str((folder / name).resolve()), stat.st_size, stat.st_mtime_ns)
+            if entry not in found:  # links of one file, folders reached twice
+                found.append(entry)
     for package in ("cuda.bindings", "cuda.pathfinder"):
         try:
             module = importlib.import_module(package)
